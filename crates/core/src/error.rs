@@ -1,0 +1,151 @@
+//! Errors a client can see. Every variant carries the Cloudflare API error code and HTTP status
+//! it is reported with, so that an unchanged Cloudflare client recognises it.
+//!
+//! Codes follow the Workers KV API where it is known (10000 auth, 10009 key not found, 10013
+//! namespace not found, 10014 duplicate title, 7000/7001/7003 routing); the other validation
+//! failures use codes from the same 100xx family, one per kind of failure, listed in the README.
+
+/// A failure of a KV operation, as reported to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// No credentials were presented where they are required (401).
+    #[error("Authentication error: {0}")]
+    Unauthenticated(String),
+    /// Credentials were presented but are not valid (403).
+    #[error("Authentication error: {0}")]
+    Forbidden(String),
+    /// The key does not exist, or has expired (404).
+    #[error("get: 'key not found'")]
+    KeyNotFound,
+    /// The namespace does not exist in this account (404).
+    #[error("namespace not found")]
+    NamespaceNotFound,
+    /// Another namespace of the same account has this title (409).
+    #[error("a namespace with this account ID and title already exists")]
+    TitleTaken,
+    /// The namespace title is empty or too long (400).
+    #[error("invalid namespace title: {0}")]
+    InvalidTitle(String),
+    /// An identifier in the path (namespace id, account id) is malformed (400).
+    #[error("could not route to {0}, perhaps your object identifier is invalid?")]
+    InvalidIdentifier(String),
+    /// The key is empty, `.` or `..` (400).
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// The key is longer than 512 bytes (414).
+    #[error("UTF-8 encoded length of {len} exceeds key length limit of {limit}")]
+    KeyTooLong { len: usize, limit: usize },
+    /// The value is larger than 25 MiB (413).
+    #[error("value length of {len} exceeds limit of {limit}")]
+    ValueTooLarge { len: usize, limit: usize },
+    /// The serialized metadata is larger than 1024 bytes (413).
+    #[error("metadata length of {len} exceeds limit of {limit}")]
+    MetadataTooLarge { len: usize, limit: usize },
+    /// The metadata is not valid JSON (400).
+    #[error("invalid metadata: {0}")]
+    InvalidMetadata(String),
+    /// `expiration` or `expiration_ttl` is malformed or too soon (400).
+    #[error("invalid expiration: {0}")]
+    InvalidExpiration(String),
+    /// A query parameter or body field is out of range or malformed (400).
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    /// A list cursor is malformed or belongs to another listing (400).
+    #[error("invalid cursor: {0}")]
+    InvalidCursor(String),
+    /// A bulk request has more items than allowed (400).
+    #[error("bulk request has {count} items; the limit is {limit}")]
+    BulkTooManyItems { count: usize, limit: usize },
+    /// A bulk value marked `base64` does not decode (400).
+    #[error("invalid base64 value for key {key:?}: {reason}")]
+    InvalidBase64 { key: String, reason: String },
+    /// The request body is malformed: bad JSON, bad multipart, wrong shape (400).
+    #[error("could not parse request body: {0}")]
+    BadRequest(String),
+    /// The request body is larger than the route accepts (413).
+    #[error("request body too large: {0}")]
+    PayloadTooLarge(String),
+    /// No route matches the path (404).
+    #[error("No route for that URI")]
+    RouteNotFound,
+    /// The route exists but not with this method (405).
+    #[error("Method not allowed for this route")]
+    MethodNotAllowed,
+    /// Something failed inside the server; the message is safe to show (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl KvError {
+    /// The Cloudflare API error code reported in the `errors` array.
+    pub fn code(&self) -> u32 {
+        match self {
+            KvError::Unauthenticated(_) | KvError::Forbidden(_) => 10000,
+            KvError::BadRequest(_) => 10001,
+            KvError::Internal(_) => 10002,
+            KvError::KeyNotFound => 10009,
+            KvError::NamespaceNotFound => 10013,
+            KvError::TitleTaken => 10014,
+            KvError::InvalidTitle(_) => 10019,
+            KvError::InvalidKey(_) => 10020,
+            KvError::KeyTooLong { .. } => 10025,
+            KvError::ValueTooLarge { .. } => 10033,
+            KvError::MetadataTooLarge { .. } => 10034,
+            KvError::InvalidMetadata(_) => 10035,
+            KvError::InvalidExpiration(_) => 10037,
+            KvError::InvalidParameter(_) => 10038,
+            KvError::InvalidCursor(_) => 10039,
+            KvError::PayloadTooLarge(_) => 10040,
+            KvError::BulkTooManyItems { .. } => 10041,
+            KvError::InvalidBase64 { .. } => 10042,
+            KvError::RouteNotFound => 7000,
+            KvError::MethodNotAllowed => 7001,
+            KvError::InvalidIdentifier(_) => 7003,
+        }
+    }
+
+    /// The HTTP status the error is reported with.
+    pub fn status(&self) -> u16 {
+        match self {
+            KvError::Unauthenticated(_) => 401,
+            KvError::Forbidden(_) => 403,
+            KvError::KeyNotFound | KvError::NamespaceNotFound | KvError::RouteNotFound => 404,
+            KvError::MethodNotAllowed => 405,
+            KvError::TitleTaken => 409,
+            KvError::KeyTooLong { .. } => 414,
+            KvError::ValueTooLarge { .. }
+            | KvError::MetadataTooLarge { .. }
+            | KvError::PayloadTooLarge(_) => 413,
+            KvError::Internal(_) => 500,
+            KvError::InvalidTitle(_)
+            | KvError::InvalidIdentifier(_)
+            | KvError::InvalidKey(_)
+            | KvError::InvalidMetadata(_)
+            | KvError::InvalidExpiration(_)
+            | KvError::InvalidParameter(_)
+            | KvError::InvalidCursor(_)
+            | KvError::BulkTooManyItems { .. }
+            | KvError::InvalidBase64 { .. }
+            | KvError::BadRequest(_) => 400,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes_match_the_spec() {
+        assert_eq!((KvError::KeyNotFound.status(), KvError::KeyNotFound.code()), (404, 10009));
+        assert_eq!(KvError::NamespaceNotFound.code(), 10013);
+        assert_eq!((KvError::TitleTaken.status(), KvError::TitleTaken.code()), (409, 10014));
+        let too_long = KvError::KeyTooLong { len: 513, limit: 512 };
+        assert_eq!(too_long.status(), 414);
+        assert_eq!(too_long.to_string(), "UTF-8 encoded length of 513 exceeds key length limit of 512");
+        assert_eq!(KvError::ValueTooLarge { len: 2, limit: 1 }.status(), 413);
+        assert_eq!(KvError::Forbidden("x".into()).status(), 403);
+        assert_eq!(KvError::Unauthenticated("x".into()).code(), 10000);
+        assert_eq!(KvError::KeyNotFound.to_string(), "get: 'key not found'");
+    }
+}

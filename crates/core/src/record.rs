@@ -1,0 +1,207 @@
+//! Stored records and their versions.
+//!
+//! A record is either a live value (bytes, optional metadata, optional expiration) or a
+//! tombstone. Every record carries the [`Version`] of the write that produced it; replicas keep
+//! the record with the greatest version (last write wins), which is why deletes are tombstones
+//! rather than removals: a late, older put must not bring a deleted key back.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::KvError;
+
+/// The version of a write: a hybrid-logical-clock timestamp, then the id of the node that
+/// stamped it to break ties. Versions are totally ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// HLC time (NTP64 format: seconds in the high 32 bits, fraction in the low 32).
+    pub timestamp: u64,
+    /// Id of the node that stamped the write.
+    pub origin: u64,
+}
+
+/// A live value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveValue {
+    pub value: Bytes,
+    /// Compact JSON text, at most 1024 bytes.
+    pub metadata: Option<String>,
+    /// Unix seconds after which the value is gone.
+    pub expiration: Option<u64>,
+}
+
+impl LiveValue {
+    /// True when the value has expired at `now_ms` (it is gone from the expiration second on).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        is_expired(self.expiration, now_ms)
+    }
+}
+
+fn is_expired(expiration: Option<u64>, now_ms: u64) -> bool {
+    expiration.is_some_and(|e| now_ms >= e.saturating_mul(1000))
+}
+
+/// A stored record: a live value or a tombstone (`live == None`), with its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub version: Version,
+    pub live: Option<LiveValue>,
+}
+
+/// One key of a listing: its name and, where set, expiration and metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub name: String,
+    pub expiration: Option<u64>,
+    pub metadata: Option<String>,
+}
+
+/// The on-disk form. The first byte is a format number so that the encoding can evolve; the
+/// value comes last and is borrowed on decode, so reading a record's header never copies it.
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    version: Version,
+    #[serde(borrow)]
+    live: Option<WireLive<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireLive<'a> {
+    expiration: Option<u64>,
+    metadata: Option<&'a str>,
+    value: &'a [u8],
+}
+
+const FORMAT: u8 = 1;
+
+/// A record decoded without copying, borrowing from the stored bytes.
+#[derive(Debug)]
+pub struct RecordView<'a> {
+    pub version: Version,
+    /// `None` for a tombstone.
+    pub expiration: Option<u64>,
+    pub metadata: Option<&'a str>,
+    pub value: Option<&'a [u8]>,
+}
+
+impl<'a> RecordView<'a> {
+    /// Decodes stored bytes.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, KvError> {
+        let corrupt = |why: String| KvError::Internal(format!("corrupt record: {why}"));
+        let (&format, rest) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
+        if format != FORMAT {
+            return Err(corrupt(format!("unknown format {format}")));
+        }
+        let wire: Wire<'a> = postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))?;
+        Ok(match wire.live {
+            Some(l) => RecordView {
+                version: wire.version,
+                expiration: l.expiration,
+                metadata: l.metadata,
+                value: Some(l.value),
+            },
+            None => RecordView { version: wire.version, expiration: None, metadata: None, value: None },
+        })
+    }
+
+    /// True for a live value that has not expired at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.value.is_some() && !is_expired(self.expiration, now_ms)
+    }
+
+    /// Copies the view into an owned record.
+    pub fn to_record(&self) -> Record {
+        Record {
+            version: self.version,
+            live: self.value.map(|v| LiveValue {
+                value: Bytes::copy_from_slice(v),
+                metadata: self.metadata.map(str::to_owned),
+                expiration: self.expiration,
+            }),
+        }
+    }
+}
+
+impl Record {
+    /// A tombstone with the given version.
+    pub fn tombstone(version: Version) -> Self {
+        Record { version, live: None }
+    }
+
+    /// Encodes the record for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = Wire {
+            version: self.version,
+            live: self.live.as_ref().map(|l| WireLive {
+                expiration: l.expiration,
+                metadata: l.metadata.as_deref(),
+                value: &l.value,
+            }),
+        };
+        let mut out = Vec::with_capacity(32 + self.live.as_ref().map_or(0, |l| l.value.len()));
+        out.push(FORMAT);
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_io(&wire, &mut out).expect("postcard encoding into a Vec");
+        out
+    }
+
+    /// Decodes stored bytes into an owned record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
+        RecordView::decode(bytes).map(|v| v.to_record())
+    }
+
+    /// The live value, unless this is a tombstone or it has expired at `now_ms`.
+    pub fn live_at(&self, now_ms: u64) -> Option<&LiveValue> {
+        self.live.as_ref().filter(|l| !l.is_expired(now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(timestamp: u64, origin: u64) -> Version {
+        Version { timestamp, origin }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let live = Record {
+            version: version(7, 1),
+            live: Some(LiveValue {
+                value: Bytes::from_static(b"\x00\xffbinary"),
+                metadata: Some(r#"{"a":1}"#.into()),
+                expiration: Some(1234),
+            }),
+        };
+        assert_eq!(Record::decode(&live.encode()).unwrap(), live);
+        let tomb = Record::tombstone(version(9, 2));
+        assert_eq!(Record::decode(&tomb.encode()).unwrap(), tomb);
+        let view_bytes = live.encode();
+        let view = RecordView::decode(&view_bytes).unwrap();
+        assert_eq!(view.metadata, Some(r#"{"a":1}"#));
+        assert_eq!(view.value, Some(&b"\x00\xffbinary"[..]));
+    }
+
+    #[test]
+    fn corrupt_bytes_are_an_error_not_a_panic() {
+        assert!(Record::decode(&[]).is_err());
+        assert!(Record::decode(&[9, 1, 2]).is_err());
+        assert!(Record::decode(&[FORMAT, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn versions_order_by_timestamp_then_origin() {
+        assert!(version(2, 0) > version(1, 9));
+        assert!(version(1, 2) > version(1, 1));
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_second() {
+        let v = LiveValue { value: Bytes::new(), metadata: None, expiration: Some(100) };
+        assert!(!v.is_expired(99_999));
+        assert!(v.is_expired(100_000));
+        let forever = LiveValue { expiration: None, ..v };
+        assert!(!forever.is_expired(u64::MAX));
+    }
+}

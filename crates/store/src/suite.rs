@@ -1,0 +1,261 @@
+//! The backend-agnostic storage test suite.
+//!
+//! Each function checks one behaviour of [`Store`] on a fresh, empty store. A backend runs the
+//! whole suite with [`store_suite!`](crate::store_suite), passing an expression that opens a
+//! fresh store and returns it with a guard (say, its temporary directory):
+//!
+//! ```ignore
+//! driftkv_store::store_suite!(open_fresh_store());
+//! ```
+//!
+//! The functions panic on failure, as tests do; they are not meant for production code paths.
+
+use driftkv_core::{KeyInfo, LiveValue, Namespace, NamespaceId, Record, Version};
+
+use crate::{DueExpiration, Store, StoreError, SCAN_BUDGET};
+
+/// Generates one `#[tokio::test]` per suite check, each on a store made by `$make`, which must
+/// evaluate to `(store, guard)`.
+#[macro_export]
+macro_rules! store_suite {
+    ($make:expr) => {
+        $crate::store_suite!(@each $make;
+            namespaces_round_trip,
+            deleting_a_namespace_removes_its_records,
+            apply_is_last_write_wins,
+            tombstones_shadow_older_puts,
+            apply_is_order_independent,
+            scan_orders_by_bytes_and_filters,
+            scan_pages_resume_exactly,
+            scan_stops_at_its_budget,
+            expirations_come_due_in_order,
+            stale_expiry_entries_change_nothing,
+            concurrent_syncs_all_return
+        );
+    };
+    (@each $make:expr; $($check:ident),*) => {
+        mod store_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, _guard) = $make;
+                    $crate::suite::$check(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+fn ns(id: u8) -> Namespace {
+    Namespace {
+        id: NamespaceId([id; 16]),
+        account_id: "account".into(),
+        title: format!("title-{id}"),
+        version: Version { timestamp: 1, origin: 1 },
+    }
+}
+
+fn version(timestamp: u64) -> Version {
+    Version { timestamp, origin: 1 }
+}
+
+fn live(timestamp: u64, value: &str, expiration: Option<u64>) -> Record {
+    Record {
+        version: version(timestamp),
+        live: Some(LiveValue { value: value.as_bytes().to_vec().into(), metadata: None, expiration }),
+    }
+}
+
+fn with_namespace(store: &dyn Store, id: u8) -> NamespaceId {
+    store.put_namespace(&ns(id)).expect("create namespace");
+    NamespaceId([id; 16])
+}
+
+fn names(keys: &[KeyInfo]) -> Vec<&str> {
+    keys.iter().map(|k| k.name.as_str()).collect()
+}
+
+/// Namespaces can be created, read, listed, replaced and deleted.
+pub async fn namespaces_round_trip(store: &dyn Store) {
+    assert!(store.namespaces().unwrap().is_empty());
+    store.put_namespace(&ns(1)).unwrap();
+    store.put_namespace(&ns(2)).unwrap();
+    assert_eq!(store.namespace(NamespaceId([1; 16])).unwrap(), Some(ns(1)));
+    let mut renamed = ns(1);
+    renamed.title = "renamed".into();
+    store.put_namespace(&renamed).unwrap();
+    assert_eq!(store.namespace(NamespaceId([1; 16])).unwrap(), Some(renamed));
+    assert_eq!(store.namespaces().unwrap().len(), 2);
+    assert!(store.delete_namespace(NamespaceId([2; 16])).unwrap());
+    assert!(!store.delete_namespace(NamespaceId([2; 16])).unwrap());
+    assert_eq!(store.namespace(NamespaceId([2; 16])).unwrap(), None);
+    store.sync().await.unwrap();
+}
+
+/// Deleting a namespace removes its records, and writes to it fail afterwards.
+pub async fn deleting_a_namespace_removes_its_records(store: &dyn Store) {
+    let id = with_namespace(store, 3);
+    store.apply(id, &[("k".into(), live(1, "v", None))]).unwrap();
+    store.delete_namespace(id).unwrap();
+    assert!(matches!(store.get(id, "k"), Err(StoreError::NoSuchNamespace(_))));
+    assert!(matches!(store.apply(id, &[("k".into(), live(2, "v", None))]), Err(StoreError::NoSuchNamespace(_))));
+    // Recreating it starts empty.
+    let id = with_namespace(store, 3);
+    assert_eq!(store.get(id, "k").unwrap(), None);
+}
+
+/// A record replaces the stored one only if its version is greater.
+pub async fn apply_is_last_write_wins(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    assert_eq!(store.apply(id, &[("k".into(), live(5, "five", None))]).unwrap(), vec![true]);
+    assert_eq!(store.apply(id, &[("k".into(), live(3, "three", None))]).unwrap(), vec![false]);
+    assert_eq!(store.apply(id, &[("k".into(), live(5, "again", None))]).unwrap(), vec![false]);
+    assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "five", None)));
+    let tie_break = Record { version: Version { timestamp: 5, origin: 2 }, ..live(5, "origin2", None) };
+    assert_eq!(store.apply(id, &[("k".into(), tie_break.clone())]).unwrap(), vec![true]);
+    assert_eq!(store.get(id, "k").unwrap(), Some(tie_break));
+}
+
+/// A delete is a tombstone: an older put arriving later does not resurrect the key.
+pub async fn tombstones_shadow_older_puts(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    store.apply(id, &[("k".into(), live(1, "v1", None))]).unwrap();
+    store.apply(id, &[("k".into(), Record::tombstone(version(3)))]).unwrap();
+    assert_eq!(store.apply(id, &[("k".into(), live(2, "late", None))]).unwrap(), vec![false]);
+    assert_eq!(store.get(id, "k").unwrap(), Some(Record::tombstone(version(3))));
+    assert!(store.scan(id, "", None, 1000, 0).unwrap().keys.is_empty());
+}
+
+/// Any order of the same records leaves the same state.
+pub async fn apply_is_order_independent(store: &dyn Store) {
+    let records: Vec<(String, Record)> = vec![
+        ("a".into(), live(1, "a1", None)),
+        ("a".into(), live(4, "a4", None)),
+        ("b".into(), Record::tombstone(version(6))),
+        ("a".into(), Record::tombstone(version(2))),
+        ("b".into(), live(5, "b5", None)),
+    ];
+    let orders: [&[usize]; 3] = [&[0, 1, 2, 3, 4], &[4, 3, 2, 1, 0], &[2, 0, 4, 1, 3, 0, 2]];
+    let mut finals = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        let id = with_namespace(store, 10 + i as u8);
+        for &j in *order {
+            store.apply(id, &records[j..=j]).unwrap();
+        }
+        finals.push((store.get(id, "a").unwrap(), store.get(id, "b").unwrap()));
+    }
+    assert_eq!(finals[0], (Some(live(4, "a4", None)), Some(Record::tombstone(version(6)))));
+    assert!(finals.iter().all(|f| *f == finals[0]));
+}
+
+/// Scans return live keys with the prefix in byte order, skipping tombstones and expired keys.
+pub async fn scan_orders_by_bytes_and_filters(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    let now_ms = 1_000_000_000;
+    let batch: Vec<(String, Record)> = vec![
+        ("p:é".into(), live(1, "x", None)),
+        ("p:a".into(), live(1, "x", None)),
+        ("p:Z".into(), live(1, "x", Some(2_000_000))),
+        ("p:gone".into(), Record::tombstone(version(1))),
+        ("p:old".into(), live(1, "x", Some(1_000_000))),
+        ("q:other".into(), live(1, "x", None)),
+        ("p".into(), live(1, "x", None)),
+    ];
+    store.apply(id, &batch).unwrap();
+    let scan = store.scan(id, "p:", None, 1000, now_ms).unwrap();
+    assert_eq!(names(&scan.keys), ["p:Z", "p:a", "p:é"]);
+    assert_eq!(scan.keys[0].expiration, Some(2_000_000));
+    assert_eq!(scan.resume_after, None);
+    let all = store.scan(id, "", None, 1000, now_ms).unwrap();
+    assert_eq!(names(&all.keys), ["p", "p:Z", "p:a", "p:é", "q:other"]);
+}
+
+/// Paging with `resume_after` visits every live key exactly once.
+pub async fn scan_pages_resume_exactly(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    let batch: Vec<(String, Record)> = (0..25).map(|i| (format!("k{i:02}"), live(1, "v", None))).collect();
+    store.apply(id, &batch).unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let scan = store.scan(id, "k", after.as_deref(), 10, 0).unwrap();
+        seen.extend(scan.keys.into_iter().map(|k| k.name));
+        match scan.resume_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(seen, expected);
+    // A page that ends exactly on the last key carries no cursor.
+    let exact = store.scan(id, "k", Some("k14"), 10, 0).unwrap();
+    assert_eq!(exact.keys.len(), 10);
+    assert_eq!(exact.resume_after, None);
+}
+
+/// A scan over more than the budget of dead records stops early and resumes.
+pub async fn scan_stops_at_its_budget(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    let mut batch: Vec<(String, Record)> =
+        (0..SCAN_BUDGET + 5).map(|i| (format!("dead{i:06}"), Record::tombstone(version(1)))).collect();
+    batch.push(("live".into(), live(1, "v", None)));
+    store.apply(id, &batch).unwrap();
+    let first = store.scan(id, "", None, 1000, 0).unwrap();
+    assert!(first.keys.is_empty());
+    let resume = first.resume_after.expect("a cursor after a budget-limited scan");
+    let second = store.scan(id, "", Some(&resume), 1000, 0).unwrap();
+    assert_eq!(names(&second.keys), ["live"]);
+    assert_eq!(second.resume_after, None);
+}
+
+/// Records with an expiration come due in order, and expiring them leaves tombstones of the
+/// same version.
+pub async fn expirations_come_due_in_order(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    store
+        .apply(id, &[("late".into(), live(1, "v", Some(300))), ("early".into(), live(2, "v", Some(100)))])
+        .unwrap();
+    store.apply(id, &[("never".into(), live(3, "v", None))]).unwrap();
+    assert!(store.due_expirations(99_999, 100).unwrap().is_empty());
+    let due = store.due_expirations(100_000, 100).unwrap();
+    assert_eq!(due, vec![DueExpiration { namespace: id, key: "early".into(), expiration: 100 }]);
+    assert!(store.expire(&due[0]).unwrap());
+    assert_eq!(store.get(id, "early").unwrap(), Some(Record::tombstone(version(2))));
+    let later = store.due_expirations(400_000, 100).unwrap();
+    assert_eq!(later.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["late"]);
+    assert!(store.expire(&later[0]).unwrap());
+    assert!(store.due_expirations(u64::MAX / 2, 100).unwrap().is_empty());
+    assert_eq!(store.get(id, "never").unwrap(), Some(live(3, "v", None)));
+}
+
+/// Index entries that no longer match their record (overwritten, namespace gone) are dropped
+/// without touching any record.
+pub async fn stale_expiry_entries_change_nothing(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    store.apply(id, &[("k".into(), live(1, "v", Some(100)))]).unwrap();
+    store.apply(id, &[("k".into(), live(2, "newer", None))]).unwrap();
+    let gone = with_namespace(store, 2);
+    store.apply(gone, &[("k".into(), live(1, "v", Some(100)))]).unwrap();
+    store.delete_namespace(gone).unwrap();
+    let due = store.due_expirations(200_000, 100).unwrap();
+    assert_eq!(due.len(), 2);
+    for d in &due {
+        assert!(!store.expire(d).unwrap());
+    }
+    assert_eq!(store.get(id, "k").unwrap(), Some(live(2, "newer", None)));
+    assert!(store.due_expirations(200_000, 100).unwrap().is_empty());
+}
+
+/// Many concurrent syncs all complete.
+pub async fn concurrent_syncs_all_return(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    let syncs = (0..50).map(|i| {
+        store.apply(id, &[(format!("k{i}"), live(1, "v", None))]).unwrap();
+        store.sync()
+    });
+    for result in futures::future::join_all(syncs).await {
+        result.unwrap();
+    }
+}
