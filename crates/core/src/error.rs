@@ -71,6 +71,9 @@ pub enum KvError {
     /// The route exists but not with this method (405).
     #[error("Method not allowed for this route")]
     MethodNotAllowed,
+    /// One item of a bulk request is invalid; reported with that item's code and status.
+    #[error("item {index} (key {key:?}): {source}")]
+    BulkItem { index: usize, key: String, source: Box<KvError> },
     /// Something failed inside the server; the message is safe to show (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -101,6 +104,7 @@ impl KvError {
             KvError::RouteNotFound => 7000,
             KvError::MethodNotAllowed => 7001,
             KvError::InvalidIdentifier(_) => 7003,
+            KvError::BulkItem { source, .. } => source.code(),
         }
     }
 
@@ -117,6 +121,7 @@ impl KvError {
             | KvError::MetadataTooLarge { .. }
             | KvError::PayloadTooLarge(_) => 413,
             KvError::Internal(_) => 500,
+            KvError::BulkItem { source, .. } => source.status(),
             KvError::InvalidTitle(_)
             | KvError::InvalidIdentifier(_)
             | KvError::InvalidKey(_)
@@ -147,5 +152,8 @@ mod tests {
         assert_eq!(KvError::Forbidden("x".into()).status(), 403);
         assert_eq!(KvError::Unauthenticated("x".into()).code(), 10000);
         assert_eq!(KvError::KeyNotFound.to_string(), "get: 'key not found'");
+        let item = KvError::BulkItem { index: 3, key: "k".into(), source: Box::new(too_long) };
+        assert_eq!((item.status(), item.code()), (414, 10025));
+        assert!(item.to_string().starts_with("item 3 (key \"k\"): UTF-8"));
     }
 }

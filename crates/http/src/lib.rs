@@ -1,1 +1,77 @@
+//! driftkv's HTTP front: the Cloudflare REST API v4 for Workers KV, over any [`KvService`].
+//!
+//! Every route answers in Cloudflare's envelope (`{success, errors, messages, result,
+//! result_info}`) except value reads, which return the raw bytes as Cloudflare does. Errors
+//! carry Cloudflare's codes. Bodies are size-checked before they are buffered, and a panic in a
+//! handler becomes a 500 answer rather than a dropped connection.
 
+mod auth;
+mod body;
+mod bulk;
+mod envelope;
+mod extract;
+mod namespaces;
+mod values;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{middleware, Json, Router};
+use driftkv_core::{KvError, KvService};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub use auth::Auth;
+use envelope::ApiError;
+
+/// The service handlers run against.
+type Service = Arc<dyn KvService>;
+
+/// The prefix of every KV route.
+pub const NAMESPACES_ROUTE: &str = "/client/v4/accounts/{account_id}/storage/kv/namespaces";
+
+/// The full router: the KV API (behind `auth`) and `/healthz`.
+pub fn router(service: Arc<dyn KvService>, auth: Auth) -> Router {
+    let ns = NAMESPACES_ROUTE;
+    let one = format!("{ns}/{{namespace_id}}");
+    let api = Router::new()
+        .route(ns, get(namespaces::list).post(namespaces::create))
+        .route(&one, get(namespaces::get).put(namespaces::rename).delete(namespaces::delete))
+        .route(
+            &format!("{one}/values/{{*key}}"),
+            get(values::get_value).put(values::put_value).delete(values::delete_value),
+        )
+        .route(&format!("{one}/values/"), any(values::empty_key))
+        .route(&format!("{one}/metadata/{{*key}}"), get(values::get_metadata))
+        .route(&format!("{one}/metadata/"), any(values::empty_key))
+        .route(&format!("{one}/keys"), get(values::list_keys))
+        .route(&format!("{one}/bulk"), put(bulk::write).delete(bulk::delete))
+        .route(&format!("{one}/bulk/delete"), post(bulk::delete))
+        .route(&format!("{one}/bulk/get"), post(bulk::get))
+        .route_layer(middleware::from_fn_with_state(auth, auth::require))
+        .with_state(service);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async { ApiError(KvError::RouteNotFound) })
+        .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) })
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+}
+
+/// `GET /healthz`: the process is up and serving.
+async fn healthz() -> Response {
+    (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError(KvError::Internal("the request handler failed; the server is still running".into())).into_response()
+}

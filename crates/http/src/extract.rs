@@ -1,0 +1,110 @@
+//! Extractors for path segments and query parameters that report failures in the Cloudflare
+//! envelope instead of axum's plain-text rejections.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Query, RawPathParams};
+use axum::http::request::Parts;
+use driftkv_core::key::{parse_expiration_param, validate_key};
+use driftkv_core::namespace::validate_account_id;
+use driftkv_core::{KvError, NamespaceId};
+
+use crate::envelope::ApiError;
+
+/// Path parameters, percent-decoded exactly once by axum.
+async fn path_params<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<HashMap<String, String>, KvError> {
+    let raw = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|e| KvError::InvalidKey(format!("the path does not decode to UTF-8: {}", e.body_text())))?;
+    Ok(raw.iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect())
+}
+
+fn account(params: &HashMap<String, String>) -> Result<String, KvError> {
+    let account = params.get("account_id").cloned().unwrap_or_default();
+    validate_account_id(&account)?;
+    Ok(account)
+}
+
+fn namespace_id(params: &HashMap<String, String>) -> Result<NamespaceId, KvError> {
+    params.get("namespace_id").map(String::as_str).unwrap_or_default().parse()
+}
+
+/// `/accounts/{account_id}/...`
+pub struct AccountPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AccountPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(AccountPath(account(&path_params(parts, state).await?)?))
+    }
+}
+
+/// `/accounts/{account_id}/storage/kv/namespaces/{namespace_id}/...`
+pub struct NamespacePath {
+    pub account: String,
+    pub id: NamespaceId,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for NamespacePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = path_params(parts, state).await?;
+        Ok(NamespacePath { account: account(&params)?, id: namespace_id(&params)? })
+    }
+}
+
+/// `.../namespaces/{namespace_id}/values/{*key}` (and `metadata/`). The key is everything after
+/// the route prefix, so a `%2F` inside it is part of the key, never a path separator.
+pub struct KeyPath {
+    pub account: String,
+    pub id: NamespaceId,
+    pub key: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = path_params(parts, state).await?;
+        let key = params.get("key").cloned().unwrap_or_default();
+        validate_key(&key)?;
+        Ok(KeyPath { account: account(&params)?, id: namespace_id(&params)?, key })
+    }
+}
+
+/// Query parameters.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| KvError::InvalidParameter(format!("malformed query string: {}", e.body_text())))?;
+        Ok(Params(map))
+    }
+}
+
+impl Params {
+    /// A text parameter.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// An expiration parameter (`expiration`, `expiration_ttl`) in seconds.
+    pub fn expiration(&self, name: &str) -> Result<Option<u64>, KvError> {
+        self.text(name).map(|t| parse_expiration_param(name, t)).transpose()
+    }
+
+    /// A whole number within `min..=max`, or `default` when absent.
+    pub fn number_in(&self, name: &str, min: usize, max: usize, default: usize) -> Result<usize, KvError> {
+        let Some(text) = self.text(name) else { return Ok(default) };
+        match text.trim().parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(KvError::InvalidParameter(format!("{name} must be a whole number from {min} to {max}, got {text:?}"))),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Single-key routes: write, read, delete a value; read its metadata; list keys.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::IntoResponse;
+use driftkv_core::key::resolve_expiration;
+use driftkv_core::limits::{MAX_LIST_LIMIT, MIN_LIST_LIMIT};
+use driftkv_core::service::put;
+use driftkv_core::time::unix_now_ms;
+use driftkv_core::{KvError, ListCursor, ListRequest, Write, WriteOp};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::body::read_value;
+use crate::envelope::{ok, ok_empty, ok_with_info, raw_metadata, ApiResult};
+use crate::extract::{KeyPath, NamespacePath, Params};
+use crate::Service;
+
+/// `PUT .../values/{key}`: raw body or multipart, with `expiration`/`expiration_ttl` in the
+/// query. The limits are checked before the body is read.
+pub async fn put_value(State(service): State<Service>, path: KeyPath, params: Params, headers: HeaderMap, body: Body) -> ApiResult {
+    let expiration =
+        resolve_expiration(params.expiration("expiration")?, params.expiration("expiration_ttl")?, unix_now_ms() / 1000)?;
+    let payload = read_value(&headers, body).await?;
+    let outcome = service
+        .write(&path.account, path.id, vec![put(path.key, payload.value, payload.metadata, expiration)])
+        .await?;
+    if outcome.successful == 0 {
+        return Err(KvError::Internal("the write was not applied".into()).into());
+    }
+    ok_empty()
+}
+
+/// `GET .../values/{key}`: the raw bytes, with an `expiration` header where one is set.
+pub async fn get_value(State(service): State<Service>, path: KeyPath) -> ApiResult {
+    let value = service.get(&path.account, path.id, &path.key).await?.ok_or(KvError::KeyNotFound)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Some(expiration) = value.expiration {
+        headers.insert("expiration", HeaderValue::from(expiration));
+    }
+    Ok((headers, value.value).into_response())
+}
+
+/// `DELETE .../values/{key}`: succeeds whether or not the key exists.
+pub async fn delete_value(State(service): State<Service>, path: KeyPath) -> ApiResult {
+    let delete = Write { key: path.key, op: WriteOp::Delete };
+    service.write(&path.account, path.id, vec![delete]).await?;
+    ok_empty()
+}
+
+/// `GET .../metadata/{key}`: the metadata JSON, `null` when the key has none.
+pub async fn get_metadata(State(service): State<Service>, path: KeyPath) -> ApiResult {
+    let value = service.get(&path.account, path.id, &path.key).await?.ok_or(KvError::KeyNotFound)?;
+    ok(raw_metadata(value.metadata.as_deref())?)
+}
+
+/// A route ending in `values/` or `metadata/` names the empty key, which cannot exist.
+pub async fn empty_key() -> ApiResult {
+    Err(KvError::InvalidKey("key names must not be empty".into()).into())
+}
+
+#[derive(Serialize)]
+struct KeyJson {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Box<RawValue>>,
+}
+
+/// `GET .../keys?prefix=&limit=&cursor=`: one page of live keys in UTF-8 byte order. The
+/// cursor is empty on the last page; a page may be short, or empty, with more to come.
+pub async fn list_keys(State(service): State<Service>, path: NamespacePath, params: Params) -> ApiResult {
+    let limit = params.number_in("limit", MIN_LIST_LIMIT, MAX_LIST_LIMIT, MAX_LIST_LIMIT)?;
+    let prefix = params.text("prefix").unwrap_or_default().to_owned();
+    let cursor = match params.text("cursor") {
+        None | Some("") => None,
+        Some(text) => Some(ListCursor::decode(text, path.id, &prefix)?),
+    };
+    let page = service.list(&path.account, path.id, ListRequest { prefix, limit, cursor }).await?;
+    let keys = page
+        .keys
+        .into_iter()
+        .map(|k| {
+            Ok(KeyJson { metadata: raw_metadata(k.metadata.as_deref())?, name: k.name, expiration: k.expiration })
+        })
+        .collect::<Result<Vec<_>, KvError>>()?;
+    let cursor = page.cursor.map(|c| c.encode()).unwrap_or_default();
+    ok_with_info(&keys, json!({ "count": keys.len(), "cursor": cursor }))
+}
