@@ -5,7 +5,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use driftkv_core::KvError;
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 
 /// A handler failure, rendered as the Cloudflare error envelope with the error's status.
@@ -26,12 +25,8 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self.0, code = self.0.code(), "request refused");
         }
-        let body = json!({
-            "success": false,
-            "errors": [{ "code": self.0.code(), "message": self.0.to_string() }],
-            "messages": [],
-            "result": null,
-        });
+        let errors = vec![ErrorJson { code: self.0.code(), message: self.0.to_string() }];
+        let body = Envelope { success: false, errors, messages: [], result: (), result_info: None::<()> };
         (status, Json(body)).into_response()
     }
 }
@@ -44,21 +39,27 @@ pub type ApiResult = Result<Response, ApiError>;
 #[derive(Serialize)]
 struct Envelope<R, I> {
     success: bool,
-    errors: [(); 0],
+    errors: Vec<ErrorJson>,
     messages: [(); 0],
     result: R,
     #[serde(skip_serializing_if = "Option::is_none")]
     result_info: Option<I>,
 }
 
+#[derive(Serialize)]
+struct ErrorJson {
+    code: u32,
+    message: String,
+}
+
 /// A success envelope around `result`.
 pub fn ok(result: impl Serialize) -> ApiResult {
-    Ok(Json(Envelope { success: true, errors: [], messages: [], result, result_info: None::<()> }).into_response())
+    Ok(Json(Envelope { success: true, errors: Vec::new(), messages: [], result, result_info: None::<()> }).into_response())
 }
 
 /// A success envelope around `result`, with `result_info` (paginated listings).
 pub fn ok_with_info(result: impl Serialize, result_info: impl Serialize) -> ApiResult {
-    Ok(Json(Envelope { success: true, errors: [], messages: [], result, result_info: Some(result_info) }).into_response())
+    Ok(Json(Envelope { success: true, errors: Vec::new(), messages: [], result, result_info: Some(result_info) }).into_response())
 }
 
 /// Stored metadata (compact JSON text) as a raw JSON value for a response.
@@ -70,5 +71,5 @@ pub fn raw_metadata(metadata: Option<&str>) -> Result<Option<Box<RawValue>>, KvE
 
 /// The empty result (`{}`) that writes and deletes answer with.
 pub fn ok_empty() -> ApiResult {
-    ok(json!({}))
+    ok(serde_json::json!({}))
 }

@@ -102,8 +102,13 @@ impl Params {
     /// A whole number within `min..=max`, or `default` when absent.
     pub fn number_in(&self, name: &str, min: usize, max: usize, default: usize) -> Result<usize, KvError> {
         let Some(text) = self.text(name) else { return Ok(default) };
-        match text.trim().parse::<usize>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
+        // Typed clients (the Python SDK declares `limit: float`) may send "100.0".
+        let whole = text.trim().parse::<usize>().ok().or_else(|| {
+            let f = text.trim().parse::<f64>().ok()?;
+            (f.fract() == 0.0 && f >= 0.0 && f <= usize::MAX as f64).then_some(f as usize)
+        });
+        match whole {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(KvError::InvalidParameter(format!("{name} must be a whole number from {min} to {max}, got {text:?}"))),
         }
     }

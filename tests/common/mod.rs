@@ -1,0 +1,140 @@
+//! Test harness: runs the real `driftkv` binary on an ephemeral loopback port and talks to it
+//! over HTTP only.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The account id the tests use.
+pub const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+
+/// A running `driftkv dev` process.
+pub struct DevServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl DevServer {
+    /// Starts a server on a fresh data directory.
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut server = Self::start_in(tmp.path(), &[]).expect("server starts");
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on `data_dir` with extra environment variables; returns the error
+    /// output if the process exits instead of listening.
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        Self::start_with_args(data_dir, "127.0.0.1:0", env)
+    }
+
+    /// Starts a server listening on `listen`.
+    pub fn start_with_args(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_driftkv"));
+        command
+            .args(["dev", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env_remove("DRIFTKV_API_TOKENS")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("driftkv dev listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => Ok(DevServer { child, base, data_dir: data_dir.to_owned(), _tmp: None }),
+            Err(_) => {
+                let _ = child.kill();
+                let output = child.wait_with_output().map_err(|e| e.to_string())?;
+                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+        }
+    }
+
+    /// `.../accounts/{ACCOUNT}/storage/kv/namespaces`
+    pub fn api(&self) -> String {
+        format!("{}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces", self.base)
+    }
+
+    /// The `host:port` the server listens on.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Stops the server with SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "driftkv dev exited with {exit} after SIGTERM");
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a key for a URL path the way Cloudflare's SDK does: everything but
+/// unreserved characters, `:` and `!`.
+pub fn encode_key(key: &str) -> String {
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b':').remove(b'!');
+    percent_encoding::utf8_percent_encode(key, SET).to_string()
+}
+
+/// Asserts that a response is a Cloudflare error envelope with this status and code.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -> Value {
+    let actual = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(actual, status, "unexpected status; body {body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["errors"][0]["code"], code, "{body}");
+    assert!(!body["errors"][0]["message"].as_str().unwrap_or_default().is_empty(), "{body}");
+    assert!(body["result"].is_null());
+    body
+}
+
+/// Asserts a success envelope and returns it.
+pub async fn assert_ok(response: reqwest::Response) -> Value {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("body is JSON");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(body["errors"], serde_json::json!([]), "{body}");
+    body
+}
+
+/// Creates a namespace and returns its id.
+pub async fn create_namespace(client: &reqwest::Client, server: &DevServer, title: &str) -> String {
+    let body = assert_ok(client.post(server.api()).json(&serde_json::json!({ "title": title })).send().await.unwrap()).await;
+    body["result"]["id"].as_str().expect("id").to_owned()
+}
