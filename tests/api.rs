@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -21,18 +24,43 @@ async fn namespaces_lifecycle() {
     let c = client();
     let id = create_namespace(&c, &server, "alpha").await;
     assert_eq!(id.len(), 32);
-    assert!(id.chars().all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch)));
-    assert_error(c.post(server.api()).json(&json!({"title": "alpha"})).send().await.unwrap(), 409, 10014).await;
+    assert!(id
+        .chars()
+        .all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch)));
+    assert_error(
+        c.post(server.api())
+            .json(&json!({"title": "alpha"}))
+            .send()
+            .await
+            .unwrap(),
+        409,
+        10014,
+    )
+    .await;
     for t in ["delta", "charlie", "bravo"] {
         create_namespace(&c, &server, t).await;
     }
 
     // Pages of two, by title, descending.
-    let page = |n: u32| c.get(format!("{}?per_page=2&page={n}&order=title&direction=desc", server.api())).send();
+    let page = |n: u32| {
+        c.get(format!(
+            "{}?per_page=2&page={n}&order=title&direction=desc",
+            server.api()
+        ))
+        .send()
+    };
     let first = assert_ok(page(1).await.unwrap()).await;
-    let titles: Vec<&str> = first["result"].as_array().unwrap().iter().map(|n| n["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = first["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["title"].as_str().unwrap())
+        .collect();
     assert_eq!(titles, ["delta", "charlie"]);
-    assert_eq!(first["result_info"], json!({"page": 1, "per_page": 2, "count": 2, "total_count": 4, "total_pages": 2}));
+    assert_eq!(
+        first["result_info"],
+        json!({"page": 1, "per_page": 2, "count": 2, "total_count": 4, "total_pages": 2})
+    );
     let second = assert_ok(page(2).await.unwrap()).await;
     assert_eq!(second["result"][1]["title"], "alpha");
     assert_eq!(second["result"][1]["supports_url_encoding"], true);
@@ -44,32 +72,103 @@ async fn namespaces_lifecycle() {
     assert_eq!(all["result"].as_array().unwrap().len(), 4);
 
     let ns_url = format!("{}/{id}", server.api());
-    assert_eq!(assert_ok(c.get(&ns_url).send().await.unwrap()).await["result"]["title"], "alpha");
-    assert_error(c.put(&ns_url).json(&json!({"title": "bravo"})).send().await.unwrap(), 409, 10014).await;
-    let renamed = assert_ok(c.put(&ns_url).json(&json!({"title": "omega"})).send().await.unwrap()).await;
-    assert_eq!(renamed["result"], json!({"id": id, "title": "omega", "supports_url_encoding": true}));
+    assert_eq!(
+        assert_ok(c.get(&ns_url).send().await.unwrap()).await["result"]["title"],
+        "alpha"
+    );
+    assert_error(
+        c.put(&ns_url)
+            .json(&json!({"title": "bravo"}))
+            .send()
+            .await
+            .unwrap(),
+        409,
+        10014,
+    )
+    .await;
+    let renamed = assert_ok(
+        c.put(&ns_url)
+            .json(&json!({"title": "omega"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        renamed["result"],
+        json!({"id": id, "title": "omega", "supports_url_encoding": true})
+    );
 
     // Deleting removes the namespace and its keys.
-    assert_ok(c.put(format!("{ns_url}/values/k")).body("v").send().await.unwrap()).await;
-    assert_eq!(assert_ok(c.delete(&ns_url).send().await.unwrap()).await["result"], json!({}));
+    assert_ok(
+        c.put(format!("{ns_url}/values/k"))
+            .body("v")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        assert_ok(c.delete(&ns_url).send().await.unwrap()).await["result"],
+        json!({})
+    );
     assert_error(c.get(&ns_url).send().await.unwrap(), 404, 10013).await;
-    assert_error(c.get(format!("{ns_url}/values/k")).send().await.unwrap(), 404, 10013).await;
+    assert_error(
+        c.get(format!("{ns_url}/values/k")).send().await.unwrap(),
+        404,
+        10013,
+    )
+    .await;
     assert_error(c.delete(&ns_url).send().await.unwrap(), 404, 10013).await;
 
     // Another account sees none of these.
-    let other = format!("{}/client/v4/accounts/someone-else/storage/kv/namespaces", server.base);
-    assert_eq!(assert_ok(c.get(&other).send().await.unwrap()).await["result"], json!([]));
-    let bravo = all["result"].as_array().unwrap().iter().find(|n| n["title"] == "bravo").unwrap()["id"].clone();
-    assert_error(c.get(format!("{other}/{}", bravo.as_str().unwrap())).send().await.unwrap(), 404, 10013).await;
+    let other = format!(
+        "{}/client/v4/accounts/someone-else/storage/kv/namespaces",
+        server.base
+    );
+    assert_eq!(
+        assert_ok(c.get(&other).send().await.unwrap()).await["result"],
+        json!([])
+    );
+    let bravo = all["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["title"] == "bravo")
+        .unwrap()["id"]
+        .clone();
+    assert_error(
+        c.get(format!("{other}/{}", bravo.as_str().unwrap()))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        10013,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn values_round_trip_binary_and_odd_keys() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!("{}/{}", server.api(), create_namespace(&c, &server, "values").await);
+    let ns = format!(
+        "{}/{}",
+        server.api(),
+        create_namespace(&c, &server, "values").await
+    );
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    let keys = ["a b/c?d%e:f!", "slash/", "/lead", "tab\tkey", "ünïcødé ✓", "%2F", "+plus+", "#hash", "..."];
+    let keys = [
+        "a b/c?d%e:f!",
+        "slash/",
+        "/lead",
+        "tab\tkey",
+        "ünïcødé ✓",
+        "%2F",
+        "+plus+",
+        "#hash",
+        "...",
+    ];
     for key in keys {
         let url = format!("{ns}/values/{}", encode_key(key));
         assert_ok(c.put(&url).body(binary.clone()).send().await.unwrap()).await;
@@ -80,67 +179,196 @@ async fn values_round_trip_binary_and_odd_keys() {
     }
     // The SDK's exact encoding of the spec's example key.
     let sdk_url = format!("{ns}/values/a%20b%2Fc%3Fd%25e:f!");
-    assert_eq!(c.get(&sdk_url).send().await.unwrap().bytes().await.unwrap(), binary);
+    assert_eq!(
+        c.get(&sdk_url).send().await.unwrap().bytes().await.unwrap(),
+        binary
+    );
     let listed = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
-    let mut names: Vec<&str> = listed["result"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> = listed["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
     let mut expected = keys.to_vec();
     expected.sort();
     assert_eq!(names, expected, "keys are listed decoded, in byte order");
     names.clear();
 
     // Empty values are values.
-    assert_ok(c.put(format!("{ns}/values/empty")).body("").send().await.unwrap()).await;
-    assert_eq!(c.get(format!("{ns}/values/empty")).send().await.unwrap().bytes().await.unwrap().len(), 0);
+    assert_ok(
+        c.put(format!("{ns}/values/empty"))
+            .body("")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        c.get(format!("{ns}/values/empty"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 
     // Overwrite, then delete (twice: deletes are idempotent), then 404.
     let url = format!("{ns}/values/k");
     assert_ok(c.put(&url).body("one").send().await.unwrap()).await;
     assert_ok(c.put(&url).body("two").send().await.unwrap()).await;
-    assert_eq!(c.get(&url).send().await.unwrap().text().await.unwrap(), "two");
-    assert_eq!(assert_ok(c.delete(&url).send().await.unwrap()).await["result"], json!({}));
+    assert_eq!(
+        c.get(&url).send().await.unwrap().text().await.unwrap(),
+        "two"
+    );
+    assert_eq!(
+        assert_ok(c.delete(&url).send().await.unwrap()).await["result"],
+        json!({})
+    );
     assert_ok(c.delete(&url).send().await.unwrap()).await;
-    assert_ok(c.delete(format!("{ns}/values/never-was")).send().await.unwrap()).await;
+    assert_ok(
+        c.delete(format!("{ns}/values/never-was"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let body = assert_error(c.get(&url).send().await.unwrap(), 404, 10009).await;
     assert_eq!(body["errors"][0]["message"], "get: 'key not found'");
-    assert_error(c.get(format!("{ns}/metadata/k")).send().await.unwrap(), 404, 10009).await;
+    assert_error(
+        c.get(format!("{ns}/metadata/k")).send().await.unwrap(),
+        404,
+        10009,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn multipart_writes_metadata_and_expiration() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!("{}/{}", server.api(), create_namespace(&c, &server, "multipart").await);
+    let ns = format!(
+        "{}/{}",
+        server.api(),
+        create_namespace(&c, &server, "multipart").await
+    );
     // The Python SDK's shape: the value as a file part, metadata as a JSON part.
     let form = Form::new()
-        .part("value", Part::bytes(vec![0u8, 1, 2, 255]).file_name("upload").mime_str("application/octet-stream").unwrap())
-        .part("metadata", Part::text(r#"{ "owner": "me", "tags": [1, 2] }"#).mime_str("application/json").unwrap());
-    let expiration = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        .part(
+            "value",
+            Part::bytes(vec![0u8, 1, 2, 255])
+                .file_name("upload")
+                .mime_str("application/octet-stream")
+                .unwrap(),
+        )
+        .part(
+            "metadata",
+            Part::text(r#"{ "owner": "me", "tags": [1, 2] }"#)
+                .mime_str("application/json")
+                .unwrap(),
+        );
+    let expiration = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     let url = format!("{ns}/values/{}", encode_key("with meta"));
-    assert_ok(c.put(format!("{url}?expiration={expiration}")).multipart(form).send().await.unwrap()).await;
+    assert_ok(
+        c.put(format!("{url}?expiration={expiration}"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let got = c.get(&url).send().await.unwrap();
     assert_eq!(got.headers()["expiration"], expiration.to_string().as_str());
     assert_eq!(got.bytes().await.unwrap().as_ref(), &[0u8, 1, 2, 255]);
-    let meta = assert_ok(c.get(format!("{ns}/metadata/{}", encode_key("with meta"))).send().await.unwrap()).await;
+    let meta = assert_ok(
+        c.get(format!("{ns}/metadata/{}", encode_key("with meta")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(meta["result"], json!({"owner": "me", "tags": [1, 2]}));
     let listed = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
-    assert_eq!(listed["result"], json!([{"name": "with meta", "expiration": expiration, "metadata": {"owner": "me", "tags": [1, 2]}}]));
+    assert_eq!(
+        listed["result"],
+        json!([{"name": "with meta", "expiration": expiration, "metadata": {"owner": "me", "tags": [1, 2]}}])
+    );
 
     // A value without metadata has null metadata; expiration_ttl wins over expiration.
     let form = Form::new().part("value", Part::text("plain"));
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    assert_ok(c.put(format!("{ns}/values/plain?expiration=1&expiration_ttl=120")).multipart(form).send().await.unwrap()).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_ok(
+        c.put(format!("{ns}/values/plain?expiration=1&expiration_ttl=120"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let got = c.get(format!("{ns}/values/plain")).send().await.unwrap();
-    let exp: u64 = got.headers()["expiration"].to_str().unwrap().parse().unwrap();
-    assert!((before + 120..=before + 122).contains(&exp), "{exp} vs {before}");
-    assert_eq!(assert_ok(c.get(format!("{ns}/metadata/plain")).send().await.unwrap()).await["result"], Value::Null);
+    let exp: u64 = got.headers()["expiration"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (before + 120..=before + 122).contains(&exp),
+        "{exp} vs {before}"
+    );
+    assert_eq!(
+        assert_ok(c.get(format!("{ns}/metadata/plain")).send().await.unwrap()).await["result"],
+        Value::Null
+    );
 
     // Malformed multipart bodies.
     let missing_value = Form::new().part("metadata", Part::text("{}"));
-    assert_error(c.put(format!("{ns}/values/x")).multipart(missing_value).send().await.unwrap(), 400, 10001).await;
-    let bad_meta = Form::new().part("value", Part::text("v")).part("metadata", Part::text("{not json"));
-    assert_error(c.put(format!("{ns}/values/x")).multipart(bad_meta).send().await.unwrap(), 400, 10035).await;
-    let big_meta = Form::new().part("value", Part::text("v")).part("metadata", Part::text(json!({"k": "x".repeat(1100)}).to_string()));
-    assert_error(c.put(format!("{ns}/values/x")).multipart(big_meta).send().await.unwrap(), 413, 10034).await;
+    assert_error(
+        c.put(format!("{ns}/values/x"))
+            .multipart(missing_value)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10001,
+    )
+    .await;
+    let bad_meta = Form::new()
+        .part("value", Part::text("v"))
+        .part("metadata", Part::text("{not json"));
+    assert_error(
+        c.put(format!("{ns}/values/x"))
+            .multipart(bad_meta)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10035,
+    )
+    .await;
+    let big_meta = Form::new().part("value", Part::text("v")).part(
+        "metadata",
+        Part::text(json!({"k": "x".repeat(1100)}).to_string()),
+    );
+    assert_error(
+        c.put(format!("{ns}/values/x"))
+            .multipart(big_meta)
+            .send()
+            .await
+            .unwrap(),
+        413,
+        10034,
+    )
+    .await;
     let truncated = c
         .put(format!("{ns}/values/x"))
         .header("content-type", "multipart/form-data; boundary=XYZ")
@@ -149,17 +377,42 @@ async fn multipart_writes_metadata_and_expiration() {
         .await
         .unwrap();
     assert_error(truncated, 400, 10001).await;
-    assert_error(c.get(format!("{ns}/values/x")).send().await.unwrap(), 404, 10009).await;
+    assert_error(
+        c.get(format!("{ns}/values/x")).send().await.unwrap(),
+        404,
+        10009,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn listing_pages_with_opaque_cursors() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!("{}/{}", server.api(), create_namespace(&c, &server, "listing").await);
-    let items: Vec<Value> = (0..2500).map(|i| json!({"key": format!("user:{i:05}"), "value": "v", "metadata": {"i": i}})).collect();
-    assert_ok(c.put(format!("{ns}/bulk")).json(&items).send().await.unwrap()).await;
-    assert_ok(c.put(format!("{ns}/values/other")).body("v").send().await.unwrap()).await;
+    let ns = format!(
+        "{}/{}",
+        server.api(),
+        create_namespace(&c, &server, "listing").await
+    );
+    let items: Vec<Value> = (0..2500)
+        .map(|i| json!({"key": format!("user:{i:05}"), "value": "v", "metadata": {"i": i}}))
+        .collect();
+    assert_ok(
+        c.put(format!("{ns}/bulk"))
+            .json(&items)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_ok(
+        c.put(format!("{ns}/values/other"))
+            .body("v")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
 
     let mut names = Vec::new();
     let mut cursor = String::new();
@@ -177,26 +430,84 @@ async fn listing_pages_with_opaque_cursors() {
         }
     }
     assert_eq!(pages, 3);
-    assert_eq!(names, (0..2500).map(|i| format!("user:{i:05}")).collect::<Vec<_>>());
+    assert_eq!(
+        names,
+        (0..2500)
+            .map(|i| format!("user:{i:05}"))
+            .collect::<Vec<_>>()
+    );
 
     // Exactly one page's worth: no cursor.
-    let exact = assert_ok(c.get(format!("{ns}/keys?prefix=user:0001&limit=10")).send().await.unwrap()).await;
+    let exact = assert_ok(
+        c.get(format!("{ns}/keys?prefix=user:0001&limit=10"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(exact["result_info"], json!({"count": 10, "cursor": ""}));
-    let small = assert_ok(c.get(format!("{ns}/keys?prefix=user:001&limit=10")).send().await.unwrap()).await;
-    assert_eq!(small["result"][0], json!({"name": "user:00100", "metadata": {"i": 100}}));
+    let small = assert_ok(
+        c.get(format!("{ns}/keys?prefix=user:001&limit=10"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        small["result"][0],
+        json!({"name": "user:00100", "metadata": {"i": 100}})
+    );
     let cursor = small["result_info"]["cursor"].as_str().unwrap().to_owned();
     assert!(!cursor.is_empty());
 
     // A cursor replayed with another prefix, a malformed cursor, limits out of range.
-    assert_error(c.get(format!("{ns}/keys?prefix=user:&cursor={cursor}")).send().await.unwrap(), 400, 10039).await;
-    assert_error(c.get(format!("{ns}/keys?cursor=garbage!")).send().await.unwrap(), 400, 10039).await;
-    assert_error(c.get(format!("{ns}/keys?cursor=AAAA")).send().await.unwrap(), 400, 10039).await;
+    assert_error(
+        c.get(format!("{ns}/keys?prefix=user:&cursor={cursor}"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10039,
+    )
+    .await;
+    assert_error(
+        c.get(format!("{ns}/keys?cursor=garbage!"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10039,
+    )
+    .await;
+    assert_error(
+        c.get(format!("{ns}/keys?cursor=AAAA"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10039,
+    )
+    .await;
     for limit in ["9", "1001", "0", "-5", "ten", "10.5"] {
-        assert_error(c.get(format!("{ns}/keys?limit={limit}")).send().await.unwrap(), 400, 10038).await;
+        assert_error(
+            c.get(format!("{ns}/keys?limit={limit}"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            10038,
+        )
+        .await;
     }
     assert_ok(c.get(format!("{ns}/keys?limit=10")).send().await.unwrap()).await;
     assert_ok(c.get(format!("{ns}/keys?limit=1000")).send().await.unwrap()).await;
-    let none = assert_ok(c.get(format!("{ns}/keys?prefix=nothing-here")).send().await.unwrap()).await;
+    let none = assert_ok(
+        c.get(format!("{ns}/keys?prefix=nothing-here"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(none["result"], json!([]));
     assert_eq!(none["result_info"], json!({"count": 0, "cursor": ""}));
 }
@@ -205,16 +516,46 @@ async fn listing_pages_with_opaque_cursors() {
 async fn bulk_write_delete_and_get() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!("{}/{}", server.api(), create_namespace(&c, &server, "bulk").await);
+    let ns = format!(
+        "{}/{}",
+        server.api(),
+        create_namespace(&c, &server, "bulk").await
+    );
 
     // 10,000 items is the limit; 10,001 is refused whole.
-    let items: Vec<Value> = (0..10_000).map(|i| json!({"key": format!("k{i:05}"), "value": format!("{i}")})).collect();
-    let res = assert_ok(c.put(format!("{ns}/bulk")).json(&items).send().await.unwrap()).await;
-    assert_eq!(res["result"], json!({"successful_key_count": 10_000, "unsuccessful_keys": []}));
+    let items: Vec<Value> = (0..10_000)
+        .map(|i| json!({"key": format!("k{i:05}"), "value": format!("{i}")}))
+        .collect();
+    let res = assert_ok(
+        c.put(format!("{ns}/bulk"))
+            .json(&items)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        res["result"],
+        json!({"successful_key_count": 10_000, "unsuccessful_keys": []})
+    );
     let mut too_many = items.clone();
     too_many.push(json!({"key": "extra", "value": "x"}));
-    assert_error(c.put(format!("{ns}/bulk")).json(&too_many).send().await.unwrap(), 400, 10041).await;
-    assert_error(c.get(format!("{ns}/values/extra")).send().await.unwrap(), 404, 10009).await;
+    assert_error(
+        c.put(format!("{ns}/bulk"))
+            .json(&too_many)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10041,
+    )
+    .await;
+    assert_error(
+        c.get(format!("{ns}/values/extra")).send().await.unwrap(),
+        404,
+        10009,
+    )
+    .await;
 
     // base64, metadata, per-item expiration.
     let b64 = base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150]);
@@ -222,57 +563,205 @@ async fn bulk_write_delete_and_get() {
         {"key": "bin", "value": b64, "base64": true, "metadata": {"kind": "bin"}},
         {"key": "json", "value": "{\"a\": [1, 2]}", "expiration_ttl": 600},
     ]);
-    assert_ok(c.put(format!("{ns}/bulk")).json(&ttl_items).send().await.unwrap()).await;
-    assert_eq!(c.get(format!("{ns}/values/bin")).send().await.unwrap().bytes().await.unwrap().as_ref(), &[0u8, 159, 146, 150]);
+    assert_ok(
+        c.put(format!("{ns}/bulk"))
+            .json(&ttl_items)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        c.get(format!("{ns}/values/bin"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        &[0u8, 159, 146, 150]
+    );
 
     // A bad item fails the whole request, naming the item, and nothing of it is written.
-    let bad = json!([{"key": "good", "value": "v"}, {"key": "bad", "value": "***", "base64": true}]);
-    let body = assert_error(c.put(format!("{ns}/bulk")).json(&bad).send().await.unwrap(), 400, 10042).await;
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("item 1"), "{body}");
-    assert_error(c.get(format!("{ns}/values/good")).send().await.unwrap(), 404, 10009).await;
+    let bad =
+        json!([{"key": "good", "value": "v"}, {"key": "bad", "value": "***", "base64": true}]);
+    let body = assert_error(
+        c.put(format!("{ns}/bulk")).json(&bad).send().await.unwrap(),
+        400,
+        10042,
+    )
+    .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("item 1"),
+        "{body}"
+    );
+    assert_error(
+        c.get(format!("{ns}/values/good")).send().await.unwrap(),
+        404,
+        10009,
+    )
+    .await;
     let cases = [
         (json!([{"key": "", "value": "v"}]), 400, 10020),
         (json!([{"key": "k".repeat(513), "value": "v"}]), 414, 10025),
-        (json!([{"key": "k", "value": "v", "expiration_ttl": 30}]), 400, 10037),
-        (json!([{"key": "k", "value": "v", "expiration": 5}]), 400, 10037),
-        (json!([{"key": "k", "value": "v", "metadata": {"m": "x".repeat(1100)}}]), 413, 10034),
+        (
+            json!([{"key": "k", "value": "v", "expiration_ttl": 30}]),
+            400,
+            10037,
+        ),
+        (
+            json!([{"key": "k", "value": "v", "expiration": 5}]),
+            400,
+            10037,
+        ),
+        (
+            json!([{"key": "k", "value": "v", "metadata": {"m": "x".repeat(1100)}}]),
+            413,
+            10034,
+        ),
         (json!([{"value": "no key"}]), 400, 10001),
         (json!({"not": "an array"}), 400, 10001),
     ];
     for (body, status, code) in cases {
-        assert_error(c.put(format!("{ns}/bulk")).json(&body).send().await.unwrap(), status, code).await;
+        assert_error(
+            c.put(format!("{ns}/bulk"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+            status,
+            code,
+        )
+        .await;
     }
 
     // Bulk get: text, json, with metadata, missing keys as null.
-    let text = assert_ok(c.post(format!("{ns}/bulk/get")).json(&json!({"keys": ["k00001", "json", "missing"]})).send().await.unwrap()).await;
-    assert_eq!(text["result"], json!({"values": {"k00001": "1", "json": "{\"a\": [1, 2]}", "missing": null}}));
-    let parsed = assert_ok(c.post(format!("{ns}/bulk/get")).json(&json!({"keys": ["json"], "type": "json"})).send().await.unwrap()).await;
-    assert_eq!(parsed["result"]["values"]["json"], json!({"a": [1, 2]}));
-    let meta = assert_ok(
-        c.post(format!("{ns}/bulk/get")).json(&json!({"keys": ["bin", "json"], "withMetadata": true})).send().await.unwrap(),
+    let text = assert_ok(
+        c.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["k00001", "json", "missing"]}))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
-    assert_eq!(meta["result"]["values"]["bin"]["metadata"], json!({"kind": "bin"}));
-    assert!(meta["result"]["values"]["json"]["expiration"].as_u64().is_some());
+    assert_eq!(
+        text["result"],
+        json!({"values": {"k00001": "1", "json": "{\"a\": [1, 2]}", "missing": null}})
+    );
+    let parsed = assert_ok(
+        c.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["json"], "type": "json"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parsed["result"]["values"]["json"], json!({"a": [1, 2]}));
+    let meta = assert_ok(
+        c.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["bin", "json"], "withMetadata": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        meta["result"]["values"]["bin"]["metadata"],
+        json!({"kind": "bin"})
+    );
+    assert!(meta["result"]["values"]["json"]["expiration"]
+        .as_u64()
+        .is_some());
     assert_eq!(meta["result"]["values"]["json"]["metadata"], Value::Null);
-    let not_json = c.post(format!("{ns}/bulk/get")).json(&json!({"keys": ["k00001", "bin"], "type": "json"})).send().await.unwrap();
+    let not_json = c
+        .post(format!("{ns}/bulk/get"))
+        .json(&json!({"keys": ["k00001", "bin"], "type": "json"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(not_json, 400, 10038).await;
     let many: Vec<String> = (0..101).map(|i| format!("k{i:05}")).collect();
-    assert_error(c.post(format!("{ns}/bulk/get")).json(&json!({"keys": many})).send().await.unwrap(), 400, 10041).await;
-    assert_error(c.post(format!("{ns}/bulk/get")).json(&json!({"keys": ["a"], "type": "stream"})).send().await.unwrap(), 400, 10038).await;
-    assert_error(c.post(format!("{ns}/bulk/get")).json(&json!({"keys": [""]})).send().await.unwrap(), 400, 10020).await;
+    assert_error(
+        c.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": many}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10041,
+    )
+    .await;
+    assert_error(
+        c.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["a"], "type": "stream"}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10038,
+    )
+    .await;
+    assert_error(
+        c.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": [""]}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10020,
+    )
+    .await;
 
     // Both forms of bulk delete.
     let first: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
-    let res = assert_ok(c.post(format!("{ns}/bulk/delete")).json(&first).send().await.unwrap()).await;
+    let res = assert_ok(
+        c.post(format!("{ns}/bulk/delete"))
+            .json(&first)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(res["result"]["successful_key_count"], 5000);
     let rest: Vec<String> = (5000..10_000).map(|i| format!("k{i:05}")).collect();
-    assert_ok(c.delete(format!("{ns}/bulk")).json(&rest).send().await.unwrap()).await;
+    assert_ok(
+        c.delete(format!("{ns}/bulk"))
+            .json(&rest)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let left = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
-    assert_eq!(left["result"], json!([{"name": "bin", "metadata": {"kind": "bin"}}, {"name": "json", "expiration": meta["result"]["values"]["json"]["expiration"]}]));
+    assert_eq!(
+        left["result"],
+        json!([{"name": "bin", "metadata": {"kind": "bin"}}, {"name": "json", "expiration": meta["result"]["values"]["json"]["expiration"]}])
+    );
     let too_many_deletes: Vec<String> = (0..10_001).map(|i| format!("k{i}")).collect();
-    assert_error(c.post(format!("{ns}/bulk/delete")).json(&too_many_deletes).send().await.unwrap(), 400, 10041).await;
-    assert_error(c.post(format!("{ns}/bulk/delete")).json(&json!([1, 2])).send().await.unwrap(), 400, 10001).await;
+    assert_error(
+        c.post(format!("{ns}/bulk/delete"))
+            .json(&too_many_deletes)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10041,
+    )
+    .await;
+    assert_error(
+        c.post(format!("{ns}/bulk/delete"))
+            .json(&json!([1, 2]))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        10001,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -281,34 +770,101 @@ async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
     let c = client();
     let id = create_namespace(&c, &server, "bad").await;
     let ns = format!("{}/{id}", server.api());
-    assert_ok(c.put(format!("{ns}/values/keep")).body("safe").send().await.unwrap()).await;
+    assert_ok(
+        c.put(format!("{ns}/values/keep"))
+            .body("safe")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
 
     let long_key = "k".repeat(513);
     let cases: Vec<(reqwest::RequestBuilder, u16, u64)> = vec![
-        (c.put(format!("{ns}/values/{long_key}")).body("v"), 414, 10025),
-        (c.get(format!("{ns}/values/{}", "€".repeat(171))), 414, 10025),
+        (
+            c.put(format!("{ns}/values/{long_key}")).body("v"),
+            414,
+            10025,
+        ),
+        (
+            c.get(format!("{ns}/values/{}", "€".repeat(171))),
+            414,
+            10025,
+        ),
         (c.put(format!("{ns}/values/")).body("v"), 400, 10020),
-        (c.put(format!("{ns}/values/k?expiration_ttl=59")).body("v"), 400, 10037),
-        (c.put(format!("{ns}/values/k?expiration_ttl=abc")).body("v"), 400, 10037),
-        (c.put(format!("{ns}/values/k?expiration_ttl=-60")).body("v"), 400, 10037),
-        (c.put(format!("{ns}/values/k?expiration=100")).body("v"), 400, 10037),
-        (c.put(format!("{ns}/values/k?expiration=99999999999999999999999")).body("v"), 400, 10037),
-        (c.get(format!("{}/not-a-namespace-id/values/k", server.api())), 400, 7003),
-        (c.get(format!("{}/{}/values/k", server.api(), "0".repeat(32))), 404, 10013),
-        (c.put(format!("{}/{}/values/k", server.api(), "0".repeat(32))).body("v"), 404, 10013),
+        (
+            c.put(format!("{ns}/values/k?expiration_ttl=59")).body("v"),
+            400,
+            10037,
+        ),
+        (
+            c.put(format!("{ns}/values/k?expiration_ttl=abc")).body("v"),
+            400,
+            10037,
+        ),
+        (
+            c.put(format!("{ns}/values/k?expiration_ttl=-60")).body("v"),
+            400,
+            10037,
+        ),
+        (
+            c.put(format!("{ns}/values/k?expiration=100")).body("v"),
+            400,
+            10037,
+        ),
+        (
+            c.put(format!("{ns}/values/k?expiration=99999999999999999999999"))
+                .body("v"),
+            400,
+            10037,
+        ),
+        (
+            c.get(format!("{}/not-a-namespace-id/values/k", server.api())),
+            400,
+            7003,
+        ),
+        (
+            c.get(format!("{}/{}/values/k", server.api(), "0".repeat(32))),
+            404,
+            10013,
+        ),
+        (
+            c.put(format!("{}/{}/values/k", server.api(), "0".repeat(32)))
+                .body("v"),
+            404,
+            10013,
+        ),
         (c.post(server.api()).body("{not json"), 400, 10001),
-        (c.post(server.api()).json(&json!({"name": "no title"})), 400, 10001),
+        (
+            c.post(server.api()).json(&json!({"name": "no title"})),
+            400,
+            10001,
+        ),
         (c.post(server.api()).json(&json!({"title": ""})), 400, 10019),
-        (c.post(server.api()).json(&json!({"title": "t".repeat(513)})), 400, 10019),
+        (
+            c.post(server.api())
+                .json(&json!({"title": "t".repeat(513)})),
+            400,
+            10019,
+        ),
         (c.get(format!("{}?per_page=101", server.api())), 400, 10038),
         (c.get(format!("{}?per_page=0", server.api())), 400, 10038),
         (c.get(format!("{}?page=0", server.api())), 400, 10038),
         (c.get(format!("{}?order=size", server.api())), 400, 10038),
         (c.get(format!("{}?direction=up", server.api())), 400, 10038),
-        (c.put(format!("{ns}/bulk")).body("[{\"key\": \"k\", \"value\": "), 400, 10001),
+        (
+            c.put(format!("{ns}/bulk"))
+                .body("[{\"key\": \"k\", \"value\": "),
+            400,
+            10001,
+        ),
         (c.post(format!("{ns}/bulk/get")).body("nope"), 400, 10001),
         (c.patch(format!("{ns}/values/k")), 405, 7001),
-        (c.get(format!("{}/client/v4/nowhere", server.base)), 404, 7000),
+        (
+            c.get(format!("{}/client/v4/nowhere", server.base)),
+            404,
+            7000,
+        ),
     ];
     for (request, status, code) in cases {
         assert_error(request.send().await.unwrap(), status, code).await;
@@ -322,14 +878,55 @@ async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
         limit + 1
     );
     let (status, body) = raw_request(&server.addr(), &head, &vec![7u8; limit + 1]).await;
-    assert!(status.contains(" 413 ") && body.contains("10033"), "{status} {body}");
-    assert_error(c.get(format!("{ns}/values/big")).send().await.unwrap(), 404, 10009).await;
-    assert_ok(c.put(format!("{ns}/values/big")).body(vec![7u8; limit]).send().await.unwrap()).await;
-    assert_eq!(c.get(format!("{ns}/values/big")).send().await.unwrap().bytes().await.unwrap().len(), limit);
+    assert!(
+        status.contains(" 413 ") && body.contains("10033"),
+        "{status} {body}"
+    );
+    assert_error(
+        c.get(format!("{ns}/values/big")).send().await.unwrap(),
+        404,
+        10009,
+    )
+    .await;
+    assert_ok(
+        c.put(format!("{ns}/values/big"))
+            .body(vec![7u8; limit])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        c.get(format!("{ns}/values/big"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        limit
+    );
 
     // Nothing was lost or corrupted, and the server is still up.
-    assert_eq!(c.get(format!("{ns}/values/keep")).send().await.unwrap().text().await.unwrap(), "safe");
-    assert_eq!(c.get(format!("{}/healthz", server.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{ns}/values/keep"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "safe"
+    );
+    assert_eq!(
+        c.get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 /// Sends a raw HTTP/1.1 request (for paths and headers a normal client would rewrite) and
@@ -354,7 +951,8 @@ async fn dot_keys_and_oversized_declared_bodies() {
     let id = create_namespace(&c, &server, "raw").await;
     let path = format!("/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces/{id}");
     for key in ["..", ".", "%2E%2E", "%2e"] {
-        let head = format!("GET {path}/values/{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let head =
+            format!("GET {path}/values/{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let (status, body) = raw_request(&server.addr(), &head, b"").await;
         assert!(status.contains(" 400 "), "{key}: {status}");
         assert!(body.contains("10020"), "{key}: {body}");
@@ -386,27 +984,75 @@ async fn dot_keys_and_oversized_declared_bodies() {
     let (status, body) = raw_request(&server.addr(), &head, &body).await;
     assert!(status.contains(" 413 "), "{status}");
     assert!(body.contains("10033"), "{body}");
-    assert_error(c.get(format!("{}/{id}/values/huge", server.api())).send().await.unwrap(), 404, 10009).await;
-    assert_error(c.get(format!("{}/{id}/values/chunked", server.api())).send().await.unwrap(), 404, 10009).await;
+    assert_error(
+        c.get(format!("{}/{id}/values/huge", server.api()))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        10009,
+    )
+    .await;
+    assert_error(
+        c.get(format!("{}/{id}/values/chunked", server.api()))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        10009,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn tokens_are_required_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = DevServer::start_in(tmp.path(), &[("DRIFTKV_API_TOKENS", "first-token,second-token")]).unwrap();
+    let server = DevServer::start_in(
+        tmp.path(),
+        &[("DRIFTKV_API_TOKENS", "first-token,second-token")],
+    )
+    .unwrap();
     let c = client();
     assert_error(c.get(server.api()).send().await.unwrap(), 401, 10000).await;
-    assert_error(c.get(server.api()).bearer_auth("wrong").send().await.unwrap(), 403, 10000).await;
-    assert_ok(c.get(server.api()).bearer_auth("second-token").send().await.unwrap()).await;
-    let legacy = c.get(server.api()).header("X-Auth-Email", "me@example.com").header("X-Auth-Key", "first-token");
+    assert_error(
+        c.get(server.api())
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap(),
+        403,
+        10000,
+    )
+    .await;
+    assert_ok(
+        c.get(server.api())
+            .bearer_auth("second-token")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let legacy = c
+        .get(server.api())
+        .header("X-Auth-Email", "me@example.com")
+        .header("X-Auth-Key", "first-token");
     assert_ok(legacy.send().await.unwrap()).await;
     // Health needs no token.
-    assert_eq!(c.get(format!("{}/healthz", server.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_public_bind_without_tokens_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = DevServer::start_with_args(tmp.path(), "0.0.0.0:0", &[]).err().expect("must not start");
+    let err = DevServer::start_with_args(tmp.path(), "0.0.0.0:0", &[])
+        .err()
+        .expect("must not start");
     assert!(err.contains("without API tokens"), "{err}");
 }

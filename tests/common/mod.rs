@@ -39,7 +39,11 @@ impl DevServer {
     }
 
     /// Starts a server listening on `listen`.
-    pub fn start_with_args(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Result<Self, String> {
+    pub fn start_with_args(
+        data_dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_driftkv"));
         command
             .args(["dev", "--listen", listen, "--data-dir"])
@@ -62,7 +66,12 @@ impl DevServer {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Ok(DevServer { child, base, data_dir: data_dir.to_owned(), _tmp: None }),
+            Ok(base) => Ok(DevServer {
+                child,
+                base,
+                data_dir: data_dir.to_owned(),
+                _tmp: None,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let output = child.wait_with_output().map_err(|e| e.to_string())?;
@@ -73,7 +82,10 @@ impl DevServer {
 
     /// `.../accounts/{ACCOUNT}/storage/kv/namespaces`
     pub fn api(&self) -> String {
-        format!("{}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces", self.base)
+        format!(
+            "{}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces",
+            self.base
+        )
     }
 
     /// The `host:port` the server listens on.
@@ -83,10 +95,16 @@ impl DevServer {
 
     /// Stops the server with SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "driftkv dev exited with {exit} after SIGTERM");
+        assert!(
+            exit.success(),
+            "driftkv dev exited with {exit} after SIGTERM"
+        );
     }
 
     /// Kills the server with SIGKILL, as a crash would.
@@ -106,8 +124,13 @@ impl Drop for DevServer {
 /// Percent-encodes a key for a URL path the way Cloudflare's SDK does: everything but
 /// unreserved characters, `:` and `!`.
 pub fn encode_key(key: &str) -> String {
-    const SET: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b':').remove(b'!');
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'!');
     percent_encoding::utf8_percent_encode(key, SET).to_string()
 }
 
@@ -118,7 +141,13 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: u64) -
     assert_eq!(actual, status, "unexpected status; body {body}");
     assert_eq!(body["success"], false, "{body}");
     assert_eq!(body["errors"][0]["code"], code, "{body}");
-    assert!(!body["errors"][0]["message"].as_str().unwrap_or_default().is_empty(), "{body}");
+    assert!(
+        !body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{body}"
+    );
     assert!(body["result"].is_null());
     body
 }
@@ -135,6 +164,14 @@ pub async fn assert_ok(response: reqwest::Response) -> Value {
 
 /// Creates a namespace and returns its id.
 pub async fn create_namespace(client: &reqwest::Client, server: &DevServer, title: &str) -> String {
-    let body = assert_ok(client.post(server.api()).json(&serde_json::json!({ "title": title })).send().await.unwrap()).await;
+    let body = assert_ok(
+        client
+            .post(server.api())
+            .json(&serde_json::json!({ "title": title }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     body["result"]["id"].as_str().expect("id").to_owned()
 }

@@ -35,14 +35,18 @@ impl ListCursor {
     /// Parses a cursor a client sent back, and checks it belongs to this namespace and prefix.
     pub fn decode(text: &str, namespace: NamespaceId, prefix: &str) -> Result<Self, KvError> {
         let malformed = || KvError::InvalidCursor("the cursor is malformed".into());
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| malformed())?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|_| malformed())?;
         let (&format, rest) = bytes.split_first().ok_or_else(malformed)?;
         if format != CURSOR_FORMAT {
             return Err(malformed());
         }
         let cursor: ListCursor = postcard::from_bytes(rest).map_err(|_| malformed())?;
         if cursor.namespace != namespace {
-            return Err(KvError::InvalidCursor("the cursor belongs to another namespace".into()));
+            return Err(KvError::InvalidCursor(
+                "the cursor belongs to another namespace".into(),
+            ));
         }
         if cursor.prefix != prefix {
             return Err(KvError::InvalidCursor(format!(
@@ -65,20 +69,42 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        let c = ListCursor { namespace: ns(), prefix: "user:".into(), after: "user:42 /?%".into() };
+        let c = ListCursor {
+            namespace: ns(),
+            prefix: "user:".into(),
+            after: "user:42 /?%".into(),
+        };
         let text = c.encode();
-        assert!(text.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
+        assert!(text
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
         assert_eq!(ListCursor::decode(&text, ns(), "user:").unwrap(), c);
     }
 
     #[test]
     fn mismatched_or_malformed_cursors_are_refused() {
-        let c = ListCursor { namespace: ns(), prefix: "a".into(), after: "ab".into() };
+        let c = ListCursor {
+            namespace: ns(),
+            prefix: "a".into(),
+            after: "ab".into(),
+        };
         let text = c.encode();
-        assert!(matches!(ListCursor::decode(&text, ns(), "b"), Err(KvError::InvalidCursor(_))));
-        assert!(matches!(ListCursor::decode(&text, NamespaceId([8; 16]), "a"), Err(KvError::InvalidCursor(_))));
+        assert!(matches!(
+            ListCursor::decode(&text, ns(), "b"),
+            Err(KvError::InvalidCursor(_))
+        ));
+        assert!(matches!(
+            ListCursor::decode(&text, NamespaceId([8; 16]), "a"),
+            Err(KvError::InvalidCursor(_))
+        ));
         for bad in ["", "!!!", "AAAA", "not a cursor", &text[..text.len() - 2]] {
-            assert!(matches!(ListCursor::decode(bad, ns(), "a"), Err(KvError::InvalidCursor(_))), "{bad}");
+            assert!(
+                matches!(
+                    ListCursor::decode(bad, ns(), "a"),
+                    Err(KvError::InvalidCursor(_))
+                ),
+                "{bad}"
+            );
         }
     }
 

@@ -73,7 +73,11 @@ pub enum KvError {
     MethodNotAllowed,
     /// One item of a bulk request is invalid; reported with that item's code and status.
     #[error("item {index} (key {key:?}): {source}")]
-    BulkItem { index: usize, key: String, source: Box<KvError> },
+    BulkItem {
+        index: usize,
+        key: String,
+        source: Box<KvError>,
+    },
     /// Something failed inside the server; the message is safe to show (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -142,17 +146,33 @@ mod tests {
 
     #[test]
     fn statuses_and_codes_match_the_spec() {
-        assert_eq!((KvError::KeyNotFound.status(), KvError::KeyNotFound.code()), (404, 10009));
+        assert_eq!(
+            (KvError::KeyNotFound.status(), KvError::KeyNotFound.code()),
+            (404, 10009)
+        );
         assert_eq!(KvError::NamespaceNotFound.code(), 10013);
-        assert_eq!((KvError::TitleTaken.status(), KvError::TitleTaken.code()), (409, 10014));
-        let too_long = KvError::KeyTooLong { len: 513, limit: 512 };
+        assert_eq!(
+            (KvError::TitleTaken.status(), KvError::TitleTaken.code()),
+            (409, 10014)
+        );
+        let too_long = KvError::KeyTooLong {
+            len: 513,
+            limit: 512,
+        };
         assert_eq!(too_long.status(), 414);
-        assert_eq!(too_long.to_string(), "UTF-8 encoded length of 513 exceeds key length limit of 512");
+        assert_eq!(
+            too_long.to_string(),
+            "UTF-8 encoded length of 513 exceeds key length limit of 512"
+        );
         assert_eq!(KvError::ValueTooLarge { len: 2, limit: 1 }.status(), 413);
         assert_eq!(KvError::Forbidden("x".into()).status(), 403);
         assert_eq!(KvError::Unauthenticated("x".into()).code(), 10000);
         assert_eq!(KvError::KeyNotFound.to_string(), "get: 'key not found'");
-        let item = KvError::BulkItem { index: 3, key: "k".into(), source: Box::new(too_long) };
+        let item = KvError::BulkItem {
+            index: 3,
+            key: "k".into(),
+            source: Box::new(too_long),
+        };
         assert_eq!((item.status(), item.code()), (414, 10025));
         assert!(item.to_string().starts_with("item 3 (key \"k\"): UTF-8"));
     }

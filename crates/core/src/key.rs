@@ -13,7 +13,10 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
         return Err(KvError::InvalidKey(format!("illegal key name {key:?}")));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(KvError::KeyTooLong { len: key.len(), limit: MAX_KEY_BYTES });
+        return Err(KvError::KeyTooLong {
+            len: key.len(),
+            limit: MAX_KEY_BYTES,
+        });
     }
     Ok(())
 }
@@ -24,17 +27,21 @@ pub fn normalize_metadata(metadata: &serde_json::Value) -> Result<Option<String>
     if metadata.is_null() {
         return Ok(None);
     }
-    let text = serde_json::to_string(metadata).map_err(|e| KvError::InvalidMetadata(e.to_string()))?;
+    let text =
+        serde_json::to_string(metadata).map_err(|e| KvError::InvalidMetadata(e.to_string()))?;
     if text.len() > MAX_METADATA_BYTES {
-        return Err(KvError::MetadataTooLarge { len: text.len(), limit: MAX_METADATA_BYTES });
+        return Err(KvError::MetadataTooLarge {
+            len: text.len(),
+            limit: MAX_METADATA_BYTES,
+        });
     }
     Ok(Some(text))
 }
 
 /// Parses metadata sent as JSON text (a multipart part) and normalizes it.
 pub fn parse_metadata(text: &[u8]) -> Result<Option<String>, KvError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(text).map_err(|e| KvError::InvalidMetadata(format!("metadata is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(text)
+        .map_err(|e| KvError::InvalidMetadata(format!("metadata is not valid JSON: {e}")))?;
     normalize_metadata(&value)
 }
 
@@ -52,9 +59,9 @@ pub fn resolve_expiration(
                 "expiration_ttl of {ttl} is less than the minimum of {MIN_EXPIRATION_TTL_SECS} seconds"
             )));
         }
-        let at = now_secs
-            .checked_add(ttl)
-            .ok_or_else(|| KvError::InvalidExpiration(format!("expiration_ttl of {ttl} is too large")))?;
+        let at = now_secs.checked_add(ttl).ok_or_else(|| {
+            KvError::InvalidExpiration(format!("expiration_ttl of {ttl} is too large"))
+        })?;
         return Ok(Some(at));
     }
     if let Some(at) = expiration {
@@ -71,9 +78,11 @@ pub fn resolve_expiration(
 
 /// Parses an expiration parameter (`expiration` or `expiration_ttl`) given as text.
 pub fn parse_expiration_param(name: &str, text: &str) -> Result<u64, KvError> {
-    text.trim()
-        .parse::<u64>()
-        .map_err(|_| KvError::InvalidExpiration(format!("{name} must be a whole number of seconds, got {text:?}")))
+    text.trim().parse::<u64>().map_err(|_| {
+        KvError::InvalidExpiration(format!(
+            "{name} must be a whole number of seconds, got {text:?}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -90,18 +99,36 @@ mod tests {
         assert!(matches!(validate_key("."), Err(KvError::InvalidKey(_))));
         assert!(matches!(validate_key(".."), Err(KvError::InvalidKey(_))));
         assert!(validate_key("...").is_ok());
-        assert_eq!(validate_key(&"k".repeat(513)), Err(KvError::KeyTooLong { len: 513, limit: 512 }));
+        assert_eq!(
+            validate_key(&"k".repeat(513)),
+            Err(KvError::KeyTooLong {
+                len: 513,
+                limit: 512
+            })
+        );
         // 171 three-byte characters are 513 bytes: the limit is on bytes, not characters.
-        assert!(matches!(validate_key(&"€".repeat(171)), Err(KvError::KeyTooLong { len: 513, .. })));
+        assert!(matches!(
+            validate_key(&"€".repeat(171)),
+            Err(KvError::KeyTooLong { len: 513, .. })
+        ));
     }
 
     #[test]
     fn metadata_is_compacted_and_sized() {
-        assert_eq!(parse_metadata(br#"{ "a" : 1 }"#).unwrap(), Some(r#"{"a":1}"#.to_string()));
+        assert_eq!(
+            parse_metadata(br#"{ "a" : 1 }"#).unwrap(),
+            Some(r#"{"a":1}"#.to_string())
+        );
         assert_eq!(parse_metadata(b"null").unwrap(), None);
-        assert!(matches!(parse_metadata(b"{nope"), Err(KvError::InvalidMetadata(_))));
+        assert!(matches!(
+            parse_metadata(b"{nope"),
+            Err(KvError::InvalidMetadata(_))
+        ));
         let big = json!({ "k": "x".repeat(1100) });
-        assert!(matches!(normalize_metadata(&big), Err(KvError::MetadataTooLarge { .. })));
+        assert!(matches!(
+            normalize_metadata(&big),
+            Err(KvError::MetadataTooLarge { .. })
+        ));
         // Exactly 1024 bytes serialized is allowed.
         let exact = json!("x".repeat(1022));
         assert_eq!(normalize_metadata(&exact).unwrap().unwrap().len(), 1024);
@@ -111,15 +138,27 @@ mod tests {
     fn expiration_rules() {
         let now = 1_000_000;
         assert_eq!(resolve_expiration(None, None, now).unwrap(), None);
-        assert_eq!(resolve_expiration(None, Some(60), now).unwrap(), Some(now + 60));
+        assert_eq!(
+            resolve_expiration(None, Some(60), now).unwrap(),
+            Some(now + 60)
+        );
         assert!(resolve_expiration(None, Some(59), now).is_err());
-        assert_eq!(resolve_expiration(Some(now + 60), None, now).unwrap(), Some(now + 60));
+        assert_eq!(
+            resolve_expiration(Some(now + 60), None, now).unwrap(),
+            Some(now + 60)
+        );
         assert!(resolve_expiration(Some(now + 59), None, now).is_err());
         assert!(resolve_expiration(Some(5), None, now).is_err());
         // expiration_ttl wins over expiration, even when expiration alone would be invalid.
-        assert_eq!(resolve_expiration(Some(5), Some(120), now).unwrap(), Some(now + 120));
+        assert_eq!(
+            resolve_expiration(Some(5), Some(120), now).unwrap(),
+            Some(now + 120)
+        );
         assert!(resolve_expiration(None, Some(u64::MAX), now).is_err());
-        assert_eq!(parse_expiration_param("expiration_ttl", "300").unwrap(), 300);
+        assert_eq!(
+            parse_expiration_param("expiration_ttl", "300").unwrap(),
+            300
+        );
         assert!(parse_expiration_param("expiration_ttl", "-1").is_err());
         assert!(parse_expiration_param("expiration_ttl", "1.5").is_err());
         assert!(parse_expiration_param("expiration", "soon").is_err());

@@ -64,7 +64,8 @@ impl Namespace {
 
     /// Decodes a stored namespace.
     pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
-        postcard::from_bytes(bytes).map_err(|e| KvError::Internal(format!("corrupt namespace record: {e}")))
+        postcard::from_bytes(bytes)
+            .map_err(|e| KvError::Internal(format!("corrupt namespace record: {e}")))
     }
 }
 
@@ -85,7 +86,9 @@ pub fn validate_title(title: &str) -> Result<(), KvError> {
 /// Checks an account id taken from a request path.
 pub fn validate_account_id(account_id: &str) -> Result<(), KvError> {
     if account_id.is_empty() || account_id.len() > MAX_ACCOUNT_ID_BYTES {
-        return Err(KvError::InvalidIdentifier(format!("account {account_id:?}")));
+        return Err(KvError::InvalidIdentifier(format!(
+            "account {account_id:?}"
+        )));
     }
     Ok(())
 }
@@ -99,7 +102,9 @@ mod tests {
         let id = NamespaceId::random();
         let text = id.to_string();
         assert_eq!(text.len(), 32);
-        assert!(text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(text
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
         assert_eq!(text.parse::<NamespaceId>().unwrap(), id);
         assert_eq!(text.to_uppercase().parse::<NamespaceId>().unwrap(), id);
     }
@@ -107,7 +112,13 @@ mod tests {
     #[test]
     fn malformed_ids_are_refused() {
         for bad in ["", "abc", &"g".repeat(32), &"a".repeat(33), &"a".repeat(31)] {
-            assert!(matches!(bad.parse::<NamespaceId>(), Err(KvError::InvalidIdentifier(_))), "{bad}");
+            assert!(
+                matches!(
+                    bad.parse::<NamespaceId>(),
+                    Err(KvError::InvalidIdentifier(_))
+                ),
+                "{bad}"
+            );
         }
     }
 

@@ -12,7 +12,9 @@ use crate::error::KvError;
 
 /// The version of a write: a hybrid-logical-clock timestamp, then the id of the node that
 /// stamped it to break ties. Versions are totally ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version {
     /// HLC time (NTP64 format: seconds in the high 32 bits, fraction in the low 32).
     pub timestamp: u64,
@@ -100,7 +102,12 @@ impl<'a> RecordView<'a> {
                 metadata: l.metadata,
                 value: Some(l.value),
             },
-            None => RecordView { version: wire.version, expiration: None, metadata: None, value: None },
+            None => RecordView {
+                version: wire.version,
+                expiration: None,
+                metadata: None,
+                value: None,
+            },
         })
     }
 
@@ -125,7 +132,10 @@ impl<'a> RecordView<'a> {
 impl Record {
     /// A tombstone with the given version.
     pub fn tombstone(version: Version) -> Self {
-        Record { version, live: None }
+        Record {
+            version,
+            live: None,
+        }
     }
 
     /// Encodes the record for storage.
@@ -198,10 +208,17 @@ mod tests {
 
     #[test]
     fn expiry_is_exact_to_the_second() {
-        let v = LiveValue { value: Bytes::new(), metadata: None, expiration: Some(100) };
+        let v = LiveValue {
+            value: Bytes::new(),
+            metadata: None,
+            expiration: Some(100),
+        };
         assert!(!v.is_expired(99_999));
         assert!(v.is_expired(100_000));
-        let forever = LiveValue { expiration: None, ..v };
+        let forever = LiveValue {
+            expiration: None,
+            ..v
+        };
         assert!(!forever.is_expired(u64::MAX));
     }
 }

@@ -60,21 +60,50 @@ pub trait KvService: Send + Sync + 'static {
     /// One namespace of the account.
     async fn namespace(&self, account_id: &str, id: NamespaceId) -> Result<Namespace, KvError>;
     /// Renames a namespace; titles are unique per account.
-    async fn rename_namespace(&self, account_id: &str, id: NamespaceId, title: &str) -> Result<Namespace, KvError>;
+    async fn rename_namespace(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        title: &str,
+    ) -> Result<Namespace, KvError>;
     /// Deletes a namespace and every key in it.
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError>;
     /// Applies a batch of puts and deletes; returns once they are durable.
-    async fn write(&self, account_id: &str, id: NamespaceId, writes: Vec<Write>) -> Result<WriteOutcome, KvError>;
+    async fn write(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        writes: Vec<Write>,
+    ) -> Result<WriteOutcome, KvError>;
     /// Reads a key: `None` when it is absent, deleted or expired.
-    async fn get(&self, account_id: &str, id: NamespaceId, key: &str) -> Result<Option<LiveValue>, KvError>;
+    async fn get(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        key: &str,
+    ) -> Result<Option<LiveValue>, KvError>;
     /// Lists live keys in UTF-8 byte order.
-    async fn list(&self, account_id: &str, id: NamespaceId, request: ListRequest) -> Result<ListPage, KvError>;
+    async fn list(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        request: ListRequest,
+    ) -> Result<ListPage, KvError>;
 }
 
 /// Convenience for a single put, used by callers that write one value.
-pub fn put(key: impl Into<String>, value: impl Into<Bytes>, metadata: Option<String>, expiration: Option<u64>) -> Write {
+pub fn put(
+    key: impl Into<String>,
+    value: impl Into<Bytes>,
+    metadata: Option<String>,
+    expiration: Option<u64>,
+) -> Write {
     Write {
         key: key.into(),
-        op: WriteOp::Put(LiveValue { value: value.into(), metadata, expiration }),
+        op: WriteOp::Put(LiveValue {
+            value: value.into(),
+            metadata,
+            expiration,
+        }),
     }
 }

@@ -26,14 +26,20 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         Auth::tokens(&config.api_tokens)
     };
     let store_dir = config.data_dir.join("central");
-    std::fs::create_dir_all(&store_dir).with_context(|| format!("cannot create {}", store_dir.display()))?;
+    std::fs::create_dir_all(&store_dir)
+        .with_context(|| format!("cannot create {}", store_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&store_dir).with_context(|| format!("cannot open the database in {}", store_dir.display()))?,
+        SledStore::open(&store_dir)
+            .with_context(|| format!("cannot open the database in {}", store_dir.display()))?,
     );
     let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
     let node_id = NonZeroU64::new(config.node_id).context("node_id must not be 0")?;
     let engine = Arc::new(Engine::new(store.clone(), node_id, wall.clone()));
-    let sweeper = spawn_sweeper(&store, wall, Duration::from_millis(config.sweep_interval_ms));
+    let sweeper = spawn_sweeper(
+        &store,
+        wall,
+        Duration::from_millis(config.sweep_interval_ms),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

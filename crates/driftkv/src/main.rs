@@ -37,7 +37,9 @@ enum Command {
 
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("DRIFTKV_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {
@@ -50,8 +52,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Dev { config, data_dir, listen } => {
-            let config = config::DevConfig::load(config.as_deref(), config::Overrides { data_dir, listen })?;
+        Command::Dev {
+            config,
+            data_dir,
+            listen,
+        } => {
+            let config =
+                config::DevConfig::load(config.as_deref(), config::Overrides { data_dir, listen })?;
             dev::run(config).await
         }
     }

@@ -20,8 +20,8 @@ use driftkv_core::key::validate_key;
 use driftkv_core::limits::{MAX_LIST_LIMIT, MAX_METADATA_BYTES, MAX_VALUE_BYTES};
 use driftkv_core::namespace::{validate_account_id, validate_title};
 use driftkv_core::{
-    KvError, KvService, ListCursor, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Record, Version, Write,
-    WriteOp, WriteOutcome,
+    KvError, KvService, ListCursor, ListPage, ListRequest, LiveValue, Namespace, NamespaceId,
+    Record, Version, Write, WriteOp, WriteOutcome,
 };
 use driftkv_store::Store;
 use tokio::sync::Mutex;
@@ -42,12 +42,23 @@ pub struct Engine {
 impl Engine {
     /// An engine writing to `store`, stamping versions with `node_id` as their origin.
     pub fn new(store: Arc<dyn Store>, node_id: NonZeroU64, wall: Arc<dyn WallClock>) -> Self {
-        let hlc = uhlc::HLCBuilder::new().with_id(uhlc::ID::from(node_id)).build();
-        Engine { store, hlc, origin: node_id.get(), wall, namespace_changes: Mutex::new(()) }
+        let hlc = uhlc::HLCBuilder::new()
+            .with_id(uhlc::ID::from(node_id))
+            .build();
+        Engine {
+            store,
+            hlc,
+            origin: node_id.get(),
+            wall,
+            namespace_changes: Mutex::new(()),
+        }
     }
 
     fn stamp(&self) -> Version {
-        Version { timestamp: self.hlc.new_timestamp().get_time().as_u64(), origin: self.origin }
+        Version {
+            timestamp: self.hlc.new_timestamp().get_time().as_u64(),
+            origin: self.origin,
+        }
     }
 
     /// The namespace, if it exists and belongs to the account. Another account's namespace is
@@ -60,7 +71,12 @@ impl Engine {
         }
     }
 
-    fn title_taken(&self, account_id: &str, title: &str, except: Option<NamespaceId>) -> Result<bool, KvError> {
+    fn title_taken(
+        &self,
+        account_id: &str,
+        title: &str,
+        except: Option<NamespaceId>,
+    ) -> Result<bool, KvError> {
         Ok(self
             .store
             .namespaces()?
@@ -86,11 +102,17 @@ fn validate_write(write: &Write, now_ms: u64) -> Result<(), KvError> {
     validate_key(&write.key)?;
     if let WriteOp::Put(value) = &write.op {
         if value.value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::ValueTooLarge { len: value.value.len(), limit: MAX_VALUE_BYTES });
+            return Err(KvError::ValueTooLarge {
+                len: value.value.len(),
+                limit: MAX_VALUE_BYTES,
+            });
         }
         if let Some(metadata) = &value.metadata {
             if metadata.len() > MAX_METADATA_BYTES {
-                return Err(KvError::MetadataTooLarge { len: metadata.len(), limit: MAX_METADATA_BYTES });
+                return Err(KvError::MetadataTooLarge {
+                    len: metadata.len(),
+                    limit: MAX_METADATA_BYTES,
+                });
             }
         }
         if value.is_expired(now_ms) {
@@ -117,7 +139,12 @@ impl KvService for Engine {
         while self.store.namespace(id)?.is_some() {
             id = NamespaceId::random();
         }
-        let namespace = Namespace { id, account_id: account_id.into(), title: title.into(), version: self.stamp() };
+        let namespace = Namespace {
+            id,
+            account_id: account_id.into(),
+            title: title.into(),
+            version: self.stamp(),
+        };
         self.store.put_namespace(&namespace)?;
         self.store.sync().await?;
         tracing::info!(namespace = %id, title, "namespace created");
@@ -135,7 +162,12 @@ impl KvService for Engine {
         self.owned(account_id, id)
     }
 
-    async fn rename_namespace(&self, account_id: &str, id: NamespaceId, title: &str) -> Result<Namespace, KvError> {
+    async fn rename_namespace(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        title: &str,
+    ) -> Result<Namespace, KvError> {
         validate_title(title)?;
         let _guard = self.namespace_changes.lock().await;
         let mut namespace = self.owned(account_id, id)?;
@@ -152,13 +184,19 @@ impl KvService for Engine {
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
         let _guard = self.namespace_changes.lock().await;
         self.owned(account_id, id)?;
-        self.blocking(move |store| Ok(store.delete_namespace(id)?)).await?;
+        self.blocking(move |store| Ok(store.delete_namespace(id)?))
+            .await?;
         self.store.sync().await?;
         tracing::info!(namespace = %id, "namespace deleted");
         Ok(())
     }
 
-    async fn write(&self, account_id: &str, id: NamespaceId, writes: Vec<Write>) -> Result<WriteOutcome, KvError> {
+    async fn write(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        writes: Vec<Write>,
+    ) -> Result<WriteOutcome, KvError> {
         self.owned(account_id, id)?;
         let now_ms = self.wall.now_ms();
         for write in &writes {
@@ -170,25 +208,45 @@ impl KvService for Engine {
             .map(|w| {
                 let version = self.stamp();
                 let record = match w.op {
-                    WriteOp::Put(live) => Record { version, live: Some(live) },
+                    WriteOp::Put(live) => Record {
+                        version,
+                        live: Some(live),
+                    },
                     WriteOp::Delete => Record::tombstone(version),
                 };
                 (w.key, record)
             })
             .collect();
-        self.blocking(move |store| Ok(store.apply(id, &records)?)).await?;
+        self.blocking(move |store| Ok(store.apply(id, &records)?))
+            .await?;
         self.store.sync().await?;
-        Ok(WriteOutcome { successful: count, unsuccessful: Vec::new() })
+        Ok(WriteOutcome {
+            successful: count,
+            unsuccessful: Vec::new(),
+        })
     }
 
-    async fn get(&self, account_id: &str, id: NamespaceId, key: &str) -> Result<Option<LiveValue>, KvError> {
+    async fn get(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        key: &str,
+    ) -> Result<Option<LiveValue>, KvError> {
         self.owned(account_id, id)?;
         validate_key(key)?;
         let now_ms = self.wall.now_ms();
-        Ok(self.store.get(id, key)?.and_then(|record| record.live_at(now_ms).cloned()))
+        Ok(self
+            .store
+            .get(id, key)?
+            .and_then(|record| record.live_at(now_ms).cloned()))
     }
 
-    async fn list(&self, account_id: &str, id: NamespaceId, request: ListRequest) -> Result<ListPage, KvError> {
+    async fn list(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        request: ListRequest,
+    ) -> Result<ListPage, KvError> {
         self.owned(account_id, id)?;
         if request.limit == 0 || request.limit > MAX_LIST_LIMIT {
             return Err(KvError::InvalidParameter(format!(
@@ -198,18 +256,26 @@ impl KvService for Engine {
         }
         if let Some(cursor) = &request.cursor {
             if cursor.namespace != id || cursor.prefix != request.prefix {
-                return Err(KvError::InvalidCursor("the cursor belongs to another listing".into()));
+                return Err(KvError::InvalidCursor(
+                    "the cursor belongs to another listing".into(),
+                ));
             }
         }
         let now_ms = self.wall.now_ms();
         let prefix = request.prefix.clone();
         let after = request.cursor.map(|c| c.after);
         let scan = self
-            .blocking(move |store| Ok(store.scan(id, &prefix, after.as_deref(), request.limit, now_ms)?))
+            .blocking(move |store| {
+                Ok(store.scan(id, &prefix, after.as_deref(), request.limit, now_ms)?)
+            })
             .await?;
         Ok(ListPage {
             keys: scan.keys,
-            cursor: scan.resume_after.map(|after| ListCursor { namespace: id, prefix: request.prefix, after }),
+            cursor: scan.resume_after.map(|after| ListCursor {
+                namespace: id,
+                prefix: request.prefix,
+                after,
+            }),
         })
     }
 }
@@ -219,7 +285,11 @@ const SWEEP_BATCH: usize = 1000;
 
 /// Starts the background sweeper: every `every`, expired records become tombstones and their
 /// index entries go. It stops by itself once the store has been dropped.
-pub fn spawn_sweeper(store: &Arc<dyn Store>, wall: Arc<dyn WallClock>, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sweeper(
+    store: &Arc<dyn Store>,
+    wall: Arc<dyn WallClock>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     let store: Weak<dyn Store> = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);

@@ -20,27 +20,62 @@ fn fixture() -> Fixture {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let clock = Arc::new(ManualClock::new(T0_MS));
     let engine = Engine::new(store.clone(), NonZeroU64::new(1).unwrap(), clock.clone());
-    Fixture { engine, store, clock, _dir: dir }
+    Fixture {
+        engine,
+        store,
+        clock,
+        _dir: dir,
+    }
 }
 
 fn delete(key: &str) -> Write {
-    Write { key: key.into(), op: WriteOp::Delete }
+    Write {
+        key: key.into(),
+        op: WriteOp::Delete,
+    }
 }
 
 #[tokio::test]
 async fn titles_are_unique_per_account() {
     let f = fixture();
     let a = f.engine.create_namespace("acct", "one").await.unwrap();
-    assert_eq!(f.engine.create_namespace("acct", "one").await, Err(KvError::TitleTaken));
+    assert_eq!(
+        f.engine.create_namespace("acct", "one").await,
+        Err(KvError::TitleTaken)
+    );
     let other = f.engine.create_namespace("other", "one").await.unwrap();
     let b = f.engine.create_namespace("acct", "two").await.unwrap();
-    assert_eq!(f.engine.rename_namespace("acct", b.id, "one").await, Err(KvError::TitleTaken));
-    assert_eq!(f.engine.rename_namespace("acct", a.id, "one").await.unwrap().title, "one");
-    let renamed = f.engine.rename_namespace("acct", b.id, "three").await.unwrap();
+    assert_eq!(
+        f.engine.rename_namespace("acct", b.id, "one").await,
+        Err(KvError::TitleTaken)
+    );
+    assert_eq!(
+        f.engine
+            .rename_namespace("acct", a.id, "one")
+            .await
+            .unwrap()
+            .title,
+        "one"
+    );
+    let renamed = f
+        .engine
+        .rename_namespace("acct", b.id, "three")
+        .await
+        .unwrap();
     assert_eq!(f.engine.namespace("acct", b.id).await.unwrap(), renamed);
     // Accounts do not see each other's namespaces.
-    assert_eq!(f.engine.namespace("acct", other.id).await, Err(KvError::NamespaceNotFound));
-    let mut titles: Vec<_> = f.engine.list_namespaces("acct").await.unwrap().into_iter().map(|n| n.title).collect();
+    assert_eq!(
+        f.engine.namespace("acct", other.id).await,
+        Err(KvError::NamespaceNotFound)
+    );
+    let mut titles: Vec<_> = f
+        .engine
+        .list_namespaces("acct")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect();
     titles.sort();
     assert_eq!(titles, ["one", "three"]);
 }
@@ -49,10 +84,19 @@ async fn titles_are_unique_per_account() {
 async fn deleting_a_namespace_deletes_its_keys() {
     let f = fixture();
     let ns = f.engine.create_namespace("acct", "doomed").await.unwrap();
-    f.engine.write("acct", ns.id, vec![put("k", "v", None, None)]).await.unwrap();
+    f.engine
+        .write("acct", ns.id, vec![put("k", "v", None, None)])
+        .await
+        .unwrap();
     f.engine.delete_namespace("acct", ns.id).await.unwrap();
-    assert_eq!(f.engine.get("acct", ns.id, "k").await, Err(KvError::NamespaceNotFound));
-    assert_eq!(f.engine.delete_namespace("acct", ns.id).await, Err(KvError::NamespaceNotFound));
+    assert_eq!(
+        f.engine.get("acct", ns.id, "k").await,
+        Err(KvError::NamespaceNotFound)
+    );
+    assert_eq!(
+        f.engine.delete_namespace("acct", ns.id).await,
+        Err(KvError::NamespaceNotFound)
+    );
     // The title is free again.
     f.engine.create_namespace("acct", "doomed").await.unwrap();
 }
@@ -63,18 +107,49 @@ async fn writes_read_back_and_deletes_are_idempotent() {
     let ns = f.engine.create_namespace("acct", "n").await.unwrap();
     let outcome = f
         .engine
-        .write("acct", ns.id, vec![put("a", &b"\x00\x01"[..], Some(r#"{"m":1}"#.into()), None), put("b", "B", None, None)])
+        .write(
+            "acct",
+            ns.id,
+            vec![
+                put("a", &b"\x00\x01"[..], Some(r#"{"m":1}"#.into()), None),
+                put("b", "B", None, None),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(outcome.successful, 2);
     let a = f.engine.get("acct", ns.id, "a").await.unwrap().unwrap();
-    assert_eq!((&a.value[..], a.metadata.as_deref()), (&b"\x00\x01"[..], Some(r#"{"m":1}"#)));
-    f.engine.write("acct", ns.id, vec![delete("a"), delete("never-existed")]).await.unwrap();
-    f.engine.write("acct", ns.id, vec![delete("a")]).await.unwrap();
+    assert_eq!(
+        (&a.value[..], a.metadata.as_deref()),
+        (&b"\x00\x01"[..], Some(r#"{"m":1}"#))
+    );
+    f.engine
+        .write("acct", ns.id, vec![delete("a"), delete("never-existed")])
+        .await
+        .unwrap();
+    f.engine
+        .write("acct", ns.id, vec![delete("a")])
+        .await
+        .unwrap();
     assert_eq!(f.engine.get("acct", ns.id, "a").await.unwrap(), None);
     // The later of two writes to one key in a batch wins.
-    f.engine.write("acct", ns.id, vec![put("c", "1", None, None), put("c", "2", None, None)]).await.unwrap();
-    assert_eq!(&f.engine.get("acct", ns.id, "c").await.unwrap().unwrap().value[..], b"2");
+    f.engine
+        .write(
+            "acct",
+            ns.id,
+            vec![put("c", "1", None, None), put("c", "2", None, None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        &f.engine
+            .get("acct", ns.id, "c")
+            .await
+            .unwrap()
+            .unwrap()
+            .value[..],
+        b"2"
+    );
 }
 
 #[tokio::test]
@@ -82,10 +157,19 @@ async fn the_engine_rechecks_limits() {
     let f = fixture();
     let ns = f.engine.create_namespace("acct", "n").await.unwrap();
     let huge = put("k", vec![0u8; MAX_VALUE_BYTES + 1], None, None);
-    assert!(matches!(f.engine.write("acct", ns.id, vec![huge]).await, Err(KvError::ValueTooLarge { .. })));
+    assert!(matches!(
+        f.engine.write("acct", ns.id, vec![huge]).await,
+        Err(KvError::ValueTooLarge { .. })
+    ));
     let past = put("k", "v", None, Some(T0_MS / 1000 - 1));
-    assert!(matches!(f.engine.write("acct", ns.id, vec![past]).await, Err(KvError::InvalidExpiration(_))));
-    assert!(matches!(f.engine.write("acct", ns.id, vec![delete("..")]).await, Err(KvError::InvalidKey(_))));
+    assert!(matches!(
+        f.engine.write("acct", ns.id, vec![past]).await,
+        Err(KvError::InvalidExpiration(_))
+    ));
+    assert!(matches!(
+        f.engine.write("acct", ns.id, vec![delete("..")]).await,
+        Err(KvError::InvalidKey(_))
+    ));
     // Nothing of a refused batch is written, even its valid writes.
     let mixed = vec![put("ok", "v", None, None), put("", "v", None, None)];
     assert!(f.engine.write("acct", ns.id, mixed).await.is_err());
@@ -97,14 +181,39 @@ async fn expiration_is_exact_at_read_time_and_swept_later() {
     let f = fixture();
     let ns = f.engine.create_namespace("acct", "n").await.unwrap();
     let expires = T0_MS / 1000 + 60;
-    f.engine.write("acct", ns.id, vec![put("k", "v", None, Some(expires))]).await.unwrap();
+    f.engine
+        .write("acct", ns.id, vec![put("k", "v", None, Some(expires))])
+        .await
+        .unwrap();
     f.clock.set(expires * 1000 - 1);
     assert!(f.engine.get("acct", ns.id, "k").await.unwrap().is_some());
-    let listed = f.engine.list("acct", ns.id, ListRequest { prefix: String::new(), limit: 10, cursor: None }).await;
+    let listed = f
+        .engine
+        .list(
+            "acct",
+            ns.id,
+            ListRequest {
+                prefix: String::new(),
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await;
     assert_eq!(listed.unwrap().keys[0].expiration, Some(expires));
     f.clock.set(expires * 1000);
     assert_eq!(f.engine.get("acct", ns.id, "k").await.unwrap(), None);
-    let listed = f.engine.list("acct", ns.id, ListRequest { prefix: String::new(), limit: 10, cursor: None }).await;
+    let listed = f
+        .engine
+        .list(
+            "acct",
+            ns.id,
+            ListRequest {
+                prefix: String::new(),
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await;
     assert!(listed.unwrap().keys.is_empty());
     // The record is still stored until the sweeper runs; then only a tombstone remains.
     assert!(f.store.get(ns.id, "k").unwrap().unwrap().live.is_some());
@@ -116,12 +225,22 @@ async fn expiration_is_exact_at_read_time_and_swept_later() {
 async fn the_sweeper_task_runs_by_itself() {
     let f = fixture();
     let ns = f.engine.create_namespace("acct", "n").await.unwrap();
-    f.engine.write("acct", ns.id, vec![put("k", "v", None, Some(T0_MS / 1000 + 60))]).await.unwrap();
+    f.engine
+        .write(
+            "acct",
+            ns.id,
+            vec![put("k", "v", None, Some(T0_MS / 1000 + 60))],
+        )
+        .await
+        .unwrap();
     f.clock.set(T0_MS + 61_000);
     let sweeper = spawn_sweeper(&f.store, f.clock.clone(), Duration::from_millis(10));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while f.store.get(ns.id, "k").unwrap().unwrap().live.is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "the sweeper never expired the record");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper never expired the record"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     sweeper.abort();
@@ -132,8 +251,21 @@ async fn list_all(engine: &Engine, ns: NamespaceId, prefix: &str, limit: usize) 
     let mut names = Vec::new();
     let mut cursor_text: Option<String> = None;
     loop {
-        let cursor = cursor_text.as_deref().map(|t| ListCursor::decode(t, ns, prefix).unwrap());
-        let page = engine.list("acct", ns, ListRequest { prefix: prefix.into(), limit, cursor }).await.unwrap();
+        let cursor = cursor_text
+            .as_deref()
+            .map(|t| ListCursor::decode(t, ns, prefix).unwrap());
+        let page = engine
+            .list(
+                "acct",
+                ns,
+                ListRequest {
+                    prefix: prefix.into(),
+                    limit,
+                    cursor,
+                },
+            )
+            .await
+            .unwrap();
         assert!(page.keys.len() <= limit);
         names.extend(page.keys.into_iter().map(|k| k.name));
         match page.cursor {

@@ -22,14 +22,18 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("tokens", &self.digests.len()).finish()
+        f.debug_struct("Auth")
+            .field("tokens", &self.digests.len())
+            .finish()
     }
 }
 
 impl Auth {
     /// No token required: for a server bound to loopback only.
     pub fn open() -> Self {
-        Auth { digests: Vec::new() }
+        Auth {
+            digests: Vec::new(),
+        }
     }
 
     /// Requires one of `tokens` on every request. Empty tokens are ignored.
@@ -58,7 +62,10 @@ impl Auth {
             return Ok(());
         }
         let presented = bearer(headers).or_else(|| {
-            headers.contains_key("x-auth-email").then(|| headers.get("x-auth-key")?.to_str().ok()).flatten()
+            headers
+                .contains_key("x-auth-email")
+                .then(|| headers.get("x-auth-key")?.to_str().ok())
+                .flatten()
         });
         let Some(token) = presented else {
             return Err(KvError::Unauthenticated(
@@ -67,7 +74,10 @@ impl Auth {
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare against every digest without stopping early.
-        let matched = self.digests.iter().fold(subtle::Choice::from(0), |acc, d| acc | d.ct_eq(&digest));
+        let matched = self
+            .digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, d| acc | d.ct_eq(&digest));
         if bool::from(matched) {
             Ok(())
         } else {
@@ -77,7 +87,10 @@ impl Auth {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -112,14 +125,30 @@ mod tests {
     #[test]
     fn tokens_are_checked() {
         let auth = Auth::tokens(["alpha", "beta"]);
-        assert!(auth.check(&headers(&[("authorization", "Bearer beta")])).is_ok());
-        assert!(auth.check(&headers(&[("authorization", "bearer alpha")])).is_ok());
-        assert!(matches!(auth.check(&HeaderMap::new()), Err(KvError::Unauthenticated(_))));
-        assert!(matches!(auth.check(&headers(&[("authorization", "Bearer gamma")])), Err(KvError::Forbidden(_))));
-        assert!(matches!(auth.check(&headers(&[("authorization", "Basic alpha")])), Err(KvError::Unauthenticated(_))));
+        assert!(auth
+            .check(&headers(&[("authorization", "Bearer beta")]))
+            .is_ok());
+        assert!(auth
+            .check(&headers(&[("authorization", "bearer alpha")]))
+            .is_ok());
+        assert!(matches!(
+            auth.check(&HeaderMap::new()),
+            Err(KvError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            auth.check(&headers(&[("authorization", "Bearer gamma")])),
+            Err(KvError::Forbidden(_))
+        ));
+        assert!(matches!(
+            auth.check(&headers(&[("authorization", "Basic alpha")])),
+            Err(KvError::Unauthenticated(_))
+        ));
         let legacy = headers(&[("x-auth-email", "me@example.com"), ("x-auth-key", "alpha")]);
         assert!(auth.check(&legacy).is_ok());
-        assert!(matches!(auth.check(&headers(&[("x-auth-key", "alpha")])), Err(KvError::Unauthenticated(_))));
+        assert!(matches!(
+            auth.check(&headers(&[("x-auth-key", "alpha")])),
+            Err(KvError::Unauthenticated(_))
+        ));
     }
 
     #[test]

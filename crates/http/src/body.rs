@@ -14,7 +14,12 @@ use serde::de::DeserializeOwned;
 
 /// The declared length of the body, if any.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads a whole body of at most `limit` bytes; `too_large` builds the error for a bigger one
@@ -32,12 +37,18 @@ pub async fn read_limited(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(e) => Err(KvError::BadRequest(format!("could not read the request body: {e}"))),
+        Err(e) => Err(KvError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
 /// Reads and parses a JSON body of at most `limit` bytes.
-pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: usize) -> Result<T, KvError> {
+pub async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, KvError> {
     let bytes = read_limited(headers, body, limit, |n| {
         KvError::PayloadTooLarge(match n {
             Some(n) => format!("{n} bytes; this request accepts at most {limit}"),
@@ -64,16 +75,25 @@ fn value_too_large(len: Option<u64>) -> KvError {
 /// Reads the body of a value write: `multipart/form-data` with a `value` part and an optional
 /// JSON `metadata` part, or else the raw body as the value.
 pub async fn read_value(headers: &HeaderMap, body: Body) -> Result<ValuePayload, KvError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
         let value = read_limited(headers, body, MAX_VALUE_BYTES, value_too_large).await?;
-        return Ok(ValuePayload { value, metadata: None });
+        return Ok(ValuePayload {
+            value,
+            metadata: None,
+        });
     }
     if content_length(headers).is_some_and(|n| n > MAX_VALUE_REQUEST_BYTES as u64) {
         return Err(value_too_large(content_length(headers)));
     }
-    let boundary =
-        multer::parse_boundary(content_type).map_err(|e| KvError::BadRequest(format!("bad multipart content type: {e}")))?;
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| KvError::BadRequest(format!("bad multipart content type: {e}")))?;
     let limits = multer::SizeLimit::new()
         .whole_stream(MAX_VALUE_REQUEST_BYTES as u64)
         .for_field("value", MAX_VALUE_BYTES as u64)
@@ -90,23 +110,33 @@ pub async fn read_value(headers: &HeaderMap, body: Body) -> Result<ValuePayload,
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("value") => value = Some(field.bytes().await.map_err(multipart_error)?),
-            Some("metadata") => metadata = parse_metadata(&field.bytes().await.map_err(multipart_error)?)?,
+            Some("metadata") => {
+                metadata = parse_metadata(&field.bytes().await.map_err(multipart_error)?)?
+            }
             // Other parts are read (bounded by the stream limit) and ignored.
             _ => {
                 field.bytes().await.map_err(multipart_error)?;
             }
         }
     }
-    let value = value.ok_or_else(|| KvError::BadRequest("the multipart body has no 'value' part".into()))?;
+    let value = value
+        .ok_or_else(|| KvError::BadRequest("the multipart body has no 'value' part".into()))?;
     Ok(ValuePayload { value, metadata })
 }
 
 fn multipart_error(e: multer::Error) -> KvError {
     match e {
-        multer::Error::FieldSizeExceeded { field_name, .. } if field_name.as_deref() == Some("metadata") => {
-            KvError::MetadataTooLarge { len: MAX_METADATA_BYTES * 16 + 1, limit: MAX_METADATA_BYTES }
+        multer::Error::FieldSizeExceeded { field_name, .. }
+            if field_name.as_deref() == Some("metadata") =>
+        {
+            KvError::MetadataTooLarge {
+                len: MAX_METADATA_BYTES * 16 + 1,
+                limit: MAX_METADATA_BYTES,
+            }
         }
-        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => value_too_large(None),
+        multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+            value_too_large(None)
+        }
         other => KvError::BadRequest(format!("malformed multipart body: {other}")),
     }
 }

@@ -13,7 +13,9 @@ use base64::alphabet::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use driftkv_core::key::{normalize_metadata, resolve_expiration, validate_key};
-use driftkv_core::limits::{MAX_BULK_BODY_BYTES, MAX_BULK_GET_KEYS, MAX_BULK_ITEMS, MAX_SMALL_BODY_BYTES, MAX_VALUE_BYTES};
+use driftkv_core::limits::{
+    MAX_BULK_BODY_BYTES, MAX_BULK_GET_KEYS, MAX_BULK_ITEMS, MAX_SMALL_BODY_BYTES, MAX_VALUE_BYTES,
+};
 use driftkv_core::service::put;
 use driftkv_core::time::unix_now_ms;
 use driftkv_core::{KvError, LiveValue, Write, WriteOp, WriteOutcome};
@@ -26,8 +28,10 @@ use crate::extract::NamespacePath;
 use crate::Service;
 
 /// Accepts base64 with or without padding, as clients differ.
-const BASE64: GeneralPurpose =
-    GeneralPurpose::new(&STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 #[derive(Deserialize)]
 struct BulkItem {
@@ -47,12 +51,18 @@ impl BulkItem {
         let value = if self.base64 {
             BASE64
                 .decode(self.value.as_bytes())
-                .map_err(|e| KvError::InvalidBase64 { key: self.key.clone(), reason: e.to_string() })?
+                .map_err(|e| KvError::InvalidBase64 {
+                    key: self.key.clone(),
+                    reason: e.to_string(),
+                })?
         } else {
             self.value.into_bytes()
         };
         if value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::ValueTooLarge { len: value.len(), limit: MAX_VALUE_BYTES });
+            return Err(KvError::ValueTooLarge {
+                len: value.len(),
+                limit: MAX_VALUE_BYTES,
+            });
         }
         let metadata = normalize_metadata(&self.metadata)?;
         let expiration = resolve_expiration(self.expiration, self.expiration_ttl, now_secs)?;
@@ -62,17 +72,27 @@ impl BulkItem {
 
 fn check_count(count: usize) -> Result<(), KvError> {
     if count > MAX_BULK_ITEMS {
-        return Err(KvError::BulkTooManyItems { count, limit: MAX_BULK_ITEMS });
+        return Err(KvError::BulkTooManyItems {
+            count,
+            limit: MAX_BULK_ITEMS,
+        });
     }
     Ok(())
 }
 
 fn outcome_json(outcome: WriteOutcome) -> ApiResult {
-    ok(json!({ "successful_key_count": outcome.successful, "unsuccessful_keys": outcome.unsuccessful }))
+    ok(
+        json!({ "successful_key_count": outcome.successful, "unsuccessful_keys": outcome.unsuccessful }),
+    )
 }
 
 /// `PUT .../bulk`: a JSON array of `{key, value, base64?, expiration?, expiration_ttl?, metadata?}`.
-pub async fn write(State(service): State<Service>, path: NamespacePath, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn write(
+    State(service): State<Service>,
+    path: NamespacePath,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let items: Vec<BulkItem> = read_json(&headers, body, MAX_BULK_BODY_BYTES).await?;
     check_count(items.len())?;
     let now_secs = unix_now_ms() / 1000;
@@ -81,22 +101,38 @@ pub async fn write(State(service): State<Service>, path: NamespacePath, headers:
         .enumerate()
         .map(|(index, item)| {
             let key = item.key.clone();
-            item.into_write(now_secs).map_err(|e| KvError::BulkItem { index, key, source: Box::new(e) })
+            item.into_write(now_secs).map_err(|e| KvError::BulkItem {
+                index,
+                key,
+                source: Box::new(e),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     outcome_json(service.write(&path.account, path.id, writes).await?)
 }
 
 /// `POST .../bulk/delete` and the older `DELETE .../bulk`: a JSON array of key names.
-pub async fn delete(State(service): State<Service>, path: NamespacePath, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn delete(
+    State(service): State<Service>,
+    path: NamespacePath,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let keys: Vec<String> = read_json(&headers, body, MAX_BULK_BODY_BYTES).await?;
     check_count(keys.len())?;
     let writes = keys
         .into_iter()
         .enumerate()
         .map(|(index, key)| match validate_key(&key) {
-            Ok(()) => Ok(Write { key, op: WriteOp::Delete }),
-            Err(e) => Err(KvError::BulkItem { index, key, source: Box::new(e) }),
+            Ok(()) => Ok(Write {
+                key,
+                op: WriteOp::Delete,
+            }),
+            Err(e) => Err(KvError::BulkItem {
+                index,
+                key,
+                source: Box::new(e),
+            }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     outcome_json(service.write(&path.account, path.id, writes).await?)
@@ -122,27 +158,49 @@ enum ValueKind {
 impl ValueKind {
     fn render(self, key: &str, value: &LiveValue) -> Result<Value, KvError> {
         match self {
-            ValueKind::Text => Ok(Value::String(String::from_utf8_lossy(&value.value).into_owned())),
+            ValueKind::Text => Ok(Value::String(
+                String::from_utf8_lossy(&value.value).into_owned(),
+            )),
             ValueKind::Json => serde_json::from_slice(&value.value).map_err(|e| {
-                KvError::InvalidParameter(format!("the value of key {key:?} is not valid JSON ({e}); request type 'text'"))
+                KvError::InvalidParameter(format!(
+                    "the value of key {key:?} is not valid JSON ({e}); request type 'text'"
+                ))
             }),
         }
     }
 }
 
 /// `POST .../bulk/get`: `{"keys": [...], "type": "text"|"json", "withMetadata": bool}`.
-pub async fn get(State(service): State<Service>, path: NamespacePath, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn get(
+    State(service): State<Service>,
+    path: NamespacePath,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let request: BulkGet = read_json(&headers, body, MAX_SMALL_BODY_BYTES).await?;
     if request.keys.len() > MAX_BULK_GET_KEYS {
-        return Err(KvError::BulkTooManyItems { count: request.keys.len(), limit: MAX_BULK_GET_KEYS }.into());
+        return Err(KvError::BulkTooManyItems {
+            count: request.keys.len(),
+            limit: MAX_BULK_GET_KEYS,
+        }
+        .into());
     }
     let kind = match request.kind.as_deref().unwrap_or("text") {
         "text" => ValueKind::Text,
         "json" => ValueKind::Json,
-        other => return Err(KvError::InvalidParameter(format!("type must be 'text' or 'json', got {other:?}")).into()),
+        other => {
+            return Err(KvError::InvalidParameter(format!(
+                "type must be 'text' or 'json', got {other:?}"
+            ))
+            .into())
+        }
     };
     for (index, key) in request.keys.iter().enumerate() {
-        validate_key(key).map_err(|e| KvError::BulkItem { index, key: key.clone(), source: Box::new(e) })?;
+        validate_key(key).map_err(|e| KvError::BulkItem {
+            index,
+            key: key.clone(),
+            source: Box::new(e),
+        })?;
     }
     let mut values = BTreeMap::new();
     for key in request.keys {

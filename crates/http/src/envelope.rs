@@ -19,14 +19,24 @@ impl From<KvError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         } else {
             tracing::debug!(error = %self.0, code = self.0.code(), "request refused");
         }
-        let errors = vec![ErrorJson { code: self.0.code(), message: self.0.to_string() }];
-        let body = Envelope { success: false, errors, messages: [], result: (), result_info: None::<()> };
+        let errors = vec![ErrorJson {
+            code: self.0.code(),
+            message: self.0.to_string(),
+        }];
+        let body = Envelope {
+            success: false,
+            errors,
+            messages: [],
+            result: (),
+            result_info: None::<()>,
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -54,18 +64,35 @@ struct ErrorJson {
 
 /// A success envelope around `result`.
 pub fn ok(result: impl Serialize) -> ApiResult {
-    Ok(Json(Envelope { success: true, errors: Vec::new(), messages: [], result, result_info: None::<()> }).into_response())
+    Ok(Json(Envelope {
+        success: true,
+        errors: Vec::new(),
+        messages: [],
+        result,
+        result_info: None::<()>,
+    })
+    .into_response())
 }
 
 /// A success envelope around `result`, with `result_info` (paginated listings).
 pub fn ok_with_info(result: impl Serialize, result_info: impl Serialize) -> ApiResult {
-    Ok(Json(Envelope { success: true, errors: Vec::new(), messages: [], result, result_info: Some(result_info) }).into_response())
+    Ok(Json(Envelope {
+        success: true,
+        errors: Vec::new(),
+        messages: [],
+        result,
+        result_info: Some(result_info),
+    })
+    .into_response())
 }
 
 /// Stored metadata (compact JSON text) as a raw JSON value for a response.
 pub fn raw_metadata(metadata: Option<&str>) -> Result<Option<Box<RawValue>>, KvError> {
     metadata
-        .map(|m| RawValue::from_string(m.to_owned()).map_err(|e| KvError::Internal(format!("stored metadata is not JSON: {e}"))))
+        .map(|m| {
+            RawValue::from_string(m.to_owned())
+                .map_err(|e| KvError::Internal(format!("stored metadata is not JSON: {e}")))
+        })
         .transpose()
 }
 

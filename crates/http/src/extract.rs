@@ -12,11 +12,22 @@ use driftkv_core::{KvError, NamespaceId};
 use crate::envelope::ApiError;
 
 /// Path parameters, percent-decoded exactly once by axum.
-async fn path_params<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<HashMap<String, String>, KvError> {
+async fn path_params<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<HashMap<String, String>, KvError> {
     let raw = RawPathParams::from_request_parts(parts, state)
         .await
-        .map_err(|e| KvError::InvalidKey(format!("the path does not decode to UTF-8: {}", e.body_text())))?;
-    Ok(raw.iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect())
+        .map_err(|e| {
+            KvError::InvalidKey(format!(
+                "the path does not decode to UTF-8: {}",
+                e.body_text()
+            ))
+        })?;
+    Ok(raw
+        .iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect())
 }
 
 fn account(params: &HashMap<String, String>) -> Result<String, KvError> {
@@ -26,7 +37,11 @@ fn account(params: &HashMap<String, String>) -> Result<String, KvError> {
 }
 
 fn namespace_id(params: &HashMap<String, String>) -> Result<NamespaceId, KvError> {
-    params.get("namespace_id").map(String::as_str).unwrap_or_default().parse()
+    params
+        .get("namespace_id")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .parse()
 }
 
 /// `/accounts/{account_id}/...`
@@ -51,7 +66,10 @@ impl<S: Send + Sync> FromRequestParts<S> for NamespacePath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = path_params(parts, state).await?;
-        Ok(NamespacePath { account: account(&params)?, id: namespace_id(&params)? })
+        Ok(NamespacePath {
+            account: account(&params)?,
+            id: namespace_id(&params)?,
+        })
     }
 }
 
@@ -70,7 +88,11 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
         let params = path_params(parts, state).await?;
         let key = params.get("key").cloned().unwrap_or_default();
         validate_key(&key)?;
-        Ok(KeyPath { account: account(&params)?, id: namespace_id(&params)?, key })
+        Ok(KeyPath {
+            account: account(&params)?,
+            id: namespace_id(&params)?,
+            key,
+        })
     }
 }
 
@@ -83,7 +105,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
-            .map_err(|e| KvError::InvalidParameter(format!("malformed query string: {}", e.body_text())))?;
+            .map_err(|e| {
+                KvError::InvalidParameter(format!("malformed query string: {}", e.body_text()))
+            })?;
         Ok(Params(map))
     }
 }
@@ -96,12 +120,22 @@ impl Params {
 
     /// An expiration parameter (`expiration`, `expiration_ttl`) in seconds.
     pub fn expiration(&self, name: &str) -> Result<Option<u64>, KvError> {
-        self.text(name).map(|t| parse_expiration_param(name, t)).transpose()
+        self.text(name)
+            .map(|t| parse_expiration_param(name, t))
+            .transpose()
     }
 
     /// A whole number within `min..=max`, or `default` when absent.
-    pub fn number_in(&self, name: &str, min: usize, max: usize, default: usize) -> Result<usize, KvError> {
-        let Some(text) = self.text(name) else { return Ok(default) };
+    pub fn number_in(
+        &self,
+        name: &str,
+        min: usize,
+        max: usize,
+        default: usize,
+    ) -> Result<usize, KvError> {
+        let Some(text) = self.text(name) else {
+            return Ok(default);
+        };
         // Typed clients (the Python SDK declares `limit: float`) may send "100.0".
         let whole = text.trim().parse::<usize>().ok().or_else(|| {
             let f = text.trim().parse::<f64>().ok()?;
@@ -109,7 +143,9 @@ impl Params {
         });
         match whole {
             Some(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(KvError::InvalidParameter(format!("{name} must be a whole number from {min} to {max}, got {text:?}"))),
+            _ => Err(KvError::InvalidParameter(format!(
+                "{name} must be a whole number from {min} to {max}, got {text:?}"
+            ))),
         }
     }
 }

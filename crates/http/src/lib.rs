@@ -40,16 +40,29 @@ pub fn router(service: Arc<dyn KvService>, auth: Auth) -> Router {
     let one = format!("{ns}/{{namespace_id}}");
     let api = Router::new()
         .route(ns, get(namespaces::list).post(namespaces::create))
-        .route(&one, get(namespaces::get).put(namespaces::rename).delete(namespaces::delete))
+        .route(
+            &one,
+            get(namespaces::get)
+                .put(namespaces::rename)
+                .delete(namespaces::delete),
+        )
         .route(
             &format!("{one}/values/{{*key}}"),
-            get(values::get_value).put(values::put_value).delete(values::delete_value),
+            get(values::get_value)
+                .put(values::put_value)
+                .delete(values::delete_value),
         )
         .route(&format!("{one}/values/"), any(values::empty_key))
-        .route(&format!("{one}/metadata/{{*key}}"), get(values::get_metadata))
+        .route(
+            &format!("{one}/metadata/{{*key}}"),
+            get(values::get_metadata),
+        )
         .route(&format!("{one}/metadata/"), any(values::empty_key))
         .route(&format!("{one}/keys"), get(values::list_keys))
-        .route(&format!("{one}/bulk"), put(bulk::write).delete(bulk::delete))
+        .route(
+            &format!("{one}/bulk"),
+            put(bulk::write).delete(bulk::delete),
+        )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get))
         .route_layer(middleware::from_fn_with_state(auth, auth::require))
@@ -73,5 +86,8 @@ async fn healthz() -> Response {
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError(KvError::Internal("the request handler failed; the server is still running".into())).into_response()
+    ApiError(KvError::Internal(
+        "the request handler failed; the server is still running".into(),
+    ))
+    .into_response()
 }

@@ -20,12 +20,25 @@ use crate::Service;
 
 /// `PUT .../values/{key}`: raw body or multipart, with `expiration`/`expiration_ttl` in the
 /// query. The limits are checked before the body is read.
-pub async fn put_value(State(service): State<Service>, path: KeyPath, params: Params, headers: HeaderMap, body: Body) -> ApiResult {
-    let expiration =
-        resolve_expiration(params.expiration("expiration")?, params.expiration("expiration_ttl")?, unix_now_ms() / 1000)?;
+pub async fn put_value(
+    State(service): State<Service>,
+    path: KeyPath,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let expiration = resolve_expiration(
+        params.expiration("expiration")?,
+        params.expiration("expiration_ttl")?,
+        unix_now_ms() / 1000,
+    )?;
     let payload = read_value(&headers, body).await?;
     let outcome = service
-        .write(&path.account, path.id, vec![put(path.key, payload.value, payload.metadata, expiration)])
+        .write(
+            &path.account,
+            path.id,
+            vec![put(path.key, payload.value, payload.metadata, expiration)],
+        )
         .await?;
     if outcome.successful == 0 {
         return Err(KvError::Internal("the write was not applied".into()).into());
@@ -35,9 +48,15 @@ pub async fn put_value(State(service): State<Service>, path: KeyPath, params: Pa
 
 /// `GET .../values/{key}`: the raw bytes, with an `expiration` header where one is set.
 pub async fn get_value(State(service): State<Service>, path: KeyPath) -> ApiResult {
-    let value = service.get(&path.account, path.id, &path.key).await?.ok_or(KvError::KeyNotFound)?;
+    let value = service
+        .get(&path.account, path.id, &path.key)
+        .await?
+        .ok_or(KvError::KeyNotFound)?;
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if let Some(expiration) = value.expiration {
         headers.insert("expiration", HeaderValue::from(expiration));
     }
@@ -46,14 +65,20 @@ pub async fn get_value(State(service): State<Service>, path: KeyPath) -> ApiResu
 
 /// `DELETE .../values/{key}`: succeeds whether or not the key exists.
 pub async fn delete_value(State(service): State<Service>, path: KeyPath) -> ApiResult {
-    let delete = Write { key: path.key, op: WriteOp::Delete };
+    let delete = Write {
+        key: path.key,
+        op: WriteOp::Delete,
+    };
     service.write(&path.account, path.id, vec![delete]).await?;
     ok_empty()
 }
 
 /// `GET .../metadata/{key}`: the metadata JSON, `null` when the key has none.
 pub async fn get_metadata(State(service): State<Service>, path: KeyPath) -> ApiResult {
-    let value = service.get(&path.account, path.id, &path.key).await?.ok_or(KvError::KeyNotFound)?;
+    let value = service
+        .get(&path.account, path.id, &path.key)
+        .await?
+        .ok_or(KvError::KeyNotFound)?;
     ok(raw_metadata(value.metadata.as_deref())?)
 }
 
@@ -73,19 +98,37 @@ struct KeyJson {
 
 /// `GET .../keys?prefix=&limit=&cursor=`: one page of live keys in UTF-8 byte order. The
 /// cursor is empty on the last page; a page may be short, or empty, with more to come.
-pub async fn list_keys(State(service): State<Service>, path: NamespacePath, params: Params) -> ApiResult {
+pub async fn list_keys(
+    State(service): State<Service>,
+    path: NamespacePath,
+    params: Params,
+) -> ApiResult {
     let limit = params.number_in("limit", MIN_LIST_LIMIT, MAX_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let prefix = params.text("prefix").unwrap_or_default().to_owned();
     let cursor = match params.text("cursor") {
         None | Some("") => None,
         Some(text) => Some(ListCursor::decode(text, path.id, &prefix)?),
     };
-    let page = service.list(&path.account, path.id, ListRequest { prefix, limit, cursor }).await?;
+    let page = service
+        .list(
+            &path.account,
+            path.id,
+            ListRequest {
+                prefix,
+                limit,
+                cursor,
+            },
+        )
+        .await?;
     let keys = page
         .keys
         .into_iter()
         .map(|k| {
-            Ok(KeyJson { metadata: raw_metadata(k.metadata.as_deref())?, name: k.name, expiration: k.expiration })
+            Ok(KeyJson {
+                metadata: raw_metadata(k.metadata.as_deref())?,
+                name: k.name,
+                expiration: k.expiration,
+            })
         })
         .collect::<Result<Vec<_>, KvError>>()?;
     let cursor = page.cursor.map(|c| c.encode()).unwrap_or_default();

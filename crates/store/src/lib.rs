@@ -75,7 +75,11 @@ pub trait Store: Send + Sync + 'static {
     /// Applies records last-write-wins: each replaces the stored record of its key only if its
     /// version is greater. Returns, per record, whether it was applied. Applying the same
     /// records again, or in another order, leaves the same state.
-    fn apply(&self, namespace: NamespaceId, records: &[(String, Record)]) -> Result<Vec<bool>, StoreError>;
+    fn apply(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError>;
     /// The stored record of a key, tombstones and expired values included.
     fn get(&self, namespace: NamespaceId, key: &str) -> Result<Option<Record>, StoreError>;
     /// Up to `limit` keys that start with `prefix`, come strictly after `after`, and are live at

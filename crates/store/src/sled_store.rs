@@ -53,7 +53,11 @@ fn parse_expiry_key(k: &[u8]) -> Result<DueExpiration, StoreError> {
     let expiration = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
     let namespace = NamespaceId(k[8..24].try_into().expect("16 bytes"));
     let key = String::from_utf8(k[24..].to_vec()).map_err(corrupt)?;
-    Ok(DueExpiration { namespace, key, expiration })
+    Ok(DueExpiration {
+        namespace,
+        key,
+        expiration,
+    })
 }
 
 fn key_string(k: &IVec) -> Result<String, StoreError> {
@@ -75,7 +79,10 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path.as_ref()).open().map_err(backend)?;
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .open()
+            .map_err(backend)?;
         let namespaces = db.open_tree("namespaces").map_err(backend)?;
         let expiry = db.open_tree("expiry").map_err(backend)?;
         let mut trees = HashMap::new();
@@ -87,10 +94,15 @@ impl SledStore {
         // A crash between removing a namespace record and dropping its tree leaves an orphan
         // tree behind; finish the deletion now.
         for name in db.tree_names() {
-            let Some(id) = std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(NAMESPACE_TREE_PREFIX)) else {
+            let Some(id) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.strip_prefix(NAMESPACE_TREE_PREFIX))
+            else {
                 continue;
             };
-            let known = id.parse::<NamespaceId>().is_ok_and(|id| trees.contains_key(&id));
+            let known = id
+                .parse::<NamespaceId>()
+                .is_ok_and(|id| trees.contains_key(&id));
             if !known {
                 db.drop_tree(&name).map_err(backend)?;
             }
@@ -103,11 +115,23 @@ impl SledStore {
                 .spawn(move || commit.run(&db))
                 .map_err(|e| StoreError::Backend(format!("cannot start the flusher thread: {e}")))?
         };
-        Ok(SledStore { db, namespaces, expiry, trees: RwLock::new(trees), commit, flusher: Some(flusher) })
+        Ok(SledStore {
+            db,
+            namespaces,
+            expiry,
+            trees: RwLock::new(trees),
+            commit,
+            flusher: Some(flusher),
+        })
     }
 
     fn tree(&self, id: NamespaceId) -> Result<Tree, StoreError> {
-        self.trees.read().expect("tree map lock").get(&id).cloned().ok_or(StoreError::NoSuchNamespace(id))
+        self.trees
+            .read()
+            .expect("tree map lock")
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NoSuchNamespace(id))
     }
 }
 
@@ -141,11 +165,16 @@ impl Store for SledStore {
 
     fn put_namespace(&self, namespace: &Namespace) -> Result<(), StoreError> {
         let mut trees = self.trees.write().expect("tree map lock");
-        if !trees.contains_key(&namespace.id) {
-            let tree = self.db.open_tree(tree_name(namespace.id)).map_err(backend)?;
-            trees.insert(namespace.id, tree);
+        if let std::collections::hash_map::Entry::Vacant(slot) = trees.entry(namespace.id) {
+            slot.insert(
+                self.db
+                    .open_tree(tree_name(namespace.id))
+                    .map_err(backend)?,
+            );
         }
-        self.namespaces.insert(namespace.id.0, namespace.encode()).map_err(backend)?;
+        self.namespaces
+            .insert(namespace.id.0, namespace.encode())
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -158,13 +187,21 @@ impl Store for SledStore {
         Ok(existed)
     }
 
-    fn apply(&self, namespace: NamespaceId, records: &[(String, Record)]) -> Result<Vec<bool>, StoreError> {
+    fn apply(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
         let trees = self.trees.read().expect("tree map lock");
-        let tree = trees.get(&namespace).ok_or(StoreError::NoSuchNamespace(namespace))?;
+        let tree = trees
+            .get(&namespace)
+            .ok_or(StoreError::NoSuchNamespace(namespace))?;
         let mut applied = Vec::with_capacity(records.len());
         for (key, record) in records {
             if let Some(expiration) = record.live.as_ref().and_then(|l| l.expiration) {
-                self.expiry.insert(expiry_key(expiration, namespace, key), &[]).map_err(backend)?;
+                self.expiry
+                    .insert(expiry_key(expiration, namespace, key), &[])
+                    .map_err(backend)?;
             }
             let encoded = IVec::from(record.encode());
             loop {
@@ -175,7 +212,11 @@ impl Store for SledStore {
                         break;
                     }
                 }
-                if tree.compare_and_swap(key, old, Some(encoded.clone())).map_err(backend)?.is_ok() {
+                if tree
+                    .compare_and_swap(key, old, Some(encoded.clone()))
+                    .map_err(backend)?
+                    .is_ok()
+                {
                     applied.push(true);
                     break;
                 }
@@ -257,13 +298,19 @@ impl Store for SledStore {
                     break;
                 }
                 let tombstone = Record::tombstone(view.version).encode();
-                if tree.compare_and_swap(&due.key, Some(old), Some(tombstone)).map_err(backend)?.is_ok() {
+                if tree
+                    .compare_and_swap(&due.key, Some(old), Some(tombstone))
+                    .map_err(backend)?
+                    .is_ok()
+                {
                     changed = true;
                     break;
                 }
             }
         }
-        self.expiry.remove(expiry_key(due.expiration, due.namespace, &due.key)).map_err(backend)?;
+        self.expiry
+            .remove(expiry_key(due.expiration, due.namespace, &due.key))
+            .map_err(backend)?;
         Ok(changed)
     }
 
@@ -297,7 +344,10 @@ struct Durable {
 impl GroupCommit {
     fn new() -> Self {
         GroupCommit {
-            state: Mutex::new(CommitState { requested: 0, stop: false }),
+            state: Mutex::new(CommitState {
+                requested: 0,
+                stop: false,
+            }),
             wake: Condvar::new(),
             durable: watch::Sender::new(Durable::default()),
         }
@@ -312,13 +362,19 @@ impl GroupCommit {
         self.wake.notify_one();
         let mut durable = self.durable.subscribe();
         let outcome = durable
-            .wait_for(|d| d.flushed >= ticket || d.failure.as_ref().is_some_and(|(upto, _)| *upto >= ticket))
+            .wait_for(|d| {
+                d.flushed >= ticket || d.failure.as_ref().is_some_and(|(upto, _)| *upto >= ticket)
+            })
             .await
             .map_err(|_| StoreError::Backend("the store was closed".into()))?;
         if outcome.flushed >= ticket {
             Ok(())
         } else {
-            let message = outcome.failure.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
+            let message = outcome
+                .failure
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
             Err(StoreError::Backend(format!("flush failed: {message}")))
         }
     }
@@ -346,7 +402,8 @@ impl GroupCommit {
                 Ok(_) => self.durable.send_modify(|d| d.flushed = target),
                 Err(e) => {
                     tracing::error!(error = %e, "flushing the database failed");
-                    self.durable.send_modify(|d| d.failure = Some((target, e.to_string())));
+                    self.durable
+                        .send_modify(|d| d.failure = Some((target, e.to_string())));
                 }
             }
             done = target;
@@ -375,14 +432,24 @@ mod tests {
             id: NamespaceId([id; 16]),
             account_id: "acct".into(),
             title: format!("ns{id}"),
-            version: Version { timestamp: 1, origin: 1 },
+            version: Version {
+                timestamp: 1,
+                origin: 1,
+            },
         }
     }
 
     fn put(ts: u64, value: &str) -> Record {
         Record {
-            version: Version { timestamp: ts, origin: 1 },
-            live: Some(LiveValue { value: value.as_bytes().to_vec().into(), metadata: None, expiration: None }),
+            version: Version {
+                timestamp: ts,
+                origin: 1,
+            },
+            live: Some(LiveValue {
+                value: value.as_bytes().to_vec().into(),
+                metadata: None,
+                expiration: None,
+            }),
         }
     }
 
@@ -392,12 +459,17 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.put_namespace(&namespace(1)).unwrap();
-            store.apply(NamespaceId([1; 16]), &[("k".into(), put(5, "v"))]).unwrap();
+            store
+                .apply(NamespaceId([1; 16]), &[("k".into(), put(5, "v"))])
+                .unwrap();
             store.sync().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.namespaces().unwrap(), vec![namespace(1)]);
-        assert_eq!(store.get(NamespaceId([1; 16]), "k").unwrap(), Some(put(5, "v")));
+        assert_eq!(
+            store.get(NamespaceId([1; 16]), "k").unwrap(),
+            Some(put(5, "v"))
+        );
     }
 
     #[tokio::test]
@@ -406,7 +478,9 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.put_namespace(&namespace(2)).unwrap();
-            store.apply(NamespaceId([2; 16]), &[("k".into(), put(5, "v"))]).unwrap();
+            store
+                .apply(NamespaceId([2; 16]), &[("k".into(), put(5, "v"))])
+                .unwrap();
             // Simulate a crash after the namespace record went but before its tree did.
             store.namespaces.remove(NamespaceId([2; 16]).0).unwrap();
             store.sync().await.unwrap();
@@ -414,6 +488,8 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert!(store.namespaces().unwrap().is_empty());
         let names: Vec<_> = store.db.tree_names();
-        assert!(!names.iter().any(|n| n.starts_with(NAMESPACE_TREE_PREFIX.as_bytes())));
+        assert!(!names
+            .iter()
+            .any(|n| n.starts_with(NAMESPACE_TREE_PREFIX.as_bytes())));
     }
 }

@@ -53,18 +53,28 @@ fn ns(id: u8) -> Namespace {
         id: NamespaceId([id; 16]),
         account_id: "account".into(),
         title: format!("title-{id}"),
-        version: Version { timestamp: 1, origin: 1 },
+        version: Version {
+            timestamp: 1,
+            origin: 1,
+        },
     }
 }
 
 fn version(timestamp: u64) -> Version {
-    Version { timestamp, origin: 1 }
+    Version {
+        timestamp,
+        origin: 1,
+    }
 }
 
 fn live(timestamp: u64, value: &str, expiration: Option<u64>) -> Record {
     Record {
         version: version(timestamp),
-        live: Some(LiveValue { value: value.as_bytes().to_vec().into(), metadata: None, expiration }),
+        live: Some(LiveValue {
+            value: value.as_bytes().to_vec().into(),
+            metadata: None,
+            expiration,
+        }),
     }
 }
 
@@ -86,7 +96,10 @@ pub async fn namespaces_round_trip(store: &dyn Store) {
     let mut renamed = ns(1);
     renamed.title = "renamed".into();
     store.put_namespace(&renamed).unwrap();
-    assert_eq!(store.namespace(NamespaceId([1; 16])).unwrap(), Some(renamed));
+    assert_eq!(
+        store.namespace(NamespaceId([1; 16])).unwrap(),
+        Some(renamed)
+    );
     assert_eq!(store.namespaces().unwrap().len(), 2);
     assert!(store.delete_namespace(NamespaceId([2; 16])).unwrap());
     assert!(!store.delete_namespace(NamespaceId([2; 16])).unwrap());
@@ -97,10 +110,18 @@ pub async fn namespaces_round_trip(store: &dyn Store) {
 /// Deleting a namespace removes its records, and writes to it fail afterwards.
 pub async fn deleting_a_namespace_removes_its_records(store: &dyn Store) {
     let id = with_namespace(store, 3);
-    store.apply(id, &[("k".into(), live(1, "v", None))]).unwrap();
+    store
+        .apply(id, &[("k".into(), live(1, "v", None))])
+        .unwrap();
     store.delete_namespace(id).unwrap();
-    assert!(matches!(store.get(id, "k"), Err(StoreError::NoSuchNamespace(_))));
-    assert!(matches!(store.apply(id, &[("k".into(), live(2, "v", None))]), Err(StoreError::NoSuchNamespace(_))));
+    assert!(matches!(
+        store.get(id, "k"),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
+    assert!(matches!(
+        store.apply(id, &[("k".into(), live(2, "v", None))]),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
     // Recreating it starts empty.
     let id = with_namespace(store, 3);
     assert_eq!(store.get(id, "k").unwrap(), None);
@@ -109,22 +130,58 @@ pub async fn deleting_a_namespace_removes_its_records(store: &dyn Store) {
 /// A record replaces the stored one only if its version is greater.
 pub async fn apply_is_last_write_wins(store: &dyn Store) {
     let id = with_namespace(store, 1);
-    assert_eq!(store.apply(id, &[("k".into(), live(5, "five", None))]).unwrap(), vec![true]);
-    assert_eq!(store.apply(id, &[("k".into(), live(3, "three", None))]).unwrap(), vec![false]);
-    assert_eq!(store.apply(id, &[("k".into(), live(5, "again", None))]).unwrap(), vec![false]);
+    assert_eq!(
+        store
+            .apply(id, &[("k".into(), live(5, "five", None))])
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .apply(id, &[("k".into(), live(3, "three", None))])
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store
+            .apply(id, &[("k".into(), live(5, "again", None))])
+            .unwrap(),
+        vec![false]
+    );
     assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "five", None)));
-    let tie_break = Record { version: Version { timestamp: 5, origin: 2 }, ..live(5, "origin2", None) };
-    assert_eq!(store.apply(id, &[("k".into(), tie_break.clone())]).unwrap(), vec![true]);
+    let tie_break = Record {
+        version: Version {
+            timestamp: 5,
+            origin: 2,
+        },
+        ..live(5, "origin2", None)
+    };
+    assert_eq!(
+        store.apply(id, &[("k".into(), tie_break.clone())]).unwrap(),
+        vec![true]
+    );
     assert_eq!(store.get(id, "k").unwrap(), Some(tie_break));
 }
 
 /// A delete is a tombstone: an older put arriving later does not resurrect the key.
 pub async fn tombstones_shadow_older_puts(store: &dyn Store) {
     let id = with_namespace(store, 1);
-    store.apply(id, &[("k".into(), live(1, "v1", None))]).unwrap();
-    store.apply(id, &[("k".into(), Record::tombstone(version(3)))]).unwrap();
-    assert_eq!(store.apply(id, &[("k".into(), live(2, "late", None))]).unwrap(), vec![false]);
-    assert_eq!(store.get(id, "k").unwrap(), Some(Record::tombstone(version(3))));
+    store
+        .apply(id, &[("k".into(), live(1, "v1", None))])
+        .unwrap();
+    store
+        .apply(id, &[("k".into(), Record::tombstone(version(3)))])
+        .unwrap();
+    assert_eq!(
+        store
+            .apply(id, &[("k".into(), live(2, "late", None))])
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store.get(id, "k").unwrap(),
+        Some(Record::tombstone(version(3)))
+    );
     assert!(store.scan(id, "", None, 1000, 0).unwrap().keys.is_empty());
 }
 
@@ -146,7 +203,13 @@ pub async fn apply_is_order_independent(store: &dyn Store) {
         }
         finals.push((store.get(id, "a").unwrap(), store.get(id, "b").unwrap()));
     }
-    assert_eq!(finals[0], (Some(live(4, "a4", None)), Some(Record::tombstone(version(6)))));
+    assert_eq!(
+        finals[0],
+        (
+            Some(live(4, "a4", None)),
+            Some(Record::tombstone(version(6)))
+        )
+    );
     assert!(finals.iter().all(|f| *f == finals[0]));
 }
 
@@ -175,7 +238,9 @@ pub async fn scan_orders_by_bytes_and_filters(store: &dyn Store) {
 /// Paging with `resume_after` visits every live key exactly once.
 pub async fn scan_pages_resume_exactly(store: &dyn Store) {
     let id = with_namespace(store, 1);
-    let batch: Vec<(String, Record)> = (0..25).map(|i| (format!("k{i:02}"), live(1, "v", None))).collect();
+    let batch: Vec<(String, Record)> = (0..25)
+        .map(|i| (format!("k{i:02}"), live(1, "v", None)))
+        .collect();
     store.apply(id, &batch).unwrap();
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
@@ -198,13 +263,16 @@ pub async fn scan_pages_resume_exactly(store: &dyn Store) {
 /// A scan over more than the budget of dead records stops early and resumes.
 pub async fn scan_stops_at_its_budget(store: &dyn Store) {
     let id = with_namespace(store, 1);
-    let mut batch: Vec<(String, Record)> =
-        (0..SCAN_BUDGET + 5).map(|i| (format!("dead{i:06}"), Record::tombstone(version(1)))).collect();
+    let mut batch: Vec<(String, Record)> = (0..SCAN_BUDGET + 5)
+        .map(|i| (format!("dead{i:06}"), Record::tombstone(version(1))))
+        .collect();
     batch.push(("live".into(), live(1, "v", None)));
     store.apply(id, &batch).unwrap();
     let first = store.scan(id, "", None, 1000, 0).unwrap();
     assert!(first.keys.is_empty());
-    let resume = first.resume_after.expect("a cursor after a budget-limited scan");
+    let resume = first
+        .resume_after
+        .expect("a cursor after a budget-limited scan");
     let second = store.scan(id, "", Some(&resume), 1000, 0).unwrap();
     assert_eq!(names(&second.keys), ["live"]);
     assert_eq!(second.resume_after, None);
@@ -215,16 +283,37 @@ pub async fn scan_stops_at_its_budget(store: &dyn Store) {
 pub async fn expirations_come_due_in_order(store: &dyn Store) {
     let id = with_namespace(store, 1);
     store
-        .apply(id, &[("late".into(), live(1, "v", Some(300))), ("early".into(), live(2, "v", Some(100)))])
+        .apply(
+            id,
+            &[
+                ("late".into(), live(1, "v", Some(300))),
+                ("early".into(), live(2, "v", Some(100))),
+            ],
+        )
         .unwrap();
-    store.apply(id, &[("never".into(), live(3, "v", None))]).unwrap();
+    store
+        .apply(id, &[("never".into(), live(3, "v", None))])
+        .unwrap();
     assert!(store.due_expirations(99_999, 100).unwrap().is_empty());
     let due = store.due_expirations(100_000, 100).unwrap();
-    assert_eq!(due, vec![DueExpiration { namespace: id, key: "early".into(), expiration: 100 }]);
+    assert_eq!(
+        due,
+        vec![DueExpiration {
+            namespace: id,
+            key: "early".into(),
+            expiration: 100
+        }]
+    );
     assert!(store.expire(&due[0]).unwrap());
-    assert_eq!(store.get(id, "early").unwrap(), Some(Record::tombstone(version(2))));
+    assert_eq!(
+        store.get(id, "early").unwrap(),
+        Some(Record::tombstone(version(2)))
+    );
     let later = store.due_expirations(400_000, 100).unwrap();
-    assert_eq!(later.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["late"]);
+    assert_eq!(
+        later.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+        ["late"]
+    );
     assert!(store.expire(&later[0]).unwrap());
     assert!(store.due_expirations(u64::MAX / 2, 100).unwrap().is_empty());
     assert_eq!(store.get(id, "never").unwrap(), Some(live(3, "v", None)));
@@ -234,10 +323,16 @@ pub async fn expirations_come_due_in_order(store: &dyn Store) {
 /// without touching any record.
 pub async fn stale_expiry_entries_change_nothing(store: &dyn Store) {
     let id = with_namespace(store, 1);
-    store.apply(id, &[("k".into(), live(1, "v", Some(100)))]).unwrap();
-    store.apply(id, &[("k".into(), live(2, "newer", None))]).unwrap();
+    store
+        .apply(id, &[("k".into(), live(1, "v", Some(100)))])
+        .unwrap();
+    store
+        .apply(id, &[("k".into(), live(2, "newer", None))])
+        .unwrap();
     let gone = with_namespace(store, 2);
-    store.apply(gone, &[("k".into(), live(1, "v", Some(100)))]).unwrap();
+    store
+        .apply(gone, &[("k".into(), live(1, "v", Some(100)))])
+        .unwrap();
     store.delete_namespace(gone).unwrap();
     let due = store.due_expirations(200_000, 100).unwrap();
     assert_eq!(due.len(), 2);
@@ -252,7 +347,9 @@ pub async fn stale_expiry_entries_change_nothing(store: &dyn Store) {
 pub async fn concurrent_syncs_all_return(store: &dyn Store) {
     let id = with_namespace(store, 1);
     let syncs = (0..50).map(|i| {
-        store.apply(id, &[(format!("k{i}"), live(1, "v", None))]).unwrap();
+        store
+            .apply(id, &[(format!("k{i}"), live(1, "v", None))])
+            .unwrap();
         store.sync()
     });
     for result in futures::future::join_all(syncs).await {
