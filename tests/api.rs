@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{assert_error, assert_ok, create_namespace, encode_key, DevServer, ACCOUNT};
+use common::{
+    assert_error, assert_ok, create_namespace, encode_key, namespace_url, DevServer, ACCOUNT,
+};
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,11 +154,7 @@ async fn namespaces_lifecycle() {
 async fn values_round_trip_binary_and_odd_keys() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!(
-        "{}/{}",
-        server.api(),
-        create_namespace(&c, &server, "values").await
-    );
+    let ns = namespace_url(&c, &server, "values").await;
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     let keys = [
         "a b/c?d%e:f!",
@@ -250,11 +248,7 @@ async fn values_round_trip_binary_and_odd_keys() {
 async fn multipart_writes_metadata_and_expiration() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!(
-        "{}/{}",
-        server.api(),
-        create_namespace(&c, &server, "multipart").await
-    );
+    let ns = namespace_url(&c, &server, "multipart").await;
     // The Python SDK's shape: the value as a file part, metadata as a JSON part.
     let form = Form::new()
         .part(
@@ -389,11 +383,7 @@ async fn multipart_writes_metadata_and_expiration() {
 async fn listing_pages_with_opaque_cursors() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!(
-        "{}/{}",
-        server.api(),
-        create_namespace(&c, &server, "listing").await
-    );
+    let ns = namespace_url(&c, &server, "listing").await;
     let items: Vec<Value> = (0..2500)
         .map(|i| json!({"key": format!("user:{i:05}"), "value": "v", "metadata": {"i": i}}))
         .collect();
@@ -516,11 +506,7 @@ async fn listing_pages_with_opaque_cursors() {
 async fn bulk_write_delete_and_get() {
     let server = DevServer::start();
     let c = client();
-    let ns = format!(
-        "{}/{}",
-        server.api(),
-        create_namespace(&c, &server, "bulk").await
-    );
+    let ns = namespace_url(&c, &server, "bulk").await;
 
     // 10,000 items is the limit; 10,001 is refused whole.
     let items: Vec<Value> = (0..10_000)

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_ok, create_namespace, DevServer};
+use common::{assert_ok, namespace_url, DevServer};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -18,11 +18,7 @@ fn now_ms() -> u64 {
 async fn expiration_is_exact_at_read_time() {
     let server = DevServer::start();
     let c = reqwest::Client::new();
-    let ns = format!(
-        "{}/{}",
-        server.api(),
-        create_namespace(&c, &server, "expiry").await
-    );
+    let ns = namespace_url(&c, &server, "expiry").await;
     let expiration = now_ms() / 1000 + 61;
     assert_ok(
         c.put(format!("{ns}/values/abs?expiration={expiration}"))

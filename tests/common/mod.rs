@@ -175,3 +175,12 @@ pub async fn create_namespace(client: &reqwest::Client, server: &DevServer, titl
     .await;
     body["result"]["id"].as_str().expect("id").to_owned()
 }
+
+/// Creates a namespace and returns its URL (`.../namespaces/{id}`).
+pub async fn namespace_url(client: &reqwest::Client, server: &DevServer, title: &str) -> String {
+    format!(
+        "{}/{}",
+        server.api(),
+        create_namespace(client, server, title).await
+    )
+}

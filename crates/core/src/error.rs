@@ -84,6 +84,15 @@ pub enum KvError {
 }
 
 impl KvError {
+    /// This error, as the failure of item `index` (key `key`) of a bulk request.
+    pub fn in_item(self, index: usize, key: &str) -> KvError {
+        KvError::BulkItem {
+            index,
+            key: key.to_owned(),
+            source: Box::new(self),
+        }
+    }
+
     /// The Cloudflare API error code reported in the `errors` array.
     pub fn code(&self) -> u32 {
         match self {

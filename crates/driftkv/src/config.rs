@@ -119,6 +119,34 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_the_defaults() {
+        // Inside a jail, so that the environment other tests set cannot leak in.
+        figment::Jail::expect_with(|_| {
+            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/dev.toml");
+            let config = DevConfig::load(Some(Path::new(example)), Overrides::default())
+                .expect("example loads");
+            let defaults = DevConfig::default();
+            assert_eq!(
+                (
+                    config.data_dir,
+                    config.listen,
+                    config.node_id,
+                    config.api_tokens,
+                    config.sweep_interval_ms
+                ),
+                (
+                    defaults.data_dir,
+                    defaults.listen,
+                    defaults.node_id,
+                    defaults.api_tokens,
+                    defaults.sweep_interval_ms
+                )
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_configs_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "lisen = \"127.0.0.1:9000\"\n")?;

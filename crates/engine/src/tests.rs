@@ -187,33 +187,11 @@ async fn expiration_is_exact_at_read_time_and_swept_later() {
         .unwrap();
     f.clock.set(expires * 1000 - 1);
     assert!(f.engine.get("acct", ns.id, "k").await.unwrap().is_some());
-    let listed = f
-        .engine
-        .list(
-            "acct",
-            ns.id,
-            ListRequest {
-                prefix: String::new(),
-                limit: 10,
-                cursor: None,
-            },
-        )
-        .await;
+    let listed = first_page(&f.engine, ns.id).await;
     assert_eq!(listed.unwrap().keys[0].expiration, Some(expires));
     f.clock.set(expires * 1000);
     assert_eq!(f.engine.get("acct", ns.id, "k").await.unwrap(), None);
-    let listed = f
-        .engine
-        .list(
-            "acct",
-            ns.id,
-            ListRequest {
-                prefix: String::new(),
-                limit: 10,
-                cursor: None,
-            },
-        )
-        .await;
+    let listed = first_page(&f.engine, ns.id).await;
     assert!(listed.unwrap().keys.is_empty());
     // The record is still stored until the sweeper runs; then only a tombstone remains.
     assert!(f.store.get(ns.id, "k").unwrap().unwrap().live.is_some());
@@ -244,6 +222,16 @@ async fn the_sweeper_task_runs_by_itself() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     sweeper.abort();
+}
+
+/// The first page of a namespace's keys.
+async fn first_page(engine: &Engine, ns: NamespaceId) -> Result<ListPage, KvError> {
+    let request = ListRequest {
+        prefix: String::new(),
+        limit: 10,
+        cursor: None,
+    };
+    engine.list("acct", ns, request).await
 }
 
 /// Pages through a namespace with the client-visible cursor text, the way a client would.

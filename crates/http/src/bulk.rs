@@ -101,11 +101,8 @@ pub async fn write(
         .enumerate()
         .map(|(index, item)| {
             let key = item.key.clone();
-            item.into_write(now_secs).map_err(|e| KvError::BulkItem {
-                index,
-                key,
-                source: Box::new(e),
-            })
+            item.into_write(now_secs)
+                .map_err(|e| e.in_item(index, &key))
         })
         .collect::<Result<Vec<_>, _>>()?;
     outcome_json(service.write(&path.account, path.id, writes).await?)
@@ -128,11 +125,7 @@ pub async fn delete(
                 key,
                 op: WriteOp::Delete,
             }),
-            Err(e) => Err(KvError::BulkItem {
-                index,
-                key,
-                source: Box::new(e),
-            }),
+            Err(e) => Err(e.in_item(index, &key)),
         })
         .collect::<Result<Vec<_>, _>>()?;
     outcome_json(service.write(&path.account, path.id, writes).await?)
@@ -196,11 +189,7 @@ pub async fn get(
         }
     };
     for (index, key) in request.keys.iter().enumerate() {
-        validate_key(key).map_err(|e| KvError::BulkItem {
-            index,
-            key: key.clone(),
-            source: Box::new(e),
-        })?;
+        validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
     let mut values = BTreeMap::new();
     for key in request.keys {

@@ -64,14 +64,21 @@ fn key_string(k: &IVec) -> Result<String, StoreError> {
     String::from_utf8(k.to_vec()).map_err(corrupt)
 }
 
+/// A namespace and its tree.
+struct Open {
+    namespace: Namespace,
+    tree: Tree,
+}
+
 /// A sled database holding one node's data.
 pub struct SledStore {
     db: sled::Db,
     namespaces: Tree,
     expiry: Tree,
-    /// Open namespace trees. Writers hold the read lock while they apply, so a namespace
-    /// cannot be dropped under a write in progress.
-    trees: RwLock<HashMap<NamespaceId, Tree>>,
+    /// Every namespace with its open tree, mirrored in memory so that the per-request
+    /// namespace lookup costs no database read. Writers hold the read lock while they apply,
+    /// so a namespace cannot be dropped under a write in progress.
+    trees: RwLock<HashMap<NamespaceId, Open>>,
     commit: Arc<GroupCommit>,
     flusher: Option<JoinHandle<()>>,
 }
@@ -89,7 +96,14 @@ impl SledStore {
         for entry in namespaces.iter() {
             let (_, bytes) = entry.map_err(backend)?;
             let ns = Namespace::decode(&bytes).map_err(corrupt)?;
-            trees.insert(ns.id, db.open_tree(tree_name(ns.id)).map_err(backend)?);
+            let tree = db.open_tree(tree_name(ns.id)).map_err(backend)?;
+            trees.insert(
+                ns.id,
+                Open {
+                    namespace: ns,
+                    tree,
+                },
+            );
         }
         // A crash between removing a namespace record and dropping its tree leaves an orphan
         // tree behind; finish the deletion now.
@@ -130,7 +144,7 @@ impl SledStore {
             .read()
             .expect("tree map lock")
             .get(&id)
-            .cloned()
+            .map(|open| open.tree.clone())
             .ok_or(StoreError::NoSuchNamespace(id))
     }
 }
@@ -147,34 +161,36 @@ impl Drop for SledStore {
 #[async_trait]
 impl Store for SledStore {
     fn namespaces(&self) -> Result<Vec<Namespace>, StoreError> {
-        self.namespaces
-            .iter()
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(backend)?;
-                Namespace::decode(&bytes).map_err(corrupt)
-            })
-            .collect()
+        let trees = self.trees.read().expect("tree map lock");
+        Ok(trees.values().map(|open| open.namespace.clone()).collect())
     }
 
     fn namespace(&self, id: NamespaceId) -> Result<Option<Namespace>, StoreError> {
-        match self.namespaces.get(id.0).map_err(backend)? {
-            Some(bytes) => Ok(Some(Namespace::decode(&bytes).map_err(corrupt)?)),
-            None => Ok(None),
-        }
+        let trees = self.trees.read().expect("tree map lock");
+        Ok(trees.get(&id).map(|open| open.namespace.clone()))
     }
 
     fn put_namespace(&self, namespace: &Namespace) -> Result<(), StoreError> {
         let mut trees = self.trees.write().expect("tree map lock");
-        if let std::collections::hash_map::Entry::Vacant(slot) = trees.entry(namespace.id) {
-            slot.insert(
-                self.db
-                    .open_tree(tree_name(namespace.id))
-                    .map_err(backend)?,
-            );
-        }
         self.namespaces
             .insert(namespace.id.0, namespace.encode())
             .map_err(backend)?;
+        match trees.get_mut(&namespace.id) {
+            Some(open) => open.namespace = namespace.clone(),
+            None => {
+                let tree = self
+                    .db
+                    .open_tree(tree_name(namespace.id))
+                    .map_err(backend)?;
+                trees.insert(
+                    namespace.id,
+                    Open {
+                        namespace: namespace.clone(),
+                        tree,
+                    },
+                );
+            }
+        }
         Ok(())
     }
 
@@ -193,9 +209,10 @@ impl Store for SledStore {
         records: &[(String, Record)],
     ) -> Result<Vec<bool>, StoreError> {
         let trees = self.trees.read().expect("tree map lock");
-        let tree = trees
+        let tree = &trees
             .get(&namespace)
-            .ok_or(StoreError::NoSuchNamespace(namespace))?;
+            .ok_or(StoreError::NoSuchNamespace(namespace))?
+            .tree;
         let mut applied = Vec::with_capacity(records.len());
         for (key, record) in records {
             if let Some(expiration) = record.live.as_ref().and_then(|l| l.expiration) {
@@ -291,7 +308,7 @@ impl Store for SledStore {
     fn expire(&self, due: &DueExpiration) -> Result<bool, StoreError> {
         let mut changed = false;
         let trees = self.trees.read().expect("tree map lock");
-        if let Some(tree) = trees.get(&due.namespace) {
+        if let Some(Open { tree, .. }) = trees.get(&due.namespace) {
             while let Some(old) = tree.get(&due.key).map_err(backend)? {
                 let view = RecordView::decode(&old).map_err(corrupt)?;
                 if view.value.is_none() || view.expiration != Some(due.expiration) {
