@@ -39,6 +39,10 @@ impl Default for DevConfig {
     }
 }
 
+/// The fields settable as `DRIFTKV_<FIELD>`; `api_tokens` is read separately because its
+/// variable holds a comma-separated list.
+const ENV_KEYS: [&str; 4] = ["data_dir", "listen", "node_id", "sweep_interval_ms"];
+
 /// Flags that override the configuration when given.
 #[derive(Debug, Default, Serialize)]
 pub struct Overrides {
@@ -60,13 +64,9 @@ impl DevConfig {
             );
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("DRIFTKV_").ignore(&[
-            "API_TOKEN",
-            "API_TOKENS",
-            "URL",
-            "LOG_FORMAT",
-            "ACCOUNT_ID",
-        ]));
+        // Only the configuration's own keys: other DRIFTKV_* variables (the log format, client
+        // settings, test switches) belong to other parts and must not fail the load.
+        figment = figment.merge(Env::prefixed("DRIFTKV_").only(&ENV_KEYS));
         if let Ok(tokens) = std::env::var("DRIFTKV_API_TOKENS") {
             let tokens: Vec<String> = tokens
                 .split(',')
@@ -142,6 +142,20 @@ mod tests {
                     defaults.sweep_interval_ms
                 )
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_driftkv_variables_are_left_alone() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DRIFTKV_REQUIRE_SDK", "1");
+            jail.set_env("DRIFTKV_URL", "http://elsewhere");
+            jail.set_env("DRIFTKV_SWEEP_INTERVAL_MS", "250");
+            jail.set_env("DRIFTKV_DATA_DIR", "/var/lib/driftkv");
+            let config = DevConfig::load(None, Overrides::default()).expect("config loads");
+            assert_eq!(config.sweep_interval_ms, 250);
+            assert_eq!(config.data_dir, PathBuf::from("/var/lib/driftkv"));
             Ok(())
         });
     }
