@@ -115,18 +115,6 @@ impl<'a> RecordView<'a> {
     pub fn is_live(&self, now_ms: u64) -> bool {
         self.value.is_some() && !is_expired(self.expiration, now_ms)
     }
-
-    /// Copies the view into an owned record.
-    pub fn to_record(&self) -> Record {
-        Record {
-            version: self.version,
-            live: self.value.map(|v| LiveValue {
-                value: Bytes::copy_from_slice(v),
-                metadata: self.metadata.map(str::to_owned),
-                expiration: self.expiration,
-            }),
-        }
-    }
 }
 
 impl Record {
@@ -155,14 +143,23 @@ impl Record {
         out
     }
 
-    /// Decodes stored bytes into an owned record.
-    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
-        RecordView::decode(bytes).map(|v| v.to_record())
+    /// Decodes stored bytes. The value is a slice of `bytes`, not a copy, so reading a large
+    /// value out of storage costs no second buffer.
+    pub fn decode(bytes: Bytes) -> Result<Self, KvError> {
+        let view = RecordView::decode(&bytes)?;
+        Ok(Record {
+            version: view.version,
+            live: view.value.map(|value| LiveValue {
+                value: bytes.slice_ref(value),
+                metadata: view.metadata.map(str::to_owned),
+                expiration: view.expiration,
+            }),
+        })
     }
 
     /// The live value, unless this is a tombstone or it has expired at `now_ms`.
-    pub fn live_at(&self, now_ms: u64) -> Option<&LiveValue> {
-        self.live.as_ref().filter(|l| !l.is_expired(now_ms))
+    pub fn into_live_at(self, now_ms: u64) -> Option<LiveValue> {
+        self.live.filter(|l| !l.is_expired(now_ms))
     }
 }
 
@@ -184,9 +181,9 @@ mod tests {
                 expiration: Some(1234),
             }),
         };
-        assert_eq!(Record::decode(&live.encode()).unwrap(), live);
+        assert_eq!(Record::decode(live.encode().into()).unwrap(), live);
         let tomb = Record::tombstone(version(9, 2));
-        assert_eq!(Record::decode(&tomb.encode()).unwrap(), tomb);
+        assert_eq!(Record::decode(tomb.encode().into()).unwrap(), tomb);
         let view_bytes = live.encode();
         let view = RecordView::decode(&view_bytes).unwrap();
         assert_eq!(view.metadata, Some(r#"{"a":1}"#));
@@ -195,9 +192,9 @@ mod tests {
 
     #[test]
     fn corrupt_bytes_are_an_error_not_a_panic() {
-        assert!(Record::decode(&[]).is_err());
-        assert!(Record::decode(&[9, 1, 2]).is_err());
-        assert!(Record::decode(&[FORMAT, 0xff, 0xff]).is_err());
+        assert!(Record::decode(Bytes::new()).is_err());
+        assert!(Record::decode(Bytes::from_static(&[9, 1, 2])).is_err());
+        assert!(Record::decode(Bytes::from_static(&[FORMAT, 0xff, 0xff])).is_err());
     }
 
     #[test]

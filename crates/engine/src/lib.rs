@@ -63,7 +63,7 @@ impl Engine {
 
     /// The namespace, if it exists and belongs to the account. Another account's namespace is
     /// reported as not found, so ids cannot be probed across accounts.
-    fn owned(&self, account_id: &str, id: NamespaceId) -> Result<Namespace, KvError> {
+    fn owned(&self, account_id: &str, id: NamespaceId) -> Result<Arc<Namespace>, KvError> {
         validate_account_id(account_id)?;
         match self.store.namespace(id)? {
             Some(ns) if ns.account_id == account_id => Ok(ns),
@@ -159,7 +159,7 @@ impl KvService for Engine {
     }
 
     async fn namespace(&self, account_id: &str, id: NamespaceId) -> Result<Namespace, KvError> {
-        self.owned(account_id, id)
+        self.owned(account_id, id).map(|ns| Namespace::clone(&ns))
     }
 
     async fn rename_namespace(
@@ -170,7 +170,7 @@ impl KvService for Engine {
     ) -> Result<Namespace, KvError> {
         validate_title(title)?;
         let _guard = self.namespace_changes.lock().await;
-        let mut namespace = self.owned(account_id, id)?;
+        let mut namespace = Namespace::clone(&*self.owned(account_id, id)?);
         if self.title_taken(account_id, title, Some(id))? {
             return Err(KvError::TitleTaken);
         }
@@ -238,7 +238,7 @@ impl KvService for Engine {
         Ok(self
             .store
             .get(id, key)?
-            .and_then(|record| record.live_at(now_ms).cloned()))
+            .and_then(|record| record.into_live_at(now_ms)))
     }
 
     async fn list(

@@ -15,33 +15,33 @@ use crate::envelope::ApiError;
 async fn path_params<S: Send + Sync>(
     parts: &mut Parts,
     state: &S,
-) -> Result<HashMap<String, String>, KvError> {
-    let raw = RawPathParams::from_request_parts(parts, state)
+) -> Result<RawPathParams, KvError> {
+    RawPathParams::from_request_parts(parts, state)
         .await
         .map_err(|e| {
             KvError::InvalidKey(format!(
                 "the path does not decode to UTF-8: {}",
                 e.body_text()
             ))
-        })?;
-    Ok(raw
-        .iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect())
+        })
 }
 
-fn account(params: &HashMap<String, String>) -> Result<String, KvError> {
-    let account = params.get("account_id").cloned().unwrap_or_default();
-    validate_account_id(&account)?;
-    Ok(account)
-}
-
-fn namespace_id(params: &HashMap<String, String>) -> Result<NamespaceId, KvError> {
+/// One parameter (routes have at most three, so a scan beats building a map).
+fn param<'a>(params: &'a RawPathParams, name: &str) -> &'a str {
     params
-        .get("namespace_id")
-        .map(String::as_str)
-        .unwrap_or_default()
-        .parse()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, value)| value)
+}
+
+fn account(params: &RawPathParams) -> Result<String, KvError> {
+    let account = param(params, "account_id");
+    validate_account_id(account)?;
+    Ok(account.to_owned())
+}
+
+fn namespace_id(params: &RawPathParams) -> Result<NamespaceId, KvError> {
+    param(params, "namespace_id").parse()
 }
 
 /// `/accounts/{account_id}/...`
@@ -86,12 +86,12 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = path_params(parts, state).await?;
-        let key = params.get("key").cloned().unwrap_or_default();
-        validate_key(&key)?;
+        let key = param(&params, "key");
+        validate_key(key)?;
         Ok(KeyPath {
             account: account(&params)?,
             id: namespace_id(&params)?,
-            key,
+            key: key.to_owned(),
         })
     }
 }

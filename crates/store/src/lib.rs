@@ -8,6 +8,8 @@
 mod sled_store;
 pub mod suite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use driftkv_core::{KeyInfo, KvError, Namespace, NamespaceId, Record};
 
@@ -66,8 +68,8 @@ pub const SCAN_BUDGET: usize = 10_000;
 pub trait Store: Send + Sync + 'static {
     /// Every namespace, of every account.
     fn namespaces(&self) -> Result<Vec<Namespace>, StoreError>;
-    /// One namespace.
-    fn namespace(&self, id: NamespaceId) -> Result<Option<Namespace>, StoreError>;
+    /// One namespace; shared, since it is looked up on every request.
+    fn namespace(&self, id: NamespaceId) -> Result<Option<Arc<Namespace>>, StoreError>;
     /// Creates or replaces a namespace record (create and rename).
     fn put_namespace(&self, namespace: &Namespace) -> Result<(), StoreError>;
     /// Removes a namespace and all its records; false if it did not exist.

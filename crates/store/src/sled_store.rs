@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use driftkv_core::{KeyInfo, Namespace, NamespaceId, Record, RecordView};
 use sled::{IVec, Tree};
 use tokio::sync::watch;
@@ -66,7 +67,7 @@ fn key_string(k: &IVec) -> Result<String, StoreError> {
 
 /// A namespace and its tree.
 struct Open {
-    namespace: Namespace,
+    namespace: Arc<Namespace>,
     tree: Tree,
 }
 
@@ -100,7 +101,7 @@ impl SledStore {
             trees.insert(
                 ns.id,
                 Open {
-                    namespace: ns,
+                    namespace: Arc::new(ns),
                     tree,
                 },
             );
@@ -162,10 +163,13 @@ impl Drop for SledStore {
 impl Store for SledStore {
     fn namespaces(&self) -> Result<Vec<Namespace>, StoreError> {
         let trees = self.trees.read().expect("tree map lock");
-        Ok(trees.values().map(|open| open.namespace.clone()).collect())
+        Ok(trees
+            .values()
+            .map(|open| Namespace::clone(&open.namespace))
+            .collect())
     }
 
-    fn namespace(&self, id: NamespaceId) -> Result<Option<Namespace>, StoreError> {
+    fn namespace(&self, id: NamespaceId) -> Result<Option<Arc<Namespace>>, StoreError> {
         let trees = self.trees.read().expect("tree map lock");
         Ok(trees.get(&id).map(|open| open.namespace.clone()))
     }
@@ -176,7 +180,7 @@ impl Store for SledStore {
             .insert(namespace.id.0, namespace.encode())
             .map_err(backend)?;
         match trees.get_mut(&namespace.id) {
-            Some(open) => open.namespace = namespace.clone(),
+            Some(open) => open.namespace = Arc::new(namespace.clone()),
             None => {
                 let tree = self
                     .db
@@ -185,7 +189,7 @@ impl Store for SledStore {
                 trees.insert(
                     namespace.id,
                     Open {
-                        namespace: namespace.clone(),
+                        namespace: Arc::new(namespace.clone()),
                         tree,
                     },
                 );
@@ -244,7 +248,9 @@ impl Store for SledStore {
 
     fn get(&self, namespace: NamespaceId, key: &str) -> Result<Option<Record>, StoreError> {
         match self.tree(namespace)?.get(key).map_err(backend)? {
-            Some(bytes) => Ok(Some(Record::decode(&bytes).map_err(corrupt)?)),
+            Some(bytes) => Ok(Some(
+                Record::decode(Bytes::from_owner(bytes)).map_err(corrupt)?,
+            )),
             None => Ok(None),
         }
     }

@@ -92,13 +92,16 @@ pub async fn namespaces_round_trip(store: &dyn Store) {
     assert!(store.namespaces().unwrap().is_empty());
     store.put_namespace(&ns(1)).unwrap();
     store.put_namespace(&ns(2)).unwrap();
-    assert_eq!(store.namespace(NamespaceId([1; 16])).unwrap(), Some(ns(1)));
+    assert_eq!(
+        store.namespace(NamespaceId([1; 16])).unwrap().as_deref(),
+        Some(&ns(1))
+    );
     let mut renamed = ns(1);
     renamed.title = "renamed".into();
     store.put_namespace(&renamed).unwrap();
     assert_eq!(
-        store.namespace(NamespaceId([1; 16])).unwrap(),
-        Some(renamed)
+        store.namespace(NamespaceId([1; 16])).unwrap().as_deref(),
+        Some(&renamed)
     );
     assert_eq!(store.namespaces().unwrap().len(), 2);
     assert!(store.delete_namespace(NamespaceId([2; 16])).unwrap());
