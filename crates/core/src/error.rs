@@ -78,6 +78,16 @@ pub enum KvError {
         key: String,
         source: Box<KvError>,
     },
+    /// Another node (the write region) could not be reached in time (503).
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// An error another node reported, passed on exactly as that node classified it.
+    #[error("{message}")]
+    Remote {
+        status: u16,
+        code: u32,
+        message: String,
+    },
     /// Something failed inside the server; the message is safe to show (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -118,6 +128,8 @@ impl KvError {
             KvError::MethodNotAllowed => 7001,
             KvError::InvalidIdentifier(_) => 7003,
             KvError::BulkItem { source, .. } => source.code(),
+            KvError::Unavailable(_) => 10050,
+            KvError::Remote { code, .. } => *code,
         }
     }
 
@@ -135,6 +147,8 @@ impl KvError {
             | KvError::PayloadTooLarge(_) => 413,
             KvError::Internal(_) => 500,
             KvError::BulkItem { source, .. } => source.status(),
+            KvError::Unavailable(_) => 503,
+            KvError::Remote { status, .. } => *status,
             KvError::InvalidTitle(_)
             | KvError::InvalidIdentifier(_)
             | KvError::InvalidKey(_)

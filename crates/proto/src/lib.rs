@@ -1,0 +1,301 @@
+//! The gRPC contract between driftkv edges and the central write region.
+//!
+//! [`pb`] is generated from `proto/driftkv.proto`. This crate also converts between the wire
+//! types and the core types (checking what the wire cannot: lengths of ids, required fields),
+//! and carries [`KvError`]s across the wire as gRPC statuses that keep the Cloudflare error code
+//! and HTTP status, so an edge reports exactly the error central decided on.
+
+use driftkv_core::{KvError, LiveValue, Namespace, NamespaceId, Record, Version, Write, WriteOp};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// The generated protobuf messages and gRPC client and server.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("driftkv.v1");
+}
+
+/// Metadata key of the Cloudflare error code on an error status.
+pub const ERROR_CODE_KEY: &str = "driftkv-error-code";
+/// Metadata key of the HTTP status on an error status.
+pub const HTTP_STATUS_KEY: &str = "driftkv-http-status";
+
+fn missing(field: &str) -> KvError {
+    KvError::BadRequest(format!("the message has no {field}"))
+}
+
+impl From<Version> for pb::Version {
+    fn from(v: Version) -> Self {
+        pb::Version {
+            timestamp: v.timestamp,
+            origin: v.origin,
+        }
+    }
+}
+
+impl From<pb::Version> for Version {
+    fn from(v: pb::Version) -> Self {
+        Version {
+            timestamp: v.timestamp,
+            origin: v.origin,
+        }
+    }
+}
+
+/// A required version field.
+pub fn required_version(v: Option<pb::Version>) -> Result<Version, KvError> {
+    v.map(Version::from).ok_or_else(|| missing("version"))
+}
+
+impl From<LiveValue> for pb::LiveValue {
+    fn from(l: LiveValue) -> Self {
+        pb::LiveValue {
+            value: l.value,
+            metadata: l.metadata,
+            expiration: l.expiration,
+        }
+    }
+}
+
+impl From<pb::LiveValue> for LiveValue {
+    fn from(l: pb::LiveValue) -> Self {
+        LiveValue {
+            value: l.value,
+            metadata: l.metadata,
+            expiration: l.expiration,
+        }
+    }
+}
+
+impl From<Record> for pb::Record {
+    fn from(r: Record) -> Self {
+        pb::Record {
+            version: Some(r.version.into()),
+            live: r.live.map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<pb::Record> for Record {
+    type Error = KvError;
+
+    fn try_from(r: pb::Record) -> Result<Self, KvError> {
+        Ok(Record {
+            version: required_version(r.version)?,
+            live: r.live.map(Into::into),
+        })
+    }
+}
+
+/// A namespace id from its 16 wire bytes.
+pub fn namespace_id(bytes: &[u8]) -> Result<NamespaceId, KvError> {
+    let id: [u8; 16] = bytes.try_into().map_err(|_| {
+        KvError::InvalidIdentifier(format!("namespace id of {} bytes", bytes.len()))
+    })?;
+    Ok(NamespaceId(id))
+}
+
+impl From<&Namespace> for pb::Namespace {
+    fn from(ns: &Namespace) -> Self {
+        pb::Namespace {
+            id: ns.id.0.to_vec(),
+            account_id: ns.account_id.clone(),
+            title: ns.title.clone(),
+            version: Some(ns.version.into()),
+        }
+    }
+}
+
+impl TryFrom<pb::Namespace> for Namespace {
+    type Error = KvError;
+
+    fn try_from(ns: pb::Namespace) -> Result<Self, KvError> {
+        Ok(Namespace {
+            id: namespace_id(&ns.id)?,
+            account_id: ns.account_id,
+            title: ns.title,
+            version: required_version(ns.version)?,
+        })
+    }
+}
+
+impl From<Write> for pb::Write {
+    fn from(w: Write) -> Self {
+        let put = match w.op {
+            WriteOp::Put(live) => Some(live.into()),
+            WriteOp::Delete => None,
+        };
+        pb::Write { key: w.key, put }
+    }
+}
+
+impl From<pb::Write> for Write {
+    fn from(w: pb::Write) -> Self {
+        let op = match w.put {
+            Some(live) => WriteOp::Put(live.into()),
+            None => WriteOp::Delete,
+        };
+        Write { key: w.key, op }
+    }
+}
+
+/// The gRPC status for an error, carrying its Cloudflare code and HTTP status.
+pub fn status_from_error(error: &KvError) -> Status {
+    let code = match error.status() {
+        400 | 413 | 414 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::AlreadyExists,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let mut status = Status::new(code, error.to_string());
+    status
+        .metadata_mut()
+        .insert(ERROR_CODE_KEY, MetadataValue::from(error.code()));
+    status.metadata_mut().insert(
+        HTTP_STATUS_KEY,
+        MetadataValue::from(u32::from(error.status())),
+    );
+    status
+}
+
+/// The error a status stands for: the remote error as it was classified when the status
+/// carries one, else a transport failure (unreachable, timed out) as 503 Unavailable.
+pub fn error_from_status(status: &Status) -> KvError {
+    let number = |key: &str| {
+        status
+            .metadata()
+            .get(key)?
+            .to_str()
+            .ok()?
+            .parse::<u32>()
+            .ok()
+    };
+    match (
+        number(ERROR_CODE_KEY),
+        number(HTTP_STATUS_KEY).and_then(|s| u16::try_from(s).ok()),
+    ) {
+        (Some(code), Some(http)) => KvError::Remote {
+            status: http,
+            code,
+            message: status.message().to_owned(),
+        },
+        _ => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                KvError::Unavailable(format!(
+                    "the write region did not answer: {}",
+                    status.message()
+                ))
+            }
+            _ => KvError::Internal(format!("the write region failed: {}", status.message())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn version() -> Version {
+        Version {
+            timestamp: 42,
+            origin: 7,
+        }
+    }
+
+    #[test]
+    fn records_and_writes_round_trip() {
+        let live = LiveValue {
+            value: Bytes::from_static(b"\x00v"),
+            metadata: Some("{}".into()),
+            expiration: Some(9),
+        };
+        for record in [
+            Record {
+                version: version(),
+                live: Some(live.clone()),
+            },
+            Record::tombstone(version()),
+        ] {
+            assert_eq!(
+                Record::try_from(pb::Record::from(record.clone())).unwrap(),
+                record
+            );
+        }
+        for write in [
+            Write {
+                key: "k".into(),
+                op: WriteOp::Put(live),
+            },
+            Write {
+                key: "k".into(),
+                op: WriteOp::Delete,
+            },
+        ] {
+            assert_eq!(Write::from(pb::Write::from(write.clone())), write);
+        }
+        let ns = Namespace {
+            id: NamespaceId([3; 16]),
+            account_id: "a".into(),
+            title: "t".into(),
+            version: version(),
+        };
+        assert_eq!(Namespace::try_from(pb::Namespace::from(&ns)).unwrap(), ns);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        assert!(Record::try_from(pb::Record {
+            version: None,
+            live: None
+        })
+        .is_err());
+        assert!(matches!(
+            namespace_id(&[1, 2, 3]),
+            Err(KvError::InvalidIdentifier(_))
+        ));
+        let bad = pb::Namespace {
+            id: vec![0; 15],
+            account_id: "a".into(),
+            title: "t".into(),
+            version: Some(version().into()),
+        };
+        assert!(Namespace::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn errors_cross_the_wire_unchanged() {
+        for error in [
+            KvError::KeyTooLong {
+                len: 600,
+                limit: 512,
+            },
+            KvError::NamespaceNotFound,
+            KvError::TitleTaken,
+            KvError::ValueTooLarge { len: 2, limit: 1 },
+            KvError::Internal("disk".into()),
+        ] {
+            let back = error_from_status(&status_from_error(&error));
+            assert_eq!(
+                (back.status(), back.code(), back.to_string()),
+                (error.status(), error.code(), error.to_string())
+            );
+        }
+        assert_eq!(
+            status_from_error(&KvError::NamespaceNotFound).code(),
+            Code::NotFound
+        );
+    }
+
+    #[test]
+    fn transport_failures_become_unavailable() {
+        let error = error_from_status(&Status::unavailable("connection refused"));
+        assert_eq!((error.status(), error.code()), (503, 10050));
+        assert!(error.to_string().contains("connection refused"));
+        assert_eq!(error_from_status(&Status::internal("boom")).status(), 500);
+    }
+}
