@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{
-    assert_error, assert_ok, create_namespace, encode_key, namespace_url, DevServer, ACCOUNT,
+    assert_error, assert_ok, create_namespace, encode_key, fetch_bytes, namespace_url, send_err,
+    send_ok, DevServer, ACCOUNT,
 };
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
@@ -29,12 +30,8 @@ async fn namespaces_lifecycle() {
     assert!(id
         .chars()
         .all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch)));
-    assert_error(
-        c.post(server.api())
-            .json(&json!({"title": "alpha"}))
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.post(server.api()).json(&json!({"title": "alpha"})),
         409,
         10014,
     )
@@ -69,69 +66,32 @@ async fn namespaces_lifecycle() {
     let beyond = assert_ok(page(3).await.unwrap()).await;
     assert_eq!(beyond["result"], json!([]));
     // Default page size is 20.
-    let all = assert_ok(c.get(server.api()).send().await.unwrap()).await;
+    let all = send_ok(c.get(server.api())).await;
     assert_eq!(all["result_info"]["per_page"], 20);
     assert_eq!(all["result"].as_array().unwrap().len(), 4);
 
     let ns_url = format!("{}/{id}", server.api());
-    assert_eq!(
-        assert_ok(c.get(&ns_url).send().await.unwrap()).await["result"]["title"],
-        "alpha"
-    );
-    assert_error(
-        c.put(&ns_url)
-            .json(&json!({"title": "bravo"}))
-            .send()
-            .await
-            .unwrap(),
-        409,
-        10014,
-    )
-    .await;
-    let renamed = assert_ok(
-        c.put(&ns_url)
-            .json(&json!({"title": "omega"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(send_ok(c.get(&ns_url)).await["result"]["title"], "alpha");
+    send_err(c.put(&ns_url).json(&json!({"title": "bravo"})), 409, 10014).await;
+    let renamed = send_ok(c.put(&ns_url).json(&json!({"title": "omega"}))).await;
     assert_eq!(
         renamed["result"],
         json!({"id": id, "title": "omega", "supports_url_encoding": true})
     );
 
     // Deleting removes the namespace and its keys.
-    assert_ok(
-        c.put(format!("{ns_url}/values/k"))
-            .body("v")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        assert_ok(c.delete(&ns_url).send().await.unwrap()).await["result"],
-        json!({})
-    );
-    assert_error(c.get(&ns_url).send().await.unwrap(), 404, 10013).await;
-    assert_error(
-        c.get(format!("{ns_url}/values/k")).send().await.unwrap(),
-        404,
-        10013,
-    )
-    .await;
-    assert_error(c.delete(&ns_url).send().await.unwrap(), 404, 10013).await;
+    send_ok(c.put(format!("{ns_url}/values/k")).body("v")).await;
+    assert_eq!(send_ok(c.delete(&ns_url)).await["result"], json!({}));
+    send_err(c.get(&ns_url), 404, 10013).await;
+    send_err(c.get(format!("{ns_url}/values/k")), 404, 10013).await;
+    send_err(c.delete(&ns_url), 404, 10013).await;
 
     // Another account sees none of these.
     let other = format!(
         "{}/client/v4/accounts/someone-else/storage/kv/namespaces",
         server.base
     );
-    assert_eq!(
-        assert_ok(c.get(&other).send().await.unwrap()).await["result"],
-        json!([])
-    );
+    assert_eq!(send_ok(c.get(&other)).await["result"], json!([]));
     let bravo = all["result"]
         .as_array()
         .unwrap()
@@ -139,11 +99,8 @@ async fn namespaces_lifecycle() {
         .find(|n| n["title"] == "bravo")
         .unwrap()["id"]
         .clone();
-    assert_error(
-        c.get(format!("{other}/{}", bravo.as_str().unwrap()))
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.get(format!("{other}/{}", bravo.as_str().unwrap())),
         404,
         10013,
     )
@@ -169,7 +126,7 @@ async fn values_round_trip_binary_and_odd_keys() {
     ];
     for key in keys {
         let url = format!("{ns}/values/{}", encode_key(key));
-        assert_ok(c.put(&url).body(binary.clone()).send().await.unwrap()).await;
+        send_ok(c.put(&url).body(binary.clone())).await;
         let got = c.get(&url).send().await.unwrap();
         assert_eq!(got.status(), 200, "{key}");
         assert_eq!(got.headers()["content-type"], "application/octet-stream");
@@ -177,11 +134,8 @@ async fn values_round_trip_binary_and_odd_keys() {
     }
     // The SDK's exact encoding of the spec's example key.
     let sdk_url = format!("{ns}/values/a%20b%2Fc%3Fd%25e:f!");
-    assert_eq!(
-        c.get(&sdk_url).send().await.unwrap().bytes().await.unwrap(),
-        binary
-    );
-    let listed = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
+    assert_eq!(fetch_bytes(c.get(&sdk_url)).await, binary);
+    let listed = send_ok(c.get(format!("{ns}/keys"))).await;
     let mut names: Vec<&str> = listed["result"]
         .as_array()
         .unwrap()
@@ -194,54 +148,26 @@ async fn values_round_trip_binary_and_odd_keys() {
     names.clear();
 
     // Empty values are values.
-    assert_ok(
-        c.put(format!("{ns}/values/empty"))
-            .body("")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_ok(c.put(format!("{ns}/values/empty")).body("")).await;
     assert_eq!(
-        c.get(format!("{ns}/values/empty"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .len(),
+        fetch_bytes(c.get(format!("{ns}/values/empty"))).await.len(),
         0
     );
 
     // Overwrite, then delete (twice: deletes are idempotent), then 404.
     let url = format!("{ns}/values/k");
-    assert_ok(c.put(&url).body("one").send().await.unwrap()).await;
-    assert_ok(c.put(&url).body("two").send().await.unwrap()).await;
+    send_ok(c.put(&url).body("one")).await;
+    send_ok(c.put(&url).body("two")).await;
     assert_eq!(
         c.get(&url).send().await.unwrap().text().await.unwrap(),
         "two"
     );
-    assert_eq!(
-        assert_ok(c.delete(&url).send().await.unwrap()).await["result"],
-        json!({})
-    );
-    assert_ok(c.delete(&url).send().await.unwrap()).await;
-    assert_ok(
-        c.delete(format!("{ns}/values/never-was"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let body = assert_error(c.get(&url).send().await.unwrap(), 404, 10009).await;
+    assert_eq!(send_ok(c.delete(&url)).await["result"], json!({}));
+    send_ok(c.delete(&url)).await;
+    send_ok(c.delete(format!("{ns}/values/never-was"))).await;
+    let body = send_err(c.get(&url), 404, 10009).await;
     assert_eq!(body["errors"][0]["message"], "get: 'key not found'");
-    assert_error(
-        c.get(format!("{ns}/metadata/k")).send().await.unwrap(),
-        404,
-        10009,
-    )
-    .await;
+    send_err(c.get(format!("{ns}/metadata/k")), 404, 10009).await;
 }
 
 #[tokio::test]
@@ -270,26 +196,17 @@ async fn multipart_writes_metadata_and_expiration() {
         .as_secs()
         + 3600;
     let url = format!("{ns}/values/{}", encode_key("with meta"));
-    assert_ok(
+    send_ok(
         c.put(format!("{url}?expiration={expiration}"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
+            .multipart(form),
     )
     .await;
     let got = c.get(&url).send().await.unwrap();
     assert_eq!(got.headers()["expiration"], expiration.to_string().as_str());
     assert_eq!(got.bytes().await.unwrap().as_ref(), &[0u8, 1, 2, 255]);
-    let meta = assert_ok(
-        c.get(format!("{ns}/metadata/{}", encode_key("with meta")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let meta = send_ok(c.get(format!("{ns}/metadata/{}", encode_key("with meta")))).await;
     assert_eq!(meta["result"], json!({"owner": "me", "tags": [1, 2]}));
-    let listed = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
+    let listed = send_ok(c.get(format!("{ns}/keys"))).await;
     assert_eq!(
         listed["result"],
         json!([{"name": "with meta", "expiration": expiration, "metadata": {"owner": "me", "tags": [1, 2]}}])
@@ -301,12 +218,9 @@ async fn multipart_writes_metadata_and_expiration() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert_ok(
+    send_ok(
         c.put(format!("{ns}/values/plain?expiration=1&expiration_ttl=120"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
+            .multipart(form),
     )
     .await;
     let got = c.get(format!("{ns}/values/plain")).send().await.unwrap();
@@ -320,18 +234,14 @@ async fn multipart_writes_metadata_and_expiration() {
         "{exp} vs {before}"
     );
     assert_eq!(
-        assert_ok(c.get(format!("{ns}/metadata/plain")).send().await.unwrap()).await["result"],
+        send_ok(c.get(format!("{ns}/metadata/plain"))).await["result"],
         Value::Null
     );
 
     // Malformed multipart bodies.
     let missing_value = Form::new().part("metadata", Part::text("{}"));
-    assert_error(
-        c.put(format!("{ns}/values/x"))
-            .multipart(missing_value)
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.put(format!("{ns}/values/x")).multipart(missing_value),
         400,
         10001,
     )
@@ -339,12 +249,8 @@ async fn multipart_writes_metadata_and_expiration() {
     let bad_meta = Form::new()
         .part("value", Part::text("v"))
         .part("metadata", Part::text("{not json"));
-    assert_error(
-        c.put(format!("{ns}/values/x"))
-            .multipart(bad_meta)
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.put(format!("{ns}/values/x")).multipart(bad_meta),
         400,
         10035,
     )
@@ -353,12 +259,8 @@ async fn multipart_writes_metadata_and_expiration() {
         "metadata",
         Part::text(json!({"k": "x".repeat(1100)}).to_string()),
     );
-    assert_error(
-        c.put(format!("{ns}/values/x"))
-            .multipart(big_meta)
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.put(format!("{ns}/values/x")).multipart(big_meta),
         413,
         10034,
     )
@@ -371,12 +273,7 @@ async fn multipart_writes_metadata_and_expiration() {
         .await
         .unwrap();
     assert_error(truncated, 400, 10001).await;
-    assert_error(
-        c.get(format!("{ns}/values/x")).send().await.unwrap(),
-        404,
-        10009,
-    )
-    .await;
+    send_err(c.get(format!("{ns}/values/x")), 404, 10009).await;
 }
 
 #[tokio::test]
@@ -387,29 +284,15 @@ async fn listing_pages_with_opaque_cursors() {
     let items: Vec<Value> = (0..2500)
         .map(|i| json!({"key": format!("user:{i:05}"), "value": "v", "metadata": {"i": i}}))
         .collect();
-    assert_ok(
-        c.put(format!("{ns}/bulk"))
-            .json(&items)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_ok(
-        c.put(format!("{ns}/values/other"))
-            .body("v")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_ok(c.put(format!("{ns}/bulk")).json(&items)).await;
+    send_ok(c.put(format!("{ns}/values/other")).body("v")).await;
 
     let mut names = Vec::new();
     let mut cursor = String::new();
     let mut pages = 0;
     loop {
         let url = format!("{ns}/keys?prefix=user:&limit=1000&cursor={cursor}");
-        let page = assert_ok(c.get(url).send().await.unwrap()).await;
+        let page = send_ok(c.get(url)).await;
         pages += 1;
         let keys = page["result"].as_array().unwrap();
         assert_eq!(page["result_info"]["count"], keys.len());
@@ -428,21 +311,9 @@ async fn listing_pages_with_opaque_cursors() {
     );
 
     // Exactly one page's worth: no cursor.
-    let exact = assert_ok(
-        c.get(format!("{ns}/keys?prefix=user:0001&limit=10"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let exact = send_ok(c.get(format!("{ns}/keys?prefix=user:0001&limit=10"))).await;
     assert_eq!(exact["result_info"], json!({"count": 10, "cursor": ""}));
-    let small = assert_ok(
-        c.get(format!("{ns}/keys?prefix=user:001&limit=10"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let small = send_ok(c.get(format!("{ns}/keys?prefix=user:001&limit=10"))).await;
     assert_eq!(
         small["result"][0],
         json!({"name": "user:00100", "metadata": {"i": 100}})
@@ -451,53 +322,20 @@ async fn listing_pages_with_opaque_cursors() {
     assert!(!cursor.is_empty());
 
     // A cursor replayed with another prefix, a malformed cursor, limits out of range.
-    assert_error(
-        c.get(format!("{ns}/keys?prefix=user:&cursor={cursor}"))
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.get(format!("{ns}/keys?prefix=user:&cursor={cursor}")),
         400,
         10039,
     )
     .await;
-    assert_error(
-        c.get(format!("{ns}/keys?cursor=garbage!"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        10039,
-    )
-    .await;
-    assert_error(
-        c.get(format!("{ns}/keys?cursor=AAAA"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        10039,
-    )
-    .await;
+    send_err(c.get(format!("{ns}/keys?cursor=garbage!")), 400, 10039).await;
+    send_err(c.get(format!("{ns}/keys?cursor=AAAA")), 400, 10039).await;
     for limit in ["9", "1001", "0", "-5", "ten", "10.5"] {
-        assert_error(
-            c.get(format!("{ns}/keys?limit={limit}"))
-                .send()
-                .await
-                .unwrap(),
-            400,
-            10038,
-        )
-        .await;
+        send_err(c.get(format!("{ns}/keys?limit={limit}")), 400, 10038).await;
     }
-    assert_ok(c.get(format!("{ns}/keys?limit=10")).send().await.unwrap()).await;
-    assert_ok(c.get(format!("{ns}/keys?limit=1000")).send().await.unwrap()).await;
-    let none = assert_ok(
-        c.get(format!("{ns}/keys?prefix=nothing-here"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_ok(c.get(format!("{ns}/keys?limit=10"))).await;
+    send_ok(c.get(format!("{ns}/keys?limit=1000"))).await;
+    let none = send_ok(c.get(format!("{ns}/keys?prefix=nothing-here"))).await;
     assert_eq!(none["result"], json!([]));
     assert_eq!(none["result_info"], json!({"count": 0, "cursor": ""}));
 }
@@ -512,36 +350,15 @@ async fn bulk_write_delete_and_get() {
     let items: Vec<Value> = (0..10_000)
         .map(|i| json!({"key": format!("k{i:05}"), "value": format!("{i}")}))
         .collect();
-    let res = assert_ok(
-        c.put(format!("{ns}/bulk"))
-            .json(&items)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let res = send_ok(c.put(format!("{ns}/bulk")).json(&items)).await;
     assert_eq!(
         res["result"],
         json!({"successful_key_count": 10_000, "unsuccessful_keys": []})
     );
     let mut too_many = items.clone();
     too_many.push(json!({"key": "extra", "value": "x"}));
-    assert_error(
-        c.put(format!("{ns}/bulk"))
-            .json(&too_many)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        10041,
-    )
-    .await;
-    assert_error(
-        c.get(format!("{ns}/values/extra")).send().await.unwrap(),
-        404,
-        10009,
-    )
-    .await;
+    send_err(c.put(format!("{ns}/bulk")).json(&too_many), 400, 10041).await;
+    send_err(c.get(format!("{ns}/values/extra")), 404, 10009).await;
 
     // base64, metadata, per-item expiration.
     let b64 = base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150]);
@@ -549,22 +366,10 @@ async fn bulk_write_delete_and_get() {
         {"key": "bin", "value": b64, "base64": true, "metadata": {"kind": "bin"}},
         {"key": "json", "value": "{\"a\": [1, 2]}", "expiration_ttl": 600},
     ]);
-    assert_ok(
-        c.put(format!("{ns}/bulk"))
-            .json(&ttl_items)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_ok(c.put(format!("{ns}/bulk")).json(&ttl_items)).await;
     assert_eq!(
-        c.get(format!("{ns}/values/bin"))
-            .send()
+        fetch_bytes(c.get(format!("{ns}/values/bin")))
             .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         &[0u8, 159, 146, 150]
     );
@@ -572,12 +377,7 @@ async fn bulk_write_delete_and_get() {
     // A bad item fails the whole request, naming the item, and nothing of it is written.
     let bad =
         json!([{"key": "good", "value": "v"}, {"key": "bad", "value": "***", "base64": true}]);
-    let body = assert_error(
-        c.put(format!("{ns}/bulk")).json(&bad).send().await.unwrap(),
-        400,
-        10042,
-    )
-    .await;
+    let body = send_err(c.put(format!("{ns}/bulk")).json(&bad), 400, 10042).await;
     assert!(
         body["errors"][0]["message"]
             .as_str()
@@ -585,12 +385,7 @@ async fn bulk_write_delete_and_get() {
             .contains("item 1"),
         "{body}"
     );
-    assert_error(
-        c.get(format!("{ns}/values/good")).send().await.unwrap(),
-        404,
-        10009,
-    )
-    .await;
+    send_err(c.get(format!("{ns}/values/good")), 404, 10009).await;
     let cases = [
         (json!([{"key": "", "value": "v"}]), 400, 10020),
         (json!([{"key": "k".repeat(513), "value": "v"}]), 414, 10025),
@@ -626,33 +421,24 @@ async fn bulk_write_delete_and_get() {
     }
 
     // Bulk get: text, json, with metadata, missing keys as null.
-    let text = assert_ok(
+    let text = send_ok(
         c.post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": ["k00001", "json", "missing"]}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"keys": ["k00001", "json", "missing"]})),
     )
     .await;
     assert_eq!(
         text["result"],
         json!({"values": {"k00001": "1", "json": "{\"a\": [1, 2]}", "missing": null}})
     );
-    let parsed = assert_ok(
+    let parsed = send_ok(
         c.post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": ["json"], "type": "json"}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"keys": ["json"], "type": "json"})),
     )
     .await;
     assert_eq!(parsed["result"]["values"]["json"], json!({"a": [1, 2]}));
-    let meta = assert_ok(
+    let meta = send_ok(
         c.post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": ["bin", "json"], "withMetadata": true}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"keys": ["bin", "json"], "withMetadata": true})),
     )
     .await;
     assert_eq!(
@@ -671,32 +457,23 @@ async fn bulk_write_delete_and_get() {
         .unwrap();
     assert_error(not_json, 400, 10038).await;
     let many: Vec<String> = (0..101).map(|i| format!("k{i:05}")).collect();
-    assert_error(
+    send_err(
         c.post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": many}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"keys": many})),
         400,
         10041,
     )
     .await;
-    assert_error(
+    send_err(
         c.post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": ["a"], "type": "stream"}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"keys": ["a"], "type": "stream"})),
         400,
         10038,
     )
     .await;
-    assert_error(
+    send_err(
         c.post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": [""]}))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"keys": [""]})),
         400,
         10020,
     )
@@ -704,46 +481,24 @@ async fn bulk_write_delete_and_get() {
 
     // Both forms of bulk delete.
     let first: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
-    let res = assert_ok(
-        c.post(format!("{ns}/bulk/delete"))
-            .json(&first)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let res = send_ok(c.post(format!("{ns}/bulk/delete")).json(&first)).await;
     assert_eq!(res["result"]["successful_key_count"], 5000);
     let rest: Vec<String> = (5000..10_000).map(|i| format!("k{i:05}")).collect();
-    assert_ok(
-        c.delete(format!("{ns}/bulk"))
-            .json(&rest)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let left = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
+    send_ok(c.delete(format!("{ns}/bulk")).json(&rest)).await;
+    let left = send_ok(c.get(format!("{ns}/keys"))).await;
     assert_eq!(
         left["result"],
         json!([{"name": "bin", "metadata": {"kind": "bin"}}, {"name": "json", "expiration": meta["result"]["values"]["json"]["expiration"]}])
     );
     let too_many_deletes: Vec<String> = (0..10_001).map(|i| format!("k{i}")).collect();
-    assert_error(
-        c.post(format!("{ns}/bulk/delete"))
-            .json(&too_many_deletes)
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.post(format!("{ns}/bulk/delete")).json(&too_many_deletes),
         400,
         10041,
     )
     .await;
-    assert_error(
-        c.post(format!("{ns}/bulk/delete"))
-            .json(&json!([1, 2]))
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.post(format!("{ns}/bulk/delete")).json(&json!([1, 2])),
         400,
         10001,
     )
@@ -756,14 +511,7 @@ async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
     let c = client();
     let id = create_namespace(&c, &server, "bad").await;
     let ns = format!("{}/{id}", server.api());
-    assert_ok(
-        c.put(format!("{ns}/values/keep"))
-            .body("safe")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_ok(c.put(format!("{ns}/values/keep")).body("safe")).await;
 
     let long_key = "k".repeat(513);
     let cases: Vec<(reqwest::RequestBuilder, u16, u64)> = vec![
@@ -868,12 +616,7 @@ async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
         status.contains(" 413 ") && body.contains("10033"),
         "{status} {body}"
     );
-    assert_error(
-        c.get(format!("{ns}/values/big")).send().await.unwrap(),
-        404,
-        10009,
-    )
-    .await;
+    send_err(c.get(format!("{ns}/values/big")), 404, 10009).await;
     assert_ok(
         c.put(format!("{ns}/values/big"))
             .body(vec![7u8; limit])
@@ -883,14 +626,7 @@ async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
     )
     .await;
     assert_eq!(
-        c.get(format!("{ns}/values/big"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .len(),
+        fetch_bytes(c.get(format!("{ns}/values/big"))).await.len(),
         limit
     );
 
@@ -970,20 +706,14 @@ async fn dot_keys_and_oversized_declared_bodies() {
     let (status, body) = raw_request(&server.addr(), &head, &body).await;
     assert!(status.contains(" 413 "), "{status}");
     assert!(body.contains("10033"), "{body}");
-    assert_error(
-        c.get(format!("{}/{id}/values/huge", server.api()))
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.get(format!("{}/{id}/values/huge", server.api())),
         404,
         10009,
     )
     .await;
-    assert_error(
-        c.get(format!("{}/{id}/values/chunked", server.api()))
-            .send()
-            .await
-            .unwrap(),
+    send_err(
+        c.get(format!("{}/{id}/values/chunked", server.api())),
         404,
         10009,
     )
@@ -999,30 +729,14 @@ async fn tokens_are_required_when_configured() {
     )
     .unwrap();
     let c = client();
-    assert_error(c.get(server.api()).send().await.unwrap(), 401, 10000).await;
-    assert_error(
-        c.get(server.api())
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap(),
-        403,
-        10000,
-    )
-    .await;
-    assert_ok(
-        c.get(server.api())
-            .bearer_auth("second-token")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_err(c.get(server.api()), 401, 10000).await;
+    send_err(c.get(server.api()).bearer_auth("wrong"), 403, 10000).await;
+    send_ok(c.get(server.api()).bearer_auth("second-token")).await;
     let legacy = c
         .get(server.api())
         .header("X-Auth-Email", "me@example.com")
         .header("X-Auth-Key", "first-token");
-    assert_ok(legacy.send().await.unwrap()).await;
+    send_ok(legacy).await;
     // Health needs no token.
     assert_eq!(
         c.get(format!("{}/healthz", server.base))

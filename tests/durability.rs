@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_ok, create_namespace, DevServer};
+use common::{create_namespace, fetch_bytes, send_ok, DevServer};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -22,64 +22,36 @@ async fn data_survives_a_graceful_restart() {
     let server = DevServer::start_in(tmp.path(), &[]).unwrap();
     let id = create_namespace(&c, &server, "persistent").await;
     let ns = format!("{}/{id}", server.api());
-    assert_ok(
+    send_ok(
         c.put(format!("{ns}/values/k?expiration_ttl=3600"))
-            .body("kept")
-            .send()
-            .await
-            .unwrap(),
+            .body("kept"),
     )
     .await;
     let form = reqwest::multipart::Form::new()
         .part("value", reqwest::multipart::Part::bytes(vec![1u8, 2, 3]))
         .part("metadata", reqwest::multipart::Part::text(r#"{"m":true}"#));
-    assert_ok(
-        c.put(format!("{ns}/values/meta"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_ok(
-        c.put(format!("{ns}/values/gone"))
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_ok(c.delete(format!("{ns}/values/gone")).send().await.unwrap()).await;
+    send_ok(c.put(format!("{ns}/values/meta")).multipart(form)).await;
+    send_ok(c.put(format!("{ns}/values/gone")).body("x")).await;
+    send_ok(c.delete(format!("{ns}/values/gone"))).await;
     server.stop();
 
     let server = DevServer::start_in(tmp.path(), &[]).unwrap();
     let ns = format!("{}/{id}", server.api());
     assert_eq!(
-        assert_ok(
-            c.get(format!("{}/{id}", server.api()))
-                .send()
-                .await
-                .unwrap()
-        )
-        .await["result"]["title"],
+        send_ok(c.get(format!("{}/{id}", server.api()))).await["result"]["title"],
         "persistent"
     );
     let got = c.get(format!("{ns}/values/k")).send().await.unwrap();
     assert!(got.headers().contains_key("expiration"));
     assert_eq!(got.text().await.unwrap(), "kept");
     assert_eq!(
-        c.get(format!("{ns}/values/meta"))
-            .send()
+        fetch_bytes(c.get(format!("{ns}/values/meta")))
             .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         &[1u8, 2, 3]
     );
     assert_eq!(
-        assert_ok(c.get(format!("{ns}/metadata/meta")).send().await.unwrap()).await["result"]["m"],
+        send_ok(c.get(format!("{ns}/metadata/meta"))).await["result"]["m"],
         true
     );
     assert_eq!(

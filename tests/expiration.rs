@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_ok, namespace_url, DevServer};
+use common::{namespace_url, send_ok, DevServer};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -20,31 +20,18 @@ async fn expiration_is_exact_at_read_time() {
     let c = reqwest::Client::new();
     let ns = namespace_url(&c, &server, "expiry").await;
     let expiration = now_ms() / 1000 + 61;
-    assert_ok(
+    send_ok(
         c.put(format!("{ns}/values/abs?expiration={expiration}"))
-            .body("a")
-            .send()
-            .await
-            .unwrap(),
+            .body("a"),
     )
     .await;
     let ttl_start = now_ms() / 1000;
-    assert_ok(
+    send_ok(
         c.put(format!("{ns}/values/ttl?expiration_ttl=60"))
-            .body("t")
-            .send()
-            .await
-            .unwrap(),
+            .body("t"),
     )
     .await;
-    assert_ok(
-        c.put(format!("{ns}/values/forever"))
-            .body("f")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_ok(c.put(format!("{ns}/values/forever")).body("f")).await;
     let ttl_expiration: u64 = c
         .get(format!("{ns}/values/ttl"))
         .send()
@@ -90,7 +77,7 @@ async fn expiration_is_exact_at_read_time() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let listed = assert_ok(c.get(format!("{ns}/keys")).send().await.unwrap()).await;
+    let listed = send_ok(c.get(format!("{ns}/keys"))).await;
     assert_eq!(listed["result"], serde_json::json!([{"name": "forever"}]));
     assert_eq!(
         c.get(format!("{ns}/metadata/abs"))

@@ -184,3 +184,24 @@ pub async fn namespace_url(client: &reqwest::Client, server: &DevServer, title: 
         create_namespace(client, server, title).await
     )
 }
+
+/// Sends a request and asserts a success envelope.
+pub async fn send_ok(request: reqwest::RequestBuilder) -> Value {
+    assert_ok(request.send().await.expect("request sent")).await
+}
+
+/// Sends a request and asserts a Cloudflare error with this status and code.
+pub async fn send_err(request: reqwest::RequestBuilder, status: u16, code: u64) -> Value {
+    assert_error(request.send().await.expect("request sent"), status, code).await
+}
+
+/// Sends a request and returns the raw response body.
+pub async fn fetch_bytes(request: reqwest::RequestBuilder) -> bytes::Bytes {
+    request
+        .send()
+        .await
+        .expect("request sent")
+        .bytes()
+        .await
+        .expect("body")
+}
