@@ -33,16 +33,8 @@ pub async fn put_value(
         unix_now_ms() / 1000,
     )?;
     let payload = read_value(&headers, body).await?;
-    let outcome = service
-        .write(
-            &path.account,
-            path.id,
-            vec![put(path.key, payload.value, payload.metadata, expiration)],
-        )
-        .await?;
-    if outcome.successful == 0 {
-        return Err(KvError::Internal("the write was not applied".into()).into());
-    }
+    let write = put(path.key, payload.value, payload.metadata, expiration);
+    service.write(&path.account, path.id, vec![write]).await?;
     ok_empty()
 }
 
