@@ -3,13 +3,17 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// How many lines of a server's log are kept to explain a failed start.
+const LOG_TAIL_LINES: usize = 200;
 
 /// The account id the tests use.
 pub const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
@@ -56,6 +60,8 @@ impl DevServer {
             command.env(k, v);
         }
         let mut child = command.spawn().map_err(|e| e.to_string())?;
+        // Both pipes are drained for the life of the process: a pipe nobody reads fills up
+        // and then blocks the server the moment it logs more than the pipe holds.
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -65,6 +71,20 @@ impl DevServer {
                 }
             }
         });
+        let stderr = child.stderr.take().expect("stderr");
+        let log_tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let drain = {
+            let log_tail = log_tail.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut tail = log_tail.lock().expect("log tail");
+                    if tail.len() == LOG_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            })
+        };
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(base) => Ok(DevServer {
                 child,
@@ -74,8 +94,10 @@ impl DevServer {
             }),
             Err(_) => {
                 let _ = child.kill();
-                let output = child.wait_with_output().map_err(|e| e.to_string())?;
-                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+                let _ = child.wait();
+                let _ = drain.join();
+                let tail = log_tail.lock().expect("log tail");
+                Err(tail.iter().cloned().collect::<Vec<_>>().join("\n"))
             }
         }
     }
