@@ -7,19 +7,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{
-    assert_error, assert_ok, create_namespace, encode_key, fetch_bytes, namespace_url, send_err,
-    send_ok, DevServer, ACCOUNT,
+    assert_error, assert_ok, client, create_namespace, encode_key, fetch_bytes, namespace_url,
+    send_err, send_ok, DevServer, ACCOUNT,
 };
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn namespaces_lifecycle() {

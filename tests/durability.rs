@@ -6,14 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{create_namespace, fetch_bytes, send_ok, DevServer};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+use common::{client, create_namespace, fetch_bytes, send_ok, DevServer};
 
 #[tokio::test]
 async fn data_survives_a_graceful_restart() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{namespace_url, send_ok, DevServer};
+use common::{client, namespace_url, send_ok, DevServer};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -17,7 +17,7 @@ fn now_ms() -> u64 {
 #[tokio::test]
 async fn expiration_is_exact_at_read_time() {
     let server = DevServer::start();
-    let c = reqwest::Client::new();
+    let c = client();
     let ns = namespace_url(&c, &server, "expiry").await;
     let expiration = now_ms() / 1000 + 61;
     send_ok(

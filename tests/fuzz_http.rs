@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{create_namespace, fetch_bytes, send_ok, DevServer, ACCOUNT};
+use common::{client, create_namespace, fetch_bytes, send_ok, DevServer, ACCOUNT};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
@@ -117,10 +115,7 @@ fn input(namespace: String) -> impl Strategy<Value = Input> {
 fn random_requests_never_break_the_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = DevServer::start();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = client();
     // The fuzzer aims at one namespace (and may well delete it); the sentinel lives in another.
     let (namespace, kept) = runtime.block_on(async {
         let target = create_namespace(&client, &server, "fuzz").await;

@@ -143,6 +143,15 @@ impl Drop for DevServer {
     }
 }
 
+/// An HTTP client whose requests give up after two minutes (a 25 MiB body included), so a
+/// hung server fails a test instead of stalling it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("HTTP client")
+}
+
 /// Percent-encodes a key for a URL path the way Cloudflare's SDK does: everything but
 /// unreserved characters, `:` and `!`.
 pub fn encode_key(key: &str) -> String {

@@ -12,6 +12,11 @@ use driftkv_core::KvError;
 use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 
+/// Largest `metadata` part read from a multipart body. The 1024-byte limit applies to the
+/// compacted JSON, so the part itself may carry generous whitespace; anything past this cannot
+/// compact to a valid size worth parsing.
+const MAX_METADATA_PART_BYTES: usize = MAX_METADATA_BYTES * 16;
+
 /// The declared length of the body, if any.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -97,8 +102,7 @@ pub async fn read_value(headers: &HeaderMap, body: Body) -> Result<ValuePayload,
     let limits = multer::SizeLimit::new()
         .whole_stream(MAX_VALUE_REQUEST_BYTES as u64)
         .for_field("value", MAX_VALUE_BYTES as u64)
-        // Metadata is limited after compaction; allow generous whitespace before that.
-        .for_field("metadata", (MAX_METADATA_BYTES * 16) as u64)
+        .for_field("metadata", MAX_METADATA_PART_BYTES as u64)
         .per_field(MAX_VALUE_BYTES as u64);
     let mut multipart = multer::Multipart::with_constraints(
         body.into_data_stream(),
@@ -130,7 +134,7 @@ fn multipart_error(e: multer::Error) -> KvError {
             if field_name.as_deref() == Some("metadata") =>
         {
             KvError::MetadataTooLarge {
-                len: MAX_METADATA_BYTES * 16 + 1,
+                len: MAX_METADATA_PART_BYTES + 1,
                 limit: MAX_METADATA_BYTES,
             }
         }
