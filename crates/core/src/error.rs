@@ -78,6 +78,9 @@ pub enum KvError {
         key: String,
         source: Box<KvError>,
     },
+    /// The key was written more often than the per-key write limit allows (429).
+    #[error("KV PUT failed: 429 Too Many Requests: key {0:?} is written more than once per second; try again later")]
+    RateLimited(String),
     /// Another node (the write region) could not be reached in time (503).
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -129,6 +132,7 @@ impl KvError {
             KvError::InvalidIdentifier(_) => 7003,
             KvError::BulkItem { source, .. } => source.code(),
             KvError::Unavailable(_) => 10050,
+            KvError::RateLimited(_) => 10049,
             KvError::Remote { code, .. } => *code,
         }
     }
@@ -148,6 +152,7 @@ impl KvError {
             KvError::Internal(_) => 500,
             KvError::BulkItem { source, .. } => source.status(),
             KvError::Unavailable(_) => 503,
+            KvError::RateLimited(_) => 429,
             KvError::Remote { status, .. } => *status,
             KvError::InvalidTitle(_)
             | KvError::InvalidIdentifier(_)

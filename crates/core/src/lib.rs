@@ -5,6 +5,7 @@
 //! This crate does no I/O, so everything here is cheap to unit-test and safe to share between
 //! the storage layer, the servers and the clients.
 
+pub mod change;
 pub mod cursor;
 pub mod error;
 pub mod key;
@@ -14,8 +15,9 @@ pub mod record;
 pub mod service;
 pub mod time;
 
+pub use change::{Change, LogEntry};
 pub use cursor::ListCursor;
 pub use error::KvError;
 pub use namespace::{Namespace, NamespaceId};
 pub use record::{KeyInfo, LiveValue, Record, RecordView, Version};
-pub use service::{KvService, ListPage, ListRequest, Write, WriteOp, WriteOutcome};
+pub use service::{KvService, ListPage, ListRequest, Write, WriteOp, WriteOutcome, WriteResult};

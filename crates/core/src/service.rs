@@ -9,14 +9,83 @@ use bytes::Bytes;
 
 use crate::cursor::ListCursor;
 use crate::error::KvError;
+use crate::key::validate_key;
+use crate::limits::{MAX_METADATA_BYTES, MAX_VALUE_BYTES};
 use crate::namespace::{Namespace, NamespaceId};
-use crate::record::{KeyInfo, LiveValue};
+use crate::record::{KeyInfo, LiveValue, Record, Version};
 
 /// One write of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {
     pub key: String,
     pub op: WriteOp,
+}
+
+impl Write {
+    /// Checks the write against the limits. The HTTP front validates requests already; every
+    /// node that stores a write checks again, since it must never store what the limits
+    /// forbid, whoever sent it.
+    pub fn validate(&self, now_ms: u64) -> Result<(), KvError> {
+        validate_key(&self.key)?;
+        if let WriteOp::Put(value) = &self.op {
+            if value.value.len() > MAX_VALUE_BYTES {
+                return Err(KvError::ValueTooLarge {
+                    len: value.value.len(),
+                    limit: MAX_VALUE_BYTES,
+                });
+            }
+            if let Some(metadata) = &value.metadata {
+                if metadata.len() > MAX_METADATA_BYTES {
+                    return Err(KvError::MetadataTooLarge {
+                        len: metadata.len(),
+                        limit: MAX_METADATA_BYTES,
+                    });
+                }
+            }
+            if value.is_expired(now_ms) {
+                return Err(KvError::InvalidExpiration(format!(
+                    "expiration {} for key {:?} is in the past",
+                    value.expiration.unwrap_or_default(),
+                    self.key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The record this write stores once stamped with `version`.
+    pub fn into_record(self, version: Version) -> Record {
+        match self.op {
+            WriteOp::Put(live) => Record {
+                version,
+                live: Some(live),
+            },
+            WriteOp::Delete => Record::tombstone(version),
+        }
+    }
+}
+
+/// What the write region did with one write of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Stored durably, under this log sequence and version.
+    Applied { sequence: u64, version: Version },
+    /// Refused by the per-key write rate limit.
+    RateLimited,
+}
+
+impl WriteOutcome {
+    /// The outcome of a batch from the fate of each write and its key, in batch order.
+    pub fn from_results(keys: Vec<String>, results: &[WriteResult]) -> Self {
+        let mut outcome = WriteOutcome::default();
+        for (key, result) in keys.into_iter().zip(results) {
+            match result {
+                WriteResult::Applied { .. } => outcome.successful += 1,
+                WriteResult::RateLimited => outcome.unsuccessful.push(key),
+            }
+        }
+        outcome
+    }
 }
 
 /// What a write does to its key.
@@ -75,12 +144,14 @@ pub trait KvService: Send + Sync + 'static {
         id: NamespaceId,
         writes: Vec<Write>,
     ) -> Result<WriteOutcome, KvError>;
-    /// Reads a key: `None` when it is absent, deleted or expired.
+    /// Reads a key: `None` when it is absent, deleted or expired. `cache_ttl` (seconds) is how
+    /// long a node with a cache may keep serving the result, as Workers KV's `cacheTtl`.
     async fn get(
         &self,
         account_id: &str,
         id: NamespaceId,
         key: &str,
+        cache_ttl: Option<u64>,
     ) -> Result<Option<LiveValue>, KvError>;
     /// Lists live keys in UTF-8 byte order.
     async fn list(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use driftkv_engine::{spawn_sweeper, Engine, SystemClock, WallClock};
+use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SystemClock, WallClock};
 use driftkv_http::Auth;
 use driftkv_store::{SledStore, Store};
 
@@ -34,7 +34,12 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
     );
     let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
     let node_id = NonZeroU64::new(config.node_id).context("node_id must not be 0")?;
-    let engine = Arc::new(Engine::new(store.clone(), node_id, wall.clone()));
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        node_id,
+        wall.clone(),
+        RateLimiter::per_second(0),
+    )?);
     let sweeper = spawn_sweeper(
         &store,
         wall,

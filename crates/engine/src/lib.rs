@@ -1,32 +1,35 @@
-//! The single-writer engine.
+//! The single-writer engine: the write region's core.
 //!
 //! [`Engine`] implements [`KvService`] directly on a [`Store`]: it re-validates every write,
-//! stamps it with a hybrid-logical-clock [`Version`], applies it, and acknowledges only after
-//! [`Store::sync`] has made it durable. Reads filter tombstones and check expiration against
-//! the wall clock at read time. [`spawn_sweeper`] turns expired records into tombstones in
-//! the background so that their values stop taking space.
+//! applies the per-key write rate limit, stamps each write with a hybrid-logical-clock
+//! [`Version`], appends it to the replication log together with the record, and acknowledges
+//! only after [`Store::sync`] has made it durable. It then publishes the durable log sequence
+//! ([`Engine::durable_sequence`]), which is what replication streams up to: a replica never
+//! receives an entry the write region could still lose in a crash.
 //!
-//! In the embedded dev server this engine is the whole data path; in a cluster it is the
-//! write region's core.
+//! [`reads`] holds the read path (namespace ownership, reads filtered by expiration at read
+//! time, listings) shared with the replicas at the edges. [`spawn_sweeper`] turns expired
+//! records into tombstones in the background so that their values stop taking space.
 
 mod clock;
+mod rate_limit;
+pub mod reads;
 
 use std::num::NonZeroU64;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use driftkv_core::key::validate_key;
-use driftkv_core::limits::{MAX_LIST_LIMIT, MAX_METADATA_BYTES, MAX_VALUE_BYTES};
 use driftkv_core::namespace::{validate_account_id, validate_title};
 use driftkv_core::{
-    KvError, KvService, ListCursor, ListPage, ListRequest, LiveValue, Namespace, NamespaceId,
-    Record, Version, Write, WriteOp, WriteOutcome,
+    Change, KvError, KvService, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Version,
+    Write, WriteOutcome, WriteResult,
 };
 use driftkv_store::Store;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 pub use clock::{ManualClock, SystemClock, WallClock};
+pub use rate_limit::RateLimiter;
 
 /// The single-writer engine over one store.
 pub struct Engine {
@@ -34,40 +37,53 @@ pub struct Engine {
     hlc: uhlc::HLC,
     origin: u64,
     wall: Arc<dyn WallClock>,
+    rate_limit: RateLimiter,
     /// Serializes namespace creation and renames so title uniqueness is checked and enforced
     /// atomically. Namespace changes are rare; key writes never take this lock.
     namespace_changes: Mutex<()>,
+    /// The highest log sequence known durable.
+    durable: watch::Sender<u64>,
 }
 
 impl Engine {
-    /// An engine writing to `store`, stamping versions with `node_id` as their origin.
-    pub fn new(store: Arc<dyn Store>, node_id: NonZeroU64, wall: Arc<dyn WallClock>) -> Self {
+    /// An engine writing to `store`, stamping versions with `node_id` as their origin and
+    /// refusing writes to a key more often than `rate_limit` allows.
+    pub fn new(
+        store: Arc<dyn Store>,
+        node_id: NonZeroU64,
+        wall: Arc<dyn WallClock>,
+        rate_limit: RateLimiter,
+    ) -> Result<Self, KvError> {
         let hlc = uhlc::HLCBuilder::new()
             .with_id(uhlc::ID::from(node_id))
             .build();
-        Engine {
+        // Whatever the store holds when it opens has survived, so it counts as durable.
+        let last = store.log_bounds()?.last;
+        Ok(Engine {
             store,
             hlc,
             origin: node_id.get(),
             wall,
+            rate_limit,
             namespace_changes: Mutex::new(()),
-        }
+            durable: watch::Sender::new(last),
+        })
+    }
+
+    /// The store the engine writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Follows the highest durable log sequence: replication streams entries up to it.
+    pub fn durable_sequence(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
     }
 
     fn stamp(&self) -> Version {
         Version {
             timestamp: self.hlc.new_timestamp().get_time().as_u64(),
             origin: self.origin,
-        }
-    }
-
-    /// The namespace, if it exists and belongs to the account. Another account's namespace is
-    /// reported as not found, so ids cannot be probed across accounts.
-    fn owned(&self, account_id: &str, id: NamespaceId) -> Result<Arc<Namespace>, KvError> {
-        validate_account_id(account_id)?;
-        match self.store.namespace(id)? {
-            Some(ns) if ns.account_id == account_id => Ok(ns),
-            _ => Err(KvError::NamespaceNotFound),
         }
     }
 
@@ -84,46 +100,72 @@ impl Engine {
             .any(|ns| ns.account_id == account_id && ns.title == title && Some(ns.id) != except))
     }
 
-    /// Runs blocking store work off the async worker threads.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&dyn Store) -> Result<T, KvError> + Send + 'static,
-    ) -> Result<T, KvError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(store.as_ref()))
-            .await
-            .map_err(|e| KvError::Internal(format!("storage task failed: {e}")))?
+    /// Appends changes to the log, waits until they are durable, and publishes the new durable
+    /// sequence. Returns the last sequence used.
+    async fn commit(&self, changes: Vec<Change>) -> Result<u64, KvError> {
+        let last = reads::blocking(&self.store, move |store| Ok(store.append(&changes)?)).await?;
+        self.store.sync().await?;
+        // Every append before this one is covered by the same sync, so `last` is durable along
+        // with everything below it.
+        self.durable.send_if_modified(|durable| {
+            let newer = last > *durable;
+            if newer {
+                *durable = last;
+            }
+            newer
+        });
+        Ok(last)
     }
-}
 
-/// Re-checks a write against the limits. The HTTP layer has validated it already; the engine
-/// checks again because it must never store what the limits forbid, whoever sent it.
-fn validate_write(write: &Write, now_ms: u64) -> Result<(), KvError> {
-    validate_key(&write.key)?;
-    if let WriteOp::Put(value) = &write.op {
-        if value.value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::ValueTooLarge {
-                len: value.value.len(),
-                limit: MAX_VALUE_BYTES,
+    /// Applies a batch of writes and reports the fate of each, in order: its log sequence and
+    /// version once durable, or that the rate limit refused it. This is what the write region
+    /// answers an edge with, so that the edge can apply the same records to its replica.
+    pub async fn write_results(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        writes: Vec<Write>,
+    ) -> Result<Vec<WriteResult>, KvError> {
+        reads::owned(self.store.as_ref(), account_id, id)?;
+        let now_ms = self.wall.now_ms();
+        for write in &writes {
+            write.validate(now_ms)?;
+        }
+        let allowed = self.rate_limit.admit(id, &writes, now_ms);
+        let mut changes = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        for (write, allowed) in writes.into_iter().zip(&allowed) {
+            if !*allowed {
+                versions.push(None);
+                continue;
+            }
+            let version = self.stamp();
+            versions.push(Some(version));
+            changes.push(Change::Key {
+                namespace: id,
+                key: write.key.clone(),
+                record: write.into_record(version),
             });
         }
-        if let Some(metadata) = &value.metadata {
-            if metadata.len() > MAX_METADATA_BYTES {
-                return Err(KvError::MetadataTooLarge {
-                    len: metadata.len(),
-                    limit: MAX_METADATA_BYTES,
-                });
-            }
-        }
-        if value.is_expired(now_ms) {
-            return Err(KvError::InvalidExpiration(format!(
-                "expiration {} for key {:?} is in the past",
-                value.expiration.unwrap_or_default(),
-                write.key
-            )));
-        }
+        let count = changes.len() as u64;
+        let last = if count > 0 {
+            self.commit(changes).await?
+        } else {
+            0
+        };
+        let mut sequence = last + 1 - count;
+        Ok(versions
+            .into_iter()
+            .map(|version| match version {
+                Some(version) => {
+                    let result = WriteResult::Applied { sequence, version };
+                    sequence += 1;
+                    result
+                }
+                None => WriteResult::RateLimited,
+            })
+            .collect())
     }
-    Ok(())
 }
 
 #[async_trait]
@@ -145,21 +187,18 @@ impl KvService for Engine {
             title: title.into(),
             version: self.stamp(),
         };
-        self.store.put_namespace(&namespace)?;
-        self.store.sync().await?;
+        self.commit(vec![Change::Namespace(namespace.clone())])
+            .await?;
         tracing::info!(namespace = %id, title, "namespace created");
         Ok(namespace)
     }
 
     async fn list_namespaces(&self, account_id: &str) -> Result<Vec<Namespace>, KvError> {
-        validate_account_id(account_id)?;
-        let mut all = self.store.namespaces()?;
-        all.retain(|ns| ns.account_id == account_id);
-        Ok(all)
+        reads::namespaces(self.store.as_ref(), account_id)
     }
 
     async fn namespace(&self, account_id: &str, id: NamespaceId) -> Result<Namespace, KvError> {
-        self.owned(account_id, id).map(|ns| Namespace::clone(&ns))
+        reads::owned(self.store.as_ref(), account_id, id).map(|ns| Namespace::clone(&ns))
     }
 
     async fn rename_namespace(
@@ -170,23 +209,21 @@ impl KvService for Engine {
     ) -> Result<Namespace, KvError> {
         validate_title(title)?;
         let _guard = self.namespace_changes.lock().await;
-        let mut namespace = Namespace::clone(&*self.owned(account_id, id)?);
+        let mut namespace = Namespace::clone(&*reads::owned(self.store.as_ref(), account_id, id)?);
         if self.title_taken(account_id, title, Some(id))? {
             return Err(KvError::TitleTaken);
         }
         namespace.title = title.into();
         namespace.version = self.stamp();
-        self.store.put_namespace(&namespace)?;
-        self.store.sync().await?;
+        self.commit(vec![Change::Namespace(namespace.clone())])
+            .await?;
         Ok(namespace)
     }
 
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
         let _guard = self.namespace_changes.lock().await;
-        self.owned(account_id, id)?;
-        self.blocking(move |store| Ok(store.delete_namespace(id)?))
-            .await?;
-        self.store.sync().await?;
+        reads::owned(self.store.as_ref(), account_id, id)?;
+        self.commit(vec![Change::NamespaceDeleted(id)]).await?;
         tracing::info!(namespace = %id, "namespace deleted");
         Ok(())
     }
@@ -197,48 +234,20 @@ impl KvService for Engine {
         id: NamespaceId,
         writes: Vec<Write>,
     ) -> Result<WriteOutcome, KvError> {
-        self.owned(account_id, id)?;
-        let now_ms = self.wall.now_ms();
-        for write in &writes {
-            validate_write(write, now_ms)?;
-        }
-        let count = writes.len();
-        let records: Vec<(String, Record)> = writes
-            .into_iter()
-            .map(|w| {
-                let version = self.stamp();
-                let record = match w.op {
-                    WriteOp::Put(live) => Record {
-                        version,
-                        live: Some(live),
-                    },
-                    WriteOp::Delete => Record::tombstone(version),
-                };
-                (w.key, record)
-            })
-            .collect();
-        self.blocking(move |store| Ok(store.apply(id, &records)?))
-            .await?;
-        self.store.sync().await?;
-        Ok(WriteOutcome {
-            successful: count,
-            unsuccessful: Vec::new(),
-        })
+        let keys = writes.iter().map(|w| w.key.clone()).collect();
+        let results = self.write_results(account_id, id, writes).await?;
+        Ok(WriteOutcome::from_results(keys, &results))
     }
 
+    /// The write region has no cache: `cache_ttl` does not apply.
     async fn get(
         &self,
         account_id: &str,
         id: NamespaceId,
         key: &str,
+        _cache_ttl: Option<u64>,
     ) -> Result<Option<LiveValue>, KvError> {
-        self.owned(account_id, id)?;
-        validate_key(key)?;
-        let now_ms = self.wall.now_ms();
-        Ok(self
-            .store
-            .get(id, key)?
-            .and_then(|record| record.into_live_at(now_ms)))
+        reads::get(self.store.as_ref(), account_id, id, key, self.wall.now_ms())
     }
 
     async fn list(
@@ -247,36 +256,7 @@ impl KvService for Engine {
         id: NamespaceId,
         request: ListRequest,
     ) -> Result<ListPage, KvError> {
-        self.owned(account_id, id)?;
-        if request.limit == 0 || request.limit > MAX_LIST_LIMIT {
-            return Err(KvError::InvalidParameter(format!(
-                "limit must be between 1 and {MAX_LIST_LIMIT}, got {}",
-                request.limit
-            )));
-        }
-        if let Some(cursor) = &request.cursor {
-            if cursor.namespace != id || cursor.prefix != request.prefix {
-                return Err(KvError::InvalidCursor(
-                    "the cursor belongs to another listing".into(),
-                ));
-            }
-        }
-        let now_ms = self.wall.now_ms();
-        let prefix = request.prefix.clone();
-        let after = request.cursor.map(|c| c.after);
-        let scan = self
-            .blocking(move |store| {
-                Ok(store.scan(id, &prefix, after.as_deref(), request.limit, now_ms)?)
-            })
-            .await?;
-        Ok(ListPage {
-            keys: scan.keys,
-            cursor: scan.resume_after.map(|after| ListCursor {
-                namespace: id,
-                prefix: request.prefix,
-                after,
-            }),
-        })
+        reads::list(&self.store, account_id, id, request, self.wall.now_ms()).await
     }
 }
 

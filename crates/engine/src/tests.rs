@@ -1,6 +1,9 @@
 use std::collections::BTreeSet;
 
+use driftkv_core::key::validate_key;
+use driftkv_core::limits::MAX_VALUE_BYTES;
 use driftkv_core::service::put;
+use driftkv_core::{ListCursor, WriteOp};
 use driftkv_store::SledStore;
 use proptest::prelude::*;
 
@@ -19,7 +22,13 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let clock = Arc::new(ManualClock::new(T0_MS));
-    let engine = Engine::new(store.clone(), NonZeroU64::new(1).unwrap(), clock.clone());
+    let engine = Engine::new(
+        store.clone(),
+        NonZeroU64::new(1).unwrap(),
+        clock.clone(),
+        RateLimiter::per_second(0),
+    )
+    .unwrap();
     Fixture {
         engine,
         store,
@@ -90,7 +99,7 @@ async fn deleting_a_namespace_deletes_its_keys() {
         .unwrap();
     f.engine.delete_namespace("acct", ns.id).await.unwrap();
     assert_eq!(
-        f.engine.get("acct", ns.id, "k").await,
+        f.engine.get("acct", ns.id, "k", None).await,
         Err(KvError::NamespaceNotFound)
     );
     assert_eq!(
@@ -118,7 +127,12 @@ async fn writes_read_back_and_deletes_are_idempotent() {
         .await
         .unwrap();
     assert_eq!(outcome.successful, 2);
-    let a = f.engine.get("acct", ns.id, "a").await.unwrap().unwrap();
+    let a = f
+        .engine
+        .get("acct", ns.id, "a", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (&a.value[..], a.metadata.as_deref()),
         (&b"\x00\x01"[..], Some(r#"{"m":1}"#))
@@ -131,7 +145,7 @@ async fn writes_read_back_and_deletes_are_idempotent() {
         .write("acct", ns.id, vec![delete("a")])
         .await
         .unwrap();
-    assert_eq!(f.engine.get("acct", ns.id, "a").await.unwrap(), None);
+    assert_eq!(f.engine.get("acct", ns.id, "a", None).await.unwrap(), None);
     // The later of two writes to one key in a batch wins.
     f.engine
         .write(
@@ -143,7 +157,7 @@ async fn writes_read_back_and_deletes_are_idempotent() {
         .unwrap();
     assert_eq!(
         &f.engine
-            .get("acct", ns.id, "c")
+            .get("acct", ns.id, "c", None)
             .await
             .unwrap()
             .unwrap()
@@ -173,7 +187,7 @@ async fn the_engine_rechecks_limits() {
     // Nothing of a refused batch is written, even its valid writes.
     let mixed = vec![put("ok", "v", None, None), put("", "v", None, None)];
     assert!(f.engine.write("acct", ns.id, mixed).await.is_err());
-    assert_eq!(f.engine.get("acct", ns.id, "ok").await.unwrap(), None);
+    assert_eq!(f.engine.get("acct", ns.id, "ok", None).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -186,11 +200,16 @@ async fn expiration_is_exact_at_read_time_and_swept_later() {
         .await
         .unwrap();
     f.clock.set(expires * 1000 - 1);
-    assert!(f.engine.get("acct", ns.id, "k").await.unwrap().is_some());
+    assert!(f
+        .engine
+        .get("acct", ns.id, "k", None)
+        .await
+        .unwrap()
+        .is_some());
     let listed = first_page(&f.engine, ns.id).await;
     assert_eq!(listed.unwrap().keys[0].expiration, Some(expires));
     f.clock.set(expires * 1000);
-    assert_eq!(f.engine.get("acct", ns.id, "k").await.unwrap(), None);
+    assert_eq!(f.engine.get("acct", ns.id, "k", None).await.unwrap(), None);
     let listed = first_page(&f.engine, ns.id).await;
     assert!(listed.unwrap().keys.is_empty());
     // The record is still stored until the sweeper runs; then only a tombstone remains.
@@ -302,4 +321,89 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test]
+async fn writes_are_logged_in_order_and_published_once_durable() {
+    let f = fixture();
+    let durable = f.engine.durable_sequence();
+    let ns = f.engine.create_namespace("acct", "log").await.unwrap();
+    assert_eq!(*durable.borrow(), 1);
+    let results = f
+        .engine
+        .write_results("acct", ns.id, vec![put("a", "1", None, None), delete("b")])
+        .await
+        .unwrap();
+    let sequences: Vec<u64> = results
+        .iter()
+        .map(|r| match r {
+            WriteResult::Applied { sequence, .. } => *sequence,
+            WriteResult::RateLimited => panic!("no rate limit in this fixture"),
+        })
+        .collect();
+    assert_eq!(sequences, [2, 3]);
+    assert_eq!(*durable.borrow(), 3);
+    let log = f.store.log_entries(1, 10).unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(
+        matches!(&log[2].change, Change::Key { key, record, .. } if key == "b" && record.live.is_none())
+    );
+    // An engine reopened on the same store starts from what the log holds.
+    let again = Engine::new(
+        f.store.clone(),
+        NonZeroU64::new(1).unwrap(),
+        f.clock.clone(),
+        RateLimiter::per_second(0),
+    )
+    .unwrap();
+    assert_eq!(*again.durable_sequence().borrow(), 3);
+}
+
+#[tokio::test]
+async fn rate_limited_writes_are_reported_unsuccessful_and_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let engine = Engine::new(
+        store.clone(),
+        NonZeroU64::new(1).unwrap(),
+        clock.clone(),
+        RateLimiter::per_second(1),
+    )
+    .unwrap();
+    let ns = engine.create_namespace("acct", "limited").await.unwrap();
+    let first = engine
+        .write("acct", ns.id, vec![put("k", "1", None, None)])
+        .await
+        .unwrap();
+    assert_eq!(first.successful, 1);
+    let second = engine
+        .write(
+            "acct",
+            ns.id,
+            vec![put("k", "2", None, None), put("other", "x", None, None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.successful, second.unsuccessful),
+        (1, vec!["k".to_string()])
+    );
+    assert_eq!(
+        engine
+            .get("acct", ns.id, "k", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "1"
+    );
+    clock.set(T0_MS + 1000);
+    let third = engine
+        .write("acct", ns.id, vec![put("k", "3", None, None)])
+        .await
+        .unwrap();
+    assert_eq!(third.successful, 1);
+    // Namespace, k, other, k again: the refused write took no sequence.
+    assert_eq!(store.log_bounds().unwrap().last, 4);
 }

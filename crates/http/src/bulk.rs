@@ -193,7 +193,7 @@ pub async fn get(
     }
     let mut values = BTreeMap::new();
     for key in request.keys {
-        let entry = match service.get(&path.account, path.id, &key).await? {
+        let entry = match service.get(&path.account, path.id, &key, None).await? {
             None => Value::Null,
             Some(value) if request.with_metadata => {
                 let mut entry = json!({

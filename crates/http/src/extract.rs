@@ -125,6 +125,21 @@ impl Params {
             .transpose()
     }
 
+    /// A whole number, if present. Typed clients (the Python SDK declares `limit: float`) may
+    /// send "100.0", which counts as whole.
+    pub fn whole_number(&self, name: &str) -> Result<Option<usize>, KvError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        let whole = text.trim().parse::<usize>().ok().or_else(|| {
+            let f = text.trim().parse::<f64>().ok()?;
+            (f.fract() == 0.0 && f >= 0.0 && f <= usize::MAX as f64).then_some(f as usize)
+        });
+        whole.map(Some).ok_or_else(|| {
+            KvError::InvalidParameter(format!("{name} must be a whole number, got {text:?}"))
+        })
+    }
+
     /// A whole number within `min..=max`, or `default` when absent.
     pub fn number_in(
         &self,
@@ -133,19 +148,16 @@ impl Params {
         max: usize,
         default: usize,
     ) -> Result<usize, KvError> {
-        let Some(text) = self.text(name) else {
-            return Ok(default);
+        let out_of_range = || {
+            KvError::InvalidParameter(format!(
+                "{name} must be a whole number from {min} to {max}, got {:?}",
+                self.text(name).unwrap_or_default()
+            ))
         };
-        // Typed clients (the Python SDK declares `limit: float`) may send "100.0".
-        let whole = text.trim().parse::<usize>().ok().or_else(|| {
-            let f = text.trim().parse::<f64>().ok()?;
-            (f.fract() == 0.0 && f >= 0.0 && f <= usize::MAX as f64).then_some(f as usize)
-        });
-        match whole {
+        match self.whole_number(name).map_err(|_| out_of_range())? {
+            None => Ok(default),
             Some(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(KvError::InvalidParameter(format!(
-                "{name} must be a whole number from {min} to {max}, got {text:?}"
-            ))),
+            Some(_) => Err(out_of_range()),
         }
     }
 }

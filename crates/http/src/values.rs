@@ -8,7 +8,7 @@ use driftkv_core::key::resolve_expiration;
 use driftkv_core::limits::{MAX_LIST_LIMIT, MIN_LIST_LIMIT};
 use driftkv_core::service::put;
 use driftkv_core::time::unix_now_ms;
-use driftkv_core::{KvError, ListCursor, ListRequest, Write, WriteOp};
+use driftkv_core::{KvError, ListCursor, ListRequest, NamespaceId, Write, WriteOp};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -34,14 +34,24 @@ pub async fn put_value(
     )?;
     let payload = read_value(&headers, body).await?;
     let write = put(path.key, payload.value, payload.metadata, expiration);
-    service.write(&path.account, path.id, vec![write]).await?;
+    write_one(&service, &path.account, path.id, write).await
+}
+
+/// A single-key write: a write the per-key rate limit refused is a 429.
+async fn write_one(service: &Service, account: &str, id: NamespaceId, write: Write) -> ApiResult {
+    let outcome = service.write(account, id, vec![write]).await?;
+    if let Some(key) = outcome.unsuccessful.into_iter().next() {
+        return Err(KvError::RateLimited(key).into());
+    }
     ok_empty()
 }
 
-/// `GET .../values/{key}`: the raw bytes, with an `expiration` header where one is set.
-pub async fn get_value(State(service): State<Service>, path: KeyPath) -> ApiResult {
+/// `GET .../values/{key}?cache_ttl=`: the raw bytes, with an `expiration` header where one is
+/// set. `cache_ttl` (seconds) is how long an edge may serve the result from its cache.
+pub async fn get_value(State(service): State<Service>, path: KeyPath, params: Params) -> ApiResult {
+    let cache_ttl = params.whole_number("cache_ttl")?.map(|n| n as u64);
     let value = service
-        .get(&path.account, path.id, &path.key)
+        .get(&path.account, path.id, &path.key, cache_ttl)
         .await?
         .ok_or(KvError::KeyNotFound)?;
     let mut headers = HeaderMap::new();
@@ -61,14 +71,13 @@ pub async fn delete_value(State(service): State<Service>, path: KeyPath) -> ApiR
         key: path.key,
         op: WriteOp::Delete,
     };
-    service.write(&path.account, path.id, vec![delete]).await?;
-    ok_empty()
+    write_one(&service, &path.account, path.id, delete).await
 }
 
 /// `GET .../metadata/{key}`: the metadata JSON, `null` when the key has none.
 pub async fn get_metadata(State(service): State<Service>, path: KeyPath) -> ApiResult {
     let value = service
-        .get(&path.account, path.id, &path.key)
+        .get(&path.account, path.id, &path.key, None)
         .await?
         .ok_or(KvError::KeyNotFound)?;
     ok(raw_metadata(value.metadata.as_deref())?)

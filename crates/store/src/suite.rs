@@ -10,9 +10,9 @@
 //!
 //! The functions panic on failure, as tests do; they are not meant for production code paths.
 
-use driftkv_core::{KeyInfo, LiveValue, Namespace, NamespaceId, Record, Version};
+use driftkv_core::{Change, KeyInfo, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version};
 
-use crate::{DueExpiration, Store, StoreError, SCAN_BUDGET};
+use crate::{DueExpiration, LogBounds, Store, StoreError, SCAN_BUDGET};
 
 /// Generates one `#[tokio::test]` per suite check, each on a store made by `$make`, which must
 /// evaluate to `(store, guard)`.
@@ -30,7 +30,11 @@ macro_rules! store_suite {
             scan_stops_at_its_budget,
             expirations_come_due_in_order,
             stale_expiry_entries_change_nothing,
-            concurrent_syncs_all_return
+            concurrent_syncs_all_return,
+            appends_are_numbered_without_gaps,
+            the_log_can_be_trimmed,
+            replicated_entries_advance_the_applied_sequence,
+            snapshot_records_include_tombstones
         );
     };
     (@each $make:expr; $($check:ident),*) => {
@@ -98,7 +102,10 @@ pub async fn namespaces_round_trip(store: &dyn Store) {
     );
     let mut renamed = ns(1);
     renamed.title = "renamed".into();
-    store.put_namespace(&renamed).unwrap();
+    renamed.version = version(2);
+    assert!(store.put_namespace(&renamed).unwrap());
+    // A namespace record is last-write-wins too: the older one arriving late changes nothing.
+    assert!(!store.put_namespace(&ns(1)).unwrap());
     assert_eq!(
         store.namespace(NamespaceId([1; 16])).unwrap().as_deref(),
         Some(&renamed)
@@ -358,4 +365,144 @@ pub async fn concurrent_syncs_all_return(store: &dyn Store) {
     for result in futures::future::join_all(syncs).await {
         result.unwrap();
     }
+}
+
+fn key_change(namespace: NamespaceId, key: &str, record: Record) -> Change {
+    Change::Key {
+        namespace,
+        key: key.into(),
+        record,
+    }
+}
+
+/// Appended changes are applied, logged under consecutive sequences, and readable back.
+pub async fn appends_are_numbered_without_gaps(store: &dyn Store) {
+    assert_eq!(
+        store.log_bounds().unwrap(),
+        LogBounds { oldest: 1, last: 0 }
+    );
+    let id = NamespaceId([4; 16]);
+    assert_eq!(store.append(&[Change::Namespace(ns(4))]).unwrap(), 1);
+    let batch = [
+        key_change(id, "a", live(2, "a", None)),
+        key_change(id, "b", live(3, "b", Some(4_000_000_000))),
+    ];
+    assert_eq!(store.append(&batch).unwrap(), 3);
+    assert_eq!(
+        store.get(id, "b").unwrap(),
+        Some(live(3, "b", Some(4_000_000_000)))
+    );
+    // A write to a missing namespace fails and takes no sequence.
+    let missing = [key_change(NamespaceId([9; 16]), "x", live(4, "x", None))];
+    assert!(matches!(
+        store.append(&missing),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
+    assert_eq!(store.append(&[Change::NamespaceDeleted(id)]).unwrap(), 4);
+    assert_eq!(store.namespace(id).unwrap(), None);
+    let entries = store.log_entries(1, 100).unwrap();
+    let expected: Vec<LogEntry> = [Change::Namespace(ns(4))]
+        .into_iter()
+        .chain(batch)
+        .chain([Change::NamespaceDeleted(id)])
+        .enumerate()
+        .map(|(i, change)| LogEntry {
+            sequence: i as u64 + 1,
+            change,
+        })
+        .collect();
+    assert_eq!(entries, expected);
+    assert_eq!(store.log_entries(3, 1).unwrap(), expected[2..3]);
+    assert_eq!(
+        store.log_bounds().unwrap(),
+        LogBounds { oldest: 1, last: 4 }
+    );
+    store.sync().await.unwrap();
+}
+
+/// Trimming drops old entries; numbering continues after the last sequence.
+pub async fn the_log_can_be_trimmed(store: &dyn Store) {
+    let id = NamespaceId([5; 16]);
+    store.append(&[Change::Namespace(ns(5))]).unwrap();
+    for i in 0..5 {
+        store
+            .append(&[key_change(id, "k", live(10 + i, "v", None))])
+            .unwrap();
+    }
+    assert_eq!(store.trim_log(4).unwrap(), 3);
+    assert_eq!(
+        store.log_bounds().unwrap(),
+        LogBounds { oldest: 4, last: 6 }
+    );
+    assert_eq!(store.trim_log(100).unwrap(), 3);
+    assert_eq!(
+        store.log_bounds().unwrap(),
+        LogBounds { oldest: 7, last: 6 }
+    );
+    assert_eq!(
+        store
+            .append(&[key_change(id, "k", live(20, "v", None))])
+            .unwrap(),
+        7
+    );
+    assert_eq!(store.log_entries(1, 10).unwrap().len(), 1);
+}
+
+/// A replica applies entries last-write-wins, records the highest sequence with them, skips
+/// keys of namespaces it does not have, and never moves the sequence back.
+pub async fn replicated_entries_advance_the_applied_sequence(store: &dyn Store) {
+    assert_eq!(store.applied_sequence().unwrap(), 0);
+    let id = NamespaceId([6; 16]);
+    let entries = vec![
+        LogEntry {
+            sequence: 1,
+            change: Change::Namespace(ns(6)),
+        },
+        LogEntry {
+            sequence: 2,
+            change: key_change(id, "k", live(5, "new", None)),
+        },
+        LogEntry {
+            sequence: 3,
+            change: key_change(NamespaceId([7; 16]), "k", live(5, "nowhere", None)),
+        },
+    ];
+    store.apply_replicated(&entries).unwrap();
+    assert_eq!(store.applied_sequence().unwrap(), 3);
+    assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "new", None)));
+    // An older write delivered late, under an older sequence, changes nothing.
+    store
+        .apply_replicated(&[LogEntry {
+            sequence: 2,
+            change: key_change(id, "k", live(4, "old", None)),
+        }])
+        .unwrap();
+    assert_eq!(store.applied_sequence().unwrap(), 3);
+    assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "new", None)));
+    store
+        .apply_replicated(&[LogEntry {
+            sequence: 4,
+            change: Change::NamespaceDeleted(id),
+        }])
+        .unwrap();
+    assert_eq!(store.applied_sequence().unwrap(), 4);
+    assert_eq!(store.namespace(id).unwrap(), None);
+    store.set_applied_sequence(10).unwrap();
+    assert_eq!(store.applied_sequence().unwrap(), 10);
+    // Applied entries do not land in this node's own log.
+    assert_eq!(store.log_bounds().unwrap().last, 0);
+}
+
+/// Snapshot pages carry every stored record, tombstones included, in key order.
+pub async fn snapshot_records_include_tombstones(store: &dyn Store) {
+    let id = with_namespace(store, 8);
+    let records: Vec<(String, Record)> = vec![
+        ("a".into(), live(1, "a", None)),
+        ("b".into(), Record::tombstone(version(2))),
+        ("c".into(), live(3, "c", Some(1))),
+    ];
+    store.apply(id, &records).unwrap();
+    assert_eq!(store.records(id, None, 10).unwrap(), records);
+    assert_eq!(store.records(id, Some("a"), 1).unwrap(), records[1..2]);
+    assert!(store.records(id, Some("c"), 10).unwrap().is_empty());
 }
