@@ -53,6 +53,17 @@ impl Write {
         Ok(())
     }
 
+    /// Bytes the write carries: key, value and metadata.
+    pub fn payload_bytes(&self) -> usize {
+        self.key.len()
+            + match &self.op {
+                WriteOp::Put(live) => {
+                    live.value.len() + live.metadata.as_ref().map_or(0, String::len)
+                }
+                WriteOp::Delete => 0,
+            }
+    }
+
     /// The record this write stores once stamped with `version`.
     pub fn into_record(self, version: Version) -> Record {
         match self.op {

@@ -1,5 +1,9 @@
 //! Node configuration: built-in defaults, then a TOML file, then `DRIFTKV_*` environment
 //! variables, then command-line flags, each overriding the one before.
+//!
+//! One file format serves every role (`central`, `edge`, `dev`); a role ignores the sections
+//! it has no use for. Nested fields are set from the environment with a double underscore:
+//! `DRIFTKV_CACHE__MIN_TTL_SECS=1` sets `cache.min_ttl_secs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,39 +13,136 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// Configuration of the embedded dev server.
+/// Configuration of one node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DevConfig {
-    /// Where data lives (`DRIFTKV_DATA_DIR`).
-    pub data_dir: PathBuf,
-    /// HTTP listen address (`DRIFTKV_LISTEN`).
-    pub listen: SocketAddr,
-    /// This node's id, the tie-breaker of write versions (`DRIFTKV_NODE_ID`); not 0.
+pub struct Config {
+    /// This node's id, unique in the cluster; the tie-breaker of write versions. Not 0.
     pub node_id: u64,
+    /// The region this node serves, shown in gossip and `/cluster`.
+    pub region: String,
+    /// Where data lives.
+    pub data_dir: PathBuf,
+    /// HTTP listen address (edges and dev): the REST API, `/healthz`, `/cluster`.
+    pub listen: SocketAddr,
     /// API tokens accepted as `Authorization: Bearer <token>` (`DRIFTKV_API_TOKENS`, comma
     /// separated). Required when `listen` is not a loopback address.
     pub api_tokens: Vec<String>,
-    /// How often expired records are swept from storage, in milliseconds
-    /// (`DRIFTKV_SWEEP_INTERVAL_MS`).
+    /// How often expired records are swept from storage, in milliseconds.
     pub sweep_interval_ms: u64,
+    pub grpc: GrpcConfig,
+    pub central: CentralConfig,
+    pub cache: CacheConfig,
+    pub replication: ReplicationConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
-impl Default for DevConfig {
+/// The write region's gRPC endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Where central listens for edges.
+    pub listen: SocketAddr,
+}
+
+/// How an edge reaches central.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    /// Central's gRPC address, `http://host:port`. Empty: learn it through gossip.
+    pub address: String,
+    /// Longest wait for central to answer a write or a read-through, in milliseconds; a write
+    /// that takes longer fails with 503.
+    pub request_timeout_ms: u64,
+    /// Longest wait to connect to central, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+/// An edge's read cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Upper bound of cached keys and values, in bytes.
+    pub max_bytes: u64,
+    /// Smallest `cache_ttl` a read may ask for, in seconds (Workers KV: 60).
+    pub min_ttl_secs: u64,
+    /// TTL of reads that ask for none, in seconds (Workers KV: 60).
+    pub default_ttl_secs: u64,
+    /// Drop cached results when replication changes their key (not Workers KV behaviour;
+    /// for experiments).
+    pub invalidate_on_replication: bool,
+}
+
+/// The replication log and stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Log entries central keeps; an edge further behind rebuilds from a snapshot.
+    pub log_retention_entries: u64,
+    /// How often central tells an idle subscriber it is alive, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// How long an edge waits on a silent stream before reconnecting, in milliseconds.
+    pub stream_silence_ms: u64,
+}
+
+/// Central's per-key write rate limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Writes per second allowed to one key (Workers KV: 1); 0 turns the limit off.
+    pub writes_per_key_per_second: u32,
+}
+
+impl Default for Config {
     fn default() -> Self {
-        DevConfig {
+        Config {
+            node_id: 1,
+            region: "local".into(),
             data_dir: PathBuf::from(".driftkv"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
-            node_id: 1,
             api_tokens: Vec::new(),
             sweep_interval_ms: 1000,
+            grpc: GrpcConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            },
+            central: CentralConfig {
+                address: String::new(),
+                request_timeout_ms: 2000,
+                connect_timeout_ms: 1000,
+            },
+            cache: CacheConfig {
+                max_bytes: 256 * 1024 * 1024,
+                min_ttl_secs: 60,
+                default_ttl_secs: 60,
+                invalidate_on_replication: false,
+            },
+            replication: ReplicationConfig {
+                log_retention_entries: 1_000_000,
+                heartbeat_ms: 1000,
+                stream_silence_ms: 5000,
+            },
+            rate_limit: RateLimitConfig {
+                writes_per_key_per_second: 1,
+            },
         }
     }
 }
 
-/// The fields settable as `DRIFTKV_<FIELD>`; `api_tokens` is read separately because its
-/// variable holds a comma-separated list.
-const ENV_KEYS: [&str; 4] = ["data_dir", "listen", "node_id", "sweep_interval_ms"];
+/// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
+/// variables (the log format, client settings, test switches) belong to other parts and must
+/// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
+const ENV_KEYS: [&str; 10] = [
+    "node_id",
+    "region",
+    "data_dir",
+    "listen",
+    "sweep_interval_ms",
+    "grpc",
+    "central",
+    "cache",
+    "replication",
+    "rate_limit",
+];
 
 /// Flags that override the configuration when given.
 #[derive(Debug, Default, Serialize)]
@@ -52,10 +153,10 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
 }
 
-impl DevConfig {
+impl Config {
     /// Loads the configuration from its layers.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(DevConfig::default()));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             anyhow::ensure!(
                 file.exists(),
@@ -64,9 +165,14 @@ impl DevConfig {
             );
             figment = figment.merge(Toml::file_exact(file));
         }
-        // Only the configuration's own keys: other DRIFTKV_* variables (the log format, client
-        // settings, test switches) belong to other parts and must not fail the load.
-        figment = figment.merge(Env::prefixed("DRIFTKV_").only(&ENV_KEYS));
+        figment = figment.merge(
+            Env::prefixed("DRIFTKV_")
+                .filter(|key| {
+                    let top = key.as_str().split("__").next().unwrap_or_default();
+                    ENV_KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
+                })
+                .split("__"),
+        );
         if let Ok(tokens) = std::env::var("DRIFTKV_API_TOKENS") {
             let tokens: Vec<String> = tokens
                 .split(',')
@@ -76,16 +182,48 @@ impl DevConfig {
                 .collect();
             figment = figment.merge(Serialized::default("api_tokens", tokens));
         }
-        let config: DevConfig = figment
+        let config: Config = figment
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("invalid configuration")?;
-        anyhow::ensure!(config.node_id != 0, "node_id must not be 0");
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.node_id != 0, "node_id must not be 0");
         anyhow::ensure!(
-            config.sweep_interval_ms > 0,
+            self.sweep_interval_ms > 0,
             "sweep_interval_ms must be greater than 0"
         );
-        Ok(config)
+        anyhow::ensure!(
+            self.cache.default_ttl_secs >= self.cache.min_ttl_secs,
+            "cache.default_ttl_secs ({}) must not be below cache.min_ttl_secs ({})",
+            self.cache.default_ttl_secs,
+            self.cache.min_ttl_secs
+        );
+        anyhow::ensure!(
+            self.replication.log_retention_entries > 0,
+            "replication.log_retention_entries must be greater than 0"
+        );
+        anyhow::ensure!(
+            self.replication.stream_silence_ms > self.replication.heartbeat_ms,
+            "replication.stream_silence_ms must be longer than replication.heartbeat_ms"
+        );
+        for (name, ms) in [
+            ("replication.heartbeat_ms", self.replication.heartbeat_ms),
+            (
+                "central.request_timeout_ms",
+                self.central.request_timeout_ms,
+            ),
+            (
+                "central.connect_timeout_ms",
+                self.central.connect_timeout_ms,
+            ),
+        ] {
+            anyhow::ensure!(ms > 0, "{name} must be greater than 0");
+        }
+        Ok(())
     }
 }
 
@@ -100,48 +238,49 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "node.toml",
-                "listen = \"127.0.0.1:9000\"\nnode_id = 7\napi_tokens = [\"from-file\"]\n",
+                "listen = \"127.0.0.1:9000\"\nnode_id = 7\napi_tokens = [\"from-file\"]\n\
+                 [cache]\nmin_ttl_secs = 5\ndefault_ttl_secs = 5\n",
             )?;
             jail.set_env("DRIFTKV_NODE_ID", "9");
             jail.set_env("DRIFTKV_API_TOKENS", "a, b,,c");
+            jail.set_env("DRIFTKV_CACHE__MIN_TTL_SECS", "2");
+            jail.set_env("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "0");
             let overrides = Overrides {
                 data_dir: Some("/tmp/x".into()),
                 listen: None,
             };
             let config =
-                DevConfig::load(Some(Path::new("node.toml")), overrides).expect("config loads");
+                Config::load(Some(Path::new("node.toml")), overrides).expect("config loads");
             assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
             assert_eq!(config.node_id, 9);
             assert_eq!(config.api_tokens, ["a", "b", "c"]);
             assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(
+                (config.cache.min_ttl_secs, config.cache.default_ttl_secs),
+                (2, 5)
+            );
+            assert_eq!(config.rate_limit.writes_per_key_per_second, 0);
             Ok(())
         });
     }
 
     #[test]
-    fn the_example_config_is_the_defaults() {
+    fn the_example_configs_load() {
         // Inside a jail, so that the environment other tests set cannot leak in.
         figment::Jail::expect_with(|_| {
-            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/dev.toml");
-            let config = DevConfig::load(Some(Path::new(example)), Overrides::default())
-                .expect("example loads");
-            let defaults = DevConfig::default();
+            let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/dev.toml");
+            let config =
+                Config::load(Some(Path::new(dev)), Overrides::default()).expect("dev.toml loads");
+            // dev.toml documents the defaults, so it must say exactly what they are.
             assert_eq!(
-                (
-                    config.data_dir,
-                    config.listen,
-                    config.node_id,
-                    config.api_tokens,
-                    config.sweep_interval_ms
-                ),
-                (
-                    defaults.data_dir,
-                    defaults.listen,
-                    defaults.node_id,
-                    defaults.api_tokens,
-                    defaults.sweep_interval_ms
-                )
+                serde_json::to_value(&config).unwrap(),
+                serde_json::to_value(Config::default()).unwrap()
             );
+            for example in ["central.toml", "edge.toml"] {
+                let path = format!("{}/deploy/{example}", env!("CARGO_MANIFEST_DIR"));
+                Config::load(Some(Path::new(&path)), Overrides::default())
+                    .unwrap_or_else(|e| panic!("{example} does not load: {e:#}"));
+            }
             Ok(())
         });
     }
@@ -151,9 +290,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("DRIFTKV_REQUIRE_SDK", "1");
             jail.set_env("DRIFTKV_URL", "http://elsewhere");
+            jail.set_env("DRIFTKV_LOG_FORMAT", "json");
             jail.set_env("DRIFTKV_SWEEP_INTERVAL_MS", "250");
             jail.set_env("DRIFTKV_DATA_DIR", "/var/lib/driftkv");
-            let config = DevConfig::load(None, Overrides::default()).expect("config loads");
+            let config = Config::load(None, Overrides::default()).expect("config loads");
             assert_eq!(config.sweep_interval_ms, 250);
             assert_eq!(config.data_dir, PathBuf::from("/var/lib/driftkv"));
             Ok(())
@@ -164,12 +304,17 @@ mod tests {
     fn bad_configs_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "lisen = \"127.0.0.1:9000\"\n")?;
-            assert!(DevConfig::load(Some(Path::new("typo.toml")), Overrides::default()).is_err());
+            assert!(Config::load(Some(Path::new("typo.toml")), Overrides::default()).is_err());
             jail.create_file("zero.toml", "node_id = 0\n")?;
-            assert!(DevConfig::load(Some(Path::new("zero.toml")), Overrides::default()).is_err());
-            assert!(
-                DevConfig::load(Some(Path::new("missing.toml")), Overrides::default()).is_err()
-            );
+            assert!(Config::load(Some(Path::new("zero.toml")), Overrides::default()).is_err());
+            jail.create_file(
+                "ttl.toml",
+                "[cache]\nmin_ttl_secs = 60\ndefault_ttl_secs = 5\n",
+            )?;
+            assert!(Config::load(Some(Path::new("ttl.toml")), Overrides::default()).is_err());
+            jail.create_file("section.toml", "[cache]\nmax_byte = 1\n")?;
+            assert!(Config::load(Some(Path::new("section.toml")), Overrides::default()).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
             Ok(())
         });
     }

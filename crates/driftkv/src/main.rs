@@ -1,7 +1,8 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
 mod config;
-mod dev;
+mod node;
+mod run;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,20 +24,55 @@ struct Cli {
     command: Command,
 }
 
+/// Options every server role shares.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML configuration file (every field can also be set with DRIFTKV_* variables).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./.driftkv].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8787].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+impl NodeArgs {
+    fn load(self) -> anyhow::Result<config::Config> {
+        config::Config::load(
+            self.config.as_deref(),
+            config::Overrides {
+                data_dir: self.data_dir,
+                listen: self.listen,
+            },
+        )
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything embedded in one process: the Workers KV REST API on --listen, data in
-    /// --data-dir.
+    /// Run a whole cluster in one process: a central write region and --edges edges (real
+    /// gRPC over loopback), edge i serving the Workers KV REST API on the --listen port + i,
+    /// data under --data-dir.
     Dev {
-        /// TOML configuration file (every field can also be set with DRIFTKV_* variables).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data directory [default: ./.driftkv].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// HTTP listen address [default: 127.0.0.1:8787].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Number of edges.
+        #[arg(long, default_value_t = 1)]
+        edges: usize,
+    },
+    /// Run the central write region: the gRPC service edges forward writes to and replicate
+    /// from (grpc.listen in the config).
+    Central {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Run an edge: the Workers KV REST API on --listen, served from a local replica, writes
+    /// forwarded to central (central.address in the config).
+    Edge {
+        #[command(flatten)]
+        node: NodeArgs,
     },
 }
 
@@ -57,14 +93,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Dev {
-            config,
-            data_dir,
-            listen,
-        } => {
-            let config =
-                config::DevConfig::load(config.as_deref(), config::Overrides { data_dir, listen })?;
-            dev::run(config).await
-        }
+        Command::Dev { node, edges } => run::run_dev(node.load()?, edges).await,
+        Command::Central { node } => run::run_central(node.load()?).await,
+        Command::Edge { node } => run::run_edge(node.load()?).await,
     }
 }

@@ -5,7 +5,10 @@
 //! and carries [`KvError`]s across the wire as gRPC statuses that keep the Cloudflare error code
 //! and HTTP status, so an edge reports exactly the error central decided on.
 
-use driftkv_core::{KvError, LiveValue, Namespace, NamespaceId, Record, Version, Write, WriteOp};
+use driftkv_core::limits::MAX_BULK_BODY_BYTES;
+use driftkv_core::{
+    Change, KvError, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version, Write, WriteOp,
+};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -14,6 +17,13 @@ pub mod pb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("driftkv.v1");
 }
+
+/// Largest gRPC message either side accepts: a bulk write at its HTTP limit, with room for
+/// framing. (tonic's default of 4 MiB would refuse a single 25 MiB value.)
+pub const MAX_MESSAGE_BYTES: usize = MAX_BULK_BODY_BYTES + 16 * 1024 * 1024;
+
+/// Size a log batch or snapshot chunk is cut at; a single larger entry still travels alone.
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Metadata key of the Cloudflare error code on an error status.
 pub const ERROR_CODE_KEY: &str = "driftkv-error-code";
@@ -139,6 +149,80 @@ impl From<pb::Write> for Write {
     }
 }
 
+/// A key change on the wire.
+pub fn key_change(namespace: NamespaceId, key: String, record: Record) -> pb::KeyChange {
+    pb::KeyChange {
+        namespace_id: namespace.0.to_vec(),
+        key,
+        record: Some(record.into()),
+    }
+}
+
+impl TryFrom<pb::KeyChange> for Change {
+    type Error = KvError;
+
+    fn try_from(k: pb::KeyChange) -> Result<Self, KvError> {
+        Ok(Change::Key {
+            namespace: namespace_id(&k.namespace_id)?,
+            key: k.key,
+            record: k.record.ok_or_else(|| missing("record"))?.try_into()?,
+        })
+    }
+}
+
+impl From<LogEntry> for pb::LogEntry {
+    fn from(e: LogEntry) -> Self {
+        use pb::log_entry::Change as Wire;
+        let change = match e.change {
+            Change::Key {
+                namespace,
+                key,
+                record,
+            } => Wire::Key(key_change(namespace, key, record)),
+            Change::Namespace(ns) => Wire::Namespace((&ns).into()),
+            Change::NamespaceDeleted(id) => Wire::NamespaceDeleted(id.0.to_vec()),
+        };
+        pb::LogEntry {
+            sequence: e.sequence,
+            change: Some(change),
+        }
+    }
+}
+
+impl TryFrom<pb::LogEntry> for LogEntry {
+    type Error = KvError;
+
+    fn try_from(e: pb::LogEntry) -> Result<Self, KvError> {
+        use pb::log_entry::Change as Wire;
+        let change = match e.change.ok_or_else(|| missing("change"))? {
+            Wire::Key(k) => k.try_into()?,
+            Wire::Namespace(ns) => Change::Namespace(ns.try_into()?),
+            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted(namespace_id(&id)?),
+        };
+        Ok(LogEntry {
+            sequence: e.sequence,
+            change,
+        })
+    }
+}
+
+/// The approximate wire size of a key's record, for cutting batches.
+pub fn record_size(key: &str, record: &Record) -> usize {
+    64 + key.len()
+        + record.live.as_ref().map_or(0, |l| {
+            l.value.len() + l.metadata.as_ref().map_or(0, String::len)
+        })
+}
+
+/// The approximate wire size of a change, for cutting batches.
+pub fn change_size(change: &Change) -> usize {
+    match change {
+        Change::Key { key, record, .. } => record_size(key, record),
+        Change::Namespace(ns) => 64 + ns.account_id.len() + ns.title.len(),
+        Change::NamespaceDeleted(_) => 32,
+    }
+}
+
 /// The gRPC status for an error, carrying its Cloudflare code and HTTP status.
 pub fn status_from_error(error: &KvError) -> Status {
     let code = match error.status() {
@@ -245,6 +329,24 @@ mod tests {
             version: version(),
         };
         assert_eq!(Namespace::try_from(pb::Namespace::from(&ns)).unwrap(), ns);
+        for change in [
+            Change::Key {
+                namespace: ns.id,
+                key: "k".into(),
+                record: Record::tombstone(version()),
+            },
+            Change::Namespace(ns.clone()),
+            Change::NamespaceDeleted(ns.id),
+        ] {
+            let entry = LogEntry {
+                sequence: 12,
+                change,
+            };
+            assert_eq!(
+                LogEntry::try_from(pb::LogEntry::from(entry.clone())).unwrap(),
+                entry
+            );
+        }
     }
 
     #[test]
@@ -265,6 +367,11 @@ mod tests {
             version: Some(version().into()),
         };
         assert!(Namespace::try_from(bad).is_err());
+        assert!(LogEntry::try_from(pb::LogEntry {
+            sequence: 1,
+            change: None
+        })
+        .is_err());
     }
 
     #[test]

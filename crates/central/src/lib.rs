@@ -1,0 +1,405 @@
+//! The write region's gRPC service.
+//!
+//! [`CentralService`] puts the [`Engine`] on the wire: edges forward writes and namespace
+//! changes to it, read through it while they bootstrap, and follow its replication log with
+//! `Subscribe` (or rebuild from a `Snapshot` when they are further behind than the log
+//! reaches). Streams only ever carry entries the engine has made durable.
+//!
+//! [`spawn_log_trimmer`] keeps the log to its retention.
+
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use driftkv_core::{KvError, KvService, LogEntry};
+use driftkv_engine::reads::blocking;
+use driftkv_engine::Engine;
+use driftkv_proto::pb::central_server::{Central, CentralServer};
+use driftkv_proto::pb::{self, subscribe_reply::Event};
+use driftkv_proto::{
+    change_size, key_change, namespace_id, record_size, status_from_error, BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+};
+use driftkv_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Most log entries read from storage for one batch.
+const BATCH_ENTRIES: usize = 1024;
+/// Most records per snapshot chunk.
+const SNAPSHOT_RECORDS: usize = 1024;
+
+/// Tunables of the service.
+#[derive(Clone, Debug)]
+pub struct CentralOptions {
+    /// How often an idle subscription hears from central; edges treat a stream silent for a
+    /// few intervals as dead.
+    pub heartbeat: Duration,
+}
+
+impl Default for CentralOptions {
+    fn default() -> Self {
+        CentralOptions {
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The `driftkv.v1.Central` service over an engine.
+pub struct CentralService {
+    engine: Arc<Engine>,
+    options: CentralOptions,
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn to_status(error: KvError) -> Status {
+    status_from_error(&error)
+}
+
+impl CentralService {
+    /// The service over `engine`.
+    pub fn new(engine: Arc<Engine>, options: CentralOptions) -> Self {
+        CentralService { engine, options }
+    }
+
+    /// The tonic server for this service, accepting messages up to [`MAX_MESSAGE_BYTES`].
+    pub fn into_server(self) -> CentralServer<Self> {
+        CentralServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Serves the service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    service: CentralService,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+#[tonic::async_trait]
+impl Central for CentralService {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let request = request.into_inner();
+        let id = namespace_id(&request.namespace_id).map_err(to_status)?;
+        let writes = request.writes.into_iter().map(Into::into).collect();
+        let results = self
+            .engine
+            .write_results(&request.account_id, id, writes)
+            .await
+            .map_err(to_status)?;
+        let results = results
+            .into_iter()
+            .map(|result| match result {
+                driftkv_core::WriteResult::Applied { sequence, version } => pb::WriteResult {
+                    applied: true,
+                    sequence,
+                    version: Some(version.into()),
+                },
+                driftkv_core::WriteResult::RateLimited => pb::WriteResult {
+                    applied: false,
+                    sequence: 0,
+                    version: None,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::WriteReply { results }))
+    }
+
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::NamespaceReply>, Status> {
+        let request = request.into_inner();
+        let namespace = self
+            .engine
+            .create_namespace(&request.account_id, &request.title)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::NamespaceReply {
+            namespace: Some((&namespace).into()),
+        }))
+    }
+
+    async fn rename_namespace(
+        &self,
+        request: Request<pb::RenameNamespaceRequest>,
+    ) -> Result<Response<pb::NamespaceReply>, Status> {
+        let request = request.into_inner();
+        let id = namespace_id(&request.namespace_id).map_err(to_status)?;
+        let namespace = self
+            .engine
+            .rename_namespace(&request.account_id, id, &request.title)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::NamespaceReply {
+            namespace: Some((&namespace).into()),
+        }))
+    }
+
+    async fn delete_namespace(
+        &self,
+        request: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<pb::DeleteNamespaceReply>, Status> {
+        let request = request.into_inner();
+        let id = namespace_id(&request.namespace_id).map_err(to_status)?;
+        self.engine
+            .delete_namespace(&request.account_id, id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteNamespaceReply {}))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetReply>, Status> {
+        let request = request.into_inner();
+        let id = namespace_id(&request.namespace_id).map_err(to_status)?;
+        let live = self
+            .engine
+            .get(&request.account_id, id, &request.key, None)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetReply {
+            live: live.map(Into::into),
+        }))
+    }
+
+    type SubscribeStream = Stream_<pb::SubscribeReply>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        tracing::info!(
+            subscriber = %request.node_id,
+            from = request.from_sequence,
+            "replica subscribed"
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let engine = self.engine.clone();
+        let heartbeat = self.options.heartbeat;
+        tokio::spawn(async move {
+            let from = request.from_sequence.max(1);
+            if let Err(e) = stream_log(engine, from, heartbeat, &tx).await {
+                // The subscriber sees the error and reconnects; an error with nobody listening
+                // (the subscriber went away) needs no report.
+                if !tx.is_closed() {
+                    tracing::warn!(subscriber = %request.node_id, error = %e, "replication stream failed");
+                    let _ = tx.send(Err(to_status(e))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SnapshotStream = Stream_<pb::SnapshotChunk>;
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        tracing::info!(subscriber = %request.get_ref().node_id, "replica takes a snapshot");
+        let (tx, rx) = mpsc::channel(2);
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stream_snapshot(engine, &tx).await {
+                if !tx.is_closed() {
+                    tracing::warn!(error = %e, "snapshot stream failed");
+                    let _ = tx.send(Err(to_status(e))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type Sender<T> = mpsc::Sender<Result<T, Status>>;
+
+/// Sends `reply`; false once the subscriber has gone.
+async fn send<T>(tx: &Sender<T>, reply: T) -> bool {
+    tx.send(Ok(reply)).await.is_ok()
+}
+
+/// Streams the log from `next` on: every durable entry, then new ones as they become durable,
+/// with a heartbeat whenever the subscriber is caught up and at least every `heartbeat`.
+async fn stream_log(
+    engine: Arc<Engine>,
+    mut next: u64,
+    heartbeat: Duration,
+    tx: &Sender<pb::SubscribeReply>,
+) -> Result<(), KvError> {
+    let store = engine.store().clone();
+    let mut durable = engine.durable_sequence();
+    loop {
+        let head = *durable.borrow_and_update();
+        let bounds = store.log_bounds()?;
+        // Behind the retained log, or ahead of everything central has (central lost data the
+        // subscriber applied): only a snapshot can bring the subscriber back in line.
+        if next < bounds.oldest || next > head + 1 {
+            let needed = pb::SnapshotNeeded {
+                oldest_retained: bounds.oldest,
+            };
+            send(tx, reply(Event::SnapshotNeeded(needed))).await;
+            return Ok(());
+        }
+        if next <= head {
+            let max = BATCH_ENTRIES.min((head - next + 1) as usize);
+            let entries = blocking(&store, move |s| Ok(s.log_entries(next, max)?)).await?;
+            if entries.first().map(|e| e.sequence) != Some(next) {
+                // Trimmed between the bounds check and the read: check again.
+                continue;
+            }
+            for batch in cut(entries) {
+                next = batch.last().map_or(next, |e| e.sequence + 1);
+                let entries = batch.into_iter().map(Into::into).collect();
+                if !send(tx, reply(Event::Entries(pb::LogBatch { entries }))).await {
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+        let beat = pb::Heartbeat {
+            durable_sequence: head,
+        };
+        if !send(tx, reply(Event::Heartbeat(beat))).await {
+            return Ok(());
+        }
+        tokio::select! {
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    // The engine is gone: central is shutting down.
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(heartbeat) => {}
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+fn reply(event: Event) -> pb::SubscribeReply {
+    pb::SubscribeReply { event: Some(event) }
+}
+
+/// Cuts consecutive entries into batches of about [`BATCH_BYTES`].
+fn cut(entries: Vec<LogEntry>) -> Vec<Vec<LogEntry>> {
+    let mut batches = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in entries {
+        let size = change_size(&entry.change);
+        let current = batches.last_mut().expect("never empty");
+        if !current.is_empty() && bytes + size > BATCH_BYTES {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("never empty").push(entry);
+    }
+    batches
+}
+
+/// Streams every namespace, then every record and tombstone, then the sequence the snapshot
+/// covers. The sequence is read first: everything durable up to it is in the snapshot, and
+/// later writes that slip in are harmless to apply again.
+async fn stream_snapshot(
+    engine: Arc<Engine>,
+    tx: &Sender<pb::SnapshotChunk>,
+) -> Result<(), KvError> {
+    let store = engine.store().clone();
+    let sequence = *engine.durable_sequence().borrow();
+    let namespaces = store.namespaces()?;
+    let first = pb::SnapshotChunk {
+        namespaces: namespaces.iter().map(Into::into).collect(),
+        ..Default::default()
+    };
+    if !send(tx, first).await {
+        return Ok(());
+    }
+    for namespace in namespaces {
+        let id = namespace.id;
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let page = blocking(&store, move |s| {
+                match s.records(id, from.as_deref(), SNAPSHOT_RECORDS) {
+                    // Deleted while the snapshot ran: its deletion follows in the log.
+                    Err(driftkv_store::StoreError::NoSuchNamespace(_)) => Ok(Vec::new()),
+                    other => Ok(other?),
+                }
+            })
+            .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let full = page.len() == SNAPSHOT_RECORDS;
+            let mut chunk = pb::SnapshotChunk::default();
+            let mut bytes = 0;
+            for (key, record) in page {
+                bytes += record_size(&key, &record);
+                chunk.records.push(key_change(id, key, record));
+                if bytes > BATCH_BYTES {
+                    if !send(tx, std::mem::take(&mut chunk)).await {
+                        return Ok(());
+                    }
+                    bytes = 0;
+                }
+            }
+            if !chunk.records.is_empty() && !send(tx, chunk).await {
+                return Ok(());
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    let last = pb::SnapshotChunk {
+        complete: true,
+        sequence,
+        ..Default::default()
+    };
+    send(tx, last).await;
+    Ok(())
+}
+
+/// Keeps the newest `retain` log entries, trimming every `every`. Stops by itself once the
+/// store is dropped.
+pub fn spawn_log_trimmer(
+    store: &Arc<dyn Store>,
+    retain: u64,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let store: Weak<dyn Store> = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            let trimmed = blocking(&store, move |s| {
+                let last = s.log_bounds()?.last;
+                Ok(s.trim_log(last.saturating_sub(retain) + 1)?)
+            })
+            .await;
+            match trimmed {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(trimmed = n, "trimmed the replication log"),
+                Err(e) => tracing::warn!(error = %e, "trimming the replication log failed"),
+            }
+        }
+    })
+}

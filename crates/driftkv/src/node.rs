@@ -1,0 +1,265 @@
+//! Starting and stopping the roles: a central write region and edges. `driftkv central` and
+//! `driftkv edge` run one each; `driftkv dev` runs a central and several edges in one process,
+//! talking real gRPC over loopback.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use driftkv_central::{spawn_log_trimmer, CentralOptions, CentralService};
+use driftkv_edge::{spawn_follower, Edge, EdgeOptions, LinkTimeouts};
+use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SystemClock, WallClock};
+use driftkv_http::Auth;
+use driftkv_store::{SledStore, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// How often central trims its replication log to the retention.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// A signal every server of the process stops on.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// The trigger of a [`Shutdown`].
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+/// A new shutdown signal and its trigger.
+pub fn shutdown() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    /// Tells every server to stop.
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Shutdown {
+    /// Resolves once the trigger fires (or is dropped).
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The API's authentication, refusing to serve a non-loopback address without tokens.
+pub fn auth(config: &Config, listen: SocketAddr) -> anyhow::Result<Auth> {
+    if config.api_tokens.is_empty() {
+        anyhow::ensure!(
+            listen.ip().is_loopback(),
+            "refusing to serve on {listen} without API tokens: set DRIFTKV_API_TOKENS (or api_tokens in the config file), \
+             or listen on a loopback address"
+        );
+        Ok(Auth::open())
+    } else {
+        Ok(Auth::tokens(&config.api_tokens))
+    }
+}
+
+fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = SledStore::open(dir)
+        .with_context(|| format!("cannot open the database in {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn node_id(id: u64) -> anyhow::Result<NonZeroU64> {
+    NonZeroU64::new(id).context("node_id must not be 0")
+}
+
+/// A running write region.
+pub struct CentralNode {
+    /// Where its gRPC service listens.
+    pub grpc_addr: SocketAddr,
+    store: Arc<dyn Store>,
+    server: JoinHandle<anyhow::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl CentralNode {
+    /// Opens the store in `data_dir` and serves gRPC on `listen` until `shutdown`.
+    pub async fn start(
+        config: &Config,
+        data_dir: &Path,
+        listen: SocketAddr,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let store = open_store(data_dir)?;
+        let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            node_id(config.node_id)?,
+            wall.clone(),
+            RateLimiter::per_second(config.rate_limit.writes_per_key_per_second),
+        )?);
+        let background = vec![
+            spawn_sweeper(
+                &store,
+                wall,
+                Duration::from_millis(config.sweep_interval_ms),
+            ),
+            spawn_log_trimmer(&store, config.replication.log_retention_entries, TRIM_EVERY),
+        ];
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
+        let grpc_addr = listener.local_addr()?;
+        let service = CentralService::new(
+            engine,
+            CentralOptions {
+                heartbeat: Duration::from_millis(config.replication.heartbeat_ms),
+            },
+        );
+        let server = tokio::spawn(async move {
+            driftkv_central::serve(service, listener, shutdown.wait())
+                .await
+                .context("gRPC server failed")
+        });
+        tracing::info!(%grpc_addr, data_dir = %data_dir.display(), "central started");
+        Ok(CentralNode {
+            grpc_addr,
+            store,
+            server,
+            background,
+        })
+    }
+
+    /// Waits for the server to stop (after the shutdown signal), then flushes storage.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("gRPC server task failed")?;
+        for task in self.background {
+            task.abort();
+        }
+        self.store.sync().await.context("final flush failed")?;
+        tracing::info!("central stopped");
+        served
+    }
+}
+
+/// A running edge.
+pub struct EdgeNode {
+    /// Where its HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The edge's service.
+    pub edge: Arc<Edge>,
+    server: JoinHandle<anyhow::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl EdgeNode {
+    /// Opens the replica in `data_dir`, follows central at `central` (if known; else it is
+    /// learned later), and serves HTTP on `listen` until `shutdown`.
+    pub async fn start(
+        config: &Config,
+        node_id: u64,
+        data_dir: &Path,
+        listen: SocketAddr,
+        central: &str,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let auth = auth(config, listen)?;
+        let store = open_store(data_dir)?;
+        let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
+        let options = EdgeOptions {
+            node_id,
+            cache_max_bytes: config.cache.max_bytes,
+            min_cache_ttl: Duration::from_secs(config.cache.min_ttl_secs),
+            default_cache_ttl: Duration::from_secs(config.cache.default_ttl_secs),
+            invalidate_on_replication: config.cache.invalidate_on_replication,
+            timeouts: LinkTimeouts {
+                connect: Duration::from_millis(config.central.connect_timeout_ms),
+                request: Duration::from_millis(config.central.request_timeout_ms),
+            },
+            stream_silence: Duration::from_millis(config.replication.stream_silence_ms),
+        };
+        let edge = Edge::new(store.clone(), wall.clone(), options)?;
+        if !central.is_empty() {
+            edge.link().set_address(central)?;
+        }
+        let background = vec![
+            spawn_follower(edge.clone()),
+            spawn_sweeper(
+                &store,
+                wall,
+                Duration::from_millis(config.sweep_interval_ms),
+            ),
+        ];
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let http_addr = listener.local_addr()?;
+        let router = driftkv_http::router(edge.clone(), auth);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.wait())
+                .await
+                .context("HTTP server failed")
+        });
+        tracing::info!(%http_addr, node_id, data_dir = %data_dir.display(), "edge started");
+        Ok(EdgeNode {
+            http_addr,
+            edge,
+            server,
+            background,
+        })
+    }
+
+    /// Waits for the HTTP server to drain (after the shutdown signal), then flushes the replica.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("HTTP server task failed")?;
+        for task in self.background {
+            task.abort();
+        }
+        self.edge
+            .store()
+            .sync()
+            .await
+            .context("final flush failed")?;
+        served
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Prints a line scripts and tests wait for, and flushes it at once.
+pub fn announce(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}

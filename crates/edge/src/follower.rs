@@ -1,0 +1,214 @@
+//! Following central's replication log.
+//!
+//! The follower subscribes from one past the replica's applied sequence, applies each batch
+//! of entries (last-write-wins, with the applied sequence in the same atomic step, so a
+//! restart resumes with no gap and no duplicate), and notes central's heartbeats to know how
+//! far behind it is. When central says the log no longer reaches back far enough, it installs
+//! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
+//! network cut) ends the attempt; the follower reconnects with backoff, by itself.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
+use driftkv_engine::reads::blocking;
+use driftkv_proto::error_from_status;
+use driftkv_proto::pb::central_client::CentralClient;
+use driftkv_proto::pb::{self, subscribe_reply::Event};
+use tonic::transport::Channel;
+
+use crate::Edge;
+
+/// Longest wait between two snapshot chunks.
+const SNAPSHOT_SILENCE: Duration = Duration::from_secs(60);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Starts following central. The task runs until the runtime shuts down.
+pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = BACKOFF_MIN;
+        let mut was_connected = false;
+        loop {
+            let (address, mut client) = edge.link.streams().await;
+            let outcome = follow(&edge, &mut client).await;
+            let connected = edge.status.borrow().connected;
+            if connected {
+                backoff = BACKOFF_MIN;
+            }
+            match outcome {
+                Ok(()) => continue,
+                // Log a lost connection once, not on every retry.
+                Err(e) if connected || !was_connected => {
+                    tracing::warn!(central = %address, error = %e, "replication stream down; reconnecting")
+                }
+                Err(e) => tracing::debug!(central = %address, error = %e, "reconnect failed"),
+            }
+            was_connected = connected;
+            edge.status.send_modify(|s| s.connected = false);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
+/// One subscription, until it fails. Returns `Ok` after installing a snapshot, to subscribe
+/// again from the snapshot's sequence.
+async fn follow(edge: &Arc<Edge>, client: &mut CentralClient<Channel>) -> Result<(), KvError> {
+    let from = edge.store.applied_sequence()? + 1;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            from_sequence: from,
+            node_id: edge.options.node_id.to_string(),
+        })
+        .await
+        .map_err(|s| error_from_status(&s))?
+        .into_inner();
+    loop {
+        let message = tokio::time::timeout(edge.options.stream_silence, stream.message())
+            .await
+            .map_err(|_| KvError::Unavailable("central went silent".into()))?
+            .map_err(|s| error_from_status(&s))?
+            .ok_or_else(|| KvError::Unavailable("central ended the stream".into()))?;
+        match message.event {
+            Some(Event::Entries(batch)) => apply(edge, batch).await?,
+            Some(Event::Heartbeat(beat)) => {
+                let now_ms = edge.wall.now_ms();
+                edge.status.send_modify(|s| {
+                    s.connected = true;
+                    s.central_durable = beat.durable_sequence;
+                    if s.applied >= beat.durable_sequence {
+                        s.caught_up_at_ms = Some(now_ms);
+                    }
+                });
+                if edge.status.borrow().caught_up_at_ms.is_some() {
+                    edge.bootstrapping.store(false, Ordering::Relaxed);
+                }
+            }
+            Some(Event::SnapshotNeeded(needed)) => {
+                tracing::info!(
+                    from,
+                    oldest_retained = needed.oldest_retained,
+                    "the replica is behind the retained log; installing a snapshot"
+                );
+                return install_snapshot(edge, client).await;
+            }
+            None => return Err(KvError::Internal("central sent an empty event".into())),
+        }
+    }
+}
+
+/// Applies a batch of log entries to the replica.
+async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
+    let entries = batch
+        .entries
+        .into_iter()
+        .map(LogEntry::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(last) = entries.last().map(|e| e.sequence) else {
+        return Ok(());
+    };
+    let entries = Arc::new(entries);
+    let applying = entries.clone();
+    blocking(&edge.store, move |store| {
+        Ok(store.apply_replicated(&applying)?)
+    })
+    .await?;
+    if edge.options.invalidate_on_replication {
+        for entry in entries.iter() {
+            if let Change::Key { namespace, key, .. } = &entry.change {
+                edge.cache.invalidate(*namespace, key);
+            }
+        }
+    }
+    edge.status.send_modify(|s| {
+        s.connected = true;
+        s.applied = s.applied.max(last);
+    });
+    Ok(())
+}
+
+/// Rebuilds the replica from a snapshot: namespaces central no longer has go, everything in
+/// the snapshot is applied last-write-wins, and the applied sequence becomes the snapshot's.
+async fn install_snapshot(
+    edge: &Arc<Edge>,
+    client: &mut CentralClient<Channel>,
+) -> Result<(), KvError> {
+    let mut stream = client
+        .snapshot(pb::SnapshotRequest {
+            node_id: edge.options.node_id.to_string(),
+        })
+        .await
+        .map_err(|s| error_from_status(&s))?
+        .into_inner();
+    let mut first = true;
+    loop {
+        let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.message())
+            .await
+            .map_err(|_| KvError::Unavailable("the snapshot stream went silent".into()))?
+            .map_err(|s| error_from_status(&s))?
+            .ok_or_else(|| KvError::Unavailable("the snapshot ended early".into()))?;
+        if first {
+            first = false;
+            let namespaces = chunk
+                .namespaces
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<Vec<driftkv_core::Namespace>, _>>()?;
+            blocking(&edge.store, move |store| {
+                for local in store.namespaces()? {
+                    if !namespaces.iter().any(|ns| ns.id == local.id) {
+                        store.delete_namespace(local.id)?;
+                    }
+                }
+                for namespace in &namespaces {
+                    store.put_namespace(namespace)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        // Records arrive namespace by namespace; apply each namespace's run as one batch.
+        let mut groups: Vec<(NamespaceId, Vec<(String, Record)>)> = Vec::new();
+        for change in chunk.records {
+            let Change::Key {
+                namespace,
+                key,
+                record,
+            } = Change::try_from(change)?
+            else {
+                unreachable!("a key change converts to Change::Key")
+            };
+            match groups.last_mut() {
+                Some((id, batch)) if *id == namespace => batch.push((key, record)),
+                _ => groups.push((namespace, vec![(key, record)])),
+            }
+        }
+        blocking(&edge.store, move |store| {
+            for (id, batch) in &groups {
+                match store.apply(*id, batch) {
+                    // Deleted since: its deletion follows in the log.
+                    Ok(_) | Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        if chunk.complete {
+            let sequence = chunk.sequence;
+            blocking(&edge.store, move |store| {
+                Ok(store.set_applied_sequence(sequence)?)
+            })
+            .await?;
+            if edge.options.invalidate_on_replication {
+                edge.cache.clear();
+            }
+            edge.status.send_modify(|s| s.applied = sequence);
+            tracing::info!(sequence, "snapshot installed");
+            return Ok(());
+        }
+    }
+}

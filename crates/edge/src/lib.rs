@@ -1,0 +1,350 @@
+//! An edge: serves the Workers KV API from a local replica and a read cache, and forwards
+//! every write to the write region.
+//!
+//! Reads look in the [`ReadCache`] first, then in the replica (or, while a fresh edge has not
+//! caught up for the first time, read through to central). Writes go to central over gRPC;
+//! once central acknowledges them (durable, stamped), the edge applies the same records to its
+//! replica and cache, so a write is visible at once where it was made. Everything else
+//! arrives through [`spawn_follower`], which applies central's replication log.
+
+mod cache;
+mod follower;
+mod link;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use driftkv_core::key::validate_key;
+use driftkv_core::{
+    KvError, KvService, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Record, Write,
+    WriteOutcome, WriteResult,
+};
+use driftkv_engine::reads;
+use driftkv_engine::WallClock;
+use driftkv_proto::{pb, required_version};
+use driftkv_store::Store;
+use tokio::sync::watch;
+
+pub use cache::ReadCache;
+pub use follower::spawn_follower;
+pub use link::{CentralLink, LinkTimeouts};
+
+/// How an edge behaves.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    /// This node's id, reported to central when subscribing.
+    pub node_id: u64,
+    /// Upper bound of the read cache, in bytes of keys and values.
+    pub cache_max_bytes: u64,
+    /// Smallest `cache_ttl` a read may ask for (Workers KV: 60 s). Lower it only for tests
+    /// and experiments.
+    pub min_cache_ttl: Duration,
+    /// TTL of reads that do not ask for one, and of the entries a local write leaves.
+    pub default_cache_ttl: Duration,
+    /// Drop a key's cached result when replication brings a change to it, instead of serving
+    /// it until its TTL runs out. Off by default, as in Workers KV.
+    pub invalidate_on_replication: bool,
+    /// Timeouts towards central.
+    pub timeouts: LinkTimeouts,
+    /// How long the replication stream may stay silent before the edge reconnects.
+    pub stream_silence: Duration,
+}
+
+/// How far this edge's replica has come.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    /// Highest log sequence applied to the replica.
+    pub applied: u64,
+    /// Highest durable sequence central last reported.
+    pub central_durable: u64,
+    /// When (unix ms) the replica last had everything central had made durable.
+    pub caught_up_at_ms: Option<u64>,
+    /// Whether the replication stream is up.
+    pub connected: bool,
+}
+
+impl ReplicationStatus {
+    /// Entries central has made durable that this replica has not applied, as last heard.
+    pub fn lag_entries(&self) -> u64 {
+        self.central_durable.saturating_sub(self.applied)
+    }
+}
+
+/// An edge node's KV service.
+pub struct Edge {
+    store: Arc<dyn Store>,
+    wall: Arc<dyn WallClock>,
+    cache: ReadCache,
+    link: CentralLink,
+    options: EdgeOptions,
+    status: watch::Sender<ReplicationStatus>,
+    /// True until the replica has caught up with central once, if it started empty: until
+    /// then, reads go through to central.
+    bootstrapping: AtomicBool,
+}
+
+impl Edge {
+    /// An edge over its replica `store`. Point its link at central with
+    /// [`CentralLink::set_address`] and start [`spawn_follower`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        wall: Arc<dyn WallClock>,
+        options: EdgeOptions,
+    ) -> Result<Arc<Self>, KvError> {
+        let applied = store.applied_sequence()?;
+        Ok(Arc::new(Edge {
+            cache: ReadCache::new(options.cache_max_bytes),
+            link: CentralLink::new(options.timeouts),
+            status: watch::Sender::new(ReplicationStatus {
+                applied,
+                ..Default::default()
+            }),
+            bootstrapping: AtomicBool::new(applied == 0),
+            store,
+            wall,
+            options,
+        }))
+    }
+
+    /// The connection to central.
+    pub fn link(&self) -> &CentralLink {
+        &self.link
+    }
+
+    /// The replica.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Follows the replication status.
+    pub fn status(&self) -> watch::Receiver<ReplicationStatus> {
+        self.status.subscribe()
+    }
+
+    /// Waits until the replica has caught up with central once since the edge started, or
+    /// `timeout` has passed; returns whether it caught up.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let mut status = self.status.subscribe();
+        tokio::time::timeout(timeout, status.wait_for(|s| s.caught_up_at_ms.is_some()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn cache_ttl(&self, requested: Option<u64>) -> Result<Duration, KvError> {
+        let Some(seconds) = requested else {
+            return Ok(self.options.default_cache_ttl);
+        };
+        let ttl = Duration::from_secs(seconds);
+        if ttl < self.options.min_cache_ttl {
+            return Err(KvError::InvalidParameter(format!(
+                "cache_ttl must be at least {} seconds, got {seconds}",
+                self.options.min_cache_ttl.as_secs()
+            )));
+        }
+        Ok(ttl)
+    }
+
+    /// Reads a key from central: the replica has not caught up once yet.
+    async fn read_through(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        key: &str,
+    ) -> Result<Option<LiveValue>, KvError> {
+        let request = pb::GetRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+            key: key.into(),
+        };
+        let reply = self
+            .link
+            .call(0, |mut central| async move { central.get(request).await })
+            .await?;
+        Ok(reply.live.map(Into::into))
+    }
+
+    /// Applies a namespace central has acknowledged to the replica at once.
+    fn adopt_namespace(&self, reply: pb::NamespaceReply) -> Result<Namespace, KvError> {
+        let namespace: Namespace = reply
+            .namespace
+            .ok_or_else(|| KvError::Internal("central answered without the namespace".into()))?
+            .try_into()?;
+        self.store.put_namespace(&namespace)?;
+        Ok(namespace)
+    }
+}
+
+#[async_trait]
+impl KvService for Edge {
+    async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
+        let request = pb::CreateNamespaceRequest {
+            account_id: account_id.into(),
+            title: title.into(),
+        };
+        let reply = self
+            .link
+            .call(0, |mut central| async move {
+                central.create_namespace(request).await
+            })
+            .await?;
+        self.adopt_namespace(reply)
+    }
+
+    async fn list_namespaces(&self, account_id: &str) -> Result<Vec<Namespace>, KvError> {
+        reads::namespaces(self.store.as_ref(), account_id)
+    }
+
+    async fn namespace(&self, account_id: &str, id: NamespaceId) -> Result<Namespace, KvError> {
+        reads::owned(self.store.as_ref(), account_id, id).map(|ns| Namespace::clone(&ns))
+    }
+
+    async fn rename_namespace(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        title: &str,
+    ) -> Result<Namespace, KvError> {
+        let request = pb::RenameNamespaceRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+            title: title.into(),
+        };
+        let reply = self
+            .link
+            .call(0, |mut central| async move {
+                central.rename_namespace(request).await
+            })
+            .await?;
+        self.adopt_namespace(reply)
+    }
+
+    async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
+        let request = pb::DeleteNamespaceRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+        };
+        self.link
+            .call(0, |mut central| async move {
+                central.delete_namespace(request).await
+            })
+            .await?;
+        reads::blocking(&self.store, move |store| Ok(store.delete_namespace(id)?)).await?;
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        writes: Vec<Write>,
+    ) -> Result<WriteOutcome, KvError> {
+        // Refuse what central would refuse without a round trip.
+        let now_ms = self.wall.now_ms();
+        for write in &writes {
+            write.validate(now_ms)?;
+        }
+        let request = pb::WriteRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+            // Values are reference-counted `Bytes`: cloning them copies no data.
+            writes: writes.iter().cloned().map(Into::into).collect(),
+        };
+        let payload: usize = writes.iter().map(Write::payload_bytes).sum();
+        let reply = self
+            .link
+            .call(payload, |mut central| async move {
+                central.write(request).await
+            })
+            .await?;
+        if reply.results.len() != writes.len() {
+            return Err(KvError::Internal(format!(
+                "central answered {} results for {} writes",
+                reply.results.len(),
+                writes.len()
+            )));
+        }
+        let results = reply
+            .results
+            .into_iter()
+            .map(|r| {
+                Ok(if r.applied {
+                    WriteResult::Applied {
+                        sequence: r.sequence,
+                        version: required_version(r.version)?,
+                    }
+                } else {
+                    WriteResult::RateLimited
+                })
+            })
+            .collect::<Result<Vec<_>, KvError>>()?;
+        let keys = writes.iter().map(|w| w.key.clone()).collect();
+        let records: Vec<(String, Record)> = writes
+            .into_iter()
+            .zip(&results)
+            .filter_map(|(write, result)| match result {
+                WriteResult::Applied { version, .. } => {
+                    Some((write.key.clone(), write.into_record(*version)))
+                }
+                WriteResult::RateLimited => None,
+            })
+            .collect();
+        // The write is durable at central; applying it here is what makes it visible at once.
+        // Should that fail, replication still brings it.
+        let applied = records.clone();
+        match reads::blocking(&self.store, move |store| Ok(store.apply(id, &applied)?)).await {
+            Ok(_) => {}
+            // Created at another edge and not replicated here yet: replication brings both.
+            Err(KvError::NamespaceNotFound) => {}
+            Err(e) => tracing::warn!(error = %e, "applying an acknowledged write locally failed"),
+        }
+        for (key, record) in records {
+            self.cache
+                .put(id, key, record.live, self.options.default_cache_ttl);
+        }
+        Ok(WriteOutcome::from_results(keys, &results))
+    }
+
+    async fn get(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        key: &str,
+        cache_ttl: Option<u64>,
+    ) -> Result<Option<LiveValue>, KvError> {
+        let ttl = self.cache_ttl(cache_ttl)?;
+        let bootstrapping = self.bootstrapping.load(Ordering::Relaxed);
+        if !bootstrapping {
+            reads::owned(self.store.as_ref(), account_id, id)?;
+        }
+        validate_key(key)?;
+        let now_ms = self.wall.now_ms();
+        let live_now = |value: &Option<LiveValue>| value.clone().filter(|v| !v.is_expired(now_ms));
+        if let Some(hit) = self.cache.get(id, key) {
+            return Ok(live_now(&hit.value));
+        }
+        let value = if bootstrapping {
+            match self.read_through(account_id, id, key).await {
+                Ok(value) => value,
+                // Central is out of reach: the replica is the best there is.
+                Err(KvError::Unavailable(_)) => {
+                    reads::get(self.store.as_ref(), account_id, id, key, now_ms)?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            reads::get(self.store.as_ref(), account_id, id, key, now_ms)?
+        };
+        Ok(live_now(&self.cache.fill(id, key, value, ttl).value))
+    }
+
+    async fn list(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        request: ListRequest,
+    ) -> Result<ListPage, KvError> {
+        reads::list(&self.store, account_id, id, request, self.wall.now_ms()).await
+    }
+}
