@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::{
     assert_error, assert_ok, client, create_namespace, encode_key, fetch_bytes, namespace_url,
-    send_err, send_ok, DevServer, ACCOUNT,
+    send_err, send_ok, Server, ACCOUNT,
 };
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn namespaces_lifecycle() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let id = create_namespace(&c, &server, "alpha").await;
     assert_eq!(id.len(), 32);
@@ -102,7 +102,7 @@ async fn namespaces_lifecycle() {
 
 #[tokio::test]
 async fn values_round_trip_binary_and_odd_keys() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let ns = namespace_url(&c, &server, "values").await;
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
@@ -165,7 +165,7 @@ async fn values_round_trip_binary_and_odd_keys() {
 
 #[tokio::test]
 async fn multipart_writes_metadata_and_expiration() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let ns = namespace_url(&c, &server, "multipart").await;
     // The Python SDK's shape: the value as a file part, metadata as a JSON part.
@@ -271,7 +271,7 @@ async fn multipart_writes_metadata_and_expiration() {
 
 #[tokio::test]
 async fn listing_pages_with_opaque_cursors() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let ns = namespace_url(&c, &server, "listing").await;
     let items: Vec<Value> = (0..2500)
@@ -335,7 +335,7 @@ async fn listing_pages_with_opaque_cursors() {
 
 #[tokio::test]
 async fn bulk_write_delete_and_get() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let ns = namespace_url(&c, &server, "bulk").await;
 
@@ -500,7 +500,7 @@ async fn bulk_write_delete_and_get() {
 
 #[tokio::test]
 async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let id = create_namespace(&c, &server, "bad").await;
     let ns = format!("{}/{id}", server.api());
@@ -661,7 +661,7 @@ async fn raw_request(addr: &str, head: &str, body: &[u8]) -> (String, String) {
 
 #[tokio::test]
 async fn dot_keys_and_oversized_declared_bodies() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let id = create_namespace(&c, &server, "raw").await;
     let path = format!("/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces/{id}");
@@ -716,7 +716,7 @@ async fn dot_keys_and_oversized_declared_bodies() {
 #[tokio::test]
 async fn tokens_are_required_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = DevServer::start_in(
+    let server = Server::start_in(
         tmp.path(),
         &[("DRIFTKV_API_TOKENS", "first-token,second-token")],
     )
@@ -744,7 +744,7 @@ async fn tokens_are_required_when_configured() {
 #[tokio::test]
 async fn a_public_bind_without_tokens_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = DevServer::start_with_args(tmp.path(), "0.0.0.0:0", &[])
+    let err = Server::start_with_args(tmp.path(), "0.0.0.0:0", &[])
         .err()
         .expect("must not start");
     assert!(err.contains("without API tokens"), "{err}");

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, create_namespace, fetch_bytes, send_ok, DevServer};
+use common::{client, create_namespace, fetch_bytes, send_ok, Server};
 
 #[tokio::test]
 async fn data_survives_a_graceful_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let c = client();
-    let server = DevServer::start_in(tmp.path(), &[]).unwrap();
+    let server = Server::start_in(tmp.path(), &[]).unwrap();
     let id = create_namespace(&c, &server, "persistent").await;
     let ns = format!("{}/{id}", server.api());
     send_ok(
@@ -28,7 +28,7 @@ async fn data_survives_a_graceful_restart() {
     send_ok(c.delete(format!("{ns}/values/gone"))).await;
     server.stop();
 
-    let server = DevServer::start_in(tmp.path(), &[]).unwrap();
+    let server = Server::start_in(tmp.path(), &[]).unwrap();
     let ns = format!("{}/{id}", server.api());
     assert_eq!(
         send_ok(c.get(format!("{}/{id}", server.api()))).await["result"]["title"],
@@ -62,7 +62,7 @@ async fn data_survives_a_graceful_restart() {
 async fn acknowledged_writes_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let c = client();
-    let mut server = DevServer::start_in(tmp.path(), &[]).unwrap();
+    let mut server = Server::start_in(tmp.path(), &[]).unwrap();
     let id = create_namespace(&c, &server, "crash").await;
     let ns = format!("{}/{id}", server.api());
 
@@ -105,7 +105,7 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let server = DevServer::start_in(tmp.path(), &[]).unwrap();
+    let server = Server::start_in(tmp.path(), &[]).unwrap();
     let ns = format!("{}/{id}", server.api());
     let mut missing = Vec::new();
     for (key, value) in &acked {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{client, namespace_url, send_ok, DevServer};
+use common::{client, namespace_url, send_ok, Server};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -16,7 +16,7 @@ fn now_ms() -> u64 {
 
 #[tokio::test]
 async fn expiration_is_exact_at_read_time() {
-    let server = DevServer::start();
+    let server = Server::start();
     let c = client();
     let ns = namespace_url(&c, &server, "expiry").await;
     let expiration = now_ms() / 1000 + 61;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, create_namespace, fetch_bytes, send_ok, DevServer, ACCOUNT};
+use common::{client, create_namespace, fetch_bytes, send_ok, Server, ACCOUNT};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
@@ -114,7 +114,7 @@ fn input(namespace: String) -> impl Strategy<Value = Input> {
 #[test]
 fn random_requests_never_break_the_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = DevServer::start();
+    let server = Server::start();
     let client = client();
     // The fuzzer aims at one namespace (and may well delete it); the sentinel lives in another.
     let (namespace, kept) = runtime.block_on(async {

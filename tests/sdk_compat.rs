@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::DevServer;
+use common::Server;
 
 #[test]
 fn the_official_cloudflare_python_sdk_works_unchanged() {
@@ -24,7 +24,7 @@ fn the_official_cloudflare_python_sdk_works_unchanged() {
         eprintln!("skipped: the Cloudflare Python SDK is not installed (pip install cloudflare)");
         return;
     }
-    let server = DevServer::start();
+    let server = Server::start();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/compat/cloudflare_sdk.py"

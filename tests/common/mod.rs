@@ -18,16 +18,16 @@ const LOG_TAIL_LINES: usize = 200;
 /// The account id the tests use.
 pub const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
 
-/// A running `driftkv dev` process.
-pub struct DevServer {
+/// A running `driftkv` process: `dev`, `central` or `edge`.
+pub struct Server {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`: the HTTP API, or central's gRPC endpoint.
     pub base: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
-impl DevServer {
+impl Server {
     /// Starts a server on a fresh data directory.
     pub fn start() -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -42,21 +42,35 @@ impl DevServer {
         Self::start_with_args(data_dir, "127.0.0.1:0", env)
     }
 
-    /// Starts a server listening on `listen`.
+    /// Starts a dev server listening on `listen`.
     pub fn start_with_args(
         data_dir: &Path,
         listen: &str,
         env: &[(&str, &str)],
     ) -> Result<Self, String> {
+        let args = ["dev", "--listen", listen, "--data-dir"].map(String::from);
+        let mut args = args.to_vec();
+        args.push(data_dir.display().to_string());
+        Self::launch(&args, data_dir, env, "driftkv dev listening on ")
+    }
+
+    /// Runs `driftkv ARGS` and waits for the line starting with `ready` that announces its
+    /// URL; returns the error output if the process exits instead.
+    pub fn launch(
+        args: &[String],
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        ready: &'static str,
+    ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_driftkv"));
         command
-            .args(["dev", "--listen", listen, "--data-dir"])
-            .arg(data_dir)
+            .args(args)
             .env_remove("DRIFTKV_API_TOKENS")
             // The API tests rewrite keys faster than Workers KV's one write per second per
             // key; the rate limit has tests of its own that turn it back on.
             .env("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "0")
             .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -69,7 +83,7 @@ impl DevServer {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("driftkv dev listening on ") {
+                if let Some(url) = line.strip_prefix(ready) {
                     let _ = tx.send(url.to_owned());
                 }
             }
@@ -89,7 +103,7 @@ impl DevServer {
             })
         };
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Ok(DevServer {
+            Ok(base) => Ok(Server {
                 child,
                 base,
                 data_dir: data_dir.to_owned(),
@@ -126,10 +140,7 @@ impl DevServer {
             .expect("kill");
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
-        assert!(
-            exit.success(),
-            "driftkv dev exited with {exit} after SIGTERM"
-        );
+        assert!(exit.success(), "driftkv exited with {exit} after SIGTERM");
     }
 
     /// Kills the server with SIGKILL, as a crash would.
@@ -139,7 +150,7 @@ impl DevServer {
     }
 }
 
-impl Drop for DevServer {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -197,7 +208,7 @@ pub async fn assert_ok(response: reqwest::Response) -> Value {
 }
 
 /// Creates a namespace and returns its id.
-pub async fn create_namespace(client: &reqwest::Client, server: &DevServer, title: &str) -> String {
+pub async fn create_namespace(client: &reqwest::Client, server: &Server, title: &str) -> String {
     let body = assert_ok(
         client
             .post(server.api())
@@ -211,7 +222,7 @@ pub async fn create_namespace(client: &reqwest::Client, server: &DevServer, titl
 }
 
 /// Creates a namespace and returns its URL (`.../namespaces/{id}`).
-pub async fn namespace_url(client: &reqwest::Client, server: &DevServer, title: &str) -> String {
+pub async fn namespace_url(client: &reqwest::Client, server: &Server, title: &str) -> String {
     format!(
         "{}/{}",
         server.api(),
