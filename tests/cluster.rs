@@ -43,6 +43,7 @@ struct Cluster {
     dir: tempfile::TempDir,
     central: Server,
     central_url: String,
+    central_gossip: SocketAddr,
     edges: Vec<Server>,
     /// Extra settings of every edge.
     edge_env: Vec<(String, String)>,
@@ -58,20 +59,29 @@ const EDGE_ENV: [(&str, &str); 5] = [
     ("DRIFTKV_CENTRAL__CONNECT_TIMEOUT_MS", "500"),
 ];
 
-fn start_central(dir: &Path, listen: &str) -> Server {
-    let args = ["central", "--data-dir"].map(String::from).to_vec();
-    let mut args = args;
+fn start_central(dir: &Path, listen: &str, gossip: SocketAddr) -> Server {
+    let mut args = ["central", "--data-dir"].map(String::from).to_vec();
     args.push(dir.join("central").display().to_string());
+    let gossip = gossip.to_string();
     Server::launch(
         &args,
         dir,
         &[
             ("DRIFTKV_GRPC__LISTEN", listen),
+            ("DRIFTKV_GOSSIP__LISTEN", &gossip),
+            ("DRIFTKV_GOSSIP__INTERVAL_MS", "100"),
             ("DRIFTKV_REPLICATION__HEARTBEAT_MS", "100"),
         ],
         "driftkv central listening on ",
     )
     .expect("central starts")
+}
+
+/// A free UDP port on loopback (central's gossip address must be known to its edges' seeds).
+fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
 }
 
 impl Cluster {
@@ -81,12 +91,14 @@ impl Cluster {
 
     async fn start_with(edges: usize, edge_env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let central = start_central(dir.path(), "127.0.0.1:0");
+        let central_gossip = free_udp_port();
+        let central = start_central(dir.path(), "127.0.0.1:0", central_gossip);
         let central_url = central.base.clone();
         let mut cluster = Cluster {
             dir,
             central,
             central_url,
+            central_gossip,
             edges: Vec::new(),
             edge_env: edge_env
                 .iter()
@@ -104,7 +116,8 @@ impl Cluster {
         self.dir.path().join(format!("edge-{index}"))
     }
 
-    /// Starts edge `index` (node id 2 + index) pointed at `central`.
+    /// Starts edge `index` (node id 2 + index) pointed at `central`, or, when `central` is
+    /// empty, left to find it through gossip.
     fn start_edge(&self, index: usize, central: &str) -> Server {
         let dir = self.edge_dir(index);
         let args: Vec<String> = vec![
@@ -115,9 +128,13 @@ impl Cluster {
             dir.display().to_string(),
         ];
         let node_id = (2 + index).to_string();
+        let seeds = format!("[\"{}\"]", self.central_gossip);
         let mut env: Vec<(&str, &str)> = EDGE_ENV.to_vec();
         env.push(("DRIFTKV_NODE_ID", &node_id));
         env.push(("DRIFTKV_CENTRAL__ADDRESS", central));
+        env.push(("DRIFTKV_GOSSIP__LISTEN", "127.0.0.1:0"));
+        env.push(("DRIFTKV_GOSSIP__SEEDS", &seeds));
+        env.push(("DRIFTKV_GOSSIP__INTERVAL_MS", "100"));
         env.extend(self.edge_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         Server::launch(&args, &dir, &env, "driftkv edge listening on ").expect("edge starts")
     }
@@ -126,7 +143,7 @@ impl Cluster {
     fn crash_and_restart_central(&mut self) {
         self.central.kill9();
         let addr = self.central_url.trim_start_matches("http://").to_owned();
-        self.central = start_central(self.dir.path(), &addr);
+        self.central = start_central(self.dir.path(), &addr, self.central_gossip);
     }
 }
 
@@ -682,4 +699,83 @@ async fn the_per_key_write_limit_answers_429() {
     )
     .await;
     assert_eq!(common::fetch_bytes(http.get(&url)).await, "4");
+}
+
+async fn cluster_view(http: &reqwest::Client, edge: &Server) -> Value {
+    http.get(format!("{}/cluster", edge.base))
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("/cluster is JSON")
+}
+
+fn member<'a>(view: &'a Value, node_id: &str) -> Option<&'a Value> {
+    view["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node_id"] == node_id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_find_central_through_gossip_and_cluster_shows_lag() {
+    let mut cluster = Cluster::start(1).await;
+    let http = client();
+    // Edge 1 is given only the gossip seeds, no central address.
+    let discovering = cluster.start_edge(1, "");
+    cluster.edges.push(discovering);
+    let ns = namespace(&http, &cluster, 0, "gossip").await;
+    wait_for(
+        Duration::from_secs(10),
+        "the seeded edge to find central and take writes",
+        || async {
+            (put(&http, &cluster.edges[1], &ns, "via-gossip", "1")
+                .await
+                .0
+                == 200)
+                .then_some(())
+        },
+    )
+    .await;
+    // Every member, with its role, and both edges caught up.
+    wait_for(
+        Duration::from_secs(10),
+        "/cluster to show everyone caught up",
+        || async {
+            let view = cluster_view(&http, &cluster.edges[0]).await;
+            let central = member(&view, "1")?;
+            let edges = [member(&view, "2")?, member(&view, "3")?];
+            (central["role"] == "central"
+                && central["live"] == true
+                && central["grpc"] == cluster.central_url
+                && edges.iter().all(|e| {
+                    e["role"] == "edge"
+                        && e["live"] == true
+                        && e["lag_entries"] == 0
+                        && e["lag_ms"] == 0
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+    // An edge that dies shows as dead, and falls behind as writes go on.
+    let mut dead = cluster.edges.remove(1);
+    dead.kill9();
+    for i in 0..5 {
+        put(&http, &cluster.edges[0], &ns, &format!("after-{i}"), "x").await;
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "/cluster to show the dead edge lagging",
+        || async {
+            let view = cluster_view(&http, &cluster.edges[0]).await;
+            let edge = member(&view, "3")?;
+            (edge["live"] == false
+                && edge["lag_entries"].as_u64()? >= 5
+                && edge["lag_ms"].as_u64()? > 0)
+                .then_some(())
+        },
+    )
+    .await;
 }

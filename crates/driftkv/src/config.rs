@@ -25,6 +25,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address (edges and dev): the REST API, `/healthz`, `/cluster`.
     pub listen: SocketAddr,
+    /// Host name or IP other nodes reach this node at, used in the addresses it gossips.
+    /// Empty: the listen IP (127.0.0.1 when listening on all interfaces).
+    pub advertise_host: String,
     /// API tokens accepted as `Authorization: Bearer <token>` (`DRIFTKV_API_TOKENS`, comma
     /// separated). Required when `listen` is not a loopback address.
     pub api_tokens: Vec<String>,
@@ -32,6 +35,7 @@ pub struct Config {
     pub sweep_interval_ms: u64,
     pub grpc: GrpcConfig,
     pub central: CentralConfig,
+    pub gossip: GossipConfig,
     pub cache: CacheConfig,
     pub replication: ReplicationConfig,
     pub rate_limit: RateLimitConfig,
@@ -43,6 +47,22 @@ pub struct Config {
 pub struct GrpcConfig {
     /// Where central listens for edges.
     pub listen: SocketAddr,
+}
+
+/// Membership gossip (chitchat, UDP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipConfig {
+    /// UDP address gossip listens on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `host:port` of nodes to contact first; names are resolved (and re-resolved).
+    pub seeds: Vec<String>,
+    /// Nodes only gossip with nodes of the same cluster id.
+    pub cluster_id: String,
+    /// Time between gossip rounds, in milliseconds.
+    pub interval_ms: u64,
+    /// How long a dead node stays listed in /cluster, in seconds.
+    pub dead_node_grace_secs: u64,
 }
 
 /// How an edge reaches central.
@@ -101,6 +121,7 @@ impl Default for Config {
             region: "local".into(),
             data_dir: PathBuf::from(".driftkv"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            advertise_host: String::new(),
             api_tokens: Vec::new(),
             sweep_interval_ms: 1000,
             grpc: GrpcConfig {
@@ -110,6 +131,13 @@ impl Default for Config {
                 address: String::new(),
                 request_timeout_ms: 2000,
                 connect_timeout_ms: 1000,
+            },
+            gossip: GossipConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+                seeds: Vec::new(),
+                cluster_id: "driftkv".into(),
+                interval_ms: 500,
+                dead_node_grace_secs: 3600,
             },
             cache: CacheConfig {
                 max_bytes: 256 * 1024 * 1024,
@@ -132,9 +160,11 @@ impl Default for Config {
 /// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
 /// variables (the log format, client settings, test switches) belong to other parts and must
 /// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 12] = [
     "node_id",
     "region",
+    "advertise_host",
+    "gossip",
     "data_dir",
     "listen",
     "sweep_interval_ms",
@@ -209,6 +239,7 @@ impl Config {
         );
         for (name, ms) in [
             ("replication.heartbeat_ms", self.replication.heartbeat_ms),
+            ("gossip.interval_ms", self.gossip.interval_ms),
             (
                 "replication.stream_silence_ms",
                 self.replication.stream_silence_ms,

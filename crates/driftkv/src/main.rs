@@ -1,6 +1,7 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
 mod config;
+mod membership;
 mod node;
 mod run;
 

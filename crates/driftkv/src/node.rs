@@ -18,6 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::membership::{self, Role};
+use driftkv_gossip::{keys, Gossip};
 
 /// How often central trims its replication log to the retention.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
@@ -74,21 +76,41 @@ fn node_id(id: u64) -> anyhow::Result<NonZeroU64> {
     NonZeroU64::new(id).context("node_id must not be 0")
 }
 
+/// Where a node gossips and whom it contacts first.
+pub struct GossipPlace {
+    pub listen: SocketAddr,
+    pub seeds: Vec<String>,
+}
+
+impl GossipPlace {
+    /// The configured gossip address and seeds.
+    pub fn configured(config: &Config) -> Self {
+        GossipPlace {
+            listen: config.gossip.listen,
+            seeds: config.gossip.seeds.clone(),
+        }
+    }
+}
+
 /// A running write region.
 pub struct CentralNode {
     /// Where its gRPC service listens.
     pub grpc_addr: SocketAddr,
+    /// Its membership.
+    pub gossip: Arc<Gossip>,
     store: Arc<dyn Store>,
     server: JoinHandle<anyhow::Result<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl CentralNode {
-    /// Opens the store in `data_dir` and serves gRPC on `listen` until `shutdown`.
+    /// Opens the store in `data_dir`, serves gRPC on `listen` and joins gossip, until
+    /// `shutdown`.
     pub async fn start(
         config: &Config,
         data_dir: &Path,
         listen: SocketAddr,
+        place: GossipPlace,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let store = open_store(data_dir)?;
@@ -99,6 +121,19 @@ impl CentralNode {
             wall.clone(),
             RateLimiter::per_second(config.rate_limit.writes_per_key_per_second),
         )?);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
+        let grpc_addr = listener.local_addr()?;
+        let gossip = membership::join(
+            config,
+            config.node_id,
+            Role::Central,
+            place.listen,
+            place.seeds,
+            (keys::GRPC, membership::advertised(config, grpc_addr)),
+        )
+        .await?;
         let background = vec![
             spawn_sweeper(
                 &store,
@@ -106,11 +141,12 @@ impl CentralNode {
                 Duration::from_millis(config.sweep_interval_ms),
             ),
             spawn_log_trimmer(&store, config.replication.log_retention_entries, TRIM_EVERY),
+            membership::publish_central(
+                gossip.clone(),
+                engine.durable_sequence(),
+                Duration::from_millis(config.gossip.interval_ms),
+            ),
         ];
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
-        let grpc_addr = listener.local_addr()?;
         let service = CentralService::new(
             engine,
             CentralOptions {
@@ -125,6 +161,7 @@ impl CentralNode {
         tracing::info!(%grpc_addr, data_dir = %data_dir.display(), "central started");
         Ok(CentralNode {
             grpc_addr,
+            gossip,
             store,
             server,
             background,
@@ -137,6 +174,7 @@ impl CentralNode {
         for task in self.background {
             task.abort();
         }
+        self.gossip.shutdown().await;
         self.store.sync().await.context("final flush failed")?;
         tracing::info!("central stopped");
         served
@@ -149,19 +187,21 @@ pub struct EdgeNode {
     pub http_addr: SocketAddr,
     /// The edge's service.
     pub edge: Arc<Edge>,
+    gossip: Arc<Gossip>,
     server: JoinHandle<anyhow::Result<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl EdgeNode {
-    /// Opens the replica in `data_dir`, follows central at `central` (if known; else it is
-    /// learned later), and serves HTTP on `listen` until `shutdown`.
+    /// Opens the replica in `data_dir`, follows central at `central` (when empty, the central
+    /// gossip finds), serves HTTP on `listen` and joins gossip, until `shutdown`.
     pub async fn start(
         config: &Config,
         node_id: u64,
         data_dir: &Path,
         listen: SocketAddr,
         central: &str,
+        place: GossipPlace,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let auth = auth(config, listen)?;
@@ -183,6 +223,19 @@ impl EdgeNode {
         if !central.is_empty() {
             edge.link().set_address(central)?;
         }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let http_addr = listener.local_addr()?;
+        let gossip = membership::join(
+            config,
+            node_id,
+            Role::Edge,
+            place.listen,
+            place.seeds,
+            (keys::HTTP, membership::advertised(config, http_addr)),
+        )
+        .await?;
         let background = vec![
             spawn_follower(edge.clone()),
             spawn_sweeper(
@@ -190,12 +243,14 @@ impl EdgeNode {
                 wall,
                 Duration::from_millis(config.sweep_interval_ms),
             ),
+            membership::publish_edge(
+                gossip.clone(),
+                edge.clone(),
+                central.is_empty(),
+                Duration::from_millis(config.gossip.interval_ms),
+            ),
         ];
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let http_addr = listener.local_addr()?;
-        let router = driftkv_http::router(edge.clone(), auth);
+        let router = driftkv_http::router(edge.clone(), auth, membership::routes(gossip.clone()));
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.wait())
@@ -206,6 +261,7 @@ impl EdgeNode {
         Ok(EdgeNode {
             http_addr,
             edge,
+            gossip,
             server,
             background,
         })
@@ -217,6 +273,7 @@ impl EdgeNode {
         for task in self.background {
             task.abort();
         }
+        self.gossip.shutdown().await;
         self.edge
             .store()
             .sync()

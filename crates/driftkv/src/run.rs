@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::node::{announce, auth, shutdown, signal, CentralNode, EdgeNode};
+use crate::node::{announce, auth, shutdown, signal, CentralNode, EdgeNode, GossipPlace};
 
 /// How long `dev` waits for its edges to catch up with central before announcing itself, so
 /// that a restarted dev server serves everything it acknowledged before.
@@ -26,14 +26,20 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
     auth(&config, config.listen)?;
     let (trigger, stop) = shutdown();
-    let central_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Everything on loopback, on free ports: only the edges' HTTP ports are the user's.
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let central = CentralNode::start(
         &config,
         &config.data_dir.join("central"),
-        central_listen,
+        any_port,
+        GossipPlace {
+            listen: any_port,
+            seeds: Vec::new(),
+        },
         stop.clone(),
     )
     .await?;
+    let seeds = vec![central.gossip.addr().to_string()];
     let central_url = format!("http://{}", central.grpc_addr);
     let mut nodes = Vec::with_capacity(edges);
     for index in 0..edges {
@@ -43,6 +49,10 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
             &config.data_dir.join(format!("edge-{index}")),
             edge_listen(config.listen, index)?,
             &central_url,
+            GossipPlace {
+                listen: any_port,
+                seeds: seeds.clone(),
+            },
             stop.clone(),
         )
         .await?;
@@ -84,7 +94,14 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
 /// Runs a write region until SIGINT or SIGTERM.
 pub async fn run_central(config: Config) -> anyhow::Result<()> {
     let (trigger, stop) = shutdown();
-    let central = CentralNode::start(&config, &config.data_dir, config.grpc.listen, stop).await?;
+    let central = CentralNode::start(
+        &config,
+        &config.data_dir,
+        config.grpc.listen,
+        GossipPlace::configured(&config),
+        stop,
+    )
+    .await?;
     announce(&format!(
         "driftkv central listening on http://{}",
         central.grpc_addr
@@ -103,6 +120,7 @@ pub async fn run_edge(config: Config) -> anyhow::Result<()> {
         &config.data_dir,
         config.listen,
         &config.central.address,
+        GossipPlace::configured(&config),
         stop,
     )
     .await?;

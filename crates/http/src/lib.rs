@@ -34,8 +34,9 @@ type Service = Arc<dyn KvService>;
 /// The prefix of every KV route.
 pub const NAMESPACES_ROUTE: &str = "/client/v4/accounts/{account_id}/storage/kv/namespaces";
 
-/// The full router: the KV API (behind `auth`) and `/healthz`.
-pub fn router(service: Arc<dyn KvService>, auth: Auth) -> Router {
+/// The full router: the KV API and the node's `extra` routes (both behind `auth`), and
+/// `/healthz`.
+pub fn router(service: Arc<dyn KvService>, auth: Auth, extra: Router) -> Router {
     let ns = NAMESPACES_ROUTE;
     let one = format!("{ns}/{{namespace_id}}");
     let api = Router::new()
@@ -65,13 +66,13 @@ pub fn router(service: Arc<dyn KvService>, auth: Auth) -> Router {
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
+    let api = api.with_state(service).merge(extra);
     // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
     let api = if auth.required() {
         api.route_layer(middleware::from_fn_with_state(auth, auth::require))
     } else {
         api
-    }
-    .with_state(service);
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)

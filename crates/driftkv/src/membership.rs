@@ -1,0 +1,256 @@
+//! Gossip wiring: what each role publishes, how an edge finds central, and `GET /cluster`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use driftkv_core::time::unix_now_ms;
+use driftkv_edge::Edge;
+use driftkv_gossip::{keys, Gossip, GossipConfig, Member};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// The role a node plays, as gossiped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Central,
+    Edge,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Central => "central",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+/// `http://host:port` other nodes reach `addr` at.
+pub fn advertised(config: &Config, addr: SocketAddr) -> String {
+    let host = if !config.advertise_host.is_empty() {
+        config.advertise_host.clone()
+    } else if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// Joins gossip as `node_id` playing `role`, publishing the address of its service.
+pub async fn join(
+    config: &Config,
+    node_id: u64,
+    role: Role,
+    listen: SocketAddr,
+    seeds: Vec<String>,
+    service: (&str, String),
+) -> anyhow::Result<Arc<Gossip>> {
+    let gossip = Gossip::start(
+        GossipConfig {
+            node_id: node_id.to_string(),
+            cluster_id: config.gossip.cluster_id.clone(),
+            listen,
+            advertise: None,
+            seeds,
+            interval: Duration::from_millis(config.gossip.interval_ms),
+            dead_node_grace_period: Duration::from_secs(config.gossip.dead_node_grace_secs),
+        },
+        vec![
+            (keys::ROLE.into(), role.as_str().into()),
+            (keys::REGION.into(), config.region.clone()),
+            (keys::VERSION.into(), env!("CARGO_PKG_VERSION").into()),
+            (service.0.into(), service.1),
+        ],
+    )
+    .await
+    .context("cannot join gossip")?;
+    Ok(Arc::new(gossip))
+}
+
+/// Publishes central's durable sequence as it moves, at most once per `every`.
+pub fn publish_central(
+    gossip: Arc<Gossip>,
+    mut durable: watch::Receiver<u64>,
+    every: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let sequence = *durable.borrow_and_update();
+            gossip.set(keys::DURABLE_SEQUENCE, sequence).await;
+            tokio::time::sleep(every).await;
+            if durable.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Every `every`: publishes the edge's replication progress and, when `discover` is set,
+/// points the edge at the live central gossip knows of.
+pub fn publish_edge(
+    gossip: Arc<Gossip>,
+    edge: Arc<Edge>,
+    discover: bool,
+    every: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            let status = edge.status().borrow().clone();
+            gossip.set(keys::APPLIED_SEQUENCE, status.applied).await;
+            if let Some(at) = status.caught_up_at_ms {
+                gossip.set(keys::CAUGHT_UP_AT_MS, at).await;
+            }
+            if discover {
+                let members = gossip.members().await;
+                let central = members
+                    .iter()
+                    .find(|m| m.live && m.fact(keys::ROLE) == Some(Role::Central.as_str()));
+                if let Some(address) = central.and_then(|m| m.fact(keys::GRPC)) {
+                    if let Err(e) = edge.link().set_address(address) {
+                        tracing::warn!(error = %e, "central gossiped an unusable address");
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `GET /cluster`.
+pub fn routes(gossip: Arc<Gossip>) -> Router {
+    Router::new()
+        .route("/cluster", get(cluster))
+        .with_state(gossip)
+}
+
+/// Every member gossip knows, live or dead, and each edge's replication lag in entries and
+/// milliseconds measured against central's durable sequence.
+async fn cluster(State(gossip): State<Arc<Gossip>>) -> Json<Value> {
+    Json(describe(&gossip.members().await, unix_now_ms()))
+}
+
+fn describe(members: &[Member], now_ms: u64) -> Value {
+    let central = members
+        .iter()
+        .filter(|m| m.fact(keys::ROLE) == Some(Role::Central.as_str()))
+        .max_by_key(|m| (m.live, m.number(keys::DURABLE_SEQUENCE)));
+    let durable = central.and_then(|c| c.number(keys::DURABLE_SEQUENCE));
+    let listed: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            let mut entry = json!({
+                "node_id": m.node_id,
+                "role": m.fact(keys::ROLE),
+                "region": m.fact(keys::REGION),
+                "live": m.live,
+                "gossip": m.gossip.to_string(),
+                "version": m.fact(keys::VERSION),
+            });
+            for key in [keys::HTTP, keys::GRPC] {
+                if let Some(value) = m.fact(key) {
+                    entry[key] = json!(value);
+                }
+            }
+            if let Some(sequence) = m.number(keys::DURABLE_SEQUENCE) {
+                entry[keys::DURABLE_SEQUENCE] = json!(sequence);
+            }
+            if let Some(applied) = m.number(keys::APPLIED_SEQUENCE) {
+                entry[keys::APPLIED_SEQUENCE] = json!(applied);
+                let lag_entries = durable.map(|d| d.saturating_sub(applied));
+                let lag_ms = match lag_entries {
+                    Some(0) => Some(0),
+                    _ => m
+                        .number(keys::CAUGHT_UP_AT_MS)
+                        .map(|at| now_ms.saturating_sub(at)),
+                };
+                entry["lag_entries"] = json!(lag_entries);
+                entry["lag_ms"] = json!(lag_ms);
+            }
+            entry
+        })
+        .collect();
+    json!({ "members": listed, "central_durable_sequence": durable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, live: bool, facts: &[(&str, &str)]) -> Member {
+        Member {
+            node_id: id.into(),
+            gossip: "127.0.0.1:1".parse().unwrap(),
+            live,
+            facts: facts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lag_is_measured_against_central() {
+        let members = [
+            member(
+                "1",
+                true,
+                &[("role", "central"), ("durable_sequence", "100")],
+            ),
+            member(
+                "2",
+                true,
+                &[
+                    ("role", "edge"),
+                    ("applied_sequence", "100"),
+                    ("caught_up_at_ms", "5000"),
+                ],
+            ),
+            member(
+                "3",
+                false,
+                &[
+                    ("role", "edge"),
+                    ("applied_sequence", "60"),
+                    ("caught_up_at_ms", "4000"),
+                ],
+            ),
+        ];
+        let view = describe(&members, 9000);
+        assert_eq!(view["central_durable_sequence"], 100);
+        let edges = view["members"].as_array().unwrap();
+        assert_eq!(
+            (
+                edges[1]["lag_entries"].as_u64(),
+                edges[1]["lag_ms"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+        assert_eq!(edges[2]["live"], false);
+        assert_eq!(
+            (
+                edges[2]["lag_entries"].as_u64(),
+                edges[2]["lag_ms"].as_u64()
+            ),
+            (Some(40), Some(5000))
+        );
+    }
+
+    #[test]
+    fn advertised_addresses_are_reachable() {
+        let mut config = Config::default();
+        let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        assert_eq!(advertised(&config, any), "http://127.0.0.1:7070");
+        config.advertise_host = "central".into();
+        assert_eq!(advertised(&config, any), "http://central:7070");
+    }
+}

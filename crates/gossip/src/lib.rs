@@ -1,0 +1,273 @@
+//! Cluster membership over chitchat (scuttlebutt gossip on UDP with a phi-accrual failure
+//! detector).
+//!
+//! Every node publishes a few small facts about itself ([`keys`]): its role, region, HTTP and
+//! gRPC addresses, and how far its replication has come. Gossip is not a data path: it is how
+//! edges find central from a list of seeds, and how `/cluster` can show every member, live or
+//! dead, with each edge's replication lag.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+/// The keys a node publishes.
+pub mod keys {
+    /// `central` or `edge`.
+    pub const ROLE: &str = "role";
+    /// The region the node serves.
+    pub const REGION: &str = "region";
+    /// `http://host:port` of the REST API (edges).
+    pub const HTTP: &str = "http";
+    /// `http://host:port` of the gRPC service (central).
+    pub const GRPC: &str = "grpc";
+    /// Central: the highest durable log sequence.
+    pub const DURABLE_SEQUENCE: &str = "durable_sequence";
+    /// Edges: the highest log sequence applied to the replica.
+    pub const APPLIED_SEQUENCE: &str = "applied_sequence";
+    /// Edges: when (unix ms) the replica last had everything central had made durable.
+    pub const CAUGHT_UP_AT_MS: &str = "caught_up_at_ms";
+    /// The driftkv version the node runs.
+    pub const VERSION: &str = "version";
+}
+
+/// A gossip failure.
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    /// The UDP socket could not be opened.
+    #[error("cannot open the gossip socket on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+/// How this node takes part in gossip.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Unique in the cluster.
+    pub node_id: String,
+    /// Nodes gossip only with nodes of the same cluster id.
+    pub cluster_id: String,
+    /// UDP address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address peers should reach this node at; defaults to the listen address.
+    pub advertise: Option<SocketAddr>,
+    /// `host:port` of nodes to contact first (names are resolved, and re-resolved).
+    pub seeds: Vec<String>,
+    /// Time between gossip rounds.
+    pub interval: Duration,
+    /// How long a dead node stays listed before it is forgotten.
+    pub dead_node_grace_period: Duration,
+}
+
+/// One member as gossip knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub node_id: String,
+    /// The gossip address.
+    pub gossip: SocketAddr,
+    /// False when the failure detector considers the node dead.
+    pub live: bool,
+    /// Everything the node published.
+    pub facts: BTreeMap<String, String>,
+}
+
+impl Member {
+    /// A published fact.
+    pub fn fact(&self, key: &str) -> Option<&str> {
+        self.facts.get(key).map(String::as_str)
+    }
+
+    /// A published number.
+    pub fn number(&self, key: &str) -> Option<u64> {
+        self.fact(key)?.parse().ok()
+    }
+}
+
+/// This node's gossip membership.
+pub struct Gossip {
+    handle: Mutex<Option<ChitchatHandle>>,
+    chitchat: Arc<Mutex<chitchat::Chitchat>>,
+    addr: SocketAddr,
+    self_id: ChitchatId,
+}
+
+impl Gossip {
+    /// Joins the cluster, publishing `facts`.
+    pub async fn start(
+        config: GossipConfig,
+        facts: Vec<(String, String)>,
+    ) -> Result<Gossip, GossipError> {
+        let listen = resolve_port(config.listen)?;
+        let advertise = config.advertise.unwrap_or(listen);
+        // The generation tells a restarted node from its previous life.
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let self_id = ChitchatId::new(config.node_id.clone(), generation, advertise);
+        let failure_detector_config = FailureDetectorConfig {
+            initial_interval: config.interval,
+            dead_node_grace_period: config.dead_node_grace_period,
+            ..Default::default()
+        };
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: self_id.clone(),
+            cluster_id: config.cluster_id,
+            gossip_interval: config.interval,
+            listen_addr: listen,
+            seed_nodes: config.seeds,
+            failure_detector_config,
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let handle = spawn_chitchat(chitchat_config, facts, &UdpTransport)
+            .await
+            .map_err(|e| GossipError::Bind {
+                addr: listen,
+                reason: e.to_string(),
+            })?;
+        let chitchat = handle.chitchat();
+        tracing::info!(gossip = %advertise, "joined gossip");
+        Ok(Gossip {
+            handle: Mutex::new(Some(handle)),
+            chitchat,
+            addr: advertise,
+            self_id,
+        })
+    }
+
+    /// The address peers gossip with this node at.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Publishes (or updates) a fact about this node.
+    pub async fn set(&self, key: &str, value: impl ToString) {
+        self.chitchat.lock().await.self_node_state().set(key, value);
+    }
+
+    /// Every member gossip knows, this node included, live or dead, ordered by node id.
+    pub async fn members(&self) -> Vec<Member> {
+        let chitchat = self.chitchat.lock().await;
+        let live: Vec<&ChitchatId> = chitchat.live_nodes().collect();
+        let mut members: BTreeMap<String, Member> = BTreeMap::new();
+        for (id, state) in chitchat.node_states() {
+            let member = Member {
+                node_id: id.node_id.to_string(),
+                gossip: id.gossip_advertise_addr,
+                live: *id == self.self_id || live.contains(&id),
+                facts: state
+                    .key_values()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            };
+            // A restarted node appears under each generation; its newest counts.
+            match members.get(&member.node_id) {
+                Some(known) if known.live && !member.live => {}
+                _ => {
+                    members.insert(member.node_id.clone(), member);
+                }
+            }
+        }
+        members.into_values().collect()
+    }
+
+    /// Leaves the cluster.
+    pub async fn shutdown(&self) {
+        if let Some(handle) = self.handle.lock().await.take() {
+            if let Err(e) = handle.shutdown().await {
+                tracing::warn!(error = %e, "gossip did not shut down cleanly");
+            }
+        }
+    }
+}
+
+/// Port 0 means "any free port", but chitchat must be told the port it advertises before it
+/// opens its socket: take a free port from the system first.
+fn resolve_port(listen: SocketAddr) -> Result<SocketAddr, GossipError> {
+    if listen.port() != 0 {
+        return Ok(listen);
+    }
+    let probe = UdpSocket::bind(listen).map_err(|e| GossipError::Bind {
+        addr: listen,
+        reason: e.to_string(),
+    })?;
+    probe.local_addr().map_err(|e| GossipError::Bind {
+        addr: listen,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn config(node_id: &str, seeds: Vec<String>) -> GossipConfig {
+        GossipConfig {
+            node_id: node_id.into(),
+            cluster_id: "test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            seeds,
+            interval: Duration::from_millis(50),
+            dead_node_grace_period: Duration::from_secs(3600),
+        }
+    }
+
+    async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_find_each_other_share_facts_and_notice_a_death() {
+        let a = Gossip::start(config("a", vec![]), vec![("role".into(), "central".into())])
+            .await
+            .unwrap();
+        let seeds = vec![a.addr().to_string()];
+        let b = Gossip::start(
+            config("b", seeds.clone()),
+            vec![("role".into(), "edge".into())],
+        )
+        .await
+        .unwrap();
+        let c = Gossip::start(config("c", seeds), vec![]).await.unwrap();
+        wait_until("everyone to see everyone", async || {
+            let members = c.members().await;
+            members.len() == 3 && members.iter().all(|m| m.live)
+        })
+        .await;
+        b.set(keys::APPLIED_SEQUENCE, 42).await;
+        wait_until("b's fact to reach c", async || {
+            c.members()
+                .await
+                .iter()
+                .any(|m| m.node_id == "b" && m.number(keys::APPLIED_SEQUENCE) == Some(42))
+        })
+        .await;
+        let central = c
+            .members()
+            .await
+            .into_iter()
+            .find(|m| m.node_id == "a")
+            .unwrap();
+        assert_eq!(central.fact(keys::ROLE), Some("central"));
+        b.shutdown().await;
+        wait_until("b to be seen dead", async || {
+            c.members()
+                .await
+                .iter()
+                .any(|m| m.node_id == "b" && !m.live)
+        })
+        .await;
+    }
+}
