@@ -59,22 +59,18 @@ const EDGE_ENV: [(&str, &str); 5] = [
     ("DRIFTKV_CENTRAL__CONNECT_TIMEOUT_MS", "500"),
 ];
 
-fn start_central(dir: &Path, listen: &str, gossip: SocketAddr) -> Server {
+fn start_central(dir: &Path, listen: &str, gossip: SocketAddr, extra: &[(&str, &str)]) -> Server {
     let mut args = ["central", "--data-dir"].map(String::from).to_vec();
     args.push(dir.join("central").display().to_string());
     let gossip = gossip.to_string();
-    Server::launch(
-        &args,
-        dir,
-        &[
-            ("DRIFTKV_GRPC__LISTEN", listen),
-            ("DRIFTKV_GOSSIP__LISTEN", &gossip),
-            ("DRIFTKV_GOSSIP__INTERVAL_MS", "100"),
-            ("DRIFTKV_REPLICATION__HEARTBEAT_MS", "100"),
-        ],
-        "driftkv central listening on ",
-    )
-    .expect("central starts")
+    let mut env = vec![
+        ("DRIFTKV_GRPC__LISTEN", listen),
+        ("DRIFTKV_GOSSIP__LISTEN", gossip.as_str()),
+        ("DRIFTKV_GOSSIP__INTERVAL_MS", "100"),
+        ("DRIFTKV_REPLICATION__HEARTBEAT_MS", "100"),
+    ];
+    env.extend_from_slice(extra);
+    Server::launch(&args, dir, &env, "driftkv central listening on ").expect("central starts")
 }
 
 /// A free UDP port on loopback (central's gossip address must be known to its edges' seeds).
@@ -90,9 +86,17 @@ impl Cluster {
     }
 
     async fn start_with(edges: usize, edge_env: &[(&str, &str)]) -> Cluster {
+        Self::start_full(edges, &[], edge_env).await
+    }
+
+    async fn start_full(
+        edges: usize,
+        central_env: &[(&str, &str)],
+        edge_env: &[(&str, &str)],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let central_gossip = free_udp_port();
-        let central = start_central(dir.path(), "127.0.0.1:0", central_gossip);
+        let central = start_central(dir.path(), "127.0.0.1:0", central_gossip, central_env);
         let central_url = central.base.clone();
         let mut cluster = Cluster {
             dir,
@@ -143,7 +147,7 @@ impl Cluster {
     fn crash_and_restart_central(&mut self) {
         self.central.kill9();
         let addr = self.central_url.trim_start_matches("http://").to_owned();
-        self.central = start_central(self.dir.path(), &addr, self.central_gossip);
+        self.central = start_central(self.dir.path(), &addr, self.central_gossip, &[]);
     }
 }
 
@@ -778,4 +782,76 @@ async fn edges_find_central_through_gossip_and_cluster_shows_lag() {
         },
     )
     .await;
+}
+
+/// An edge further behind than central's retained log rebuilds from a snapshot: it ends with
+/// exactly central's data, deletions and a deleted namespace included.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_behind_the_retained_log_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_full(
+        2,
+        &[
+            ("DRIFTKV_REPLICATION__LOG_RETENTION_ENTRIES", "5"),
+            ("DRIFTKV_REPLICATION__TRIM_INTERVAL_MS", "50"),
+        ],
+        &[],
+    )
+    .await;
+    let http = client();
+    let ns = namespace(&http, &cluster, 0, "snapshot").await;
+    let doomed = namespace(&http, &cluster, 0, "doomed").await;
+    put(&http, &cluster.edges[0], &ns, "deleted-later", "x").await;
+    wait_for(
+        Duration::from_secs(5),
+        "edge 1 to have the first key",
+        || async {
+            contents(&http, &cluster.edges[1], &ns)
+                .await
+                .contains_key("deleted-later")
+                .then_some(())
+        },
+    )
+    .await;
+    let behind = cluster.edges.remove(1);
+    behind.stop();
+    for i in 0..40 {
+        put(
+            &http,
+            &cluster.edges[0],
+            &ns,
+            &format!("k{i:02}"),
+            &i.to_string(),
+        )
+        .await;
+    }
+    send_ok(http.delete(value_url(&cluster.edges[0], &ns, "deleted-later"))).await;
+    send_ok(http.delete(format!("{}/{doomed}", api(&cluster.edges[0])))).await;
+    // Wait until central's log no longer reaches back to what the stopped edge applied.
+    wait_for(
+        Duration::from_secs(10),
+        "central to trim its log",
+        || async {
+            let view = cluster_view(&http, &cluster.edges[0]).await;
+            (member(&view, "1")?["log_oldest_sequence"].as_u64()? > 10).then_some(())
+        },
+    )
+    .await;
+    let central_url = cluster.central_url.clone();
+    let restarted = cluster.start_edge(1, &central_url);
+    cluster.edges.push(restarted);
+    let expected = contents(&http, &cluster.edges[0], &ns).await;
+    assert_eq!(expected.len(), 40);
+    wait_for(
+        Duration::from_secs(10),
+        "the edge to rebuild from a snapshot",
+        || async { (contents(&http, &cluster.edges[1], &ns).await == expected).then_some(()) },
+    )
+    .await;
+    // The namespace deleted while the edge was away is gone there too.
+    let gone = http
+        .get(format!("{}/{doomed}", api(&cluster.edges[1])))
+        .send()
+        .await
+        .unwrap();
+    common::assert_error(gone, 404, 10013).await;
 }

@@ -99,6 +99,8 @@ pub struct CacheConfig {
 pub struct ReplicationConfig {
     /// Log entries central keeps; an edge further behind rebuilds from a snapshot.
     pub log_retention_entries: u64,
+    /// How often central trims its log to the retention, in milliseconds.
+    pub trim_interval_ms: u64,
     /// How often central tells an idle subscriber it is alive, in milliseconds.
     pub heartbeat_ms: u64,
     /// How long an edge waits on a silent stream before reconnecting, in milliseconds; keep it
@@ -147,6 +149,7 @@ impl Default for Config {
             },
             replication: ReplicationConfig {
                 log_retention_entries: 1_000_000,
+                trim_interval_ms: 10_000,
                 heartbeat_ms: 1000,
                 stream_silence_ms: 5000,
             },
@@ -240,6 +243,10 @@ impl Config {
         for (name, ms) in [
             ("replication.heartbeat_ms", self.replication.heartbeat_ms),
             ("gossip.interval_ms", self.gossip.interval_ms),
+            (
+                "replication.trim_interval_ms",
+                self.replication.trim_interval_ms,
+            ),
             (
                 "replication.stream_silence_ms",
                 self.replication.stream_silence_ms,

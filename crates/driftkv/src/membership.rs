@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use driftkv_core::time::unix_now_ms;
 use driftkv_edge::Edge;
 use driftkv_gossip::{keys, Gossip, GossipConfig, Member};
+use driftkv_store::Store;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -76,19 +77,23 @@ pub async fn join(
     Ok(Arc::new(gossip))
 }
 
-/// Publishes central's durable sequence as it moves, at most once per `every`.
+/// Every `every`: publishes central's durable sequence and the oldest sequence its log still
+/// holds (an edge behind that needs a snapshot).
 pub fn publish_central(
     gossip: Arc<Gossip>,
-    mut durable: watch::Receiver<u64>,
+    store: Arc<dyn Store>,
+    durable: watch::Receiver<u64>,
     every: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
         loop {
-            let sequence = *durable.borrow_and_update();
+            ticks.tick().await;
+            let sequence = *durable.borrow();
             gossip.set(keys::DURABLE_SEQUENCE, sequence).await;
-            tokio::time::sleep(every).await;
-            if durable.changed().await.is_err() {
-                return;
+            match store.log_bounds() {
+                Ok(bounds) => gossip.set(keys::LOG_OLDEST_SEQUENCE, bounds.oldest).await,
+                Err(e) => tracing::warn!(error = %e, "cannot read the log bounds"),
             }
         }
     })
@@ -161,8 +166,10 @@ fn describe(members: &[Member], now_ms: u64) -> Value {
                     entry[key] = json!(value);
                 }
             }
-            if let Some(sequence) = m.number(keys::DURABLE_SEQUENCE) {
-                entry[keys::DURABLE_SEQUENCE] = json!(sequence);
+            for key in [keys::DURABLE_SEQUENCE, keys::LOG_OLDEST_SEQUENCE] {
+                if let Some(sequence) = m.number(key) {
+                    entry[key] = json!(sequence);
+                }
             }
             if let Some(applied) = m.number(keys::APPLIED_SEQUENCE) {
                 entry[keys::APPLIED_SEQUENCE] = json!(applied);

@@ -21,9 +21,6 @@ use crate::config::Config;
 use crate::membership::{self, Role};
 use driftkv_gossip::{keys, Gossip};
 
-/// How often central trims its replication log to the retention.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-
 /// A signal every server of the process stops on.
 #[derive(Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
@@ -140,9 +137,14 @@ impl CentralNode {
                 wall,
                 Duration::from_millis(config.sweep_interval_ms),
             ),
-            spawn_log_trimmer(&store, config.replication.log_retention_entries, TRIM_EVERY),
+            spawn_log_trimmer(
+                &store,
+                config.replication.log_retention_entries,
+                Duration::from_millis(config.replication.trim_interval_ms),
+            ),
             membership::publish_central(
                 gossip.clone(),
+                store.clone(),
                 engine.durable_sequence(),
                 Duration::from_millis(config.gossip.interval_ms),
             ),

@@ -28,6 +28,8 @@ pub mod keys {
     pub const GRPC: &str = "grpc";
     /// Central: the highest durable log sequence.
     pub const DURABLE_SEQUENCE: &str = "durable_sequence";
+    /// Central: the oldest sequence its log still holds.
+    pub const LOG_OLDEST_SEQUENCE: &str = "log_oldest_sequence";
     /// Edges: the highest log sequence applied to the replica.
     pub const APPLIED_SEQUENCE: &str = "applied_sequence";
     /// Edges: when (unix ms) the replica last had everything central had made durable.
