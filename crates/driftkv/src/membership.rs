@@ -158,6 +158,7 @@ fn describe(members: &[Member], now_ms: u64) -> Value {
                 "role": m.fact(keys::ROLE),
                 "region": m.fact(keys::REGION),
                 "live": m.live,
+                "status": if m.live { "live" } else if m.dead { "dead" } else { "joining" },
                 "gossip": m.gossip.to_string(),
                 "version": m.fact(keys::VERSION),
             });
@@ -198,6 +199,7 @@ mod tests {
             node_id: id.into(),
             gossip: "127.0.0.1:1".parse().unwrap(),
             live,
+            dead: !live,
             facts: facts
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -242,7 +244,10 @@ mod tests {
             ),
             (Some(0), Some(0))
         );
-        assert_eq!(edges[2]["live"], false);
+        assert_eq!(
+            (&edges[2]["live"], &edges[2]["status"]),
+            (&json!(false), &json!("dead"))
+        );
         assert_eq!(
             (
                 edges[2]["lag_entries"].as_u64(),

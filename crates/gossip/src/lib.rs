@@ -71,8 +71,11 @@ pub struct Member {
     pub node_id: String,
     /// The gossip address.
     pub gossip: SocketAddr,
-    /// False when the failure detector considers the node dead.
+    /// The failure detector considers the node alive.
     pub live: bool,
+    /// The failure detector considers the node dead. A node that is neither has just been
+    /// discovered: the detector has not heard from it often enough to judge.
+    pub dead: bool,
     /// Everything the node published.
     pub facts: BTreeMap<String, String>,
 }
@@ -157,12 +160,14 @@ impl Gossip {
     pub async fn members(&self) -> Vec<Member> {
         let chitchat = self.chitchat.lock().await;
         let live: Vec<&ChitchatId> = chitchat.live_nodes().collect();
+        let dead: Vec<&ChitchatId> = chitchat.dead_nodes().collect();
         let mut members: BTreeMap<String, Member> = BTreeMap::new();
         for (id, state) in chitchat.node_states() {
             let member = Member {
                 node_id: id.node_id.to_string(),
                 gossip: id.gossip_advertise_addr,
                 live: *id == self.self_id || live.contains(&id),
+                dead: dead.contains(&id),
                 facts: state
                     .key_values()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -268,7 +273,7 @@ mod tests {
             c.members()
                 .await
                 .iter()
-                .any(|m| m.node_id == "b" && !m.live)
+                .any(|m| m.node_id == "b" && !m.live && m.dead)
         })
         .await;
     }
