@@ -8,12 +8,12 @@
 //! [`spawn_log_trimmer`] keeps the log to its retention.
 
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use driftkv_core::{KvError, KvService, LogEntry};
+use driftkv_core::{KvError, KvService, LogEntry, WriteResult};
 use driftkv_engine::reads::blocking;
-use driftkv_engine::Engine;
+use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
 use driftkv_proto::pb::{self, subscribe_reply::Event};
 use driftkv_proto::{
@@ -104,12 +104,12 @@ impl Central for CentralService {
         let results = results
             .into_iter()
             .map(|result| match result {
-                driftkv_core::WriteResult::Applied { sequence, version } => pb::WriteResult {
+                WriteResult::Applied { sequence, version } => pb::WriteResult {
                     applied: true,
                     sequence,
                     version: Some(version.into()),
                 },
-                driftkv_core::WriteResult::RateLimited => pb::WriteResult {
+                WriteResult::RateLimited => pb::WriteResult {
                     applied: false,
                     sequence: 0,
                     version: None,
@@ -248,22 +248,16 @@ async fn stream_log(
     let mut durable = engine.durable_sequence();
     loop {
         let head = *durable.borrow_and_update();
-        let bounds = store.log_bounds()?;
-        // Behind the retained log, or ahead of everything central has (central lost data the
-        // subscriber applied): only a snapshot can bring the subscriber back in line.
-        if next < bounds.oldest || next > head + 1 {
-            let needed = pb::SnapshotNeeded {
-                oldest_retained: bounds.oldest,
-            };
-            send(tx, reply(Event::SnapshotNeeded(needed))).await;
-            return Ok(());
+        // Ahead of everything central has: central lost data the subscriber applied.
+        if next > head + 1 {
+            return snapshot_needed(&store, tx).await;
         }
         if next <= head {
             let max = BATCH_ENTRIES.min((head - next + 1) as usize);
             let entries = blocking(&store, move |s| Ok(s.log_entries(next, max)?)).await?;
+            // Everything up to `head` was logged, so a missing `next` has been trimmed away.
             if entries.first().map(|e| e.sequence) != Some(next) {
-                // Trimmed between the bounds check and the read: check again.
-                continue;
+                return snapshot_needed(&store, tx).await;
             }
             for batch in cut(entries) {
                 next = batch.last().map_or(next, |e| e.sequence + 1);
@@ -291,6 +285,18 @@ async fn stream_log(
             _ = tx.closed() => return Ok(()),
         }
     }
+}
+
+/// Tells the subscriber that only a snapshot can bring it back in line with the log.
+async fn snapshot_needed(
+    store: &Arc<dyn Store>,
+    tx: &Sender<pb::SubscribeReply>,
+) -> Result<(), KvError> {
+    let needed = pb::SnapshotNeeded {
+        oldest_retained: store.log_bounds()?.oldest,
+    };
+    send(tx, reply(Event::SnapshotNeeded(needed))).await;
+    Ok(())
 }
 
 fn reply(event: Event) -> pb::SubscribeReply {
@@ -383,23 +389,8 @@ pub fn spawn_log_trimmer(
     retain: u64,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let store: Weak<dyn Store> = Arc::downgrade(store);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(store) = store.upgrade() else { return };
-            let trimmed = blocking(&store, move |s| {
-                let last = s.log_bounds()?.last;
-                Ok(s.trim_log(last.saturating_sub(retain) + 1)?)
-            })
-            .await;
-            match trimmed {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(trimmed = n, "trimmed the replication log"),
-                Err(e) => tracing::warn!(error = %e, "trimming the replication log failed"),
-            }
-        }
+    spawn_maintenance(store, every, "trimming the replication log", move |store| {
+        let last = store.log_bounds()?.last;
+        Ok(store.trim_log(last.saturating_sub(retain) + 1)?)
     })
 }

@@ -33,6 +33,19 @@ pub struct LogEntry {
     pub change: Change,
 }
 
+impl AsRef<Change> for Change {
+    fn as_ref(&self) -> &Change {
+        self
+    }
+}
+
+/// Log entries are applied for their changes, without copying them out.
+impl AsRef<Change> for LogEntry {
+    fn as_ref(&self) -> &Change {
+        &self.change
+    }
+}
+
 /// The on-disk form of a change; records and namespaces keep their own encodings.
 #[derive(Serialize, Deserialize)]
 enum Wire<'a> {

@@ -1,7 +1,7 @@
 //! An edge: serves the Workers KV API from a local replica and a read cache, and forwards
 //! every write to the write region.
 //!
-//! Reads look in the [`ReadCache`] first, then in the replica (or, while a fresh edge has not
+//! Reads look in the read cache first, then in the replica (or, while a fresh edge has not
 //! caught up for the first time, read through to central). Writes go to central over gRPC;
 //! once central acknowledges them (durable, stamped), the edge applies the same records to its
 //! replica and cache, so a write is visible at once where it was made. Everything else
@@ -27,7 +27,7 @@ use driftkv_proto::{pb, required_version};
 use driftkv_store::Store;
 use tokio::sync::watch;
 
-pub use cache::ReadCache;
+use cache::ReadCache;
 pub use follower::spawn_follower;
 pub use link::{CentralLink, LinkTimeouts};
 
@@ -63,13 +63,6 @@ pub struct ReplicationStatus {
     pub caught_up_at_ms: Option<u64>,
     /// Whether the replication stream is up.
     pub connected: bool,
-}
-
-impl ReplicationStatus {
-    /// Entries central has made durable that this replica has not applied, as last heard.
-    pub fn lag_entries(&self) -> u64 {
-        self.central_durable.saturating_sub(self.applied)
-    }
 }
 
 /// An edge node's KV service.

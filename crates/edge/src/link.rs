@@ -121,11 +121,6 @@ impl CentralLink {
         }
     }
 
-    /// The address in use, if any.
-    pub fn address(&self) -> Option<String> {
-        self.address.borrow().clone()
-    }
-
     fn current(&self) -> Result<Clients, KvError> {
         self.clients
             .read()

@@ -263,12 +263,14 @@ impl KvService for Engine {
 /// Most due entries the sweeper handles in one blocking batch.
 const SWEEP_BATCH: usize = 1000;
 
-/// Starts the background sweeper: every `every`, expired records become tombstones and their
-/// index entries go. It stops by itself once the store has been dropped.
-pub fn spawn_sweeper(
+/// Runs `work` on the store off the async threads every `every`, logging how many records
+/// it handled as `what`. The task holds the store weakly and stops by itself once the store
+/// has been dropped.
+pub fn spawn_maintenance(
     store: &Arc<dyn Store>,
-    wall: Arc<dyn WallClock>,
     every: Duration,
+    what: &'static str,
+    work: impl Fn(&dyn Store) -> Result<usize, KvError> + Clone + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let store: Weak<dyn Store> = Arc::downgrade(store);
     tokio::spawn(async move {
@@ -277,15 +279,24 @@ pub fn spawn_sweeper(
         loop {
             ticks.tick().await;
             let Some(store) = store.upgrade() else { return };
-            let now_ms = wall.now_ms();
-            let swept = tokio::task::spawn_blocking(move || sweep(store.as_ref(), now_ms)).await;
-            match swept {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::debug!(expired = n, "swept expired records"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "sweeping expired records failed"),
-                Err(e) => tracing::warn!(error = %e, "sweeper task failed"),
+            match reads::blocking(&store, work.clone()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(records = n, "{what}"),
+                Err(e) => tracing::warn!(error = %e, "{what} failed"),
             }
         }
+    })
+}
+
+/// Starts the background sweeper: every `every`, expired records become tombstones and their
+/// index entries go. It stops by itself once the store has been dropped.
+pub fn spawn_sweeper(
+    store: &Arc<dyn Store>,
+    wall: Arc<dyn WallClock>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    spawn_maintenance(store, every, "sweeping expired records", move |store| {
+        sweep(store, wall.now_ms())
     })
 }
 

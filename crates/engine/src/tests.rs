@@ -18,23 +18,32 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// An engine on a fresh store, without the per-key rate limit.
 fn fixture() -> Fixture {
+    fixture_limited(0)
+}
+
+fn fixture_limited(writes_per_second: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let clock = Arc::new(ManualClock::new(T0_MS));
-    let engine = Engine::new(
-        store.clone(),
-        NonZeroU64::new(1).unwrap(),
-        clock.clone(),
-        RateLimiter::per_second(0),
-    )
-    .unwrap();
+    let engine = reopen(&store, &clock, writes_per_second);
     Fixture {
         engine,
         store,
         clock,
         _dir: dir,
     }
+}
+
+fn reopen(store: &Arc<dyn Store>, clock: &Arc<ManualClock>, writes_per_second: u32) -> Engine {
+    Engine::new(
+        store.clone(),
+        NonZeroU64::new(1).unwrap(),
+        clock.clone(),
+        RateLimiter::per_second(writes_per_second),
+    )
+    .unwrap()
 }
 
 fn delete(key: &str) -> Write {
@@ -349,28 +358,18 @@ async fn writes_are_logged_in_order_and_published_once_durable() {
         matches!(&log[2].change, Change::Key { key, record, .. } if key == "b" && record.live.is_none())
     );
     // An engine reopened on the same store starts from what the log holds.
-    let again = Engine::new(
-        f.store.clone(),
-        NonZeroU64::new(1).unwrap(),
-        f.clock.clone(),
-        RateLimiter::per_second(0),
-    )
-    .unwrap();
+    let again = reopen(&f.store, &f.clock, 0);
     assert_eq!(*again.durable_sequence().borrow(), 3);
 }
 
 #[tokio::test]
 async fn rate_limited_writes_are_reported_unsuccessful_and_not_logged() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let engine = Engine::new(
-        store.clone(),
-        NonZeroU64::new(1).unwrap(),
-        clock.clone(),
-        RateLimiter::per_second(1),
-    )
-    .unwrap();
+    let Fixture {
+        engine,
+        store,
+        clock,
+        _dir,
+    } = fixture_limited(1);
     let ns = engine.create_namespace("acct", "limited").await.unwrap();
     let first = engine
         .write("acct", ns.id, vec![put("k", "1", None, None)])

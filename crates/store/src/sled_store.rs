@@ -245,10 +245,10 @@ impl SledStore {
     /// Applies key changes last-write-wins in one transaction, together with their sequence
     /// bookkeeping. A change to a namespace that does not exist is an error, or, with
     /// `skip_unknown` (a replica catching up past a namespace deleted since), left out.
-    fn commit_keys(
+    fn commit_keys<C: AsRef<Change>>(
         &self,
         trees: &HashMap<NamespaceId, Open>,
-        changes: &[Change],
+        changes: &[C],
         sequencing: Sequencing,
         skip_unknown: bool,
     ) -> Result<Vec<bool>, StoreError> {
@@ -261,7 +261,7 @@ impl SledStore {
                 namespace,
                 key,
                 record,
-            } = change
+            } = change.as_ref()
             else {
                 return Err(StoreError::Corrupt(
                     "a namespace change among key changes".into(),
@@ -296,7 +296,7 @@ impl SledStore {
                         None => false,
                     });
                 }
-                sequencing.record(&tx[0], &tx[1], changes.iter())?;
+                sequencing.record(&tx[0], &tx[1], changes.iter().map(AsRef::as_ref))?;
                 Ok(applied)
             })
             .map_err(transaction_error)
@@ -368,19 +368,17 @@ impl SledStore {
     /// Applies changes in runs: consecutive key changes share one transaction, each namespace
     /// change has its own. `sequencing` gives each run's bookkeeping from its first index and
     /// length.
-    fn commit_runs(
+    fn commit_runs<C: AsRef<Change>>(
         &self,
-        changes: &[Change],
+        changes: &[C],
         skip_unknown: bool,
         mut sequencing: impl FnMut(usize, usize) -> Sequencing,
     ) -> Result<(), StoreError> {
         let mut start = 0;
         while start < changes.len() {
-            if matches!(changes[start], Change::Key { .. }) {
-                let len = changes[start..]
-                    .iter()
-                    .take_while(|c| matches!(c, Change::Key { .. }))
-                    .count();
+            let is_key = |c: &C| matches!(c.as_ref(), Change::Key { .. });
+            if is_key(&changes[start]) {
+                let len = changes[start..].iter().take_while(|c| is_key(c)).count();
                 let trees = self.trees.read().expect("tree map lock");
                 self.commit_keys(
                     &trees,
@@ -391,7 +389,7 @@ impl SledStore {
                 start += len;
             } else {
                 let mut trees = self.trees.write().expect("tree map lock");
-                self.commit_namespace(&mut trees, &changes[start], sequencing(start, 1))?;
+                self.commit_namespace(&mut trees, changes[start].as_ref(), sequencing(start, 1))?;
                 start += 1;
             }
         }
@@ -469,8 +467,7 @@ impl Store for SledStore {
     }
 
     fn apply_replicated(&self, entries: &[LogEntry]) -> Result<(), StoreError> {
-        let changes: Vec<Change> = entries.iter().map(|e| e.change.clone()).collect();
-        self.commit_runs(&changes, true, |start, len| Sequencing::Applied {
+        self.commit_runs(entries, true, |start, len| Sequencing::Applied {
             last: entries[start..start + len]
                 .iter()
                 .map(|e| e.sequence)
