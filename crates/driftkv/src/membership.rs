@@ -60,7 +60,8 @@ pub async fn join(
             node_id: node_id.to_string(),
             cluster_id: config.gossip.cluster_id.clone(),
             listen,
-            advertise: None,
+            advertise_host: (!config.advertise_host.is_empty())
+                .then(|| config.advertise_host.clone()),
             seeds,
             interval: Duration::from_millis(config.gossip.interval_ms),
             dead_node_grace_period: Duration::from_secs(config.gossip.dead_node_grace_secs),

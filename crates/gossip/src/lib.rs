@@ -7,7 +7,7 @@
 //! dead, with each edge's replication lag.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,9 @@ pub enum GossipError {
     /// The UDP socket could not be opened.
     #[error("cannot open the gossip socket on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    /// The advertised host does not resolve.
+    #[error("cannot resolve the advertised gossip host {host:?}: {reason}")]
+    Advertise { host: String, reason: String },
 }
 
 /// How this node takes part in gossip.
@@ -55,8 +58,9 @@ pub struct GossipConfig {
     pub cluster_id: String,
     /// UDP address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Address peers should reach this node at; defaults to the listen address.
-    pub advertise: Option<SocketAddr>,
+    /// Host name or IP peers reach this node at, with the listen port. Without one: the
+    /// listen address, or 127.0.0.1 when listening on all interfaces.
+    pub advertise_host: Option<String>,
     /// `host:port` of nodes to contact first (names are resolved, and re-resolved).
     pub seeds: Vec<String>,
     /// Time between gossip rounds.
@@ -107,7 +111,7 @@ impl Gossip {
         facts: Vec<(String, String)>,
     ) -> Result<Gossip, GossipError> {
         let listen = resolve_port(config.listen)?;
-        let advertise = config.advertise.unwrap_or(listen);
+        let advertise = advertise_addr(listen, config.advertise_host.as_deref())?;
         // The generation tells a restarted node from its previous life.
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -194,6 +198,27 @@ impl Gossip {
     }
 }
 
+/// The address peers gossip with this node at: chitchat needs an IP address, so a host name
+/// is resolved here.
+fn advertise_addr(listen: SocketAddr, host: Option<&str>) -> Result<SocketAddr, GossipError> {
+    let Some(host) = host else {
+        return Ok(if listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        } else {
+            listen
+        });
+    };
+    let failed = |reason: String| GossipError::Advertise {
+        host: host.to_owned(),
+        reason,
+    };
+    (host, listen.port())
+        .to_socket_addrs()
+        .map_err(|e| failed(e.to_string()))?
+        .next()
+        .ok_or_else(|| failed("no address".into()))
+}
+
 /// Port 0 means "any free port", but chitchat must be told the port it advertises before it
 /// opens its socket: take a free port from the system first.
 fn resolve_port(listen: SocketAddr) -> Result<SocketAddr, GossipError> {
@@ -220,7 +245,7 @@ mod tests {
             node_id: node_id.into(),
             cluster_id: "test".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
+            advertise_host: None,
             seeds,
             interval: Duration::from_millis(50),
             dead_node_grace_period: Duration::from_secs(3600),
@@ -233,6 +258,22 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[test]
+    fn the_advertised_address_is_one_peers_can_reach() {
+        let any: SocketAddr = "0.0.0.0:7946".parse().unwrap();
+        assert_eq!(
+            advertise_addr(any, None).unwrap(),
+            "127.0.0.1:7946".parse().unwrap()
+        );
+        let one: SocketAddr = "10.1.2.3:7946".parse().unwrap();
+        assert_eq!(advertise_addr(one, None).unwrap(), one);
+        assert_eq!(
+            advertise_addr(any, Some("127.0.0.2")).unwrap(),
+            "127.0.0.2:7946".parse().unwrap()
+        );
+        assert!(advertise_addr(any, Some("no-such-host.invalid")).is_err());
     }
 
     #[tokio::test]
