@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# driftkv benchmarks, printed as figures (not pass/fail):
-#   1. hot-key GET throughput and p99 latency against `driftkv dev`, 50 connections, 100-byte
-#      value, next to Redis GET measured the same way in the same run;
-#   2. latency of one list page of 1000 keys in a namespace of 1,000,000 keys.
+# driftkv benchmarks, printed as figures (not pass/fail), against `driftkv dev --edges 3`
+# (central plus three edges in one process, real gRPC and gossip over loopback):
+#   1. hot-key GET throughput and p99 latency at an edge, 50 connections, 100-byte value, next
+#      to Redis GET measured the same way in the same run;
+#   2. replication (driftkv-bench): write acknowledgement latency, propagation delay from
+#      acknowledgement to applied on every edge, durable write throughput over distinct keys;
+#   3. latency of one list page of 1000 keys in a namespace of 1,000,000 keys.
 # Needs: wrk, redis-server, redis-benchmark (Debian: apt-get install wrk redis-server).
 # Usage: bench/run.sh [seconds per run, default 20]
 set -euo pipefail
@@ -12,7 +15,7 @@ for tool in wrk redis-server redis-benchmark python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk redis-server)"; exit 2; }
 done
 
-cargo build --release --quiet
+cargo build --release --quiet -p driftkv -p driftkv-bench
 work=$(mktemp -d)
 port=18787
 redis_port=16379
@@ -24,9 +27,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RUST_LOG=warn target/release/driftkv dev --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/kv.out" 2>"$work/kv.err" &
+RUST_LOG=warn target/release/driftkv dev --edges 3 --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/kv.out" 2>"$work/kv.err" &
 kv_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+# Ready once the last edge has announced itself (every edge caught up, all in gossip).
+for _ in $(seq 300); do grep -q "edge 2 listening" "$work/kv.out" && break; sleep 0.1; done
+grep -q "edge 2 listening" "$work/kv.out" || { echo "bench: driftkv dev did not start"; cat "$work/kv.err"; exit 1; }
 api="http://127.0.0.1:$port/client/v4/accounts/bench/storage/kv/namespaces"
 ns=$(curl -sf -X POST "$api" -d '{"title":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"]["id"])')
 head -c 100 /dev/zero | tr '\0' 'v' | curl -sf -X PUT "$api/$ns/values/hot" --data-binary @- >/dev/null
@@ -49,8 +54,11 @@ redis_p99=$(tail -1 "$work/redis.csv" | tr -d '"' | cut -d, -f7)
 kill "$redis_pid"; redis_pid=
 
 printf '%-28s %14s %12s\n' "" "requests/s" "p99"
-printf '%-28s %14s %12s\n' "driftkv dev GET (HTTP)" "$kv_rps" "$kv_p99"
+printf '%-28s %14s %12s\n' "driftkv edge GET (HTTP)" "$kv_rps" "$kv_p99"
 printf '%-28s %14s %12s\n' "redis GET (RESP)" "$redis_rps" "${redis_p99}ms"
+echo
+
+target/release/driftkv-bench --edge "http://127.0.0.1:$port" --seconds "$secs"
 echo
 
 echo "== list page of 1000 keys in a namespace of 1,000,000 keys =="
@@ -65,8 +73,20 @@ for batch in range(100):
     with urllib.request.urlopen(req) as r:
         assert json.load(r)["result"]["successful_key_count"] == 10000
 print(f"loaded 1,000,000 keys with 100 bulk writes in {time.time() - start:.1f}s")
+# Measure listings once replication is over, not while the other edges still apply the load.
+cluster = sys.argv[1].split("/client/v4/")[0] + "/cluster"
+deadline = time.time() + 600
+while True:
+    with urllib.request.urlopen(cluster) as r:
+        view = json.load(r)
+    edges = [m for m in view["members"] if m["role"] == "edge"]
+    if view["central_durable_sequence"] and all(m.get("lag_entries") == 0 for m in edges):
+        break
+    assert time.time() < deadline, "the edges did not catch up within 10 minutes"
+    time.sleep(0.5)
+print(f"every edge caught up {time.time() - start:.1f}s after the load began")
 PY
 wrk -t1 -c1 -d"${secs}s" --latency -s bench/list-page.lua "$api/$ns/keys" >"$work/wrk-list.txt"
 awk '/Latency Distribution/ {d=1} d && /%/ {print "  " $1 " " $2} /Requests\/sec/ {print "  pages/s " $2}' "$work/wrk-list.txt"
-errors=$(grep -c "Non-2xx" "$work/wrk-list.txt" "$work/wrk-get.txt" | awk -F: '{s+=$2} END {print s}')
+errors=$(cat "$work/wrk-list.txt" "$work/wrk-get.txt" | grep -c "Non-2xx" || true)
 [ "$errors" = 0 ] || { echo "bench: some requests failed"; cat "$work/wrk-get.txt" "$work/wrk-list.txt"; exit 1; }

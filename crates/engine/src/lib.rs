@@ -12,6 +12,7 @@
 //! records into tombstones in the background so that their values stop taking space.
 
 mod clock;
+mod commit;
 mod rate_limit;
 pub mod reads;
 
@@ -29,6 +30,7 @@ use driftkv_store::Store;
 use tokio::sync::{watch, Mutex};
 
 pub use clock::{ManualClock, SystemClock, WallClock};
+use commit::Committer;
 pub use rate_limit::RateLimiter;
 
 /// The single-writer engine over one store.
@@ -41,13 +43,16 @@ pub struct Engine {
     /// Serializes namespace creation and renames so title uniqueness is checked and enforced
     /// atomically. Namespace changes are rare; key writes never take this lock.
     namespace_changes: Mutex<()>,
+    /// Appends writes to the log and makes them durable.
+    committer: Committer,
     /// The highest log sequence known durable.
-    durable: watch::Sender<u64>,
+    durable: watch::Receiver<u64>,
 }
 
 impl Engine {
     /// An engine writing to `store`, stamping versions with `node_id` as their origin and
-    /// refusing writes to a key more often than `rate_limit` allows.
+    /// refusing writes to a key more often than `rate_limit` allows. Starts the commit task,
+    /// so it must be called within a tokio runtime.
     pub fn new(
         store: Arc<dyn Store>,
         node_id: NonZeroU64,
@@ -59,14 +64,16 @@ impl Engine {
             .build();
         // Whatever the store holds when it opens has survived, so it counts as durable.
         let last = store.log_bounds()?.last;
+        let (durable_tx, durable) = watch::channel(last);
         Ok(Engine {
+            committer: Committer::start(store.clone(), durable_tx),
             store,
             hlc,
             origin: node_id.get(),
             wall,
             rate_limit,
             namespace_changes: Mutex::new(()),
-            durable: watch::Sender::new(last),
+            durable,
         })
     }
 
@@ -77,7 +84,7 @@ impl Engine {
 
     /// Follows the highest durable log sequence: replication streams entries up to it.
     pub fn durable_sequence(&self) -> watch::Receiver<u64> {
-        self.durable.subscribe()
+        self.durable.clone()
     }
 
     fn stamp(&self) -> Version {
@@ -100,21 +107,10 @@ impl Engine {
             .any(|ns| ns.account_id == account_id && ns.title == title && Some(ns.id) != except))
     }
 
-    /// Appends changes to the log, waits until they are durable, and publishes the new durable
-    /// sequence. Returns the last sequence used.
+    /// Appends changes to the log and waits until they are durable. Returns the last sequence
+    /// used.
     async fn commit(&self, changes: Vec<Change>) -> Result<u64, KvError> {
-        let last = reads::blocking(&self.store, move |store| Ok(store.append(&changes)?)).await?;
-        self.store.sync().await?;
-        // Every append before this one is covered by the same sync, so `last` is durable along
-        // with everything below it.
-        self.durable.send_if_modified(|durable| {
-            let newer = last > *durable;
-            if newer {
-                *durable = last;
-            }
-            newer
-        });
-        Ok(last)
+        self.committer.commit(changes).await
     }
 
     /// Applies a batch of writes and reports the fate of each, in order: its log sequence and
