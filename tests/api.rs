@@ -749,3 +749,27 @@ async fn a_public_bind_without_tokens_refuses_to_start() {
         .expect("must not start");
     assert!(err.contains("without API tokens"), "{err}");
 }
+
+/// `driftkv health`, the container health check: exit 0 for a serving node, non-zero with a
+/// reason when nothing answers.
+#[tokio::test]
+async fn the_health_command_reports_a_serving_node() {
+    let server = Server::start();
+    let check = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_driftkv"))
+            .args(["health", "--url", &url, "--timeout-secs", "2"])
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("driftkv health runs")
+    };
+    let healthy = check(format!("{}/healthz", server.base));
+    assert!(healthy.status.success(), "{healthy:?}");
+    let port = server.addr().rsplit(':').next().unwrap().to_owned();
+    server.stop();
+    let down = check(format!("http://127.0.0.1:{port}/healthz"));
+    assert!(!down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("is not healthy"),
+        "{down:?}"
+    );
+}

@@ -65,6 +65,7 @@ fn start_central(dir: &Path, listen: &str, gossip: SocketAddr, extra: &[(&str, &
     let gossip = gossip.to_string();
     let mut env = vec![
         ("DRIFTKV_GRPC__LISTEN", listen),
+        ("DRIFTKV_LISTEN", "127.0.0.1:0"),
         ("DRIFTKV_GOSSIP__LISTEN", gossip.as_str()),
         ("DRIFTKV_GOSSIP__INTERVAL_MS", "100"),
         ("DRIFTKV_REPLICATION__HEARTBEAT_MS", "100"),

@@ -5,6 +5,7 @@ mod membership;
 mod node;
 mod run;
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -75,18 +76,45 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Check a node's health endpoint and exit 0 if it answers 200, non-zero otherwise: a
+    /// container health check that needs no curl.
+    Health {
+        /// The endpoint to check.
+        #[arg(long, default_value = "http://127.0.0.1:8787/healthz")]
+        url: String,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: container logs and files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("DRIFTKV_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// `driftkv health`.
+async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let response = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(format!("{url} is not healthy")))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{url} is not healthy: HTTP {status}");
+    println!("{url}: healthy");
+    Ok(())
 }
 
 #[tokio::main]
@@ -97,5 +125,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev { node, edges } => run::run_dev(node.load()?, edges).await,
         Command::Central { node } => run::run_central(node.load()?).await,
         Command::Edge { node } => run::run_edge(node.load()?).await,
+        Command::Health { url, timeout_secs } => {
+            health(&url, std::time::Duration::from_secs(timeout_secs)).await
+        }
     }
 }

@@ -93,23 +93,27 @@ impl GossipPlace {
 pub struct CentralNode {
     /// Where its gRPC service listens.
     pub grpc_addr: SocketAddr,
+    /// Where its operator endpoints (`/healthz`, `/cluster`) listen, when it serves them.
+    pub http_addr: Option<SocketAddr>,
     /// Its membership.
     pub gossip: Arc<Gossip>,
     store: Arc<dyn Store>,
-    server: JoinHandle<anyhow::Result<()>>,
+    servers: Vec<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl CentralNode {
-    /// Opens the store in `data_dir`, serves gRPC on `listen` and joins gossip, until
-    /// `shutdown`.
+    /// Opens the store in `data_dir`, serves gRPC on `listen` and, when `http` is given, the
+    /// operator endpoints there, and joins gossip, until `shutdown`.
     pub async fn start(
         config: &Config,
         data_dir: &Path,
         listen: SocketAddr,
+        http: Option<SocketAddr>,
         place: GossipPlace,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
+        let http_auth = http.map(|addr| auth(config, addr)).transpose()?;
         let store = open_store(data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let engine = Arc::new(Engine::new(
@@ -155,24 +159,45 @@ impl CentralNode {
                 heartbeat: Duration::from_millis(config.replication.heartbeat_ms),
             },
         );
-        let server = tokio::spawn(async move {
+        let mut http_addr = None;
+        let mut servers = Vec::new();
+        if let (Some(addr), Some(auth)) = (http, http_auth) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            http_addr = Some(listener.local_addr()?);
+            let router = driftkv_http::operator_router(auth, membership::routes(gossip.clone()));
+            let stop = shutdown.clone();
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.wait())
+                    .await
+                    .context("HTTP server failed")
+            }));
+        }
+        servers.push(tokio::spawn(async move {
             driftkv_central::serve(service, listener, shutdown.wait())
                 .await
                 .context("gRPC server failed")
-        });
-        tracing::info!(%grpc_addr, data_dir = %data_dir.display(), "central started");
+        }));
+        tracing::info!(%grpc_addr, ?http_addr, data_dir = %data_dir.display(), "central started");
         Ok(CentralNode {
             grpc_addr,
+            http_addr,
             gossip,
             store,
-            server,
+            servers,
             background,
         })
     }
 
-    /// Waits for the server to stop (after the shutdown signal), then flushes storage.
+    /// Waits for the servers to stop (after the shutdown signal), then flushes storage.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        let served = self.server.await.context("gRPC server task failed")?;
+        let mut served = Ok(());
+        for server in self.servers {
+            let outcome = server.await.context("server task failed")?;
+            served = served.and(outcome);
+        }
         for task in self.background {
             task.abort();
         }

@@ -32,6 +32,8 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
         &config,
         &config.data_dir.join("central"),
         any_port,
+        // The edges serve /healthz and /cluster; dev's central needs no port of its own.
+        None,
         GossipPlace {
             listen: any_port,
             seeds: Vec::new(),
@@ -98,10 +100,14 @@ pub async fn run_central(config: Config) -> anyhow::Result<()> {
         &config,
         &config.data_dir,
         config.grpc.listen,
+        Some(config.listen),
         GossipPlace::configured(&config),
         stop,
     )
     .await?;
+    if let Some(http) = central.http_addr {
+        tracing::info!("central serves /healthz and /cluster on http://{http}");
+    }
     announce(&format!(
         "driftkv central listening on http://{}",
         central.grpc_addr

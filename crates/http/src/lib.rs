@@ -66,7 +66,18 @@ pub fn router(service: Arc<dyn KvService>, auth: Auth, extra: Router) -> Router 
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
-    let api = api.with_state(service).merge(extra);
+    serve(api.with_state(service).merge(extra), auth)
+}
+
+/// The router of a node without the KV API (central): its `extra` routes behind `auth`, and
+/// `/healthz`.
+pub fn operator_router(auth: Auth, extra: Router) -> Router {
+    serve(extra, auth)
+}
+
+/// `api` behind `auth`, with `/healthz`, Cloudflare-style errors for unknown routes and
+/// methods, panic recovery and request spans.
+fn serve(api: Router, auth: Auth) -> Router {
     // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
     let api = if auth.required() {
         api.route_layer(middleware::from_fn_with_state(auth, auth::require))
