@@ -315,7 +315,16 @@ mod tests {
                 serde_json::to_value(&config).unwrap(),
                 serde_json::to_value(Config::default()).unwrap()
             );
-            for example in ["central.toml", "edge.toml"] {
+            for example in [
+                "central.toml",
+                "edge.toml",
+                "compose/central.toml",
+                "compose/edge-1.toml",
+                "compose/edge-2.toml",
+                "compose/edge-3.toml",
+                "k8s/central.toml",
+                "k8s/edge.toml",
+            ] {
                 let path = format!("{}/deploy/{example}", env!("CARGO_MANIFEST_DIR"));
                 Config::load(Some(Path::new(&path)), Overrides::default())
                     .unwrap_or_else(|e| panic!("{example} does not load: {e:#}"));
