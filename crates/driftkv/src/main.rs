@@ -1,5 +1,6 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
+mod cli;
 mod config;
 mod membership;
 mod node;
@@ -76,6 +77,21 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Workers KV commands shaped like wrangler's, against any driftkv edge: namespaces, keys,
+    /// bulk files, export and import.
+    Kv {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::Kv,
+    },
+    /// The cluster as a node sees it.
+    Cluster {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::ClusterCommand,
+    },
     /// Check a node's health endpoint and exit 0 if it answers 200, non-zero otherwise: a
     /// container health check that needs no curl.
     Health {
@@ -117,16 +133,37 @@ async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ends a client command: a failure is one line on stderr and exit status 1, for scripts.
+fn client_outcome(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = outcome {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
     match cli.command {
-        Command::Dev { node, edges } => run::run_dev(node.load()?, edges).await,
-        Command::Central { node } => run::run_central(node.load()?).await,
-        Command::Edge { node } => run::run_edge(node.load()?).await,
+        Command::Kv { target, command } => client_outcome(cli::kv(&target, command).await),
+        Command::Cluster { target, command } => {
+            client_outcome(cli::cluster(&target, command).await)
+        }
         Command::Health { url, timeout_secs } => {
             health(&url, std::time::Duration::from_secs(timeout_secs)).await
+        }
+        Command::Dev { node, edges } => {
+            init_logging();
+            run::run_dev(node.load()?, edges).await
+        }
+        Command::Central { node } => {
+            init_logging();
+            run::run_central(node.load()?).await
+        }
+        Command::Edge { node } => {
+            init_logging();
+            run::run_edge(node.load()?).await
         }
     }
 }

@@ -1,0 +1,706 @@
+//! The client commands: `driftkv kv ...` shaped like wrangler's, plus namespace export and
+//! import, and `driftkv cluster status`. They talk to any driftkv edge (or Cloudflare's API)
+//! through `driftkv-client`.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use driftkv_client::{BulkItem, BulkReport, Client, Key, Namespace, Progress, PutOptions};
+use figment::providers::{Format as _, Toml};
+use futures::{StreamExt as _, TryStreamExt as _};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The dev server, when nothing else is configured.
+const DEFAULT_URL: &str = "http://127.0.0.1:8787";
+/// Any account id works with a dev server; this one is used when none is given.
+const DEFAULT_ACCOUNT: &str = "dev";
+/// Values fetched at once while exporting.
+const EXPORT_CONCURRENCY: usize = 16;
+/// The first line of an export file names the format.
+const EXPORT_FORMAT: u64 = 1;
+
+/// Where the commands send their requests, and how they print.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// The edge (or API) to talk to [env: DRIFTKV_URL; then `url` in
+    /// ~/.config/driftkv/config.toml; default http://127.0.0.1:8787].
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Bearer token [env: DRIFTKV_API_TOKEN; then `token` in the config file].
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Account id [env: DRIFTKV_ACCOUNT_ID; then `account_id` in the config file; default
+    /// "dev"].
+    #[arg(long, global = true)]
+    account_id: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `~/.config/driftkv/config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    url: Option<String>,
+    token: Option<String>,
+    account_id: Option<String>,
+}
+
+fn config_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")))?;
+    Some(base.join("driftkv").join("config.toml"))
+}
+
+impl Target {
+    /// Flags, then environment, then the config file, then defaults.
+    fn client(&self) -> anyhow::Result<Client> {
+        let file = match config_file().filter(|p| p.exists()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                figment::Figment::from(Toml::string(&text))
+                    .extract::<FileSettings>()
+                    .with_context(|| format!("{} is not a valid config", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let url = self
+            .url
+            .clone()
+            .or_else(|| env("DRIFTKV_URL"))
+            .or(file.url)
+            .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| env("DRIFTKV_API_TOKEN"))
+            .or(file.token);
+        let account = self
+            .account_id
+            .clone()
+            .or_else(|| env("DRIFTKV_ACCOUNT_ID"))
+            .or(file.account_id)
+            .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
+        Ok(Client::new(&url, &account, token.as_deref())?)
+    }
+}
+
+/// `driftkv kv ...`
+#[derive(Subcommand, Debug)]
+pub enum Kv {
+    /// Namespaces: create, list, rename, delete, export, import.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Single keys: put, get, list, delete.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Many keys from a JSON file in wrangler's format.
+    #[command(subcommand)]
+    Bulk(BulkCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct NamespaceId {
+    /// The namespace's id (32 hex characters).
+    #[arg(long)]
+    namespace_id: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NamespaceCommand {
+    /// Create a namespace.
+    Create { title: String },
+    /// List the account's namespaces (a JSON array).
+    List,
+    /// Give a namespace a new title.
+    Rename {
+        #[command(flatten)]
+        id: NamespaceId,
+        /// The new title.
+        title: String,
+    },
+    /// Delete a namespace and all its keys.
+    Delete {
+        #[command(flatten)]
+        id: NamespaceId,
+    },
+    /// Write every key of a namespace (value, metadata, expiration) to FILE, one JSON object
+    /// per line, streaming.
+    Export {
+        #[command(flatten)]
+        id: NamespaceId,
+        file: PathBuf,
+    },
+    /// Load an export FILE into the namespace --namespace-id, or into a new namespace with the
+    /// exported title.
+    Import {
+        /// Target namespace [default: a new namespace with the exported title].
+        #[arg(long)]
+        namespace_id: Option<String>,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Write a value, given inline or read from --path.
+    Put {
+        key: String,
+        /// The value (or use --path).
+        value: Option<String>,
+        #[command(flatten)]
+        id: NamespaceId,
+        /// Read the value from this file (binary-safe).
+        #[arg(long, conflicts_with = "value")]
+        path: Option<PathBuf>,
+        /// Expire after this many seconds (at least 60).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Expire at this unix time (seconds, at least 60 s ahead).
+        #[arg(long)]
+        expiration: Option<u64>,
+        /// JSON metadata to store with the value.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Read a value: raw bytes to stdout, or to --path.
+    Get {
+        key: String,
+        #[command(flatten)]
+        id: NamespaceId,
+        /// Decode the value as UTF-8 text and end it with a newline.
+        #[arg(long)]
+        text: bool,
+        /// Write the value to this file instead of stdout.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// List keys (a JSON array, every page followed).
+    List {
+        #[command(flatten)]
+        id: NamespaceId,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Delete a key (succeeds whether or not it exists).
+    Delete {
+        key: String,
+        #[command(flatten)]
+        id: NamespaceId,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BulkCommand {
+    /// Write the items of FILE: a JSON array of {key, value, base64?, expiration?,
+    /// expiration_ttl?, metadata?}.
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        id: NamespaceId,
+    },
+    /// Delete the keys of FILE: a JSON array of key strings.
+    Delete {
+        file: PathBuf,
+        #[command(flatten)]
+        id: NamespaceId,
+    },
+    /// Read the keys of FILE (a JSON array of key strings): prints {key: {value, metadata}}.
+    Get {
+        file: PathBuf,
+        #[command(flatten)]
+        id: NamespaceId,
+    },
+}
+
+/// `driftkv cluster ...`
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Members, roles, regions, liveness and replication lag, as a table (--json for scripts).
+    Status,
+}
+
+/// A progress bar on a terminal, nothing when piped.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(total: Option<u64>, what: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Bar(ProgressBar::hidden());
+        }
+        let bar = match total {
+            Some(total) => ProgressBar::new(total),
+            None => ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)"
+        } else {
+            "{msg} {spinner} {pos} ({per_sec})"
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn advance(&self, items: u64) {
+        self.0.inc(items);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Reports a bulk operation; an error when some keys still failed.
+fn finish_bulk(report: &BulkReport, verb: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(&json!({
+            "succeeded": report.succeeded,
+            "failed_keys": report.failed_keys,
+        }))?;
+    } else {
+        eprintln!("{verb} {} keys", report.succeeded);
+    }
+    bulk_failures(report)
+}
+
+/// An error naming the keys a bulk operation could not do, if any.
+fn bulk_failures(report: &BulkReport) -> anyhow::Result<()> {
+    if !report.failed_keys.is_empty() {
+        let shown: Vec<&str> = report
+            .failed_keys
+            .iter()
+            .take(10)
+            .map(String::as_str)
+            .collect();
+        bail!(
+            "{} keys failed after retries ({}): {}{}",
+            report.failed_keys.len(),
+            report.last_error.as_deref().unwrap_or("unknown error"),
+            shown.join(", "),
+            if report.failed_keys.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn read_json_file<T: serde::de::DeserializeOwned>(path: &Path, shape: &str) -> anyhow::Result<T> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    serde_json::from_reader(std::io::BufReader::new(file))
+        .with_context(|| format!("{} is not {shape}", path.display()))
+}
+
+/// Runs `driftkv kv ...`.
+pub async fn kv(target: &Target, command: Kv) -> anyhow::Result<()> {
+    let client = target.client()?;
+    match command {
+        Kv::Namespace(command) => namespace(&client, target.json, command).await,
+        Kv::Key(command) => key(&client, target.json, command).await,
+        Kv::Bulk(command) => bulk(&client, target.json, command).await,
+    }
+}
+
+async fn namespace(client: &Client, json: bool, command: NamespaceCommand) -> anyhow::Result<()> {
+    match command {
+        NamespaceCommand::Create { title } => {
+            let ns = client.create_namespace(&title).await?;
+            if json {
+                print_json(&ns)
+            } else {
+                println!("Created namespace \"{}\" with id {}", ns.title, ns.id);
+                Ok(())
+            }
+        }
+        NamespaceCommand::List => print_json(&client.list_namespaces().await?),
+        NamespaceCommand::Rename { id, title } => {
+            let ns = client.rename_namespace(&id.namespace_id, &title).await?;
+            if json {
+                print_json(&ns)
+            } else {
+                println!("Renamed namespace {} to \"{}\"", ns.id, ns.title);
+                Ok(())
+            }
+        }
+        NamespaceCommand::Delete { id } => {
+            client.delete_namespace(&id.namespace_id).await?;
+            if json {
+                print_json(&json!({ "deleted": id.namespace_id }))
+            } else {
+                println!("Deleted namespace {}", id.namespace_id);
+                Ok(())
+            }
+        }
+        NamespaceCommand::Export { id, file } => {
+            export(client, &id.namespace_id, &file, json).await
+        }
+        NamespaceCommand::Import { namespace_id, file } => {
+            import(client, namespace_id, &file, json).await
+        }
+    }
+}
+
+async fn key(client: &Client, json: bool, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Put {
+            key,
+            value,
+            id,
+            path,
+            ttl,
+            expiration,
+            metadata,
+        } => {
+            let value: Vec<u8> = match (value, path) {
+                (Some(value), None) => value.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                _ => bail!("give the value, or --path FILE"),
+            };
+            let metadata = metadata
+                .map(|m| serde_json::from_str::<Value>(&m))
+                .transpose()
+                .context("--metadata is not JSON")?;
+            let options = PutOptions {
+                expiration,
+                expiration_ttl: ttl,
+                metadata,
+            };
+            client.put(&id.namespace_id, &key, value, &options).await?;
+            if json {
+                print_json(&json!({ "written": key }))
+            } else {
+                eprintln!("Wrote \"{key}\"");
+                Ok(())
+            }
+        }
+        KeyCommand::Get {
+            key,
+            id,
+            text,
+            path,
+        } => {
+            let Some(value) = client.get(&id.namespace_id, &key).await? else {
+                bail!("key \"{key}\" not found (code 10009, HTTP 404)");
+            };
+            match path {
+                Some(path) => std::fs::write(&path, &value)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None if text => println!("{}", String::from_utf8_lossy(&value)),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&value)?;
+                    out.flush()?;
+                }
+            }
+            Ok(())
+        }
+        KeyCommand::List { id, prefix } => {
+            print_json(&client.all_keys(&id.namespace_id, prefix.as_deref()).await?)
+        }
+        KeyCommand::Delete { key, id } => {
+            client.delete(&id.namespace_id, &key).await?;
+            if json {
+                print_json(&json!({ "deleted": key }))
+            } else {
+                eprintln!("Deleted \"{key}\"");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn bulk(client: &Client, json: bool, command: BulkCommand) -> anyhow::Result<()> {
+    match command {
+        BulkCommand::Put { file, id } => {
+            let items: Vec<BulkItem> = read_json_file(
+                &file,
+                "a JSON array of {key, value, base64?, expiration?, expiration_ttl?, metadata?}",
+            )?;
+            let bar = Bar::new(Some(items.len() as u64), "writing");
+            let report = client.bulk_put_all(&id.namespace_id, items, &bar).await?;
+            drop(bar);
+            finish_bulk(&report, "Wrote", json)
+        }
+        BulkCommand::Delete { file, id } => {
+            let keys: Vec<String> = read_json_file(&file, "a JSON array of key strings")?;
+            let bar = Bar::new(Some(keys.len() as u64), "deleting");
+            let report = client.bulk_delete_all(&id.namespace_id, keys, &bar).await?;
+            drop(bar);
+            finish_bulk(&report, "Deleted", json)
+        }
+        BulkCommand::Get { file, id } => {
+            let keys: Vec<String> = read_json_file(&file, "a JSON array of key strings")?;
+            let mut found = serde_json::Map::new();
+            for chunk in keys.chunks(driftkv_client::MAX_BULK_GET_KEYS) {
+                for (key, value) in client.bulk_get(&id.namespace_id, chunk).await? {
+                    found.insert(key, serde_json::to_value(value)?);
+                }
+            }
+            print_json(&found)
+        }
+    }
+}
+
+/// The first line of an export.
+#[derive(Serialize, Deserialize)]
+struct ExportHeader {
+    driftkv_export: u64,
+    namespace: Namespace,
+}
+
+/// One key of an export.
+#[derive(Serialize, Deserialize)]
+struct ExportedKey {
+    key: String,
+    /// The value's bytes, base64.
+    value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expiration: Option<u64>,
+}
+
+/// Streams a namespace to `path`: one page of keys at a time, its values fetched a few at a
+/// time, so memory stays bounded whatever the namespace's size.
+async fn export(
+    client: &Client,
+    namespace_id: &str,
+    path: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let namespace = client.namespace(namespace_id).await?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    serde_json::to_writer(
+        &mut out,
+        &ExportHeader {
+            driftkv_export: EXPORT_FORMAT,
+            namespace,
+        },
+    )?;
+    out.write_all(b"\n")?;
+    let bar = Bar::new(None, "exporting");
+    let (mut exported, mut vanished) = (0u64, 0u64);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = client
+            .list_keys(namespace_id, None, cursor.as_deref(), None)
+            .await?;
+        let values: Vec<(Key, Option<bytes::Bytes>)> = futures::stream::iter(page.keys)
+            .map(|key| async move {
+                let value = client.get(namespace_id, &key.name).await?;
+                anyhow::Ok((key, value))
+            })
+            .buffered(EXPORT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (key, value) in values {
+            // Deleted or expired between the listing and the read.
+            let Some(value) = value else {
+                vanished += 1;
+                continue;
+            };
+            serde_json::to_writer(
+                &mut out,
+                &ExportedKey {
+                    key: key.name,
+                    value: base64::engine::general_purpose::STANDARD.encode(&value),
+                    metadata: key.metadata,
+                    expiration: key.expiration,
+                },
+            )?;
+            out.write_all(b"\n")?;
+            exported += 1;
+            bar.advance(1);
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    drop(bar);
+    if json {
+        print_json(&json!({ "exported": exported, "vanished": vanished }))
+    } else {
+        eprintln!("Exported {exported} keys to {}", path.display());
+        Ok(())
+    }
+}
+
+/// Loads an export, streaming its lines into API-sized bulk writes. Keys whose expiration is
+/// too close for the API to take (less than 60 s ahead) are skipped and counted: they would be
+/// gone by the time anyone read them.
+async fn import(
+    client: &Client,
+    namespace_id: Option<String>,
+    path: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    let header_line = lines
+        .next()
+        .transpose()?
+        .with_context(|| format!("{} is empty", path.display()))?;
+    let header: ExportHeader = serde_json::from_str(&header_line)
+        .with_context(|| format!("{} is not a driftkv export", path.display()))?;
+    if header.driftkv_export != EXPORT_FORMAT {
+        bail!(
+            "{} is export format {}; this driftkv reads format {EXPORT_FORMAT}",
+            path.display(),
+            header.driftkv_export
+        );
+    }
+    let namespace_id = match namespace_id {
+        Some(id) => id,
+        None => client.create_namespace(&header.namespace.title).await?.id,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    // The items are produced as the bulk writer asks for them; a bad line stops the stream and
+    // is reported after.
+    let mut failure: Option<anyhow::Error> = None;
+    let mut skipped = 0u64;
+    let mut line_number = 1;
+    let items = std::iter::from_fn(|| loop {
+        if failure.is_some() {
+            return None;
+        }
+        line_number += 1;
+        let line = match lines.next()? {
+            Ok(line) => line,
+            Err(e) => {
+                failure =
+                    Some(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
+                return None;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: ExportedKey = match serde_json::from_str(&line) {
+            Ok(entry) => entry,
+            Err(e) => {
+                failure = Some(anyhow::anyhow!(
+                    "{} line {line_number}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        };
+        if entry.expiration.is_some_and(|at| at < now + 60) {
+            skipped += 1;
+            continue;
+        }
+        return Some(BulkItem {
+            key: entry.key,
+            value: entry.value,
+            base64: true,
+            expiration: entry.expiration,
+            expiration_ttl: None,
+            metadata: entry.metadata,
+        });
+    });
+    let bar = Bar::new(None, "importing");
+    let report = client.bulk_put_all(&namespace_id, items, &bar).await;
+    drop(bar);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let report = report?;
+    if json {
+        print_json(&json!({
+            "namespace_id": namespace_id,
+            "imported": report.succeeded,
+            "skipped_expiring": skipped,
+            "failed_keys": report.failed_keys,
+        }))?;
+    } else {
+        eprintln!(
+            "Imported {} keys into namespace {namespace_id}{}",
+            report.succeeded,
+            if skipped > 0 {
+                format!(" ({skipped} skipped: expiring within 60 s)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    bulk_failures(&report)
+}
+
+/// Runs `driftkv cluster status`.
+pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status => {
+            let view = target.client()?.cluster().await?;
+            if target.json {
+                return print_json(&view);
+            }
+            println!(
+                "{:<8} {:<8} {:<12} {:<8} {:>12} {:>10} {:>10}  ADDRESS",
+                "NODE", "ROLE", "REGION", "STATUS", "APPLIED", "LAG", "LAG MS"
+            );
+            let dash = || "-".to_owned();
+            for m in &view.members {
+                println!(
+                    "{:<8} {:<8} {:<12} {:<8} {:>12} {:>10} {:>10}  {}",
+                    m.node_id,
+                    m.role.clone().unwrap_or_else(dash),
+                    m.region.clone().unwrap_or_else(dash),
+                    m.status,
+                    m.applied_sequence.map_or_else(dash, |v| v.to_string()),
+                    m.lag_entries.map_or_else(dash, |v| v.to_string()),
+                    m.lag_ms.map_or_else(dash, |v| v.to_string()),
+                    m.http
+                        .clone()
+                        .or_else(|| m.grpc.clone())
+                        .unwrap_or_else(dash),
+                );
+            }
+            println!(
+                "central durable sequence: {}",
+                view.central_durable_sequence
+                    .map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+            );
+            Ok(())
+        }
+    }
+}
