@@ -67,6 +67,8 @@ pub struct BulkReport {
     pub succeeded: u64,
     /// Keys that still failed after every retry.
     pub failed_keys: Vec<String>,
+    /// Requests sent again after a refusal or a failure.
+    pub retries: u64,
     /// The last error behind `failed_keys`, when there was one.
     pub last_error: Option<String>,
 }
@@ -170,6 +172,7 @@ impl Client {
             let mut attempt = 0;
             while !pending.is_empty() {
                 if attempt > 0 {
+                    report.retries += 1;
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                 }
                 attempt += 1;

@@ -283,8 +283,9 @@ fn finish_bulk(report: &BulkReport, verb: &str, json: bool) -> anyhow::Result<()
         print_json(&json!({
             "succeeded": report.succeeded,
             "failed_keys": report.failed_keys,
+            "retries": report.retries,
         }))?;
-    } else {
+    } else if report.failed_keys.is_empty() {
         eprintln!("{verb} {} keys", report.succeeded);
     }
     bulk_failures(report)
@@ -300,9 +301,10 @@ fn bulk_failures(report: &BulkReport) -> anyhow::Result<()> {
             .map(String::as_str)
             .collect();
         bail!(
-            "{} keys failed after retries ({}): {}{}",
+            "{} keys failed after retries ({}), {} succeeded; failed: {}{}",
             report.failed_keys.len(),
             report.last_error.as_deref().unwrap_or("unknown error"),
+            report.succeeded,
             shown.join(", "),
             if report.failed_keys.len() > shown.len() {
                 ", ..."
@@ -651,8 +653,9 @@ async fn import(
             "imported": report.succeeded,
             "skipped_expiring": skipped,
             "failed_keys": report.failed_keys,
+            "retries": report.retries,
         }))?;
-    } else {
+    } else if report.failed_keys.is_empty() {
         eprintln!(
             "Imported {} keys into namespace {namespace_id}{}",
             report.succeeded,
