@@ -14,6 +14,7 @@ use std::time::Duration;
 use driftkv_core::{KvError, KvService, LogEntry, WriteResult};
 use driftkv_engine::reads::blocking;
 use driftkv_engine::{spawn_maintenance, Engine};
+use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
 use driftkv_proto::pb::{self, subscribe_reply::Event};
 use driftkv_proto::{
@@ -93,6 +94,9 @@ impl Central for CentralService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
+        let _timer = CENTRAL_WRITE_SECONDS
+            .with_label_values(&[&self.engine.node_id().to_string()])
+            .start_timer();
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         let writes = request.writes.into_iter().map(Into::into).collect();
@@ -215,6 +219,9 @@ impl Central for CentralService {
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         tracing::info!(subscriber = %request.get_ref().node_id, "replica takes a snapshot");
+        SNAPSHOTS
+            .with_label_values(&[&self.engine.node_id().to_string(), "served"])
+            .inc();
         let (tx, rx) = mpsc::channel(2);
         let engine = self.engine.clone();
         tokio::spawn(async move {

@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod membership;
 mod node;
+mod ops;
 mod run;
 
 use std::io::IsTerminal as _;

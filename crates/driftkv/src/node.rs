@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::membership::{self, Role};
+use crate::ops;
 use driftkv_gossip::{keys, Gossip};
 
 /// A signal every server of the process stops on.
@@ -135,6 +136,7 @@ impl CentralNode {
             (keys::GRPC, membership::advertised(config, grpc_addr)),
         )
         .await?;
+        ops::watch_store(config.node_id, &store);
         let background = vec![
             spawn_sweeper(
                 &store,
@@ -166,7 +168,12 @@ impl CentralNode {
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
             http_addr = Some(listener.local_addr()?);
-            let router = driftkv_http::operator_router(auth, membership::routes(gossip.clone()));
+            let router = driftkv_http::operator_router(
+                auth,
+                &config.node_id.to_string(),
+                ops::central_ready(),
+                membership::routes(gossip.clone()),
+            );
             let stop = shutdown.clone();
             servers.push(tokio::spawn(async move {
                 axum::serve(listener, router)
@@ -277,7 +284,15 @@ impl EdgeNode {
                 Duration::from_millis(config.gossip.interval_ms),
             ),
         ];
-        let router = driftkv_http::router(edge.clone(), auth, membership::routes(gossip.clone()));
+        ops::watch_store(node_id, &store);
+        ops::watch_cache(node_id, &edge);
+        let router = driftkv_http::router(
+            edge.clone(),
+            auth,
+            &node_id.to_string(),
+            ops::edge_ready(edge.clone()),
+            membership::routes(gossip.clone()),
+        );
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.wait())

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftkv_core::{LiveValue, NamespaceId};
+use driftkv_metrics::prometheus::IntCounter;
+use driftkv_metrics::{CACHE_EVICTIONS, CACHE_LOOKUPS};
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 
@@ -43,14 +46,32 @@ impl Expiry<Key, Arc<Cached>> for PerEntryTtl {
 #[derive(Clone)]
 pub struct ReadCache {
     entries: Cache<Key, Arc<Cached>>,
+    lookups: Lookups,
+}
+
+/// The lookup counters, resolved once for this edge's node label.
+#[derive(Clone)]
+struct Lookups {
+    hit: IntCounter,
+    negative_hit: IntCounter,
+    miss: IntCounter,
 }
 
 /// What an entry costs beyond its key and value bytes (bookkeeping, the key tuple).
 const ENTRY_OVERHEAD: usize = 96;
 
 impl ReadCache {
-    /// A cache holding at most about `max_bytes` of keys and values.
-    pub fn new(max_bytes: u64) -> Self {
+    /// A cache holding at most about `max_bytes` of keys and values, counting its lookups and
+    /// evictions under the node label `node`.
+    pub fn new(max_bytes: u64, node: &str) -> Self {
+        let lookup = |result: &str| CACHE_LOOKUPS.with_label_values(&[node, result]);
+        let lookups = Lookups {
+            hit: lookup("hit"),
+            negative_hit: lookup("negative_hit"),
+            miss: lookup("miss"),
+        };
+        let evictions = ["size", "expired", "replaced", "explicit"]
+            .map(|cause| CACHE_EVICTIONS.with_label_values(&[node, cause]));
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|(_, key): &Key, cached: &Arc<Cached>| {
@@ -60,14 +81,34 @@ impl ReadCache {
                 u32::try_from(ENTRY_OVERHEAD + key.len() + value).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
+            .eviction_listener(move |_, _, cause| {
+                let index = match cause {
+                    RemovalCause::Size => 0,
+                    RemovalCause::Expired => 1,
+                    RemovalCause::Replaced => 2,
+                    RemovalCause::Explicit => 3,
+                };
+                evictions[index].inc();
+            })
             .build();
-        ReadCache { entries }
+        ReadCache { entries, lookups }
     }
 
     /// The cached result for a key, if one is still within its TTL.
     pub fn get(&self, namespace: NamespaceId, key: &str) -> Option<Arc<Cached>> {
         // A borrowed lookup would need the tuple's parts borrowed together; keys are short.
-        self.entries.get(&(namespace, key.to_owned()))
+        let found = self.entries.get(&(namespace, key.to_owned()));
+        match &found {
+            Some(cached) if cached.value.is_some() => self.lookups.hit.inc(),
+            Some(_) => self.lookups.negative_hit.inc(),
+            None => self.lookups.miss.inc(),
+        }
+        found
+    }
+
+    /// What the cached entries weigh against the cache's bound, in bytes.
+    pub fn weighted_bytes(&self) -> u64 {
+        self.entries.weighted_size()
     }
 
     /// Caches a read result unless a result for the key is already cached, and returns the one
@@ -127,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_fill_never_replaces_a_cached_result() {
-        let cache = ReadCache::new(1 << 20);
+        let cache = ReadCache::new(1 << 20, "test");
         let long = Duration::from_secs(60);
         assert_eq!(cache.fill(NS, "k", None, long).value, None);
         // A later read of a newer replica still gets the cached "not found".
@@ -141,7 +182,7 @@ mod tests {
 
     #[test]
     fn entries_expire_after_their_own_ttl() {
-        let cache = ReadCache::new(1 << 20);
+        let cache = ReadCache::new(1 << 20, "test");
         cache.fill(NS, "short", value("s"), Duration::from_millis(50));
         cache.fill(NS, "long", value("l"), Duration::from_secs(60));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -154,7 +195,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_in_bytes() {
-        let cache = ReadCache::new(64 * 1024);
+        let cache = ReadCache::new(64 * 1024, "test");
         let big = Some(LiveValue {
             value: Bytes::from(vec![0u8; 8 * 1024]),
             metadata: None,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
 use driftkv_engine::reads::blocking;
+use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
 use driftkv_proto::error_from_status;
 use driftkv_proto::pb::central_client::CentralClient;
 use driftkv_proto::pb::{self, subscribe_reply::Event};
@@ -123,6 +124,9 @@ async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
             }
         }
     }
+    REPLICATION_ENTRIES_APPLIED
+        .with_label_values(&[&edge.options.node_id.to_string()])
+        .inc_by(entries.len() as u64);
     edge.status.send_modify(|s| {
         s.connected = true;
         s.applied = s.applied.max(last);
@@ -208,6 +212,9 @@ async fn install_snapshot(
             }
             edge.status.send_modify(|s| s.applied = sequence);
             tracing::info!(sequence, "snapshot installed");
+            SNAPSHOTS
+                .with_label_values(&[&edge.options.node_id.to_string(), "installed"])
+                .inc();
             return Ok(());
         }
     }

@@ -88,7 +88,7 @@ impl Edge {
     ) -> Result<Arc<Self>, KvError> {
         let applied = store.applied_sequence()?;
         Ok(Arc::new(Edge {
-            cache: ReadCache::new(options.cache_max_bytes),
+            cache: ReadCache::new(options.cache_max_bytes, &options.node_id.to_string()),
             link: CentralLink::new(options.timeouts),
             status: watch::Sender::new(ReplicationStatus {
                 applied,
@@ -109,6 +109,11 @@ impl Edge {
     /// The replica.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Bytes the read cache holds, as weighed against its bound.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.weighted_bytes()
     }
 
     /// Follows the replication status.

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 
 use driftkv_core::{Change, KvError};
+use driftkv_metrics::prometheus::Histogram;
+use driftkv_metrics::COMMIT_BATCH_WRITERS;
 use driftkv_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -31,10 +33,12 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task on `store`; it publishes every durable sequence to `durable`.
-    pub(crate) fn start(store: Arc<dyn Store>, durable: watch::Sender<u64>) -> Self {
+    /// Starts the committer task on `store`; it publishes every durable sequence to `durable`
+    /// and its batch sizes under the node label `node`.
+    pub(crate) fn start(store: Arc<dyn Store>, durable: watch::Sender<u64>, node: &str) -> Self {
         let (queue, requests) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, Arc::new(durable), requests));
+        let batch_writers = COMMIT_BATCH_WRITERS.with_label_values(&[node]);
+        tokio::spawn(run(store, Arc::new(durable), requests, batch_writers));
         Committer { queue }
     }
 
@@ -54,6 +58,7 @@ async fn run(
     store: Arc<dyn Store>,
     durable: Arc<watch::Sender<u64>>,
     mut requests: mpsc::UnboundedReceiver<Pending>,
+    batch_writers: Histogram,
 ) {
     // A writer taken off the queue that did not fit the batch before; it starts the next.
     let mut carried: Option<Pending> = None;
@@ -76,6 +81,7 @@ async fn run(
             changes += next.changes.len();
             batch.push(next);
         }
+        batch_writers.observe(batch.len() as f64);
         let appended = reads::blocking(&store, move |store| Ok(append(store, batch))).await;
         let appended = match appended {
             Ok(appended) => appended,
@@ -274,7 +280,7 @@ mod tests {
     async fn concurrent_commits_each_learn_their_own_durable_sequences() {
         let (store, _dir) = open();
         let (durable_tx, durable) = watch::channel(store.log_bounds().unwrap().last);
-        let committer = Arc::new(Committer::start(store.clone(), durable_tx));
+        let committer = Arc::new(Committer::start(store.clone(), durable_tx, "test"));
         let writers: Vec<_> = (0..200u64)
             .map(|i| {
                 let committer = committer.clone();

@@ -26,6 +26,7 @@ use driftkv_core::{
     Change, KvError, KvService, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Version,
     Write, WriteOutcome, WriteResult,
 };
+use driftkv_metrics::CENTRAL_WRITES;
 use driftkv_store::Store;
 use tokio::sync::{watch, Mutex};
 
@@ -66,7 +67,7 @@ impl Engine {
         let last = store.log_bounds()?.last;
         let (durable_tx, durable) = watch::channel(last);
         Ok(Engine {
-            committer: Committer::start(store.clone(), durable_tx),
+            committer: Committer::start(store.clone(), durable_tx, &node_id.to_string()),
             store,
             hlc,
             origin: node_id.get(),
@@ -75,6 +76,11 @@ impl Engine {
             namespace_changes: Mutex::new(()),
             durable,
         })
+    }
+
+    /// The node id versions are stamped with.
+    pub fn node_id(&self) -> u64 {
+        self.origin
     }
 
     /// The store the engine writes to.
@@ -144,6 +150,13 @@ impl Engine {
             });
         }
         let count = changes.len() as u64;
+        let node = self.origin.to_string();
+        CENTRAL_WRITES
+            .with_label_values(&[&node, "applied"])
+            .inc_by(count);
+        CENTRAL_WRITES
+            .with_label_values(&[&node, "rate_limited"])
+            .inc_by(versions.len() as u64 - count);
         let last = if count > 0 {
             self.commit(changes).await?
         } else {

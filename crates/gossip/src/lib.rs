@@ -150,6 +150,11 @@ impl Gossip {
         })
     }
 
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.self_id.node_id
+    }
+
     /// The address peers gossip with this node at.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -14,12 +14,15 @@ mod namespaces;
 mod values;
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{middleware, Json, Router};
 use driftkv_core::{KvError, KvService};
+use driftkv_metrics::{HTTP_REQUESTS, HTTP_REQUEST_SECONDS};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -34,9 +37,16 @@ type Service = Arc<dyn KvService>;
 /// The prefix of every KV route.
 pub const NAMESPACES_ROUTE: &str = "/client/v4/accounts/{account_id}/storage/kv/namespaces";
 
-/// The full router: the KV API and the node's `extra` routes (both behind `auth`), and
-/// `/healthz`.
-pub fn router(service: Arc<dyn KvService>, auth: Auth, extra: Router) -> Router {
+/// The full router of an edge: the KV API and the node's `extra` routes behind `auth`;
+/// `/healthz`, `/metrics` and the node's `open` routes without it. Requests are counted and
+/// timed under the node label `node`.
+pub fn router(
+    service: Arc<dyn KvService>,
+    auth: Auth,
+    node: &str,
+    open: Router,
+    extra: Router,
+) -> Router {
     let ns = NAMESPACES_ROUTE;
     let one = format!("{ns}/{{namespace_id}}");
     let api = Router::new()
@@ -66,18 +76,18 @@ pub fn router(service: Arc<dyn KvService>, auth: Auth, extra: Router) -> Router 
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
-    serve(api.with_state(service).merge(extra), auth)
+    serve(api.with_state(service).merge(extra), auth, node, open)
 }
 
-/// The router of a node without the KV API (central): its `extra` routes behind `auth`, and
-/// `/healthz`.
-pub fn operator_router(auth: Auth, extra: Router) -> Router {
-    serve(extra, auth)
+/// The router of a node without the KV API (central): its `extra` routes behind `auth`;
+/// `/healthz`, `/metrics` and its `open` routes without it.
+pub fn operator_router(auth: Auth, node: &str, open: Router, extra: Router) -> Router {
+    serve(extra, auth, node, open)
 }
 
-/// `api` behind `auth`, with `/healthz`, Cloudflare-style errors for unknown routes and
-/// methods, panic recovery and request spans.
-fn serve(api: Router, auth: Auth) -> Router {
+/// `api` behind `auth`, with `/healthz`, `/metrics` and `open`, request metrics,
+/// Cloudflare-style errors for unknown routes and methods, panic recovery and request spans.
+fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
     // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
     let api = if auth.required() {
         api.route_layer(middleware::from_fn_with_state(auth, auth::require))
@@ -86,7 +96,15 @@ fn serve(api: Router, auth: Auth) -> Router {
     };
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(open)
         .merge(api)
+        // Only requests that matched a route are counted: their route template is a label
+        // of bounded cardinality.
+        .route_layer(middleware::from_fn_with_state(
+            Arc::<str>::from(node),
+            record,
+        ))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) })
         .layer(CatchPanicLayer::custom(panic_response))
@@ -95,6 +113,42 @@ fn serve(api: Router, auth: Auth) -> Router {
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+}
+
+/// Counts and times a request under its route template.
+async fn record(
+    State(node): State<Arc<str>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    HTTP_REQUEST_SECONDS
+        .with_label_values(&[&*node, route.as_str(), method.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    HTTP_REQUESTS
+        .with_label_values(&[
+            &*node,
+            route.as_str(),
+            method.as_str(),
+            response.status().as_str(),
+        ])
+        .inc();
+    response
+}
+
+/// `GET /metrics`: every metric of the process, in the Prometheus text format.
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, driftkv_metrics::CONTENT_TYPE)],
+        driftkv_metrics::render(),
+    )
+        .into_response()
 }
 
 /// `GET /healthz`: the process is up and serving.

@@ -140,4 +140,6 @@ pub trait Store: Send + Sync + 'static {
     /// Returns once every write made before the call is durable on disk. Concurrent callers
     /// share flushes (group commit).
     async fn sync(&self) -> Result<(), StoreError>;
+    /// Bytes the database takes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

@@ -632,6 +632,10 @@ impl Store for SledStore {
     async fn sync(&self) -> Result<(), StoreError> {
         self.commit.sync().await
     }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(backend)
+    }
 }
 
 /// Group commit: callers of `sync` take a ticket; a dedicated thread flushes sled and then

@@ -31,6 +31,7 @@ macro_rules! store_suite {
             expirations_come_due_in_order,
             stale_expiry_entries_change_nothing,
             concurrent_syncs_all_return,
+            size_on_disk_counts_what_was_written,
             appends_are_numbered_without_gaps,
             the_log_can_be_trimmed,
             replicated_entries_advance_the_applied_sequence,
@@ -365,6 +366,23 @@ pub async fn concurrent_syncs_all_return(store: &dyn Store) {
     for result in futures::future::join_all(syncs).await {
         result.unwrap();
     }
+}
+
+/// The size on disk accounts for data written and made durable.
+pub async fn size_on_disk_counts_what_was_written(store: &dyn Store) {
+    let id = with_namespace(store, 1);
+    let value = "v".repeat(64 * 1024);
+    for i in 0..32 {
+        store
+            .apply(id, &[(format!("k{i}"), live(1, &value, None))])
+            .unwrap();
+    }
+    store.sync().await.unwrap();
+    let size = store.size_on_disk().unwrap();
+    assert!(
+        size >= 2 * 1024 * 1024,
+        "2 MiB written, {size} bytes on disk"
+    );
 }
 
 fn key_change(namespace: NamespaceId, key: &str, record: Record) -> Change {

@@ -1,0 +1,120 @@
+//! What operators read besides `/cluster`: `/readyz`, and the metrics refreshed at scrape time
+//! or from gossip.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use driftkv_edge::Edge;
+use driftkv_metrics::{
+    GOSSIP_MEMBERS, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS, STORE_DISK_BYTES,
+};
+use driftkv_store::Store;
+use serde_json::{json, Value};
+
+/// Reports the store's size on disk at every scrape, for as long as the store is open.
+pub fn watch_store(node: u64, store: &Arc<dyn Store>) {
+    let gauge = STORE_DISK_BYTES.with_label_values(&[&node.to_string()]);
+    let store: Weak<dyn Store> = Arc::downgrade(store);
+    driftkv_metrics::on_scrape(move || {
+        if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
+            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    });
+}
+
+/// Reports the edge's cache size at every scrape, for as long as the edge runs.
+pub fn watch_cache(node: u64, edge: &Arc<Edge>) {
+    let gauge = driftkv_metrics::CACHE_BYTES.with_label_values(&[&node.to_string()]);
+    let edge = Arc::downgrade(edge);
+    driftkv_metrics::on_scrape(move || {
+        if let Some(edge) = edge.upgrade() {
+            gauge.set(i64::try_from(edge.cache_bytes()).unwrap_or(i64::MAX));
+        }
+    });
+}
+
+/// Sets the membership gauges from a `/cluster` view: members by status, and each edge's lag.
+pub fn record_membership(node: &str, view: &Value) {
+    let members = view["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut by_status: BTreeMap<&str, i64> = [("live", 0), ("dead", 0), ("joining", 0)]
+        .into_iter()
+        .collect();
+    for member in members {
+        if let Some(count) = member["status"].as_str().and_then(|s| by_status.get_mut(s)) {
+            *count += 1;
+        }
+        if member["role"] != "edge" {
+            continue;
+        }
+        let edge = member["node_id"].as_str().unwrap_or_default();
+        if let Some(entries) = member["lag_entries"].as_u64() {
+            REPLICATION_LAG_ENTRIES
+                .with_label_values(&[node, edge])
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        }
+        if let Some(ms) = member["lag_ms"].as_u64() {
+            REPLICATION_LAG_SECONDS
+                .with_label_values(&[node, edge])
+                .set(ms as f64 / 1000.0);
+        }
+    }
+    for (status, count) in by_status {
+        GOSSIP_MEMBERS.with_label_values(&[node, status]).set(count);
+    }
+}
+
+/// `GET /readyz` of central: it serves once its storage is open, which is before it listens.
+pub fn central_ready() -> Router {
+    Router::new().route(
+        "/readyz",
+        get(|| async {
+            Json(json!({ "ready": true, "role": "central", "reason": "storage open" }))
+        }),
+    )
+}
+
+/// `GET /readyz` of an edge: ready once its replica holds data it can serve. With central out
+/// of reach it stays ready, serving its replica stale by design; the body says so.
+pub fn edge_ready(edge: Arc<Edge>) -> Router {
+    Router::new().route(
+        "/readyz",
+        get(move || {
+            let edge = edge.clone();
+            async move { edge_readiness(&edge) }
+        }),
+    )
+}
+
+fn edge_readiness(edge: &Edge) -> Response {
+    let status = edge.status().borrow().clone();
+    let bootstrapped = status.caught_up_at_ms.is_some() || status.applied > 0;
+    let (ready, reason) = match (bootstrapped, status.connected) {
+        (false, _) => (
+            false,
+            "the replica has not caught up with central yet".to_owned(),
+        ),
+        (true, true) => (true, "replicating from central".to_owned()),
+        (true, false) => (
+            true,
+            "central is out of reach: serving reads from the replica (stale by design); writes fail"
+                .to_owned(),
+        ),
+    };
+    let body = Json(json!({
+        "ready": ready,
+        "role": "edge",
+        "reason": reason,
+        "applied_sequence": status.applied,
+        "central_connected": status.connected,
+    }));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}

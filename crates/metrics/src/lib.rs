@@ -1,0 +1,266 @@
+//! The Prometheus metrics of a driftkv process, and their text exposition for `/metrics`.
+//!
+//! Every family is labelled by `node` (the node id), because one process may run several
+//! nodes (`driftkv dev` runs central and its edges together); a scrape of any of them shows
+//! the whole process. Components take the handles they need with their node id, e.g.
+//! `CACHE_LOOKUPS.with_label_values(&[node, "hit"])`.
+//!
+//! Values that are cheaper to read than to track (cache bytes, size on disk, gossip members,
+//! replication lag) are refreshed at scrape time by callbacks registered with [`on_scrape`].
+
+use std::sync::{LazyLock, Mutex};
+
+use prometheus::{
+    exponential_buckets, Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub use prometheus;
+
+/// The registry every family below belongs to.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+    REGISTRY
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge");
+    REGISTRY
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("a valid histogram");
+    REGISTRY
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+/// Latency buckets from 100 µs to about 26 s.
+fn seconds() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.0, 19).expect("valid buckets")
+}
+
+/// HTTP requests answered, by route template, method and status.
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_http_requests_total",
+        "HTTP requests answered, by route template, method and status",
+        &["node", "route", "method", "status"],
+    )
+});
+
+/// HTTP request latency, by route template and method.
+pub static HTTP_REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "driftkv_http_request_duration_seconds",
+        "Time to answer an HTTP request, by route template and method",
+        &["node", "route", "method"],
+        seconds(),
+    )
+});
+
+/// Edge read-cache lookups by result: `hit` (a cached value), `negative_hit` (a cached "not
+/// found"), `miss`.
+pub static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_cache_lookups_total",
+        "Edge read-cache lookups, by result: hit, negative_hit (a cached not-found), miss",
+        &["node", "result"],
+    )
+});
+
+/// Entries the read cache dropped, by cause (`size`, `expired`, `replaced`, `explicit`).
+pub static CACHE_EVICTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_cache_evictions_total",
+        "Entries the edge read cache dropped, by cause: size, expired, replaced, explicit",
+        &["node", "cause"],
+    )
+});
+
+/// Bytes the read cache holds (keys, values and bookkeeping, as weighed against its bound).
+pub static CACHE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_cache_bytes",
+        "Bytes held by the edge read cache, as weighed against cache.max_bytes",
+        &["node"],
+    )
+});
+
+/// Replication log entries an edge applied.
+pub static REPLICATION_ENTRIES_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_replication_entries_applied_total",
+        "Replication log entries an edge received and applied",
+        &["node"],
+    )
+});
+
+/// Snapshot transfers: `served` by central, `installed` by an edge.
+pub static SNAPSHOTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_snapshots_total",
+        "Snapshot transfers: served (central) or installed (edge)",
+        &["node", "direction"],
+    )
+});
+
+/// Each edge's lag behind central's durable sequence, in entries, as gossip carries it.
+pub static REPLICATION_LAG_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_replication_lag_entries",
+        "Log entries each edge lacks behind central's durable sequence, as gossip carries it",
+        &["node", "edge"],
+    )
+});
+
+/// Each edge's lag in seconds: 0 when caught up, else the time since it last was.
+pub static REPLICATION_LAG_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    let metric = GaugeVec::new(
+        Opts::new(
+            "driftkv_replication_lag_seconds",
+            "Seconds each edge has been behind central (0 when caught up), as gossip carries it",
+        ),
+        &["node", "edge"],
+    )
+    .expect("a valid gauge");
+    REGISTRY
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+});
+
+/// The last log sequence an edge applied, or central made durable.
+pub static LOG_SEQUENCE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_log_sequence",
+        "Replication log position: durable (central) or applied (edge)",
+        &["node", "position"],
+    )
+});
+
+/// Writes central acknowledged, and writes it refused for the per-key rate limit.
+pub static CENTRAL_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_central_writes_total",
+        "Key writes central handled, by outcome: applied or rate_limited",
+        &["node", "outcome"],
+    )
+});
+
+/// Time from a write request's arrival at central to its durable acknowledgement.
+pub static CENTRAL_WRITE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "driftkv_central_write_duration_seconds",
+        "Time from a write request at central to its durable acknowledgement",
+        &["node"],
+        seconds(),
+    )
+});
+
+/// Writers merged into one log append and flush (group commit).
+pub static COMMIT_BATCH_WRITERS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "driftkv_commit_batch_writers",
+        "Write requests merged into one log append and flush at central (group commit)",
+        &["node"],
+        exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+    )
+});
+
+/// Gossip members by status (`live`, `dead`, `joining`).
+pub static GOSSIP_MEMBERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_gossip_members",
+        "Cluster members this node's gossip knows, by status: live, dead, joining",
+        &["node", "status"],
+    )
+});
+
+/// The node's database size on disk.
+pub static STORE_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_store_disk_bytes",
+        "Size of the node's database on disk",
+        &["node"],
+    )
+});
+
+type Refresh = Box<dyn Fn() + Send + Sync>;
+
+static REFRESHERS: LazyLock<Mutex<Vec<Refresh>>> = LazyLock::new(Mutex::default);
+
+/// Runs `refresh` before every scrape, to bring gauges up to date. It should be quick and must
+/// not block.
+pub fn on_scrape(refresh: impl Fn() + Send + Sync + 'static) {
+    REFRESHERS
+        .lock()
+        .expect("refreshers lock")
+        .push(Box::new(refresh));
+}
+
+/// Registers every family, so that each is listed (with its help text) from the first scrape.
+fn register_all() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_REQUEST_SECONDS);
+    LazyLock::force(&CACHE_LOOKUPS);
+    LazyLock::force(&CACHE_EVICTIONS);
+    LazyLock::force(&CACHE_BYTES);
+    LazyLock::force(&REPLICATION_ENTRIES_APPLIED);
+    LazyLock::force(&SNAPSHOTS);
+    LazyLock::force(&REPLICATION_LAG_ENTRIES);
+    LazyLock::force(&REPLICATION_LAG_SECONDS);
+    LazyLock::force(&LOG_SEQUENCE);
+    LazyLock::force(&CENTRAL_WRITES);
+    LazyLock::force(&CENTRAL_WRITE_SECONDS);
+    LazyLock::force(&COMMIT_BATCH_WRITERS);
+    LazyLock::force(&GOSSIP_MEMBERS);
+    LazyLock::force(&STORE_DISK_BYTES);
+}
+
+/// Every family, in the Prometheus text format (version 0.0.4).
+pub fn render() -> String {
+    register_all();
+    for refresh in REFRESHERS.lock().expect("refreshers lock").iter() {
+        refresh();
+    }
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut text)
+        .expect("text encoding cannot fail");
+    String::from_utf8(text).expect("the text format is UTF-8")
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_their_node_label_once_touched() {
+        CACHE_LOOKUPS.with_label_values(&["7", "hit"]).inc_by(3);
+        on_scrape(|| STORE_DISK_BYTES.with_label_values(&["7"]).set(42));
+        let text = render();
+        assert!(
+            text.contains("driftkv_cache_lookups_total{node=\"7\",result=\"hit\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("driftkv_store_disk_bytes{node=\"7\"} 42"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP driftkv_cache_lookups_total "));
+    }
+}
