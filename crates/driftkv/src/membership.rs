@@ -11,7 +11,6 @@ use axum::{Json, Router};
 use driftkv_core::time::unix_now_ms;
 use driftkv_edge::Edge;
 use driftkv_gossip::{keys, Gossip, GossipConfig, Member};
-use driftkv_metrics::LOG_SEQUENCE;
 use driftkv_store::Store;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -98,7 +97,7 @@ pub fn publish_central(
                 Ok(bounds) => gossip.set(keys::LOG_OLDEST_SEQUENCE, bounds.oldest).await,
                 Err(e) => tracing::warn!(error = %e, "cannot read the log bounds"),
             }
-            record(&gossip, "durable", sequence).await;
+            record(&gossip).await;
         }
     })
 }
@@ -117,7 +116,7 @@ pub fn publish_edge(
             ticks.tick().await;
             let status = edge.status().borrow().clone();
             gossip.set(keys::APPLIED_SEQUENCE, status.applied).await;
-            record(&gossip, "applied", status.applied).await;
+            record(&gossip).await;
             if let Some(at) = status.caught_up_at_ms {
                 gossip.set(keys::CAUGHT_UP_AT_MS, at).await;
             }
@@ -136,14 +135,11 @@ pub fn publish_edge(
     })
 }
 
-/// Brings this node's metrics up to date with gossip: members, each edge's lag, and the
-/// node's own log `position` (central's durable sequence, an edge's applied one).
-async fn record(gossip: &Gossip, position: &str, sequence: u64) {
-    let node = gossip.node_id().to_owned();
-    ops::record_membership(&node, &describe(&gossip.members().await, unix_now_ms()));
-    LOG_SEQUENCE
-        .with_label_values(&[&node, position])
-        .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+/// Brings this node's membership metrics up to date with gossip: members by status, and
+/// each edge's lag.
+async fn record(gossip: &Gossip) {
+    let view = describe(&gossip.members().await, unix_now_ms());
+    ops::record_membership(gossip.node_id(), &view);
 }
 
 /// `GET /cluster`.

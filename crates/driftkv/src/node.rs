@@ -137,6 +137,7 @@ impl CentralNode {
         )
         .await?;
         ops::watch_store(config.node_id, &store);
+        ops::watch_durable(config.node_id, engine.durable_sequence());
         let background = vec![
             spawn_sweeper(
                 &store,
@@ -285,7 +286,7 @@ impl EdgeNode {
             ),
         ];
         ops::watch_store(node_id, &store);
-        ops::watch_cache(node_id, &edge);
+        ops::watch_edge(node_id, &edge);
         let router = driftkv_http::router(
             edge.clone(),
             auth,

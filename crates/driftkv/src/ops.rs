@@ -10,10 +10,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use driftkv_edge::Edge;
 use driftkv_metrics::{
-    GOSSIP_MEMBERS, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS, STORE_DISK_BYTES,
+    CACHE_BYTES, GOSSIP_MEMBERS, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS,
+    STORE_DISK_BYTES,
 };
 use driftkv_store::Store;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 /// Reports the store's size on disk at every scrape, for as long as the store is open.
 pub fn watch_store(node: u64, store: &Arc<dyn Store>) {
@@ -21,20 +23,34 @@ pub fn watch_store(node: u64, store: &Arc<dyn Store>) {
     let store: Weak<dyn Store> = Arc::downgrade(store);
     driftkv_metrics::on_scrape(move || {
         if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
-            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            gauge.set(saturate(bytes));
         }
     });
 }
 
-/// Reports the edge's cache size at every scrape, for as long as the edge runs.
-pub fn watch_cache(node: u64, edge: &Arc<Edge>) {
-    let gauge = driftkv_metrics::CACHE_BYTES.with_label_values(&[&node.to_string()]);
+/// Reports the edge's cache size and applied log sequence at every scrape, for as long as the
+/// edge runs.
+pub fn watch_edge(node: u64, edge: &Arc<Edge>) {
+    let node = node.to_string();
+    let bytes = CACHE_BYTES.with_label_values(&[&node]);
+    let applied = LOG_SEQUENCE.with_label_values(&[&node, "applied"]);
     let edge = Arc::downgrade(edge);
     driftkv_metrics::on_scrape(move || {
         if let Some(edge) = edge.upgrade() {
-            gauge.set(i64::try_from(edge.cache_bytes()).unwrap_or(i64::MAX));
+            bytes.set(saturate(edge.cache_bytes()));
+            applied.set(saturate(edge.status().borrow().applied));
         }
     });
+}
+
+/// Reports central's durable log sequence at every scrape.
+pub fn watch_durable(node: u64, durable: watch::Receiver<u64>) {
+    let gauge = LOG_SEQUENCE.with_label_values(&[&node.to_string(), "durable"]);
+    driftkv_metrics::on_scrape(move || gauge.set(saturate(*durable.borrow())));
+}
+
+fn saturate(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// Sets the membership gauges from a `/cluster` view: members by status, and each edge's lag.
@@ -54,7 +70,7 @@ pub fn record_membership(node: &str, view: &Value) {
         if let Some(entries) = member["lag_entries"].as_u64() {
             REPLICATION_LAG_ENTRIES
                 .with_label_values(&[node, edge])
-                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+                .set(saturate(entries));
         }
         if let Some(ms) = member["lag_ms"].as_u64() {
             REPLICATION_LAG_SECONDS

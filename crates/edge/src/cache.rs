@@ -108,6 +108,8 @@ impl ReadCache {
 
     /// What the cached entries weigh against the cache's bound, in bytes.
     pub fn weighted_bytes(&self) -> u64 {
+        // moka settles its bookkeeping lazily; settle it so the figure is current.
+        self.entries.run_pending_tasks();
         self.entries.weighted_size()
     }
 
