@@ -17,6 +17,7 @@ use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
 use driftkv_proto::pb::{self, subscribe_reply::Event};
+use driftkv_proto::trace::continue_trace;
 use driftkv_proto::{
     change_size, key_change, namespace_id, record_size, status_from_error, BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 /// Most log entries read from storage for one batch.
 const BATCH_ENTRIES: usize = 1024;
@@ -97,12 +99,15 @@ impl Central for CentralService {
         let _timer = CENTRAL_WRITE_SECONDS
             .with_label_values(&[&self.engine.node_id().to_string()])
             .start_timer();
+        let span = tracing::info_span!("central write", writes = request.get_ref().writes.len());
+        continue_trace(&span, request.metadata());
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         let writes = request.writes.into_iter().map(Into::into).collect();
         let results = self
             .engine
             .write_results(&request.account_id, id, writes)
+            .instrument(span)
             .await
             .map_err(to_status)?;
         let results = results

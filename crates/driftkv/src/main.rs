@@ -6,13 +6,12 @@ mod membership;
 mod node;
 mod ops;
 mod run;
+mod telemetry;
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: request handling allocates many small,
 /// short-lived buffers, and glibc malloc showed up at about 7% of a hot-GET profile.
@@ -105,20 +104,6 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only on a terminal: container logs and files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if std::env::var("DRIFTKV_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// `driftkv health`.
 async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     let response = reqwest::Client::builder()
@@ -143,6 +128,17 @@ fn client_outcome(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a server role with its logs and traces installed, flushing the traces at the end.
+async fn with_telemetry(
+    role: &str,
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let telemetry = telemetry::Telemetry::init(role)?;
+    let outcome = run.await;
+    telemetry.shutdown();
+    outcome
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -155,16 +151,11 @@ async fn main() -> anyhow::Result<()> {
             health(&url, std::time::Duration::from_secs(timeout_secs)).await
         }
         Command::Dev { node, edges } => {
-            init_logging();
-            run::run_dev(node.load()?, edges).await
+            with_telemetry("dev", run::run_dev(node.load()?, edges)).await
         }
         Command::Central { node } => {
-            init_logging();
-            run::run_central(node.load()?).await
+            with_telemetry("central", run::run_central(node.load()?)).await
         }
-        Command::Edge { node } => {
-            init_logging();
-            run::run_edge(node.load()?).await
-        }
+        Command::Edge { node } => with_telemetry("edge", run::run_edge(node.load()?)).await,
     }
 }

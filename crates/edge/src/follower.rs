@@ -15,9 +15,8 @@ use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
 use driftkv_engine::reads::blocking;
 use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
 use driftkv_proto::error_from_status;
-use driftkv_proto::pb::central_client::CentralClient;
 use driftkv_proto::pb::{self, subscribe_reply::Event};
-use tonic::transport::Channel;
+use driftkv_proto::trace::TracedClient;
 
 use crate::Edge;
 
@@ -57,7 +56,7 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
 
 /// One subscription, until it fails. Returns `Ok` after installing a snapshot, to subscribe
 /// again from the snapshot's sequence.
-async fn follow(edge: &Arc<Edge>, client: &mut CentralClient<Channel>) -> Result<(), KvError> {
+async fn follow(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvError> {
     let from = edge.store.applied_sequence()? + 1;
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
@@ -136,10 +135,7 @@ async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
 
 /// Rebuilds the replica from a snapshot: namespaces central no longer has go, everything in
 /// the snapshot is applied last-write-wins, and the applied sequence becomes the snapshot's.
-async fn install_snapshot(
-    edge: &Arc<Edge>,
-    client: &mut CentralClient<Channel>,
-) -> Result<(), KvError> {
+async fn install_snapshot(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvError> {
     let mut stream = client
         .snapshot(pb::SnapshotRequest {
             node_id: edge.options.node_id.to_string(),

@@ -10,10 +10,11 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use driftkv_core::KvError;
-use driftkv_proto::pb::central_client::CentralClient;
+use driftkv_proto::trace::{traced_client, TracedClient};
 use driftkv_proto::{error_from_status, MAX_MESSAGE_BYTES};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+use tracing::Instrument as _;
 
 /// Timeouts of the link.
 #[derive(Clone, Copy, Debug)]
@@ -30,8 +31,8 @@ pub const MIN_THROUGHPUT: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 struct Clients {
     address: String,
-    requests: CentralClient<Channel>,
-    streams: CentralClient<Channel>,
+    requests: TracedClient,
+    streams: TracedClient,
 }
 
 /// The current connection to central, if its address is known.
@@ -41,8 +42,8 @@ pub struct CentralLink {
     address: watch::Sender<Option<String>>,
 }
 
-fn client(endpoint: Endpoint) -> CentralClient<Channel> {
-    CentralClient::new(endpoint.connect_lazy())
+fn client(endpoint: Endpoint) -> TracedClient {
+    traced_client(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -89,7 +90,7 @@ impl CentralLink {
     pub async fn call<T, F>(
         &self,
         payload_bytes: usize,
-        request: impl FnOnce(CentralClient<Channel>) -> F,
+        request: impl FnOnce(TracedClient) -> F,
     ) -> Result<T, KvError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -97,7 +98,9 @@ impl CentralLink {
         let client = self.current()?.requests;
         let deadline = self.timeouts.request
             + Duration::from_secs_f64(payload_bytes as f64 / MIN_THROUGHPUT as f64);
-        match tokio::time::timeout(deadline, request(client)).await {
+        // The request carries this span's trace context to central (see `traced_client`).
+        let span = tracing::info_span!("forward to central", payload_bytes);
+        match tokio::time::timeout(deadline, request(client).instrument(span)).await {
             Ok(reply) => reply
                 .map(tonic::Response::into_inner)
                 .map_err(|status| error_from_status(&status)),
@@ -109,7 +112,7 @@ impl CentralLink {
     }
 
     /// The client for replication streams and its address, once an address is known.
-    pub async fn streams(&self) -> (String, CentralClient<Channel>) {
+    pub async fn streams(&self) -> (String, TracedClient) {
         let mut address = self.address.subscribe();
         loop {
             if let Ok(clients) = self.current() {

@@ -13,6 +13,8 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 /// The generated protobuf messages and gRPC client and server.
+pub mod trace;
+
 pub mod pb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("driftkv.v1");
