@@ -209,23 +209,47 @@ pub fn on_scrape(refresh: impl Fn() + Send + Sync + 'static) {
         .push(Box::new(refresh));
 }
 
-/// Registers every family, so that each is listed (with its help text) from the first scrape.
+/// Every family, as a collector.
+fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
+    vec![
+        &*HTTP_REQUESTS,
+        &*HTTP_REQUEST_SECONDS,
+        &*CACHE_LOOKUPS,
+        &*CACHE_EVICTIONS,
+        &*CACHE_BYTES,
+        &*REPLICATION_ENTRIES_APPLIED,
+        &*SNAPSHOTS,
+        &*REPLICATION_LAG_ENTRIES,
+        &*REPLICATION_LAG_SECONDS,
+        &*LOG_SEQUENCE,
+        &*CENTRAL_WRITES,
+        &*CENTRAL_WRITE_SECONDS,
+        &*COMMIT_BATCH_WRITERS,
+        &*GOSSIP_MEMBERS,
+        &*STORE_DISK_BYTES,
+    ]
+}
+
+/// Registers every family (each registers itself on first use).
 fn register_all() {
-    LazyLock::force(&HTTP_REQUESTS);
-    LazyLock::force(&HTTP_REQUEST_SECONDS);
-    LazyLock::force(&CACHE_LOOKUPS);
-    LazyLock::force(&CACHE_EVICTIONS);
-    LazyLock::force(&CACHE_BYTES);
-    LazyLock::force(&REPLICATION_ENTRIES_APPLIED);
-    LazyLock::force(&SNAPSHOTS);
-    LazyLock::force(&REPLICATION_LAG_ENTRIES);
-    LazyLock::force(&REPLICATION_LAG_SECONDS);
-    LazyLock::force(&LOG_SEQUENCE);
-    LazyLock::force(&CENTRAL_WRITES);
-    LazyLock::force(&CENTRAL_WRITE_SECONDS);
-    LazyLock::force(&COMMIT_BATCH_WRITERS);
-    LazyLock::force(&GOSSIP_MEMBERS);
-    LazyLock::force(&STORE_DISK_BYTES);
+    collectors();
+}
+
+/// The name of every family, whether or not it has samples yet.
+pub fn family_names() -> Vec<String> {
+    register_all();
+    let mut names: Vec<String> = REGISTRY
+        .gather()
+        .iter()
+        .map(|family| family.name().to_owned())
+        .collect();
+    // Families with no samples yet are left out of `gather`; their descriptors are not.
+    for collector in collectors() {
+        names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Every family, in the Prometheus text format (version 0.0.4).
@@ -262,5 +286,44 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP driftkv_cache_lookups_total "));
+    }
+
+    /// Every metric the Grafana dashboard queries is a family here, so the dashboard cannot
+    /// drift from the metrics.
+    #[test]
+    fn the_dashboard_queries_only_existing_families() {
+        let families = family_names();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/dashboards/driftkv.json"
+        );
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !word.starts_with("driftkv_") {
+                        continue;
+                    }
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .unwrap_or(word);
+                    assert!(
+                        families.iter().any(|f| f == family),
+                        "panel {} queries {word}, which is no family",
+                        panel["title"]
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(
+            queried >= 15,
+            "the dashboard queries only {queried} metrics"
+        );
+        assert_eq!(families.len(), collectors().len());
     }
 }
