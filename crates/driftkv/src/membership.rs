@@ -97,7 +97,7 @@ pub fn publish_central(
                 Ok(bounds) => gossip.set(keys::LOG_OLDEST_SEQUENCE, bounds.oldest).await,
                 Err(e) => tracing::warn!(error = %e, "cannot read the log bounds"),
             }
-            record(&gossip).await;
+            record(&gossip, &gossip.members().await);
         }
     })
 }
@@ -116,12 +116,12 @@ pub fn publish_edge(
             ticks.tick().await;
             let status = edge.status().borrow().clone();
             gossip.set(keys::APPLIED_SEQUENCE, status.applied).await;
-            record(&gossip).await;
             if let Some(at) = status.caught_up_at_ms {
                 gossip.set(keys::CAUGHT_UP_AT_MS, at).await;
             }
+            let members = gossip.members().await;
+            record(&gossip, &members);
             if discover {
-                let members = gossip.members().await;
                 let central = members
                     .iter()
                     .find(|m| m.live && m.fact(keys::ROLE) == Some(Role::Central.as_str()));
@@ -137,9 +137,8 @@ pub fn publish_edge(
 
 /// Brings this node's membership metrics up to date with gossip: members by status, and
 /// each edge's lag.
-async fn record(gossip: &Gossip) {
-    let view = describe(&gossip.members().await, unix_now_ms());
-    ops::record_membership(gossip.node_id(), &view);
+fn record(gossip: &Gossip, members: &[Member]) {
+    ops::record_membership(gossip.node_id(), &describe(members, unix_now_ms()));
 }
 
 /// `GET /cluster`.
@@ -182,6 +181,9 @@ fn describe(members: &[Member], now_ms: u64) -> Value {
                 if let Some(sequence) = m.number(key) {
                     entry[key] = json!(sequence);
                 }
+            }
+            if let Some(at) = m.number(keys::CAUGHT_UP_AT_MS) {
+                entry[keys::CAUGHT_UP_AT_MS] = json!(at);
             }
             if let Some(applied) = m.number(keys::APPLIED_SEQUENCE) {
                 entry[keys::APPLIED_SEQUENCE] = json!(applied);

@@ -101,6 +101,7 @@ async fn follow(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvErr
 }
 
 /// Applies a batch of log entries to the replica.
+#[tracing::instrument(name = "apply replicated batch", skip_all, fields(entries = batch.entries.len()))]
 async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
     let entries = batch
         .entries
@@ -135,6 +136,7 @@ async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
 
 /// Rebuilds the replica from a snapshot: namespaces central no longer has go, everything in
 /// the snapshot is applied last-write-wins, and the applied sequence becomes the snapshot's.
+#[tracing::instrument(name = "install snapshot", skip_all)]
 async fn install_snapshot(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvError> {
     let mut stream = client
         .snapshot(pb::SnapshotRequest {
