@@ -509,3 +509,53 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// `driftkv testbed check`: a history that keeps the promises passes with exit 0; one that
+/// breaks read-your-writes is reported with the operations involved and exit 1.
+#[test]
+fn the_history_checker_reports_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = |read_value: &str| {
+        [
+            json!({"kind": "meta", "bound_ms": 1000, "cache_ttl_s": 1, "edges": 2}),
+            json!({"kind": "write", "key": "a", "value": "a1", "edge": 0, "invoke_ms": 0, "complete_ms": 1, "ok": true}),
+            json!({"kind": "write", "key": "a", "value": "a2", "edge": 1, "invoke_ms": 10, "complete_ms": 11, "ok": true}),
+            json!({"kind": "read", "key": "a", "value": read_value, "edge": 1, "invoke_ms": 12, "complete_ms": 13, "ok": true}),
+            json!({"kind": "final", "key": "a", "value": "a2", "edge": 0, "invoke_ms": 5000, "complete_ms": 5001, "ok": true}),
+            json!({"kind": "final", "key": "a", "value": "a2", "edge": 1, "invoke_ms": 5000, "complete_ms": 5001, "ok": true}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    let check = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        driftkv(
+            dir.path(),
+            "http://127.0.0.1:1",
+            &["testbed", "check", path.to_str().unwrap()],
+        )
+    };
+    let valid = ok(check("valid.jsonl", lines("a2")));
+    assert!(
+        valid.contains("the history satisfies the consistency model"),
+        "{valid}"
+    );
+    let broken = check("broken.jsonl", lines("a1"));
+    assert!(!broken.status.success());
+    let report = String::from_utf8_lossy(&broken.stdout);
+    assert!(
+        report.contains("read-your-writes   1 violations"),
+        "{report}"
+    );
+    assert!(
+        report.contains("#2: read \"a\" = \"a1\" at edge 1"),
+        "{report}"
+    );
+    fails(
+        check("garbage.jsonl", "not json".into()),
+        "is not a history",
+    );
+}

@@ -115,22 +115,33 @@ async fn the_default_cache_ttl_holds_a_read_for_sixty_seconds() {
         .expect("dev starts");
     let c = client();
     let reader = dev.base.clone();
-    let cluster: Value = c
-        .get(format!("{reader}/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let writer = cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["http"].as_str())
-        .find(|http| *http != reader)
-        .expect("edge 0 in /cluster")
-        .to_owned();
+    // Edge 0's address as gossip tells it (it may take a round or two to arrive).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let writer = loop {
+        let cluster: Value = c
+            .get(format!("{reader}/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let other = cluster["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["http"].as_str())
+            .find(|http| *http != reader)
+            .map(str::to_owned);
+        if let Some(writer) = other {
+            break writer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge 0 never appeared in /cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let api = |base: &str| format!("{base}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces");
     let created = send_ok(
         c.post(api(&writer))

@@ -7,6 +7,7 @@ mod node;
 mod ops;
 mod run;
 mod telemetry;
+mod testbed;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::ClusterCommand,
     },
+    /// The consistency testbed: check recorded histories against the consistency model.
+    Testbed {
+        #[command(subcommand)]
+        command: testbed::TestbedCommand,
+    },
     /// Check a node's health endpoint and exit 0 if it answers 200, non-zero otherwise: a
     /// container health check that needs no curl.
     Health {
@@ -147,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Cluster { target, command } => {
             client_outcome(cli::cluster(&target, command).await)
         }
+        Command::Testbed { command } => client_outcome(testbed::run(command)),
         Command::Health { url, timeout_secs } => {
             health(&url, std::time::Duration::from_secs(timeout_secs)).await
         }
