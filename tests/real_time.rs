@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{client, namespace_url, send_ok, Server, ACCOUNT};
+use common::{client, namespace_url, send_ok, Server};
 use serde_json::Value;
 
 fn now_ms() -> u64 {
@@ -99,50 +99,10 @@ async fn expiration_is_exact_at_read_time() {
 #[tokio::test]
 async fn the_default_cache_ttl_holds_a_read_for_sixty_seconds() {
     const TTL: Duration = Duration::from_secs(60);
-    let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "dev",
-        "--edges",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]
-    .map(String::from);
-    // The dev server prints edge 1's line last; edge 0's address is read from its /cluster.
-    let dev = Server::launch(&args, dir.path(), &[], "driftkv dev edge 1 listening on ")
-        .expect("dev starts");
+    let dev = common::DevCluster::start(2, &[]).await;
     let c = client();
-    let reader = dev.base.clone();
-    // Edge 0's address as gossip tells it (it may take a round or two to arrive).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let writer = loop {
-        let cluster: Value = c
-            .get(format!("{reader}/cluster"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let other = cluster["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|m| m["http"].as_str())
-            .find(|http| *http != reader)
-            .map(str::to_owned);
-        if let Some(writer) = other {
-            break writer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "edge 0 never appeared in /cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let api = |base: &str| format!("{base}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces");
+    let (writer, reader) = (dev.edges[0].clone(), dev.edges[1].clone());
+    let api = common::api_at;
     let created = send_ok(
         c.post(api(&writer))
             .json(&serde_json::json!({ "title": "ttl" })),
@@ -230,5 +190,5 @@ async fn the_default_cache_ttl_holds_a_read_for_sixty_seconds() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    dev.stop();
+    dev.server.stop();
 }

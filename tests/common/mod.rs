@@ -60,7 +60,7 @@ impl Server {
         args: &[String],
         data_dir: &Path,
         env: &[(&str, &str)],
-        ready: &'static str,
+        ready: &str,
     ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_driftkv"));
         command
@@ -81,9 +81,10 @@ impl Server {
         // and then blocks the server the moment it logs more than the pipe holds.
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let ready = ready.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix(ready) {
+                if let Some(url) = line.strip_prefix(ready.as_str()) {
                     let _ = tx.send(url.to_owned());
                 }
             }
@@ -249,4 +250,76 @@ pub async fn fetch_bytes(request: reqwest::RequestBuilder) -> bytes::Bytes {
         .bytes()
         .await
         .expect("body")
+}
+
+/// `driftkv dev --edges N` on free loopback ports.
+pub struct DevCluster {
+    /// The process.
+    pub server: Server,
+    /// Each edge's `http://host:port`, edge 0 first.
+    pub edges: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl DevCluster {
+    /// Starts `driftkv dev --edges edges` with extra environment variables and waits until
+    /// every edge serves and gossip has made them all known (their addresses come from
+    /// `/cluster`, in node-id order).
+    pub async fn start(edges: usize, env: &[(&str, &str)]) -> DevCluster {
+        assert!(edges >= 2, "a dev cluster here has at least two edges");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = [
+            "dev",
+            "--edges",
+            &edges.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().expect("a UTF-8 path"),
+        ]
+        .map(String::from);
+        // The line of the last edge comes last.
+        let ready = format!("driftkv dev edge {} listening on ", edges - 1);
+        let server = Server::launch(&args, dir.path(), env, &ready).expect("dev starts");
+        let http = client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let edges = loop {
+            let view: Value = http
+                .get(format!("{}/cluster", server.base))
+                .send()
+                .await
+                .expect("/cluster answers")
+                .json()
+                .await
+                .expect("/cluster is JSON");
+            let mut known: Vec<(u64, String)> = view["members"]
+                .as_array()
+                .expect("members")
+                .iter()
+                .filter_map(|m| {
+                    let id = m["node_id"].as_str()?.parse().ok()?;
+                    Some((id, m["http"].as_str()?.to_owned()))
+                })
+                .collect();
+            if known.len() == edges {
+                known.sort();
+                break known.into_iter().map(|(_, http)| http).collect();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gossip never showed all {edges} edges: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        DevCluster {
+            server,
+            edges,
+            _dir: dir,
+        }
+    }
+}
+
+/// `.../accounts/{ACCOUNT}/storage/kv/namespaces` at an edge's base URL.
+pub fn api_at(base: &str) -> String {
+    format!("{base}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces")
 }

@@ -39,6 +39,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub replication: ReplicationConfig,
     pub rate_limit: RateLimitConfig,
+    pub testbed: TestbedConfig,
 }
 
 /// The write region's gRPC endpoint.
@@ -116,6 +117,16 @@ pub struct RateLimitConfig {
     pub writes_per_key_per_second: u32,
 }
 
+/// The consistency testbed's fault injection, off unless asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestbedConfig {
+    /// Serve the admin endpoint that injects faults (`/admin/testbed/...`).
+    pub enabled: bool,
+    /// The bearer token the admin endpoint requires; must be set when `enabled`.
+    pub admin_token: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -156,6 +167,10 @@ impl Default for Config {
             rate_limit: RateLimitConfig {
                 writes_per_key_per_second: 1,
             },
+            testbed: TestbedConfig {
+                enabled: false,
+                admin_token: String::new(),
+            },
         }
     }
 }
@@ -163,7 +178,7 @@ impl Default for Config {
 /// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
 /// variables (the log format, client settings, test switches) belong to other parts and must
 /// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "node_id",
     "region",
     "advertise_host",
@@ -176,6 +191,7 @@ const ENV_KEYS: [&str; 12] = [
     "cache",
     "replication",
     "rate_limit",
+    "testbed",
 ];
 
 /// Flags that override the configuration when given.
@@ -226,6 +242,10 @@ impl Config {
 
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.node_id != 0, "node_id must not be 0");
+        anyhow::ensure!(
+            !self.testbed.enabled || !self.testbed.admin_token.is_empty(),
+            "testbed.enabled needs testbed.admin_token (DRIFTKV_TESTBED__ADMIN_TOKEN): the admin endpoint can stall replication"
+        );
         anyhow::ensure!(
             self.sweep_interval_ms > 0,
             "sweep_interval_ms must be greater than 0"

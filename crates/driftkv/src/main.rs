@@ -1,5 +1,6 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
+mod admin;
 mod cli;
 mod config;
 mod membership;

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::membership::{self, Role};
-use crate::ops;
+use crate::{admin, ops};
 use driftkv_gossip::{keys, Gossip};
 
 /// A signal every server of the process stops on.
@@ -172,7 +172,7 @@ impl CentralNode {
             let router = driftkv_http::operator_router(
                 auth,
                 &config.node_id.to_string(),
-                ops::central_ready(),
+                ops::central_ready().merge(admin::routes(config, None)),
                 membership::routes(gossip.clone()),
             );
             let stop = shutdown.clone();
@@ -291,7 +291,7 @@ impl EdgeNode {
             edge.clone(),
             auth,
             &node_id.to_string(),
-            ops::edge_ready(edge.clone()),
+            ops::edge_ready(edge.clone()).merge(admin::routes(config, Some(edge.clone()))),
             membership::routes(gossip.clone()),
         );
         let server = tokio::spawn(async move {

@@ -7,6 +7,7 @@
 //! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
 //! network cut) ends the attempt; the follower reconnects with backoff, by itself.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
 use driftkv_proto::error_from_status;
 use driftkv_proto::pb::{self, subscribe_reply::Event};
 use driftkv_proto::trace::TracedClient;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::Edge;
 
@@ -31,9 +34,10 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         let mut was_connected = false;
+        let mut resyncs = edge.faults.watch_resyncs();
         loop {
             let (address, mut client) = edge.link.streams().await;
-            let outcome = follow(&edge, &mut client).await;
+            let outcome = follow(&edge, &mut client, &mut resyncs).await;
             let connected = edge.status.borrow().connected;
             if connected {
                 backoff = BACKOFF_MIN;
@@ -56,7 +60,15 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
 
 /// One subscription, until it fails. Returns `Ok` after installing a snapshot, to subscribe
 /// again from the snapshot's sequence.
-async fn follow(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvError> {
+///
+/// Injected faults (see [`crate::faults`]) act here: a delayed batch waits in `held` until it
+/// is due (in arrival order), a pause stops reading and applying, a resync drops the stream for
+/// a snapshot.
+async fn follow(
+    edge: &Arc<Edge>,
+    client: &mut TracedClient,
+    resyncs: &mut watch::Receiver<u64>,
+) -> Result<(), KvError> {
     let from = edge.store.applied_sequence()? + 1;
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
@@ -66,37 +78,87 @@ async fn follow(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvErr
         .await
         .map_err(|s| error_from_status(&s))?
         .into_inner();
+    let mut settings = edge.faults.watch_settings();
+    let mut held: VecDeque<(Instant, pb::LogBatch)> = VecDeque::new();
     loop {
-        let message = tokio::time::timeout(edge.options.stream_silence, stream.message())
-            .await
-            .map_err(|_| KvError::Unavailable("central went silent".into()))?
-            .map_err(|s| error_from_status(&s))?
-            .ok_or_else(|| KvError::Unavailable("central ended the stream".into()))?;
-        match message.event {
-            Some(Event::Entries(batch)) => apply(edge, batch).await?,
-            Some(Event::Heartbeat(beat)) => {
-                let now_ms = edge.wall.now_ms();
-                edge.status.send_modify(|s| {
-                    s.connected = true;
-                    s.central_durable = beat.durable_sequence;
-                    if s.applied >= beat.durable_sequence {
-                        s.caught_up_at_ms = Some(now_ms);
-                    }
-                });
-                if edge.status.borrow().caught_up_at_ms.is_some() {
-                    edge.bootstrapping.store(false, Ordering::Relaxed);
+        let faults = settings.borrow_and_update().clone();
+        if faults.paused {
+            tokio::select! {
+                changed = settings.changed() => changed.map_err(|_| stopped())?,
+                changed = resyncs.changed() => {
+                    changed.map_err(|_| stopped())?;
+                    drop(stream);
+                    return install_snapshot(edge, client).await;
                 }
             }
-            Some(Event::SnapshotNeeded(needed)) => {
-                tracing::info!(
-                    from,
-                    oldest_retained = needed.oldest_retained,
-                    "the replica is behind the retained log; installing a snapshot"
-                );
+            continue;
+        }
+        let due = held.front().map(|(at, _)| *at);
+        tokio::select! {
+            message = tokio::time::timeout(edge.options.stream_silence, stream.message()) => {
+                let message = message
+                    .map_err(|_| KvError::Unavailable("central went silent".into()))?
+                    .map_err(|s| error_from_status(&s))?
+                    .ok_or_else(|| KvError::Unavailable("central ended the stream".into()))?;
+                match message.event {
+                    Some(Event::Entries(batch)) => {
+                        let delay = faults.sample_delay();
+                        if delay.is_zero() && held.is_empty() {
+                            apply(edge, batch).await?;
+                        } else {
+                            // Never before the batch ahead of it: the log applies in order.
+                            let at = held
+                                .back()
+                                .map_or(Instant::now() + delay, |(ahead, _)| {
+                                    (*ahead).max(Instant::now() + delay)
+                                });
+                            held.push_back((at, batch));
+                        }
+                    }
+                    Some(Event::Heartbeat(beat)) => heartbeat(edge, beat.durable_sequence),
+                    Some(Event::SnapshotNeeded(needed)) => {
+                        tracing::info!(
+                            from,
+                            oldest_retained = needed.oldest_retained,
+                            "the replica is behind the retained log; installing a snapshot"
+                        );
+                        drop(stream);
+                        return install_snapshot(edge, client).await;
+                    }
+                    None => return Err(KvError::Internal("central sent an empty event".into())),
+                }
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let (_, batch) = held.pop_front().expect("a held batch");
+                apply(edge, batch).await?;
+            }
+            changed = settings.changed() => changed.map_err(|_| stopped())?,
+            changed = resyncs.changed() => {
+                changed.map_err(|_| stopped())?;
+                tracing::info!("resynchronising from a snapshot, as the testbed asked");
+                drop(stream);
                 return install_snapshot(edge, client).await;
             }
-            None => return Err(KvError::Internal("central sent an empty event".into())),
         }
+    }
+}
+
+fn stopped() -> KvError {
+    KvError::Internal("the edge is shutting down".into())
+}
+
+/// Notes central's durable sequence; the edge is caught up when it has applied that far.
+fn heartbeat(edge: &Edge, durable: u64) {
+    let now_ms = edge.wall.now_ms();
+    edge.status.send_modify(|s| {
+        s.connected = true;
+        s.central_durable = durable;
+        if s.applied >= durable {
+            s.caught_up_at_ms = Some(now_ms);
+        }
+    });
+    if edge.status.borrow().caught_up_at_ms.is_some() {
+        edge.bootstrapping.store(false, Ordering::Relaxed);
     }
 }
 

@@ -8,6 +8,7 @@
 //! arrives through [`spawn_follower`], which applies central's replication log.
 
 mod cache;
+pub mod faults;
 mod follower;
 mod link;
 
@@ -28,6 +29,7 @@ use driftkv_store::Store;
 use tokio::sync::watch;
 
 use cache::ReadCache;
+pub use faults::{FaultSettings, Faults};
 pub use follower::spawn_follower;
 pub use link::{CentralLink, LinkTimeouts};
 
@@ -76,6 +78,8 @@ pub struct Edge {
     /// True until the replica has caught up with central once, if it started empty: until
     /// then, reads go through to central.
     bootstrapping: AtomicBool,
+    /// Replication faults the testbed injects.
+    faults: Faults,
 }
 
 impl Edge {
@@ -95,6 +99,7 @@ impl Edge {
                 ..Default::default()
             }),
             bootstrapping: AtomicBool::new(applied == 0),
+            faults: Faults::default(),
             store,
             wall,
             options,
@@ -104,6 +109,11 @@ impl Edge {
     /// The connection to central.
     pub fn link(&self) -> &CentralLink {
         &self.link
+    }
+
+    /// The replication faults in force (the testbed's switches).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// The replica.

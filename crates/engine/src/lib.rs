@@ -30,7 +30,7 @@ use driftkv_metrics::CENTRAL_WRITES;
 use driftkv_store::Store;
 use tokio::sync::{watch, Mutex};
 
-pub use clock::{ManualClock, SystemClock, WallClock};
+pub use clock::{hlc_skew_ms, set_hlc_skew_ms, ManualClock, SystemClock, WallClock};
 use commit::Committer;
 pub use rate_limit::RateLimiter;
 
@@ -62,6 +62,7 @@ impl Engine {
     ) -> Result<Self, KvError> {
         let hlc = uhlc::HLCBuilder::new()
             .with_id(uhlc::ID::from(node_id))
+            .with_clock(clock::skewed_clock)
             .build();
         // Whatever the store holds when it opens has survived, so it counts as durable.
         let last = store.log_bounds()?.last;

@@ -85,6 +85,12 @@ pub fn operator_router(auth: Auth, node: &str, open: Router, extra: Router) -> R
     serve(extra, auth, node, open)
 }
 
+/// `routes` behind their own bearer tokens `auth` (for an admin endpoint with a token of its
+/// own); pass the result among a router's `open` routes.
+pub fn guarded(routes: Router, auth: Auth) -> Router {
+    routes.route_layer(middleware::from_fn_with_state(auth, auth::require))
+}
+
 /// `api` behind `auth`, with `/healthz`, `/metrics` and `open`, request metrics,
 /// Cloudflare-style errors for unknown routes and methods, panic recovery and request spans.
 fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {

@@ -1,0 +1,239 @@
+//! The consistency testbed's fault injection on a real `driftkv dev --edges 2`: the admin
+//! endpoint exists only when enabled and answers only its token; an injected replication delay
+//! holds writes back at least that long; a pause stops replication until lifted; a resync
+//! rebuilds the replica from a snapshot; the version clock can be skewed and restored.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{api_at, client, send_ok, DevCluster, Server};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "admin-secret";
+
+/// When `key` first shows in `edge`'s listing (which reads the replica, not the cache).
+async fn listed_at(http: &reqwest::Client, edge: &str, ns: &str, key: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page: Value = http
+            .get(format!("{}/{ns}/keys", api_at(edge)))
+            .query(&[("prefix", key)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["result"]
+            .as_array()
+            .is_some_and(|keys| !keys.is_empty())
+        {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "{key} never reached {edge}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn admin(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Value,
+) -> reqwest::Response {
+    http.request(method, url)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_is_off_unless_enabled() {
+    let server = Server::start();
+    let response = client()
+        .get(format!("{}/admin/testbed/faults", server.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_faults_shape_replication() {
+    let dev = DevCluster::start(
+        2,
+        &[
+            ("DRIFTKV_TESTBED__ENABLED", "true"),
+            ("DRIFTKV_TESTBED__ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let http = client();
+    let (writer, delayed) = (&dev.edges[0], &dev.edges[1]);
+    let faults = format!("{delayed}/admin/testbed/faults");
+
+    // Only the admin token opens it: not none, not an API token.
+    let anonymous = http.get(&faults).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = http.get(&faults).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 403);
+
+    let created = send_ok(
+        http.post(api_at(writer))
+            .json(&json!({ "title": "faults" })),
+    )
+    .await;
+    let ns = created["result"]["id"].as_str().unwrap().to_owned();
+    send_ok(
+        http.put(format!("{}/{ns}/values/first", api_at(writer)))
+            .body("v"),
+    )
+    .await;
+    listed_at(&http, delayed, &ns, "first").await;
+
+    // A 400 ms delay (plus up to 100 ms jitter): no write arrives sooner.
+    let set = admin(
+        &http,
+        reqwest::Method::PUT,
+        faults.clone(),
+        json!({"delay_ms": 400, "jitter_ms": 100}),
+    )
+    .await;
+    assert_eq!(set.status(), 200);
+    let shown: Value = set.json().await.unwrap();
+    assert_eq!(shown["replication"]["delay_ms"], 400);
+    for i in 0..3 {
+        let key = format!("delayed-{i}");
+        send_ok(
+            http.put(format!("{}/{ns}/values/{key}", api_at(writer)))
+                .body("v"),
+        )
+        .await;
+        let acked = Instant::now();
+        let arrived = listed_at(&http, delayed, &ns, &key).await;
+        assert!(
+            arrived - acked >= Duration::from_millis(400),
+            "{key} arrived after {:?}, inside the injected delay",
+            arrived - acked
+        );
+    }
+
+    // Paused: a write does not arrive while the pause lasts (watched for a second), and does
+    // once it is lifted.
+    admin(
+        &http,
+        reqwest::Method::PUT,
+        faults.clone(),
+        json!({"paused": true}),
+    )
+    .await;
+    send_ok(
+        http.put(format!("{}/{ns}/values/held", api_at(writer)))
+            .body("v"),
+    )
+    .await;
+    let watch_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < watch_until {
+        let page: Value = http
+            .get(format!("{}/{ns}/keys", api_at(delayed)))
+            .query(&[("prefix", "held")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["result"], json!([]), "replicated while paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin(&http, reqwest::Method::PUT, faults.clone(), json!({})).await;
+    listed_at(&http, delayed, &ns, "held").await;
+
+    // A resync rebuilds the replica from a snapshot (counted in the metrics), and it holds
+    // everything after.
+    let snapshots = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("driftkv_snapshots_total") && l.contains("direction=\"installed\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = |edge: &str| {
+        let url = format!("{edge}/metrics");
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let before = snapshots(&metrics(delayed).await);
+    let resync = admin(
+        &http,
+        reqwest::Method::POST,
+        format!("{delayed}/admin/testbed/resync"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(resync.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshots(&metrics(delayed).await) <= before {
+        assert!(Instant::now() < deadline, "no snapshot was installed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_ok(
+        http.put(format!("{}/{ns}/values/after-resync", api_at(writer)))
+            .body("v"),
+    )
+    .await;
+    listed_at(&http, delayed, &ns, "after-resync").await;
+    listed_at(&http, delayed, &ns, "delayed-0").await;
+
+    // The version clock can be skewed back 30 s, and versions still never go back: a write
+    // after the skew wins over the one before it, at every edge. Restored after.
+    send_ok(
+        http.put(format!("{}/{ns}/values/k", api_at(writer)))
+            .body("before"),
+    )
+    .await;
+    let skew = format!("{delayed}/admin/testbed/clock-skew");
+    let skewed: Value = admin(
+        &http,
+        reqwest::Method::PUT,
+        skew.clone(),
+        json!({"skew_ms": -30000}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(skewed["hlc_skew_ms"], -30000);
+    send_ok(
+        http.put(format!("{}/{ns}/values/k", api_at(writer)))
+            .body("after"),
+    )
+    .await;
+    send_ok(
+        http.put(format!("{}/{ns}/values/k-done", api_at(writer)))
+            .body("v"),
+    )
+    .await;
+    // The log is applied in order: once the later key is there, both writes of k are.
+    listed_at(&http, delayed, &ns, "k-done").await;
+    let read = http
+        .get(format!("{}/{ns}/values/k", api_at(delayed)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(read, "after");
+    let restored: Value = admin(&http, reqwest::Method::PUT, skew, json!({"skew_ms": 0}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(restored["hlc_skew_ms"], 0);
+}
