@@ -245,7 +245,21 @@ impl Client {
 
     /// Reads a value's bytes; `None` when the key does not exist or has expired.
     pub async fn get(&self, namespace_id: &str, key: &str) -> Result<Option<Bytes>> {
-        let request = self.http.get(self.key_url(namespace_id, "values", key));
+        self.get_cached(namespace_id, key, None).await
+    }
+
+    /// Reads a value's bytes as [`Client::get`], asking the edge to cache the result for
+    /// `cache_ttl` seconds (Workers KV's `cacheTtl`; the edge's default when `None`).
+    pub async fn get_cached(
+        &self,
+        namespace_id: &str,
+        key: &str,
+        cache_ttl: Option<u64>,
+    ) -> Result<Option<Bytes>> {
+        let mut request = self.http.get(self.key_url(namespace_id, "values", key));
+        if let Some(ttl) = cache_ttl {
+            request = request.query(&[("cache_ttl", ttl)]);
+        }
         match self.send(request).await {
             Ok(response) => {
                 let url = response.url().to_string();

@@ -61,9 +61,32 @@ fn config_file() -> Option<PathBuf> {
     Some(base.join("driftkv").join("config.toml"))
 }
 
+/// Where to send requests, resolved from every layer.
+pub struct Resolved {
+    /// The endpoint.
+    pub url: String,
+    /// Bearer token, if any.
+    pub token: Option<String>,
+    /// Account id.
+    pub account: String,
+}
+
+impl Resolved {
+    /// A client for the same account and token at another edge.
+    pub fn client_at(&self, url: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(url, &self.account, self.token.as_deref())?)
+    }
+}
+
 impl Target {
-    /// Flags, then environment, then the config file, then defaults.
+    /// A client for the resolved target.
     fn client(&self) -> anyhow::Result<Client> {
+        let resolved = self.resolve()?;
+        resolved.client_at(&resolved.url)
+    }
+
+    /// Flags, then environment, then the config file, then defaults.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let file = match config_file().filter(|p| p.exists()) {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)
@@ -92,7 +115,11 @@ impl Target {
             .or_else(|| env("DRIFTKV_ACCOUNT_ID"))
             .or(file.account_id)
             .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
-        Ok(Client::new(&url, &account, token.as_deref())?)
+        Ok(Resolved {
+            url,
+            token,
+            account,
+        })
     }
 }
 
@@ -233,10 +260,11 @@ pub enum ClusterCommand {
 }
 
 /// A progress bar on a terminal, nothing when piped.
-struct Bar(ProgressBar);
+pub struct Bar(ProgressBar);
 
 impl Bar {
-    fn new(total: Option<u64>, what: &str) -> Self {
+    /// A bar for `total` items (a spinner when unknown), labelled `what`.
+    pub fn new(total: Option<u64>, what: &str) -> Self {
         if !std::io::stderr().is_terminal() {
             return Bar(ProgressBar::hidden());
         }

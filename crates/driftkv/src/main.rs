@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Cluster { target, command } => {
             client_outcome(cli::cluster(&target, command).await)
         }
-        Command::Testbed { command } => client_outcome(testbed::run(command)),
+        Command::Testbed { command } => client_outcome(testbed::run(command).await),
         Command::Health { url, timeout_secs } => {
             health(&url, std::time::Duration::from_secs(timeout_secs)).await
         }

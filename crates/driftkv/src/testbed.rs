@@ -1,14 +1,26 @@
 //! `driftkv testbed ...`: the consistency testbed's commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Subcommand;
-use driftkv_testbed::{check, Described, History, Rule};
+use clap::{Args, Subcommand, ValueEnum};
+use driftkv_core::time::unix_now_ms;
+use driftkv_testbed::visibility::{self, Plan, ReadPattern};
+use driftkv_testbed::{check, report, Described, History, Rule};
+use serde_json::json;
+
+use crate::cli::{Bar, Target};
+use driftkv_client::Progress as _;
 
 /// `driftkv testbed ...`
 #[derive(Subcommand, Debug)]
 pub enum TestbedCommand {
+    /// Measure t-visibility: write unique keys at the first edge, read each once at every
+    /// other edge a random time after the write's acknowledgement, and report the probability
+    /// a read that late returns the write (PBS), per edge and overall, with a CSV, an SVG plot
+    /// and the operation history in --out.
+    Visibility(VisibilityArgs),
     /// Verify a recorded history against the consistency model: no phantom reads, staleness
     /// within the bound, read-your-writes at the writing edge, convergence at the end. Prints
     /// each violation with the operations involved; exits 1 if there is any.
@@ -21,9 +33,55 @@ pub enum TestbedCommand {
     },
 }
 
+/// Whether reads of a key happen before it is written.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PatternArg {
+    /// Every reading edge reads the key (caching its absence) before the write.
+    ReadBefore,
+    /// The scheduled read is the key's first.
+    NeverRead,
+}
+
+/// `driftkv testbed visibility`.
+#[derive(Args, Debug)]
+pub struct VisibilityArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Keys to write (each read once at every other edge).
+    #[arg(long, default_value_t = 200)]
+    keys: usize,
+    /// The cacheTtl reads ask for, in seconds (the edges' cache.min_ttl_secs bounds it).
+    #[arg(long, default_value_t = 60)]
+    cache_ttl: u64,
+    /// Read pattern.
+    #[arg(long, value_enum, default_value_t = PatternArg::ReadBefore)]
+    pattern: PatternArg,
+    /// Reads happen up to this long after the acknowledgement, in ms [default: cacheTtl +
+    /// 5 s].
+    #[arg(long)]
+    max_offset_ms: Option<u64>,
+    /// Keys in flight at once.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Inject this replication delay (ms) at the reading edges for the run (needs the
+    /// testbed enabled on them and --admin-token).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// ... plus up to this much uniform jitter (ms).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// The edges' testbed.admin_token [env: DRIFTKV_TESTBED_ADMIN_TOKEN].
+    #[arg(long, env = "DRIFTKV_TESTBED_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Directory for visibility.csv, visibility.svg and history.jsonl.
+    #[arg(long, default_value = "testbed-out")]
+    out: PathBuf,
+}
+
 /// Runs a testbed command.
-pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
+pub async fn run(command: TestbedCommand) -> anyhow::Result<()> {
     match command {
+        TestbedCommand::Visibility(args) => visibility(args).await,
         TestbedCommand::Check { history, bound_ms } => {
             let file = std::fs::File::open(&history)
                 .with_context(|| format!("cannot open {}", history.display()))?;
@@ -62,4 +120,145 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sets (or, with zeros, clears) the replication delay at `edges` through their admin
+/// endpoint.
+async fn inject_delay(
+    edges: &[String],
+    token: Option<&str>,
+    delay_ms: u64,
+    jitter_ms: u64,
+) -> anyhow::Result<()> {
+    let token = token.context("--admin-token is needed to inject a replication delay")?;
+    let http = reqwest::Client::new();
+    for edge in edges {
+        let response = http
+            .put(format!("{edge}/admin/testbed/faults"))
+            .bearer_auth(token)
+            .json(&json!({ "delay_ms": delay_ms, "jitter_ms": jitter_ms }))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {edge}"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{edge} refused the fault (HTTP {}): is testbed.enabled set there, with this admin token?",
+            response.status()
+        );
+    }
+    Ok(())
+}
+
+async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
+    let target = args.target.resolve()?;
+    let writer = target.client_at(&target.url)?;
+    let view = writer.cluster().await?;
+    let mut readers: Vec<(u64, String)> = view
+        .members
+        .iter()
+        .filter(|m| m.role.as_deref() == Some("edge") && m.status == "live")
+        .filter_map(|m| Some((m.node_id.parse().ok()?, m.http.clone()?)))
+        .filter(|(_, http)| http.trim_end_matches('/') != target.url.trim_end_matches('/'))
+        .collect();
+    readers.sort();
+    let readers: Vec<String> = readers.into_iter().map(|(_, http)| http).collect();
+    anyhow::ensure!(
+        !readers.is_empty(),
+        "{} knows no other live edge to read at (see /cluster)",
+        target.url
+    );
+    let mut edges = vec![writer.clone()];
+    for reader in &readers {
+        edges.push(target.client_at(reader)?);
+    }
+    let max_offset =
+        Duration::from_millis(args.max_offset_ms.unwrap_or(args.cache_ttl * 1000 + 5000));
+    let namespace = writer
+        .create_namespace(&format!("testbed-visibility-{}", unix_now_ms()))
+        .await?
+        .id;
+    let delayed = args.delay_ms > 0 || args.jitter_ms > 0;
+    if delayed {
+        inject_delay(
+            &readers,
+            args.admin_token.as_deref(),
+            args.delay_ms,
+            args.jitter_ms,
+        )
+        .await?;
+    }
+    let plan = Plan {
+        edges,
+        namespace,
+        keys: args.keys,
+        cache_ttl_s: args.cache_ttl,
+        pattern: match args.pattern {
+            PatternArg::ReadBefore => ReadPattern::ReadBefore,
+            PatternArg::NeverRead => ReadPattern::NeverRead,
+        },
+        max_offset,
+        concurrency: args.concurrency,
+        // Staleness allowed: the cache TTL, the injected delay, and a second for the rest.
+        bound: Duration::from_millis(args.cache_ttl * 1000 + args.delay_ms + args.jitter_ms + 1000),
+    };
+    println!(
+        "visibility: {} keys written at {}, read once at each of {} edges up to {} ms later; cacheTtl {} s, {:?}{}",
+        args.keys,
+        target.url,
+        readers.len(),
+        max_offset.as_millis(),
+        args.cache_ttl,
+        args.pattern,
+        if delayed {
+            format!(", injected replication delay {} + up to {} ms", args.delay_ms, args.jitter_ms)
+        } else {
+            String::new()
+        }
+    );
+    let bar = Bar::new(Some(args.keys as u64), "keys");
+    let outcome = visibility::run(&plan, &|| bar.advance(1)).await;
+    drop(bar);
+    // Restore the edges whatever happened.
+    if delayed {
+        inject_delay(&readers, args.admin_token.as_deref(), 0, 0).await?;
+    }
+    let outcome = outcome?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let rows = report::summarize(
+        &outcome.samples,
+        plan.edges.len(),
+        max_offset.as_secs_f64() * 1000.0,
+    );
+    let out = |name: &str| args.out.join(name);
+    report::write_csv(&out("visibility.csv"), &outcome.samples)?;
+    report::plot_svg(
+        &out("visibility.svg"),
+        &format!(
+            "t-visibility, cacheTtl {} s, {:?}",
+            args.cache_ttl, args.pattern
+        ),
+        &rows,
+        max_offset.as_secs_f64() * 1000.0,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot plot: {e}"))?;
+    write_history(&out("history.jsonl"), &outcome.history)?;
+    println!("\ntime until a read returns the write (from the t-visibility curve):");
+    print!("{}", report::table(&rows));
+    let violations = check(&outcome.history);
+    println!(
+        "\nhistory: {} operations, {} violations of the consistency model (bound {} ms)",
+        outcome.history.ops.len(),
+        violations.len(),
+        outcome.history.meta.bound_ms
+    );
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn write_history(path: &Path, history: &History) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    history.write(std::io::BufWriter::new(file))?;
+    Ok(())
 }

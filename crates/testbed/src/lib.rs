@@ -5,6 +5,8 @@
 
 pub mod check;
 pub mod history;
+pub mod report;
+pub mod visibility;
 
 pub use check::{check, Described, Rule, Violation};
 pub use history::{History, HistoryError, Kind, Meta, Op};
