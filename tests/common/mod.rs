@@ -263,7 +263,7 @@ pub struct DevCluster {
 
 impl DevCluster {
     /// Starts `driftkv dev --edges edges` with extra environment variables and waits until
-    /// every edge serves and gossip has made them all known (their addresses come from
+    /// every edge serves and every edge sees all of them live (their addresses come from
     /// `/cluster`, in node-id order).
     pub async fn start(edges: usize, env: &[(&str, &str)]) -> DevCluster {
         assert!(edges >= 2, "a dev cluster here has at least two edges");
@@ -303,7 +303,31 @@ impl DevCluster {
                 .collect();
             if known.len() == edges {
                 known.sort();
-                break known.into_iter().map(|(_, http)| http).collect();
+                let urls: Vec<String> = known.into_iter().map(|(_, http)| http).collect();
+                // Every edge's own view must be complete too, not only the last one's, with
+                // every edge judged live (right after start the failure detector may still
+                // call them dead).
+                let mut complete = true;
+                for url in &urls {
+                    let view: Value = http
+                        .get(format!("{url}/cluster"))
+                        .send()
+                        .await
+                        .expect("/cluster answers")
+                        .json()
+                        .await
+                        .expect("/cluster is JSON");
+                    let seen = view["members"]
+                        .as_array()
+                        .expect("members")
+                        .iter()
+                        .filter(|m| m["http"].is_string() && m["status"] == "live")
+                        .count();
+                    complete &= seen == edges;
+                }
+                if complete {
+                    break urls;
+                }
             }
             assert!(
                 std::time::Instant::now() < deadline,

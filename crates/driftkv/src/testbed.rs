@@ -156,7 +156,8 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
     let mut readers: Vec<(u64, String)> = view
         .members
         .iter()
-        .filter(|m| m.role.as_deref() == Some("edge") && m.status == "live")
+        // A member still "joining" (not judged yet by the failure detector) serves already.
+        .filter(|m| m.role.as_deref() == Some("edge") && m.status != "dead")
         .filter_map(|m| Some((m.node_id.parse().ok()?, m.http.clone()?)))
         .filter(|(_, http)| http.trim_end_matches('/') != target.url.trim_end_matches('/'))
         .collect();
@@ -164,7 +165,7 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
     let readers: Vec<String> = readers.into_iter().map(|(_, http)| http).collect();
     anyhow::ensure!(
         !readers.is_empty(),
-        "{} knows no other live edge to read at (see /cluster)",
+        "{} knows no other edge to read at (see /cluster)",
         target.url
     );
     let mut edges = vec![writer.clone()];
