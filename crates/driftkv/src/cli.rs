@@ -260,6 +260,7 @@ pub enum ClusterCommand {
 }
 
 /// A progress bar on a terminal, nothing when piped.
+#[derive(Clone)]
 pub struct Bar(ProgressBar);
 
 impl Bar {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
+use driftkv_client::Client;
 use driftkv_core::time::unix_now_ms;
+use driftkv_testbed::staleness;
 use driftkv_testbed::visibility::{self, Plan, ReadPattern};
 use driftkv_testbed::{check, report, Described, History, Rule};
 use serde_json::json;
@@ -21,6 +23,10 @@ pub enum TestbedCommand {
     /// a read that late returns the write (PBS), per edge and overall, with a CSV, an SVG plot
     /// and the operation history in --out.
     Visibility(VisibilityArgs),
+    /// Run a mixed read/write workload over many keys and every edge for a fixed time and
+    /// report the fraction of stale reads and how stale (in versions and ms), per second, with
+    /// a CSV, an SVG plot and the operation history in --out.
+    Staleness(StalenessArgs),
     /// Verify a recorded history against the consistency model: no phantom reads, staleness
     /// within the bound, read-your-writes at the writing edge, convergence at the end. Prints
     /// each violation with the operations involved; exits 1 if there is any.
@@ -78,10 +84,39 @@ pub struct VisibilityArgs {
     out: PathBuf,
 }
 
+/// `driftkv testbed staleness`.
+#[derive(Args, Debug)]
+pub struct StalenessArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Keys the workload spreads over.
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// How long the workload runs, in seconds.
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Writes per second over all keys (each key at most once a second).
+    #[arg(long, default_value_t = 20.0)]
+    writes_per_second: f64,
+    /// Reads per second over all keys.
+    #[arg(long, default_value_t = 200.0)]
+    reads_per_second: f64,
+    /// The cacheTtl reads ask for, in seconds.
+    #[arg(long, default_value_t = 60)]
+    cache_ttl: u64,
+    /// Requests in flight at once, at most.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Directory for staleness.csv, staleness.svg and history.jsonl.
+    #[arg(long, default_value = "testbed-out")]
+    out: PathBuf,
+}
+
 /// Runs a testbed command.
 pub async fn run(command: TestbedCommand) -> anyhow::Result<()> {
     match command {
         TestbedCommand::Visibility(args) => visibility(args).await,
+        TestbedCommand::Staleness(args) => staleness(args).await,
         TestbedCommand::Check { history, bound_ms } => {
             let file = std::fs::File::open(&history)
                 .with_context(|| format!("cannot open {}", history.display()))?;
@@ -149,8 +184,10 @@ async fn inject_delay(
     Ok(())
 }
 
-async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
-    let target = args.target.resolve()?;
+/// The edges `target` knows of through gossip, the target first, then by node id; dead ones
+/// left out.
+async fn cluster_edges(target: &Target) -> anyhow::Result<(Vec<Client>, Vec<String>)> {
+    let target = target.resolve()?;
     let writer = target.client_at(&target.url)?;
     let view = writer.cluster().await?;
     let mut readers: Vec<(u64, String)> = view
@@ -168,10 +205,17 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
         "{} knows no other edge to read at (see /cluster)",
         target.url
     );
-    let mut edges = vec![writer.clone()];
+    let mut edges = vec![writer];
     for reader in &readers {
         edges.push(target.client_at(reader)?);
     }
+    Ok((edges, readers))
+}
+
+async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
+    let url = args.target.resolve()?.url;
+    let (edges, readers) = cluster_edges(&args.target).await?;
+    let writer = edges[0].clone();
     let max_offset =
         Duration::from_millis(args.max_offset_ms.unwrap_or(args.cache_ttl * 1000 + 5000));
     let namespace = writer
@@ -205,7 +249,7 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
     println!(
         "visibility: {} keys written at {}, read once at each of {} edges up to {} ms later; cacheTtl {} s, {:?}{}",
         args.keys,
-        target.url,
+        url,
         readers.len(),
         max_offset.as_millis(),
         args.cache_ttl,
@@ -261,5 +305,95 @@ fn write_history(path: &Path, history: &History) -> anyhow::Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     history.write(std::io::BufWriter::new(file))?;
+    Ok(())
+}
+
+async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
+    let (edges, _) = cluster_edges(&args.target).await?;
+    let namespace = edges[0]
+        .create_namespace(&format!("testbed-staleness-{}", unix_now_ms()))
+        .await?
+        .id;
+    let plan = staleness::Plan {
+        edges,
+        namespace,
+        keys: args.keys,
+        duration: Duration::from_secs(args.duration_s),
+        writes_per_second: args.writes_per_second,
+        reads_per_second: args.reads_per_second,
+        cache_ttl_s: args.cache_ttl,
+        concurrency: args.concurrency,
+        bound: Duration::from_millis(args.cache_ttl * 1000 + 1000),
+    };
+    println!(
+        "staleness: {} s, {} writes/s and {} reads/s over {} keys on {} edges; cacheTtl {} s",
+        args.duration_s,
+        args.writes_per_second,
+        args.reads_per_second,
+        args.keys,
+        plan.edges.len(),
+        args.cache_ttl
+    );
+    let bar = Bar::new(Some(args.duration_s), "seconds");
+    let ticking = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                bar.advance(1);
+            }
+        })
+    };
+    let outcome = staleness::run(&plan).await;
+    ticking.abort();
+    drop(bar);
+    let outcome = outcome?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = |name: &str| args.out.join(name);
+    let seconds = staleness::timeline(&outcome.reads);
+    report::write_reads_csv(&out("staleness.csv"), &outcome.reads)?;
+    report::plot_staleness_svg(
+        &out("staleness.svg"),
+        &format!("stale reads per second, cacheTtl {} s", args.cache_ttl),
+        &seconds,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot plot: {e}"))?;
+    write_history(&out("history.jsonl"), &outcome.history)?;
+    let reads = &outcome.reads;
+    let stale: Vec<&staleness::Read> = reads.iter().filter(|r| r.versions_behind > 0).collect();
+    let mut stale_ms: Vec<u64> = stale.iter().map(|r| r.stale_ms).collect();
+    stale_ms.sort_unstable();
+    let quantile = |q: f64| {
+        stale_ms
+            .get(((stale_ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map_or_else(|| "-".to_owned(), |v| v.to_string())
+    };
+    println!(
+        "\n{} reads, {} stale ({:.2}%); versions behind: mean {:.3}, max {}",
+        reads.len(),
+        stale.len(),
+        100.0 * stale.len() as f64 / reads.len().max(1) as f64,
+        reads.iter().map(|r| r.versions_behind as f64).sum::<f64>() / reads.len().max(1) as f64,
+        reads.iter().map(|r| r.versions_behind).max().unwrap_or(0)
+    );
+    println!(
+        "staleness of stale reads: p50 {} ms, p99 {} ms, max {} ms",
+        quantile(0.5),
+        quantile(0.99),
+        stale_ms
+            .last()
+            .map_or_else(|| "-".to_owned(), |v| v.to_string())
+    );
+    let violations = check(&outcome.history);
+    println!(
+        "history: {} operations, {} violations of the consistency model (bound {} ms)",
+        outcome.history.ops.len(),
+        violations.len(),
+        outcome.history.meta.bound_ms
+    );
+    println!("wrote {}", args.out.display());
     Ok(())
 }

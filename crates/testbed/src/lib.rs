@@ -6,6 +6,7 @@
 pub mod check;
 pub mod history;
 pub mod report;
+pub mod staleness;
 pub mod visibility;
 
 pub use check::{check, Described, Rule, Violation};

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::staleness::{Read, Second};
 use crate::visibility::{curve, time_to_visible, Sample};
 
 /// Slices of the offset range the curves are estimated over.
@@ -55,7 +56,12 @@ pub fn summarize(samples: &[Sample], edges: usize, max_ms: f64) -> Vec<Row> {
 
 /// The summary as a table.
 pub fn table(rows: &[Row]) -> String {
-    let ms = |v: Option<f64>| v.map_or_else(|| "> range".to_owned(), |v| format!("{v:.0}"));
+    let ms = |v: Option<f64>| {
+        v.map_or_else(
+            || "> range".to_owned(),
+            |v| if v < 10.0 { format!("{v:.1}") } else { format!("{v:.0}") },
+        )
+    };
     let mut out = format!(
         "{:<12} {:>8} {:>10} {:>10} {:>10}\n",
         "", "samples", "p50 ms", "p99 ms", "p99.9 ms"
@@ -125,6 +131,51 @@ pub fn plot_svg(path: &Path, title: &str, rows: &[Row], max_ms: f64) -> Result<(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Writes every judged read of a staleness run as CSV: at_ms, edge, versions_behind, stale_ms.
+pub fn write_reads_csv(path: &Path, reads: &[Read]) -> Result<(), csv::Error> {
+    let mut out = csv::Writer::from_path(path)?;
+    out.write_record(["at_ms", "edge", "versions_behind", "stale_ms"])?;
+    for r in reads {
+        out.write_record([
+            r.at_ms.to_string(),
+            r.edge.to_string(),
+            r.versions_behind.to_string(),
+            r.stale_ms.to_string(),
+        ])?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Plots the fraction of stale reads per second over the run.
+pub fn plot_staleness_svg(path: &Path, title: &str, seconds: &[Second]) -> Result<(), String> {
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let end = seconds.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..end, 0f64..1.02f64)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the run")
+        .y_desc("fraction of reads that were stale")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let points: Vec<(f64, f64)> = seconds
+        .iter()
+        .filter(|s| s.reads > 0)
+        .map(|s| (s.second as f64 + 0.5, s.stale_fraction))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(points, RED.stroke_width(2)))
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }

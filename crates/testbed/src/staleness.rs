@@ -1,0 +1,275 @@
+//! The staleness experiment: a mixed workload of writes and reads over many keys and edges for
+//! a fixed time, measuring how often reads are stale and by how much.
+//!
+//! Each key's writes carry increasing version numbers (`key#n`). A read is stale when a newer
+//! version than the one it returned had been acknowledged before the read began; it is behind
+//! by the number of such versions, and stale for the time since the first of them was
+//! acknowledged. Writes respect Workers KV's one write per second per key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use driftkv_client::Client;
+use rand::Rng as _;
+use tokio::sync::Semaphore;
+
+use crate::history::{History, Kind, Meta, Op};
+use crate::visibility::ExperimentError;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// One client per edge; reads and writes go to random edges.
+    pub edges: Vec<Client>,
+    /// The namespace the keys go into.
+    pub namespace: String,
+    /// Keys the workload spreads over.
+    pub keys: usize,
+    /// How long it runs.
+    pub duration: Duration,
+    /// Writes per second, over all keys (at most one per key per second are sent).
+    pub writes_per_second: f64,
+    /// Reads per second, over all keys.
+    pub reads_per_second: f64,
+    /// The `cacheTtl` reads ask for, in seconds.
+    pub cache_ttl_s: u64,
+    /// Requests in flight at once, at most.
+    pub concurrency: usize,
+    /// Staleness bound recorded in the history.
+    pub bound: Duration,
+}
+
+/// One read, judged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Read {
+    /// When it began, in ms since the experiment started.
+    pub at_ms: u64,
+    /// The edge it went to.
+    pub edge: usize,
+    /// Acknowledged versions newer than the one it returned (0: fresh).
+    pub versions_behind: u64,
+    /// How long the value it returned had been superseded, in ms (0 when fresh).
+    pub stale_ms: u64,
+}
+
+/// The outcome: every judged read, and the history.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Reads, in completion order.
+    pub reads: Vec<Read>,
+    /// Every operation, for the checker.
+    pub history: History,
+}
+
+/// Acknowledged versions per key: (version, acknowledged at).
+type Acked = HashMap<usize, Vec<(u64, Instant)>>;
+
+/// Runs the workload until its duration is over and every request has completed.
+pub async fn run(plan: &Plan) -> Result<Outcome, ExperimentError> {
+    if plan.edges.is_empty() || plan.keys == 0 {
+        return Err(ExperimentError::Plan("no edges or no keys".into()));
+    }
+    let start = Instant::now();
+    let run_id: u64 = rand::thread_rng().gen();
+    let key_name = move |k: usize| format!("stale-{run_id:016x}-{k:05}");
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let ops: Arc<Mutex<Vec<Op>>> = Arc::default();
+    let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
+    let slots = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next_version: Vec<u64> = vec![0; plan.keys];
+    let mut last_write: Vec<Option<Instant>> = vec![None; plan.keys];
+    // Both rates drive one schedule: each tick is a read or a write, in proportion.
+    let total_rate = plan.writes_per_second + plan.reads_per_second;
+    if total_rate <= 0.0 {
+        return Err(ExperimentError::Plan("no reads and no writes".into()));
+    }
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / total_rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while start.elapsed() < plan.duration {
+        ticks.tick().await;
+        let (write, key, edge) = {
+            let mut rng = rand::thread_rng();
+            (
+                rng.gen::<f64>() * total_rate < plan.writes_per_second,
+                rng.gen_range(0..plan.keys),
+                rng.gen_range(0..plan.edges.len()),
+            )
+        };
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        let client = plan.edges[edge].clone();
+        let (ns, name) = (plan.namespace.clone(), key_name(key));
+        let (acked, ops, reads) = (acked.clone(), ops.clone(), reads.clone());
+        let ttl = plan.cache_ttl_s;
+        if write {
+            // One write per key per second, as Workers KV allows.
+            if last_write[key].is_some_and(|at| at.elapsed() < Duration::from_millis(1100)) {
+                continue;
+            }
+            last_write[key] = Some(Instant::now());
+            next_version[key] += 1;
+            let version = next_version[key];
+            tasks.spawn(async move {
+                let value = format!("{name}#{version}");
+                let invoked = Instant::now();
+                let outcome = client
+                    .put(&ns, &name, value.clone().into_bytes(), &Default::default())
+                    .await;
+                let completed = Instant::now();
+                if outcome.is_ok() {
+                    acked
+                        .lock()
+                        .expect("acked lock")
+                        .entry(key)
+                        .or_default()
+                        .push((version, completed));
+                }
+                ops.lock().expect("ops lock").push(Op {
+                    kind: Kind::Write,
+                    key: name,
+                    value: Some(value),
+                    edge,
+                    invoke_ms: ms(start, invoked),
+                    complete_ms: ms(start, completed),
+                    ok: outcome.is_ok(),
+                });
+                drop(permit);
+            });
+        } else {
+            tasks.spawn(async move {
+                let invoked = Instant::now();
+                let outcome = client.get_cached(&ns, &name, Some(ttl)).await;
+                let completed = Instant::now();
+                let value = outcome
+                    .as_ref()
+                    .ok()
+                    .and_then(|v| v.as_ref())
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                if outcome.is_ok() {
+                    let seen = value
+                        .as_deref()
+                        .and_then(|v| v.rsplit_once('#'))
+                        .and_then(|(_, n)| n.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let newer: Vec<Instant> = acked
+                        .lock()
+                        .expect("acked lock")
+                        .get(&key)
+                        .map(|versions| {
+                            versions
+                                .iter()
+                                .filter(|(v, at)| *v > seen && *at <= invoked)
+                                .map(|(_, at)| *at)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let stale_ms = newer
+                        .iter()
+                        .min()
+                        .map_or(0, |first| invoked.duration_since(*first).as_millis() as u64);
+                    reads.lock().expect("reads lock").push(Read {
+                        at_ms: ms(start, invoked),
+                        edge,
+                        versions_behind: newer.len() as u64,
+                        stale_ms,
+                    });
+                }
+                ops.lock().expect("ops lock").push(Op {
+                    kind: Kind::Read,
+                    key: name,
+                    value,
+                    edge,
+                    invoke_ms: ms(start, invoked),
+                    complete_ms: ms(start, completed),
+                    ok: outcome.is_ok(),
+                });
+                drop(permit);
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
+    ops.sort_by_key(|op| (op.invoke_ms, op.complete_ms));
+    let mut reads = std::mem::take(&mut *reads.lock().expect("reads lock"));
+    reads.sort_by_key(|r| r.at_ms);
+    Ok(Outcome {
+        reads,
+        history: History {
+            meta: Meta {
+                bound_ms: plan.bound.as_millis() as u64,
+                cache_ttl_s: plan.cache_ttl_s,
+                edges: plan.edges.len(),
+            },
+            ops,
+        },
+    })
+}
+
+fn ms(start: Instant, at: Instant) -> u64 {
+    at.duration_since(start).as_millis() as u64
+}
+
+/// One second of the run: reads, the fraction stale, mean versions behind, worst staleness.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Second {
+    /// Seconds since the start.
+    pub second: u64,
+    /// Reads that began in it.
+    pub reads: usize,
+    /// Fraction of them that were stale.
+    pub stale_fraction: f64,
+    /// Mean versions behind.
+    pub mean_versions_behind: f64,
+    /// Longest staleness, in ms.
+    pub max_stale_ms: u64,
+}
+
+/// The reads bucketed per second.
+pub fn timeline(reads: &[Read]) -> Vec<Second> {
+    let seconds = reads
+        .iter()
+        .map(|r| r.at_ms / 1000)
+        .max()
+        .map_or(0, |s| s + 1);
+    (0..seconds)
+        .map(|second| {
+            let these: Vec<&Read> = reads.iter().filter(|r| r.at_ms / 1000 == second).collect();
+            let n = these.len().max(1) as f64;
+            Second {
+                second,
+                reads: these.len(),
+                stale_fraction: these.iter().filter(|r| r.versions_behind > 0).count() as f64 / n,
+                mean_versions_behind: these.iter().map(|r| r.versions_behind as f64).sum::<f64>()
+                    / n,
+                max_stale_ms: these.iter().map(|r| r.stale_ms).max().unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(at_ms: u64, behind: u64, stale_ms: u64) -> Read {
+        Read {
+            at_ms,
+            edge: 0,
+            versions_behind: behind,
+            stale_ms,
+        }
+    }
+
+    #[test]
+    fn the_timeline_buckets_reads_per_second() {
+        let seconds = timeline(&[read(100, 0, 0), read(900, 2, 300), read(2500, 1, 50)]);
+        assert_eq!(seconds.len(), 3);
+        assert_eq!(seconds[0].reads, 2);
+        assert_eq!(seconds[0].stale_fraction, 0.5);
+        assert_eq!(seconds[0].mean_versions_behind, 1.0);
+        assert_eq!(seconds[0].max_stale_ms, 300);
+        assert_eq!(seconds[1].reads, 0);
+        assert_eq!(seconds[2].max_stale_ms, 50);
+    }
+}
