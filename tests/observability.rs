@@ -79,7 +79,16 @@ async fn metrics_count_a_known_workload_exactly() {
     .expect("server starts");
     let http = client();
     let ns = namespace_url(&http, &server, "observed").await;
-    let before = Scrape::of(&http, &server).await;
+    // The namespace's own log entry replicates too: start counting once it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let scrape = Scrape::of(&http, &server).await;
+        if scrape.value("driftkv_replication_entries_applied_total", &[]) >= 1.0 {
+            break scrape;
+        }
+        assert!(Instant::now() < deadline, "the namespace never replicated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     // Five writes, each read twice (the writing edge has them cached), three missing keys
     // read twice (a miss, then a cached "not found"), and one write over the per-key limit.

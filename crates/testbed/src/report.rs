@@ -59,7 +59,13 @@ pub fn table(rows: &[Row]) -> String {
     let ms = |v: Option<f64>| {
         v.map_or_else(
             || "> range".to_owned(),
-            |v| if v < 10.0 { format!("{v:.1}") } else { format!("{v:.0}") },
+            |v| {
+                if v < 10.0 {
+                    format!("{v:.1}")
+                } else {
+                    format!("{v:.0}")
+                }
+            },
         )
     };
     let mut out = format!(

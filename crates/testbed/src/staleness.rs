@@ -4,13 +4,15 @@
 //! Each key's writes carry increasing version numbers (`key#n`). A read is stale when a newer
 //! version than the one it returned had been acknowledged before the read began; it is behind
 //! by the number of such versions, and stale for the time since the first of them was
-//! acknowledged. Writes respect Workers KV's one write per second per key.
+//! acknowledged. Writes respect Workers KV's one write per second per key. After the workload,
+//! `final` reads of every key at every edge (from listings, which read the replica) let the
+//! checker judge convergence.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driftkv_client::Client;
+use driftkv_client::{Client, PutOptions};
 use rand::Rng as _;
 use tokio::sync::Semaphore;
 
@@ -113,8 +115,13 @@ pub async fn run(plan: &Plan) -> Result<Outcome, ExperimentError> {
             tasks.spawn(async move {
                 let value = format!("{name}#{version}");
                 let invoked = Instant::now();
+                let options = PutOptions {
+                    // The value again, where listings (which read the replica) show it.
+                    metadata: Some(serde_json::json!({ "v": value })),
+                    ..PutOptions::default()
+                };
                 let outcome = client
-                    .put(&ns, &name, value.clone().into_bytes(), &Default::default())
+                    .put(&ns, &name, value.clone().into_bytes(), &options)
                     .await;
                 let completed = Instant::now();
                 if outcome.is_ok() {
@@ -189,7 +196,9 @@ pub async fn run(plan: &Plan) -> Result<Outcome, ExperimentError> {
         }
     }
     while tasks.join_next().await.is_some() {}
+    let finals = settle(plan, &format!("stale-{run_id:016x}-"), start).await?;
     let mut ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
+    ops.extend(finals);
     ops.sort_by_key(|op| (op.invoke_ms, op.complete_ms));
     let mut reads = std::mem::take(&mut *reads.lock().expect("reads lock"));
     reads.sort_by_key(|r| r.at_ms);
@@ -204,6 +213,57 @@ pub async fn run(plan: &Plan) -> Result<Outcome, ExperimentError> {
             ops,
         },
     })
+}
+
+/// Longest wait, after the workload, for every edge's replica to hold the same data.
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// The `final` reads: every key at every edge, from listings (the replica, not the cache),
+/// once they agree or `SETTLE` has passed; the checker judges convergence from them.
+async fn settle(plan: &Plan, prefix: &str, start: Instant) -> Result<Vec<Op>, ExperimentError> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let invoked = Instant::now();
+        let mut views = Vec::with_capacity(plan.edges.len());
+        for edge in &plan.edges {
+            let keys = edge.all_keys(&plan.namespace, Some(prefix)).await?;
+            let view: HashMap<String, Option<String>> = keys
+                .into_iter()
+                .map(|k| {
+                    let value = k
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m["v"].as_str())
+                        .map(str::to_owned);
+                    (k.name, value)
+                })
+                .collect();
+            views.push(view);
+        }
+        let agreed = views.windows(2).all(|pair| pair[0] == pair[1]);
+        if agreed || Instant::now() >= deadline {
+            let completed = Instant::now();
+            let mut keys: Vec<&String> = views.iter().flat_map(HashMap::keys).collect();
+            keys.sort();
+            keys.dedup();
+            let mut finals = Vec::new();
+            for key in keys {
+                for (edge, view) in views.iter().enumerate() {
+                    finals.push(Op {
+                        kind: Kind::Final,
+                        key: key.clone(),
+                        value: view.get(key).cloned().flatten(),
+                        edge,
+                        invoke_ms: ms(start, invoked),
+                        complete_ms: ms(start, completed),
+                        ok: true,
+                    });
+                }
+            }
+            return Ok(finals);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn ms(start: Instant, at: Instant) -> u64 {
