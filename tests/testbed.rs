@@ -346,12 +346,22 @@ async fn a_visibility_run_lies_between_the_delay_and_the_cache_ttl() {
     assert_eq!(faults["replication"]["delay_ms"], 0);
 }
 
-/// `driftkv testbed staleness` on `driftkv dev --edges 2` (cacheTtl 1 s): the run ends with
-/// final reads of every written key at both edges, which agree, and its history passes the
-/// checker, also when checked again by `driftkv testbed check`.
+/// `driftkv testbed staleness` on `driftkv dev --edges 2` (cacheTtl 1 s) with faults at the
+/// second edge during the run (a 50 ms replication delay, a one-second pause, a resync): the
+/// run ends with final reads of every written key at both edges, which agree; its history
+/// passes the checker, also when checked again by `driftkv testbed check`; and the faults are
+/// lifted afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_staleness_run_converges_and_keeps_the_model() {
-    let dev = DevCluster::start(2, &[("DRIFTKV_CACHE__MIN_TTL_SECS", "1")]).await;
+    let dev = DevCluster::start(
+        2,
+        &[
+            ("DRIFTKV_CACHE__MIN_TTL_SECS", "1"),
+            ("DRIFTKV_TESTBED__ENABLED", "true"),
+            ("DRIFTKV_TESTBED__ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
     let out = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_driftkv"))
@@ -376,6 +386,16 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
         "60",
         "--cache-ttl",
         "1",
+        "--delay-ms",
+        "50",
+        "--pause-at-s",
+        "1",
+        "--pause-for-s",
+        "1",
+        "--resync-at-s",
+        "2",
+        "--admin-token",
+        TOKEN,
         "--out",
         out.path().to_str().unwrap(),
     ]);
@@ -421,4 +441,17 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
     );
     assert!(out.path().join("staleness.csv").exists());
     assert!(out.path().join("staleness.svg").exists());
+    let faults: Value = client()
+        .get(format!("{}/admin/testbed/faults", dev.edges[1]))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        faults["replication"],
+        json!({"delay_ms": 0, "jitter_ms": 0, "paused": false})
+    );
 }

@@ -107,6 +107,24 @@ pub struct StalenessArgs {
     /// Requests in flight at once, at most.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Inject this replication delay (ms) at every edge but the first for the run.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// ... plus up to this much uniform jitter (ms).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Pause replication at every edge but the first this many seconds into the run ...
+    #[arg(long, requires = "pause_for_s")]
+    pause_at_s: Option<u64>,
+    /// ... for this many seconds.
+    #[arg(long, requires = "pause_at_s")]
+    pause_for_s: Option<u64>,
+    /// Make every edge but the first resynchronise from a snapshot this many seconds in.
+    #[arg(long)]
+    resync_at_s: Option<u64>,
+    /// The edges' testbed.admin_token, for the faults [env: DRIFTKV_TESTBED_ADMIN_TOKEN].
+    #[arg(long, env = "DRIFTKV_TESTBED_ADMIN_TOKEN")]
+    admin_token: Option<String>,
     /// Directory for staleness.csv, staleness.svg and history.jsonl.
     #[arg(long, default_value = "testbed-out")]
     out: PathBuf,
@@ -157,21 +175,22 @@ pub async fn run(command: TestbedCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Sets (or, with zeros, clears) the replication delay at `edges` through their admin
-/// endpoint.
-async fn inject_delay(
+/// Sends one request to the testbed admin endpoint (`/admin/testbed/{path}`) of each of
+/// `edges`.
+async fn admin_all(
     edges: &[String],
     token: Option<&str>,
-    delay_ms: u64,
-    jitter_ms: u64,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let token = token.context("--admin-token is needed to inject a replication delay")?;
+    let token = token.context("--admin-token is needed to inject faults")?;
     let http = reqwest::Client::new();
     for edge in edges {
         let response = http
-            .put(format!("{edge}/admin/testbed/faults"))
+            .request(method.clone(), format!("{edge}/admin/testbed/{path}"))
             .bearer_auth(token)
-            .json(&json!({ "delay_ms": delay_ms, "jitter_ms": jitter_ms }))
+            .json(&body)
             .send()
             .await
             .with_context(|| format!("cannot reach {edge}"))?;
@@ -182,6 +201,18 @@ async fn inject_delay(
         );
     }
     Ok(())
+}
+
+/// Sets (or, with zeros, clears) the replication delay, and the pause, at `edges`.
+async fn set_faults(
+    edges: &[String],
+    token: Option<&str>,
+    delay_ms: u64,
+    jitter_ms: u64,
+    paused: bool,
+) -> anyhow::Result<()> {
+    let body = json!({ "delay_ms": delay_ms, "jitter_ms": jitter_ms, "paused": paused });
+    admin_all(edges, token, reqwest::Method::PUT, "faults", body).await
 }
 
 /// The edges `target` knows of through gossip, the target first, then by node id; dead ones
@@ -224,11 +255,12 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
         .id;
     let delayed = args.delay_ms > 0 || args.jitter_ms > 0;
     if delayed {
-        inject_delay(
+        set_faults(
             &readers,
             args.admin_token.as_deref(),
             args.delay_ms,
             args.jitter_ms,
+            false,
         )
         .await?;
     }
@@ -265,7 +297,7 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
     drop(bar);
     // Restore the edges whatever happened.
     if delayed {
-        inject_delay(&readers, args.admin_token.as_deref(), 0, 0).await?;
+        set_faults(&readers, args.admin_token.as_deref(), 0, 0, false).await?;
     }
     let outcome = outcome?;
     std::fs::create_dir_all(&args.out)
@@ -309,7 +341,46 @@ fn write_history(path: &Path, history: &History) -> anyhow::Result<()> {
 }
 
 async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
-    let (edges, _) = cluster_edges(&args.target).await?;
+    let (edges, others) = cluster_edges(&args.target).await?;
+    if let (Some(at), Some(length)) = (args.pause_at_s, args.pause_for_s) {
+        anyhow::ensure!(
+            at + length <= args.duration_s,
+            "the pause must end within the run ({} s)",
+            args.duration_s
+        );
+    }
+    anyhow::ensure!(
+        args.resync_at_s.is_none_or(|at| at < args.duration_s),
+        "the resync must happen within the run"
+    );
+    let token = args.admin_token.as_deref();
+    let faulty = args.delay_ms > 0
+        || args.jitter_ms > 0
+        || args.pause_at_s.is_some()
+        || args.resync_at_s.is_some();
+    if args.delay_ms > 0 || args.jitter_ms > 0 {
+        set_faults(&others, token, args.delay_ms, args.jitter_ms, false).await?;
+    }
+    // The faults scheduled during the run, at the edges other than the first.
+    let schedule = async {
+        let pause = async {
+            if let (Some(at), Some(length)) = (args.pause_at_s, args.pause_for_s) {
+                tokio::time::sleep(Duration::from_secs(at)).await;
+                set_faults(&others, token, args.delay_ms, args.jitter_ms, true).await?;
+                tokio::time::sleep(Duration::from_secs(length)).await;
+                set_faults(&others, token, args.delay_ms, args.jitter_ms, false).await?;
+            }
+            anyhow::Ok(())
+        };
+        let resync = async {
+            if let Some(at) = args.resync_at_s {
+                tokio::time::sleep(Duration::from_secs(at)).await;
+                admin_all(&others, token, reqwest::Method::POST, "resync", json!({})).await?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::try_join!(pause, resync).map(|_| ())
+    };
     let namespace = edges[0]
         .create_namespace(&format!("testbed-staleness-{}", unix_now_ms()))
         .await?
@@ -346,9 +417,14 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let outcome = staleness::run(&plan).await;
+    let (outcome, scheduled) = tokio::join!(staleness::run(&plan), schedule);
     ticking.abort();
     drop(bar);
+    // Restore the edges whatever happened.
+    if faulty {
+        set_faults(&others, token, 0, 0, false).await?;
+    }
+    scheduled?;
     let outcome = outcome?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
