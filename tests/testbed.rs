@@ -347,7 +347,8 @@ async fn a_visibility_run_lies_between_the_delay_and_the_cache_ttl() {
 }
 
 /// `driftkv testbed staleness` on `driftkv dev --edges 2` (cacheTtl 1 s) with faults at the
-/// second edge during the run (a 50 ms replication delay, a one-second pause, a resync): the
+/// second edge during the run (a 50 ms replication delay, a one-second pause, a resync, the
+/// version clock 5 s behind): the
 /// run ends with final reads of every written key at both edges, which agree; its history
 /// passes the checker, also when checked again by `driftkv testbed check`; and the faults are
 /// lifted afterwards.
@@ -394,6 +395,8 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
         "1",
         "--resync-at-s",
         "2",
+        "--clock-skew-ms",
+        "-5000",
         "--admin-token",
         TOKEN,
         "--out",
@@ -454,4 +457,5 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
         faults["replication"],
         json!({"delay_ms": 0, "jitter_ms": 0, "paused": false})
     );
+    assert_eq!(faults["hlc_skew_ms"], 0);
 }

@@ -168,7 +168,12 @@ impl CentralNode {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-            http_addr = Some(listener.local_addr()?);
+            let bound = listener.local_addr()?;
+            http_addr = Some(bound);
+            // Operators and the testbed find central's endpoints through /cluster.
+            gossip
+                .set(keys::HTTP, membership::advertised(config, bound))
+                .await;
             let router = driftkv_http::operator_router(
                 auth,
                 &config.node_id.to_string(),

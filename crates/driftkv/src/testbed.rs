@@ -122,7 +122,12 @@ pub struct StalenessArgs {
     /// Make every edge but the first resynchronise from a snapshot this many seconds in.
     #[arg(long)]
     resync_at_s: Option<u64>,
-    /// The edges' testbed.admin_token, for the faults [env: DRIFTKV_TESTBED_ADMIN_TOKEN].
+    /// Skew the clock central stamps write versions from by this many ms for the run (positive:
+    /// ahead). Set at central's admin endpoint, found in /cluster (with `dev`, which gives
+    /// central no HTTP port, at the first edge: the same process).
+    #[arg(long, allow_negative_numbers = true)]
+    clock_skew_ms: Option<i64>,
+    /// The nodes' testbed.admin_token, for the faults [env: DRIFTKV_TESTBED_ADMIN_TOKEN].
     #[arg(long, env = "DRIFTKV_TESTBED_ADMIN_TOKEN")]
     admin_token: Option<String>,
     /// Directory for staleness.csv, staleness.svg and history.jsonl.
@@ -358,6 +363,31 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
         || args.jitter_ms > 0
         || args.pause_at_s.is_some()
         || args.resync_at_s.is_some();
+    // Where versions are stamped: central's HTTP endpoint, else (dev) the first edge's process.
+    let stamper = match args.clock_skew_ms {
+        Some(_) => {
+            let view = edges[0].cluster().await?;
+            let central = view
+                .members
+                .iter()
+                .find(|m| m.role.as_deref() == Some("central") && m.status != "dead")
+                .and_then(|m| m.http.clone());
+            vec![central.unwrap_or_else(|| edges[0].url().to_owned())]
+        }
+        None => Vec::new(),
+    };
+    let skew = |ms: i64| {
+        admin_all(
+            &stamper,
+            token,
+            reqwest::Method::PUT,
+            "clock-skew",
+            json!({ "skew_ms": ms }),
+        )
+    };
+    if let Some(ms) = args.clock_skew_ms {
+        skew(ms).await?;
+    }
     if args.delay_ms > 0 || args.jitter_ms > 0 {
         set_faults(&others, token, args.delay_ms, args.jitter_ms, false).await?;
     }
@@ -420,9 +450,12 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
     let (outcome, scheduled) = tokio::join!(staleness::run(&plan), schedule);
     ticking.abort();
     drop(bar);
-    // Restore the edges whatever happened.
+    // Restore the nodes whatever happened.
     if faulty {
         set_faults(&others, token, 0, 0, false).await?;
+    }
+    if args.clock_skew_ms.is_some() {
+        skew(0).await?;
     }
     scheduled?;
     let outcome = outcome?;
