@@ -43,6 +43,11 @@ fn fails(output: Output, expected: &str) {
     assert!(stderr.contains(expected), "{stderr} lacks {expected:?}");
 }
 
+/// The id of the namespace `kv namespace create ... --json` printed.
+fn created(output: Output) -> String {
+    json_of(output)["id"].as_str().expect("an id").to_owned()
+}
+
 fn json_of(output: Output) -> Value {
     serde_json::from_str(&ok(output)).expect("JSON output")
 }
@@ -296,10 +301,7 @@ fn a_bulk_write_larger_than_one_request_is_split() {
     let server = Server::start();
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| driftkv(home.path(), &server.base, args);
-    let id = json_of(run(&["kv", "namespace", "create", "big", "--json"]))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created(run(&["kv", "namespace", "create", "big", "--json"]));
     let items: Vec<Value> = (0..25_000)
         .map(|i| json!({"key": format!("k{i:05}"), "value": format!("v{i}")}))
         .collect();
@@ -337,10 +339,7 @@ fn bulk_writes_retry_refused_keys_and_report_what_still_failed() {
     .expect("server starts");
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| driftkv(home.path(), &server.base, args);
-    let id = json_of(run(&["kv", "namespace", "create", "limited", "--json"]))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created(run(&["kv", "namespace", "create", "limited", "--json"]));
     let file = home.path().join("items.json");
     let items: Vec<Value> = (0..50)
         .map(|i| json!({"key": format!("k{i}"), "value": "x"}))
@@ -378,10 +377,7 @@ fn export_and_import_round_trip_exactly() {
     let server = Server::start();
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| driftkv(home.path(), &server.base, args);
-    let id = json_of(run(&["kv", "namespace", "create", "precious", "--json"]))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created(run(&["kv", "namespace", "create", "precious", "--json"]));
     let mut originals = Vec::new();
     for i in 0..1_500u32 {
         // Bytes that are not UTF-8, of varied lengths.

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,30 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, send_ok, Server};
+use common::{client, send_ok, wait_for, Server};
 use serde_json::{json, Value};
-
-/// How often conditions are polled.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Polls `check` until it yields a value or `within` has passed.
-async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// A central process and its edges, each with its own data directory.
 struct Cluster {
@@ -706,16 +683,6 @@ async fn the_per_key_write_limit_answers_429() {
     assert_eq!(common::fetch_bytes(http.get(&url)).await, "4");
 }
 
-async fn cluster_view(http: &reqwest::Client, edge: &Server) -> Value {
-    http.get(format!("{}/cluster", edge.base))
-        .send()
-        .await
-        .expect("request sent")
-        .json()
-        .await
-        .expect("/cluster is JSON")
-}
-
 fn member<'a>(view: &'a Value, node_id: &str) -> Option<&'a Value> {
     view["members"]
         .as_array()?
@@ -748,7 +715,7 @@ async fn edges_find_central_through_gossip_and_cluster_shows_lag() {
         Duration::from_secs(10),
         "/cluster to show everyone caught up",
         || async {
-            let view = cluster_view(&http, &cluster.edges[0]).await;
+            let view = common::cluster_view(&http, &cluster.edges[0].base).await;
             let central = member(&view, "1")?;
             let edges = [member(&view, "2")?, member(&view, "3")?];
             // Once an edge has gossiped when it last caught up, its lag in milliseconds can
@@ -777,7 +744,7 @@ async fn edges_find_central_through_gossip_and_cluster_shows_lag() {
         Duration::from_secs(30),
         "/cluster to show the dead edge lagging",
         || async {
-            let view = cluster_view(&http, &cluster.edges[0]).await;
+            let view = common::cluster_view(&http, &cluster.edges[0].base).await;
             let edge = member(&view, "3")?;
             (edge["live"] == false
                 && edge["lag_entries"].as_u64()? >= 5
@@ -835,7 +802,7 @@ async fn an_edge_behind_the_retained_log_catches_up_from_a_snapshot() {
         Duration::from_secs(10),
         "central to trim its log",
         || async {
-            let view = cluster_view(&http, &cluster.edges[0]).await;
+            let view = common::cluster_view(&http, &cluster.edges[0].base).await;
             (member(&view, "1")?["log_oldest_sequence"].as_u64()? > 10).then_some(())
         },
     )

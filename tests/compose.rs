@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod common;
+
 const TOKEN: &str = "e2e-token";
 const ACCOUNT: &str = "e2e";
 const EDGES: usize = 3;
@@ -132,23 +134,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` until it yields a value or `within` has passed.
-async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+/// Polls `check` every 250 ms (a check here reads whole listings from every edge) until it
+/// yields a value; fails the test after `within`.
+async fn wait_for<T, F, Fut>(within: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    common::wait_every(within, Duration::from_millis(250), what, check).await
 }
 
 fn http() -> reqwest::Client {

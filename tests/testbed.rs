@@ -12,6 +12,44 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "admin-secret";
 
+/// Runs `driftkv ARGS`.
+fn driftkv(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_driftkv"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs a testbed experiment, which must succeed with a history that keeps the model; returns
+/// what it printed.
+fn experiment(args: &[&str]) -> String {
+    let output = driftkv(args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(" 0 violations of the consistency model"),
+        "{stdout}"
+    );
+    stdout
+}
+
+/// The faults in force at `edge`.
+async fn faults_at(edge: &str) -> Value {
+    client()
+        .get(format!("{edge}/admin/testbed/faults"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// When `key` first shows in `edge`'s listing (which reads the replica, not the cache).
 async fn listed_at(http: &reqwest::Client, edge: &str, ns: &str, key: &str) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -258,41 +296,28 @@ async fn a_visibility_run_lies_between_the_delay_and_the_cache_ttl() {
     )
     .await;
     let out = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_driftkv"))
-        .args([
-            "testbed",
-            "visibility",
-            "--url",
-            &dev.edges[0],
-            "--account-id",
-            common::ACCOUNT,
-            "--keys",
-            "60",
-            "--cache-ttl",
-            "2",
-            "--pattern",
-            "read-before",
-            "--max-offset-ms",
-            "4000",
-            "--delay-ms",
-            "300",
-            "--admin-token",
-            TOKEN,
-            "--out",
-            out.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(" 0 violations of the consistency model"),
-        "{stdout}"
-    );
+    let stdout = experiment(&[
+        "testbed",
+        "visibility",
+        "--url",
+        &dev.edges[0],
+        "--account-id",
+        common::ACCOUNT,
+        "--keys",
+        "60",
+        "--cache-ttl",
+        "2",
+        "--pattern",
+        "read-before",
+        "--max-offset-ms",
+        "4000",
+        "--delay-ms",
+        "300",
+        "--admin-token",
+        TOKEN,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
 
     // Every sample: (offset after the ack, visible?).
     let csv = std::fs::read_to_string(out.path().join("visibility.csv")).unwrap();
@@ -334,15 +359,7 @@ async fn a_visibility_run_lies_between_the_delay_and_the_cache_ttl() {
     assert!(out.path().join("history.jsonl").exists());
 
     // The faults were lifted after the run.
-    let faults: Value = client()
-        .get(format!("{}/admin/testbed/faults", dev.edges[1]))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let faults = faults_at(&dev.edges[1]).await;
     assert_eq!(faults["replication"]["delay_ms"], 0);
 }
 
@@ -364,13 +381,7 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
     )
     .await;
     let out = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_driftkv"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let output = run(&[
+    experiment(&[
         "testbed",
         "staleness",
         "--url",
@@ -402,16 +413,6 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
         "--out",
         out.path().to_str().unwrap(),
     ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(" 0 violations of the consistency model"),
-        "{stdout}"
-    );
     let history = std::fs::read_to_string(out.path().join("history.jsonl")).unwrap();
     let ops: Vec<Value> = history
         .lines()
@@ -432,7 +433,7 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
         assert_eq!(finals[0]["value"], finals[1]["value"], "{key} diverged");
         assert!(finals[0]["value"].is_string());
     }
-    let check = run(&[
+    let check = driftkv(&[
         "testbed",
         "check",
         out.path().join("history.jsonl").to_str().unwrap(),
@@ -444,15 +445,7 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
     );
     assert!(out.path().join("staleness.csv").exists());
     assert!(out.path().join("staleness.svg").exists());
-    let faults: Value = client()
-        .get(format!("{}/admin/testbed/faults", dev.edges[1]))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let faults = faults_at(&dev.edges[1]).await;
     assert_eq!(
         faults["replication"],
         json!({"delay_ms": 0, "jitter_ms": 0, "paused": false})

@@ -284,14 +284,7 @@ impl DevCluster {
         let http = client();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let edges = loop {
-            let view: Value = http
-                .get(format!("{}/cluster", server.base))
-                .send()
-                .await
-                .expect("/cluster answers")
-                .json()
-                .await
-                .expect("/cluster is JSON");
+            let view = cluster_view(&http, &server.base).await;
             let mut known: Vec<(u64, String)> = view["members"]
                 .as_array()
                 .expect("members")
@@ -309,14 +302,7 @@ impl DevCluster {
                 // call them dead).
                 let mut complete = true;
                 for url in &urls {
-                    let view: Value = http
-                        .get(format!("{url}/cluster"))
-                        .send()
-                        .await
-                        .expect("/cluster answers")
-                        .json()
-                        .await
-                        .expect("/cluster is JSON");
+                    let view = cluster_view(&http, url).await;
                     let seen = view["members"]
                         .as_array()
                         .expect("members")
@@ -343,7 +329,46 @@ impl DevCluster {
     }
 }
 
+/// A node's `GET /cluster`.
+pub async fn cluster_view(http: &reqwest::Client, base: &str) -> Value {
+    http.get(format!("{base}/cluster"))
+        .send()
+        .await
+        .expect("/cluster answers")
+        .json()
+        .await
+        .expect("/cluster is JSON")
+}
+
 /// `.../accounts/{ACCOUNT}/storage/kv/namespaces` at an edge's base URL.
 pub fn api_at(base: &str) -> String {
     format!("{base}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces")
+}
+
+/// Polls `check` every `every` until it yields a value; fails the test after `within`.
+pub async fn wait_every<T, F, Fut>(within: Duration, every: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`wait_every`], polling every 20 ms.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_every(within, Duration::from_millis(20), what, check).await
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use driftkv_core::{KvError, KvService, LogEntry, WriteResult};
 use driftkv_engine::reads::blocking;
 use driftkv_engine::{spawn_maintenance, Engine};
+use driftkv_metrics::prometheus::{Histogram, IntCounter};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
 use driftkv_proto::pb::{self, subscribe_reply::Event};
@@ -55,6 +56,9 @@ impl Default for CentralOptions {
 pub struct CentralService {
     engine: Arc<Engine>,
     options: CentralOptions,
+    /// Write latency and snapshots served (metrics, resolved once).
+    write_seconds: Histogram,
+    snapshots_served: IntCounter,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -66,7 +70,13 @@ fn to_status(error: KvError) -> Status {
 impl CentralService {
     /// The service over `engine`.
     pub fn new(engine: Arc<Engine>, options: CentralOptions) -> Self {
-        CentralService { engine, options }
+        let node = engine.node_id().to_string();
+        CentralService {
+            write_seconds: CENTRAL_WRITE_SECONDS.with_label_values(&[&node]),
+            snapshots_served: SNAPSHOTS.with_label_values(&[&node, "served"]),
+            engine,
+            options,
+        }
     }
 
     /// The tonic server for this service, accepting messages up to [`MAX_MESSAGE_BYTES`].
@@ -96,9 +106,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let _timer = CENTRAL_WRITE_SECONDS
-            .with_label_values(&[&self.engine.node_id().to_string()])
-            .start_timer();
+        let _timer = self.write_seconds.start_timer();
         let span = tracing::info_span!("central write", writes = request.get_ref().writes.len());
         continue_trace(&span, request.metadata());
         let request = request.into_inner();
@@ -224,9 +232,7 @@ impl Central for CentralService {
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         tracing::info!(subscriber = %request.get_ref().node_id, "replica takes a snapshot");
-        SNAPSHOTS
-            .with_label_values(&[&self.engine.node_id().to_string(), "served"])
-            .inc();
+        self.snapshots_served.inc();
         let (tx, rx) = mpsc::channel(2);
         let engine = self.engine.clone();
         tokio::spawn(async move {

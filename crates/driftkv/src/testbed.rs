@@ -324,24 +324,25 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
         max_offset.as_secs_f64() * 1000.0,
     )
     .map_err(|e| anyhow::anyhow!("cannot plot: {e}"))?;
-    write_history(&out("history.jsonl"), &outcome.history)?;
     println!("\ntime until a read returns the write (from the t-visibility curve):");
     print!("{}", report::table(&rows));
-    let violations = check(&outcome.history);
-    println!(
-        "\nhistory: {} operations, {} violations of the consistency model (bound {} ms)",
-        outcome.history.ops.len(),
-        violations.len(),
-        outcome.history.meta.bound_ms
-    );
-    println!("wrote {}", args.out.display());
-    Ok(())
+    println!();
+    finish(&args.out, &outcome.history)
 }
 
-fn write_history(path: &Path, history: &History) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+/// Writes an experiment's history to `out`, checks it against the model and says so.
+fn finish(out: &Path, history: &History) -> anyhow::Result<()> {
+    let path = out.join("history.jsonl");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     history.write(std::io::BufWriter::new(file))?;
+    println!(
+        "history: {} operations, {} violations of the consistency model (bound {} ms)",
+        history.ops.len(),
+        check(history).len(),
+        history.meta.bound_ms
+    );
+    println!("wrote {}", out.display());
     Ok(())
 }
 
@@ -470,7 +471,6 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
         &seconds,
     )
     .map_err(|e| anyhow::anyhow!("cannot plot: {e}"))?;
-    write_history(&out("history.jsonl"), &outcome.history)?;
     let reads = &outcome.reads;
     let stale: Vec<&staleness::Read> = reads.iter().filter(|r| r.versions_behind > 0).collect();
     let mut stale_ms: Vec<u64> = stale.iter().map(|r| r.stale_ms).collect();
@@ -496,13 +496,5 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
             .last()
             .map_or_else(|| "-".to_owned(), |v| v.to_string())
     );
-    let violations = check(&outcome.history);
-    println!(
-        "history: {} operations, {} violations of the consistency model (bound {} ms)",
-        outcome.history.ops.len(),
-        violations.len(),
-        outcome.history.meta.bound_ms
-    );
-    println!("wrote {}", args.out.display());
-    Ok(())
+    finish(&args.out, &outcome.history)
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
 use driftkv_engine::reads::blocking;
-use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
 use driftkv_proto::error_from_status;
 use driftkv_proto::pb::{self, subscribe_reply::Event};
 use driftkv_proto::trace::TracedClient;
@@ -186,9 +185,7 @@ async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
             }
         }
     }
-    REPLICATION_ENTRIES_APPLIED
-        .with_label_values(&[&edge.options.node_id.to_string()])
-        .inc_by(entries.len() as u64);
+    edge.entries_applied.inc_by(entries.len() as u64);
     edge.status.send_modify(|s| {
         s.connected = true;
         s.applied = s.applied.max(last);
@@ -272,9 +269,7 @@ async fn install_snapshot(edge: &Arc<Edge>, client: &mut TracedClient) -> Result
             }
             edge.status.send_modify(|s| s.applied = sequence);
             tracing::info!(sequence, "snapshot installed");
-            SNAPSHOTS
-                .with_label_values(&[&edge.options.node_id.to_string(), "installed"])
-                .inc();
+            edge.snapshots_installed.inc();
             return Ok(());
         }
     }

@@ -12,6 +12,8 @@ pub mod faults;
 mod follower;
 mod link;
 
+use driftkv_metrics::prometheus::IntCounter;
+use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +82,9 @@ pub struct Edge {
     bootstrapping: AtomicBool,
     /// Replication faults the testbed injects.
     faults: Faults,
+    /// Replicated entries applied and snapshots installed (metrics, resolved once).
+    entries_applied: IntCounter,
+    snapshots_installed: IntCounter,
 }
 
 impl Edge {
@@ -91,8 +96,11 @@ impl Edge {
         options: EdgeOptions,
     ) -> Result<Arc<Self>, KvError> {
         let applied = store.applied_sequence()?;
+        let node = options.node_id.to_string();
         Ok(Arc::new(Edge {
-            cache: ReadCache::new(options.cache_max_bytes, &options.node_id.to_string()),
+            cache: ReadCache::new(options.cache_max_bytes, &node),
+            entries_applied: REPLICATION_ENTRIES_APPLIED.with_label_values(&[&node]),
+            snapshots_installed: SNAPSHOTS.with_label_values(&[&node, "installed"]),
             link: CentralLink::new(options.timeouts),
             status: watch::Sender::new(ReplicationStatus {
                 applied,

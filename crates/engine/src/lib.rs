@@ -26,6 +26,7 @@ use driftkv_core::{
     Change, KvError, KvService, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Version,
     Write, WriteOutcome, WriteResult,
 };
+use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::CENTRAL_WRITES;
 use driftkv_store::Store;
 use tokio::sync::{watch, Mutex};
@@ -48,6 +49,9 @@ pub struct Engine {
     committer: Committer,
     /// The highest log sequence known durable.
     durable: watch::Receiver<u64>,
+    /// Key writes applied, and refused by the rate limit (metrics, resolved once).
+    writes_applied: IntCounter,
+    writes_refused: IntCounter,
 }
 
 impl Engine {
@@ -67,8 +71,11 @@ impl Engine {
         // Whatever the store holds when it opens has survived, so it counts as durable.
         let last = store.log_bounds()?.last;
         let (durable_tx, durable) = watch::channel(last);
+        let node = node_id.to_string();
         Ok(Engine {
-            committer: Committer::start(store.clone(), durable_tx, &node_id.to_string()),
+            writes_applied: CENTRAL_WRITES.with_label_values(&[&node, "applied"]),
+            writes_refused: CENTRAL_WRITES.with_label_values(&[&node, "rate_limited"]),
+            committer: Committer::start(store.clone(), durable_tx, &node),
             store,
             hlc,
             origin: node_id.get(),
@@ -151,13 +158,8 @@ impl Engine {
             });
         }
         let count = changes.len() as u64;
-        let node = self.origin.to_string();
-        CENTRAL_WRITES
-            .with_label_values(&[&node, "applied"])
-            .inc_by(count);
-        CENTRAL_WRITES
-            .with_label_values(&[&node, "rate_limited"])
-            .inc_by(versions.len() as u64 - count);
+        self.writes_applied.inc_by(count);
+        self.writes_refused.inc_by(versions.len() as u64 - count);
         let last = if count > 0 {
             self.commit(changes).await?
         } else {

@@ -127,23 +127,17 @@ async fn record(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // The matched path is reference-counted: cloning it allocates nothing.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     HTTP_REQUEST_SECONDS
-        .with_label_values(&[&*node, route.as_str(), method.as_str()])
+        .with_label_values(&[&*node, route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     HTTP_REQUESTS
-        .with_label_values(&[
-            &*node,
-            route.as_str(),
-            method.as_str(),
-            response.status().as_str(),
-        ])
+        .with_label_values(&[&*node, route, method.as_str(), response.status().as_str()])
         .inc();
     response
 }

@@ -235,20 +235,14 @@ fn register_all() {
     collectors();
 }
 
-/// The name of every family, whether or not it has samples yet.
+/// The name of every family, whether or not it has samples yet (`gather` leaves empty ones
+/// out; their descriptors do not).
 pub fn family_names() -> Vec<String> {
-    register_all();
-    let mut names: Vec<String> = REGISTRY
-        .gather()
+    let mut names: Vec<String> = collectors()
         .iter()
-        .map(|family| family.name().to_owned())
+        .flat_map(|collector| collector.desc().into_iter().map(|d| d.fq_name.clone()))
         .collect();
-    // Families with no samples yet are left out of `gather`; their descriptors are not.
-    for collector in collectors() {
-        names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
-    }
     names.sort();
-    names.dedup();
     names
 }
 

@@ -110,6 +110,25 @@ pub enum HistoryError {
 }
 
 impl History {
+    /// The history of an experiment: `ops`, recorded in any order, sorted by when they began,
+    /// with the experiment's staleness bound, cache TTL and number of edges.
+    pub fn of(
+        bound: std::time::Duration,
+        cache_ttl_s: u64,
+        edges: usize,
+        mut ops: Vec<Op>,
+    ) -> Self {
+        ops.sort_by_key(|op| (op.invoke_ms, op.complete_ms));
+        History {
+            meta: Meta {
+                bound_ms: bound.as_millis() as u64,
+                cache_ttl_s,
+                edges,
+            },
+            ops,
+        }
+    }
+
     /// Reads a history in the JSON-lines format.
     pub fn read(reader: impl BufRead) -> Result<History, HistoryError> {
         let mut meta = None;

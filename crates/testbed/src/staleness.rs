@@ -16,7 +16,7 @@ use driftkv_client::{Client, PutOptions};
 use rand::Rng as _;
 use tokio::sync::Semaphore;
 
-use crate::history::{History, Kind, Meta, Op};
+use crate::history::{History, Kind, Op};
 use crate::visibility::ExperimentError;
 
 /// What to run.
@@ -199,19 +199,11 @@ pub async fn run(plan: &Plan) -> Result<Outcome, ExperimentError> {
     let finals = settle(plan, &format!("stale-{run_id:016x}-"), start).await?;
     let mut ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
     ops.extend(finals);
-    ops.sort_by_key(|op| (op.invoke_ms, op.complete_ms));
     let mut reads = std::mem::take(&mut *reads.lock().expect("reads lock"));
     reads.sort_by_key(|r| r.at_ms);
     Ok(Outcome {
         reads,
-        history: History {
-            meta: Meta {
-                bound_ms: plan.bound.as_millis() as u64,
-                cache_ttl_s: plan.cache_ttl_s,
-                edges: plan.edges.len(),
-            },
-            ops,
-        },
+        history: History::of(plan.bound, plan.cache_ttl_s, plan.edges.len(), ops),
     })
 }
 

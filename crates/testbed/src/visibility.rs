@@ -16,7 +16,7 @@ use driftkv_client::Client;
 use futures::StreamExt as _;
 use rand::Rng as _;
 
-use crate::history::{History, Kind, Meta, Op};
+use crate::history::{History, Kind, Op};
 
 /// Whether the edges read a key before it is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,19 +106,11 @@ pub async fn run(plan: &Plan, progress: &(dyn Fn() + Sync)) -> Result<Outcome, E
         .collect()
         .await;
     results.into_iter().collect::<Result<(), _>>()?;
-    let mut ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
-    ops.sort_by_key(|op| (op.invoke_ms, op.complete_ms));
+    let ops = std::mem::take(&mut *ops.lock().expect("ops lock"));
     let samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
     Ok(Outcome {
         samples,
-        history: History {
-            meta: Meta {
-                bound_ms: plan.bound.as_millis() as u64,
-                cache_ttl_s: plan.cache_ttl_s,
-                edges: plan.edges.len(),
-            },
-            ops,
-        },
+        history: History::of(plan.bound, plan.cache_ttl_s, plan.edges.len(), ops),
     })
 }
 
