@@ -133,6 +133,17 @@ async fn injected_faults_shape_replication() {
     .await;
     listed_at(&http, delayed, &ns, "first").await;
 
+    // A malformed or misspelt body is refused with a Cloudflare-style error, changing nothing.
+    let bad = http
+        .put(&faults)
+        .bearer_auth(TOKEN)
+        .body(r#"{"delay": 400}"#)
+        .send()
+        .await
+        .unwrap();
+    common::assert_error(bad, 400, 10001).await;
+    assert_eq!(faults_at(delayed).await["replication"]["delay_ms"], 0);
+
     // A 400 ms delay (plus up to 100 ms jitter): no write arrives sooner.
     let set = admin(
         &http,

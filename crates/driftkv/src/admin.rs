@@ -12,12 +12,15 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use driftkv_core::KvError;
 use driftkv_edge::{Edge, FaultSettings};
 use driftkv_engine::{hlc_skew_ms, set_hlc_skew_ms};
-use driftkv_http::Auth;
+use driftkv_http::{ApiError, Auth};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -50,13 +53,17 @@ async fn faults(State(edge): State<Arc<Edge>>) -> Json<Value> {
     Json(json!({ "replication": edge.faults().settings(), "hlc_skew_ms": hlc_skew_ms() }))
 }
 
-async fn set_faults(
-    State(edge): State<Arc<Edge>>,
-    Json(settings): Json<FaultSettings>,
-) -> Json<Value> {
+/// A JSON body, or a Cloudflare-style 400 (code 10001) saying what is wrong with it.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError(KvError::BadRequest(format!("malformed request body: {e}"))))
+}
+
+async fn set_faults(State(edge): State<Arc<Edge>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let settings: FaultSettings = parse(&body)?;
     tracing::warn!(?settings, "testbed: replication faults set");
     edge.faults().set(settings);
-    faults(State(edge)).await
+    Ok(faults(State(edge)).await)
 }
 
 async fn resync(State(edge): State<Arc<Edge>>) -> Json<Value> {
@@ -71,8 +78,9 @@ struct Skew {
     skew_ms: i64,
 }
 
-async fn clock_skew(Json(skew): Json<Skew>) -> Json<Value> {
+async fn clock_skew(body: Bytes) -> Result<Json<Value>, ApiError> {
+    let skew: Skew = parse(&body)?;
     tracing::warn!(skew_ms = skew.skew_ms, "testbed: version clock skewed");
     set_hlc_skew_ms(skew.skew_ms);
-    Json(json!({ "hlc_skew_ms": hlc_skew_ms() }))
+    Ok(Json(json!({ "hlc_skew_ms": hlc_skew_ms() })))
 }

@@ -29,7 +29,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub use auth::Auth;
-use envelope::ApiError;
+pub use envelope::ApiError;
 
 /// The service handlers run against.
 type Service = Arc<dyn KvService>;
