@@ -10,19 +10,17 @@ mod body;
 mod bulk;
 mod envelope;
 mod extract;
+mod metered;
 mod namespaces;
 mod values;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{middleware, Json, Router};
 use driftkv_core::{KvError, KvService};
-use driftkv_metrics::{HTTP_REQUESTS, HTTP_REQUEST_SECONDS};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -100,46 +98,35 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
     } else {
         api
     };
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(open)
         .merge(api)
         // Only requests that matched a route are counted: their route template is a label
         // of bounded cardinality.
-        .route_layer(middleware::from_fn_with_state(
-            Arc::<str>::from(node),
-            record,
-        ))
+        .route_layer(metered::MeterLayer::new(node))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) })
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(
+        .layer(CatchPanicLayer::custom(panic_response));
+    if request_spans_recorded() {
+        router.layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+    } else {
+        router
+    }
 }
 
-/// Counts and times a request under its route template.
-async fn record(
-    State(node): State<Arc<str>>,
-    request: axum::extract::Request,
-    next: middleware::Next,
-) -> Response {
-    // The matched path is reference-counted: cloning it allocates nothing.
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    HTTP_REQUEST_SECONDS
-        .with_label_values(&[&*node, route, method.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    HTTP_REQUESTS
-        .with_label_values(&[&*node, route, method.as_str(), response.status().as_str()])
-        .inc();
-    response
+/// Whether the tracing subscriber (set up before any router is built, and fixed for the life
+/// of the process) keeps request spans or their log lines. When it keeps neither
+/// (`RUST_LOG=warn`, say), the trace layer is left off: it would still time and wrap every
+/// response only for the filter to discard the result, a measurable part of a cached read.
+fn request_spans_recorded() -> bool {
+    tracing::enabled!(target: "tower_http::trace::make_span", Level::INFO)
+        || tracing::enabled!(target: "tower_http::trace::on_response", Level::INFO)
 }
 
 /// `GET /metrics`: every metric of the process, in the Prometheus text format.
