@@ -390,14 +390,7 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
             },
         )
         .await;
-        let value = http
-            .get(format!("{}/{ns}/values/hello", api(edge)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let value = common::fetch_bytes(http.get(format!("{}/{ns}/values/hello", api(edge)))).await;
         assert_eq!(value, "from edge 1");
     }
 

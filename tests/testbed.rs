@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{api_at, client, send_ok, DevCluster, Server};
+use common::{api_at, client, fetch_bytes, send_ok, DevCluster, Server};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "admin-secret";
@@ -270,14 +270,7 @@ async fn injected_faults_shape_replication() {
     .await;
     // The log is applied in order: once the later key is there, both writes of k are.
     listed_at(&http, delayed, &ns, "k-done").await;
-    let read = http
-        .get(format!("{}/{ns}/values/k", api_at(delayed)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let read = fetch_bytes(http.get(format!("{}/{ns}/values/k", api_at(delayed)))).await;
     assert_eq!(read, "after");
     let restored: Value = admin(&http, reqwest::Method::PUT, skew, json!({"skew_ms": 0}))
         .await

@@ -167,17 +167,9 @@ pub fn client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
-/// Percent-encodes a key for a URL path the way Cloudflare's SDK does: everything but
-/// unreserved characters, `:` and `!`.
+/// Percent-encodes a key for a URL path the way Cloudflare's SDK does.
 pub fn encode_key(key: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~')
-        .remove(b':')
-        .remove(b'!');
-    percent_encoding::utf8_percent_encode(key, SET).to_string()
+    driftkv_client::encode(key)
 }
 
 /// Asserts that a response is a Cloudflare error envelope with this status and code.

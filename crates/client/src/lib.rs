@@ -396,9 +396,9 @@ impl Client {
     }
 }
 
-/// Percent-encodes a path segment the way Cloudflare's SDK does: everything but unreserved
-/// characters, `:` and `!`.
-fn encode(segment: &str) -> String {
+/// Percent-encodes a path segment (an account id, a namespace id, a key) the way Cloudflare's
+/// SDK does: everything but unreserved characters, `:` and `!`.
+pub fn encode(segment: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'.')

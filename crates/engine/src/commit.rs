@@ -186,22 +186,11 @@ fn append(store: &dyn Store, batch: Vec<Pending>) -> Appended {
 mod tests {
     use std::collections::HashMap;
 
-    use driftkv_core::{LiveValue, Namespace, NamespaceId, Record, Version};
+    use driftkv_core::{LiveValue, NamespaceId, Record, Version};
+    use driftkv_store::suite::ns;
     use driftkv_store::SledStore;
 
     use super::*;
-
-    fn namespace(id: u8) -> Namespace {
-        Namespace {
-            id: NamespaceId([id; 16]),
-            account_id: "acct".into(),
-            title: format!("ns{id}"),
-            version: Version {
-                timestamp: 1,
-                origin: 1,
-            },
-        }
-    }
 
     fn put(ns: u8, key: &str, timestamp: u64) -> Change {
         Change::Key {
@@ -224,7 +213,7 @@ mod tests {
     fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        store.append(&[Change::Namespace(namespace(1))]).unwrap();
+        store.append(&[Change::Namespace(ns(1))]).unwrap();
         (store, dir)
     }
 
@@ -250,7 +239,7 @@ mod tests {
             // Namespace 2 does not exist.
             vec![put(2, "b", 12)],
             vec![put(1, "c", 13)],
-            vec![Change::Namespace(namespace(3))],
+            vec![Change::Namespace(ns(3))],
             vec![put(3, "d", 14)],
         ]
         .into_iter()

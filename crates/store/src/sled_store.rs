@@ -737,6 +737,7 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::suite::ns;
     use driftkv_core::{LiveValue, Version};
 
     fn open() -> (SledStore, tempfile::TempDir) {
@@ -745,18 +746,6 @@ mod tests {
     }
 
     crate::store_suite!(open());
-
-    fn namespace(id: u8) -> Namespace {
-        Namespace {
-            id: NamespaceId([id; 16]),
-            account_id: "acct".into(),
-            title: format!("ns{id}"),
-            version: Version {
-                timestamp: 1,
-                origin: 1,
-            },
-        }
-    }
 
     fn put(ts: u64, value: &str) -> Record {
         Record {
@@ -777,14 +766,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.put_namespace(&namespace(1)).unwrap();
+            store.put_namespace(&ns(1)).unwrap();
             store
                 .apply(NamespaceId([1; 16]), &[("k".into(), put(5, "v"))])
                 .unwrap();
             store.sync().await.unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.namespaces().unwrap(), vec![namespace(1)]);
+        assert_eq!(store.namespaces().unwrap(), vec![ns(1)]);
         assert_eq!(
             store.get(NamespaceId([1; 16]), "k").unwrap(),
             Some(put(5, "v"))
@@ -796,7 +785,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.put_namespace(&namespace(2)).unwrap();
+            store.put_namespace(&ns(2)).unwrap();
             store
                 .apply(NamespaceId([2; 16]), &[("k".into(), put(5, "v"))])
                 .unwrap();
@@ -855,7 +844,7 @@ mod tests {
         /// The replica state: every record and the applied sequence.
         fn replay(batches: &[Vec<LogEntry>]) -> (Vec<(String, Record)>, u64) {
             let (store, _dir) = open();
-            store.put_namespace(&namespace(1)).unwrap();
+            store.put_namespace(&ns(1)).unwrap();
             for batch in batches {
                 store.apply_replicated(batch).unwrap();
             }

@@ -53,7 +53,8 @@ macro_rules! store_suite {
     };
 }
 
-fn ns(id: u8) -> Namespace {
+/// A namespace fixture with id `[id; 16]`, for this suite and other crates' store tests.
+pub fn ns(id: u8) -> Namespace {
     Namespace {
         id: NamespaceId([id; 16]),
         account_id: "account".into(),
