@@ -292,7 +292,7 @@ impl EdgeNode {
         ];
         ops::watch_store(node_id, &store);
         ops::watch_edge(node_id, &edge);
-        let router = driftkv_http::router(
+        let api = driftkv_http::router(
             edge.clone(),
             auth,
             &node_id.to_string(),
@@ -300,7 +300,7 @@ impl EdgeNode {
             membership::routes(gossip.clone()),
         );
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener, axum::ServiceExt::into_make_service(api))
                 .with_graceful_shutdown(shutdown.wait())
                 .await
                 .context("HTTP server failed")

@@ -57,7 +57,7 @@ impl Auth {
 
     /// Checks the credentials of a request: `Authorization: Bearer <token>`, or the legacy
     /// `X-Auth-Email` + `X-Auth-Key` pair, whose key is checked as a token.
-    fn check(&self, headers: &HeaderMap) -> Result<(), KvError> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), KvError> {
         if !self.required() {
             return Ok(());
         }

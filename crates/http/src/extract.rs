@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
+use axum::http::Uri;
 use driftkv_core::key::{parse_expiration_param, validate_key};
 use driftkv_core::namespace::validate_account_id;
 use driftkv_core::{KvError, NamespaceId};
@@ -86,11 +87,23 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = path_params(parts, state).await?;
-        let key = param(&params, "key");
+        KeyPath::new(
+            param(&params, "account_id"),
+            param(&params, "namespace_id"),
+            param(&params, "key"),
+        )
+    }
+}
+
+impl KeyPath {
+    /// The path's parameters, percent-decoded, validated in the order the API reports them:
+    /// key, account, namespace.
+    pub fn new(account: &str, namespace_id: &str, key: &str) -> Result<Self, ApiError> {
         validate_key(key)?;
+        validate_account_id(account)?;
         Ok(KeyPath {
-            account: account(&params)?,
-            id: namespace_id(&params)?,
+            account: account.to_owned(),
+            id: namespace_id.parse()?,
             key: key.to_owned(),
         })
     }
@@ -102,17 +115,20 @@ pub struct Params(HashMap<String, String>);
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| {
-                KvError::InvalidParameter(format!("malformed query string: {}", e.body_text()))
-            })?;
-        Ok(Params(map))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Params::from_uri(&parts.uri)
     }
 }
 
 impl Params {
+    /// The query parameters of `uri`.
+    pub fn from_uri(uri: &Uri) -> Result<Self, ApiError> {
+        let Query(map) = Query::<HashMap<String, String>>::try_from_uri(uri).map_err(|e| {
+            KvError::InvalidParameter(format!("malformed query string: {}", e.body_text()))
+        })?;
+        Ok(Params(map))
+    }
+
     /// A text parameter.
     pub fn text(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)

@@ -10,6 +10,7 @@ mod body;
 mod bulk;
 mod envelope;
 mod extract;
+mod hot_reads;
 mod metered;
 mod namespaces;
 mod values;
@@ -28,6 +29,7 @@ use tracing::Level;
 
 pub use auth::Auth;
 pub use envelope::ApiError;
+pub use hot_reads::Api;
 
 /// The service handlers run against.
 type Service = Arc<dyn KvService>;
@@ -35,7 +37,11 @@ type Service = Arc<dyn KvService>;
 /// The prefix of every KV route.
 pub const NAMESPACES_ROUTE: &str = "/client/v4/accounts/{account_id}/storage/kv/namespaces";
 
-/// The full router of an edge: the KV API and the node's `extra` routes behind `auth`;
+/// The route of a value: reads of it are the hot path (see [`Api`]).
+const VALUE_ROUTE: &str =
+    "/client/v4/accounts/{account_id}/storage/kv/namespaces/{namespace_id}/values/{*key}";
+
+/// The HTTP service of an edge: the KV API and the node's `extra` routes behind `auth`;
 /// `/healthz`, `/metrics` and the node's `open` routes without it. Requests are counted and
 /// timed under the node label `node`.
 pub fn router(
@@ -44,7 +50,7 @@ pub fn router(
     node: &str,
     open: Router,
     extra: Router,
-) -> Router {
+) -> Api {
     let ns = NAMESPACES_ROUTE;
     let one = format!("{ns}/{{namespace_id}}");
     let api = Router::new()
@@ -56,7 +62,7 @@ pub fn router(
                 .delete(namespaces::delete),
         )
         .route(
-            &format!("{one}/values/{{*key}}"),
+            VALUE_ROUTE,
             get(values::get_value)
                 .put(values::put_value)
                 .delete(values::delete_value),
@@ -74,7 +80,19 @@ pub fn router(
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
-    serve(api.with_state(service).merge(extra), auth, node, open)
+    let router = serve(
+        api.with_state(service.clone()).merge(extra),
+        auth.clone(),
+        node,
+        open,
+    );
+    if request_spans_recorded() {
+        // Requests are logged, which costs far more than routing: every request goes through
+        // the router and its trace layer.
+        Api::routed(router)
+    } else {
+        Api::with_value_reads(router, service, auth, node)
+    }
 }
 
 /// The router of a node without the KV API (central): its `extra` routes behind `auth`;
@@ -103,12 +121,14 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
         .route("/metrics", get(metrics))
         .merge(open)
         .merge(api)
+        // Inside the metrics, so that a handler that panicked is counted as the 500 it
+        // answers. The fallbacks below answer constant errors and need no recovery.
+        .route_layer(CatchPanicLayer::custom(panic_response))
         // Only requests that matched a route are counted: their route template is a label
         // of bounded cardinality.
         .route_layer(metered::MeterLayer::new(node))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
-        .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) })
-        .layer(CatchPanicLayer::custom(panic_response));
+        .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) });
     if request_spans_recorded() {
         router.layer(
             TraceLayer::new_for_http()

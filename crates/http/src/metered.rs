@@ -52,10 +52,7 @@ impl<S> Layer<S> for MeterLayer {
     fn layer(&self, inner: S) -> Meter<S> {
         Meter {
             inner,
-            handles: Arc::new(Handles {
-                node: self.node.clone(),
-                methods: Default::default(),
-            }),
+            handles: Arc::new(Handles::new(self.node.clone())),
         }
     }
 }
@@ -67,8 +64,9 @@ pub(crate) struct Meter<S> {
     handles: Arc<Handles>,
 }
 
-/// The metric handles of the route a [`Meter`] wraps, resolved as they are first needed.
-struct Handles {
+/// The metric handles of one route (the one a [`Meter`] wraps), resolved as they are first
+/// needed.
+pub(crate) struct Handles {
     node: Arc<str>,
     /// One slot per method of [`METHODS`].
     methods: [OnceLock<MethodHandles>; METHODS.len()],
@@ -85,7 +83,22 @@ struct MethodHandles {
 }
 
 impl Handles {
-    fn record(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+    /// Handles labelled with the node label `node`, none resolved yet.
+    pub(crate) fn new(node: Arc<str>) -> Self {
+        Handles {
+            node,
+            methods: Default::default(),
+        }
+    }
+
+    /// Counts and times one request of `route` (its template).
+    pub(crate) fn record(
+        &self,
+        route: &str,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
         let seconds = elapsed.as_secs_f64();
         let kept = METHODS.iter().position(|m| m == method).map(|slot| {
             self.methods[slot].get_or_init(|| MethodHandles {
