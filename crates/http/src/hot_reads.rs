@@ -9,6 +9,7 @@
 //! or namespace id, a malformed query string, missing or wrong credentials) goes through the
 //! router like every other request, so each error answer has a single source.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -120,8 +121,6 @@ impl ValueRead {
             return None;
         }
         let (account, namespace_id, key) = split_value_path(request.uri().path())?;
-        // Decoded exactly as axum decodes path parameters.
-        let decode = |raw| percent_decode_str(raw).decode_utf8().ok();
         let path = KeyPath::new(&decode(account)?, &decode(namespace_id)?, &decode(key)?).ok()?;
         let params = Params::from_uri(request.uri()).ok()?;
         auth.check(request.headers()).ok()?;
@@ -130,6 +129,15 @@ impl ValueRead {
             params,
             started,
         })
+    }
+}
+
+/// A path parameter, decoded exactly as axum decodes them. Most hold no escape, and a path is
+/// already UTF-8, so those are taken as they are without a scan.
+fn decode(raw: &str) -> Option<Cow<'_, str>> {
+    match raw.contains('%') {
+        true => percent_decode_str(raw).decode_utf8().ok(),
+        false => Some(Cow::Borrowed(raw)),
     }
 }
 
