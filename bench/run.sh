@@ -58,7 +58,7 @@ printf '%-28s %14s %12s\n' "driftkv edge GET (HTTP)" "$kv_rps" "$kv_p99"
 printf '%-28s %14s %12s\n' "redis GET (RESP)" "$redis_rps" "${redis_p99}ms"
 echo
 
-target/release/driftkv-bench --edge "http://127.0.0.1:$port" --seconds "$secs"
+target/release/driftkv-bench --edge "http://127.0.0.1:$port" --seconds "$secs" --expect-edges 3
 echo
 
 echo "== list page of 1000 keys in a namespace of 1,000,000 keys =="

@@ -62,7 +62,14 @@ struct Args {
     /// Size of every value written, in bytes.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
+    /// Live edges to wait for in `/cluster` (gossip may take a moment to show a fresh cluster
+    /// whole) before measuring; at least a live central is always waited for.
+    #[arg(long, default_value_t = 1)]
+    expect_edges: usize,
 }
+
+/// Longest the cluster may take to show a live central and the expected edges.
+const TOPOLOGY_LIMIT: Duration = Duration::from_secs(30);
 
 /// The cluster as the first edge's `/cluster` describes it.
 struct Topology {
@@ -97,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let topology = topology(&http, &args.edge).await?;
+    let topology = wait_for_topology(&http, &args.edge, args.expect_edges).await?;
     let value = Bytes::from(vec![b'v'; args.value_bytes]);
     let mut bench = Bench {
         args,
@@ -157,6 +164,26 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<28} {:>12.0}", "Write at central (gRPC)", central_rate);
     println!("{:<28} {:>12.0}", "PUT at an edge (HTTP)", edge_rate);
     Ok(())
+}
+
+/// Polls `edge`'s `/cluster` until it shows a live central and at least `edges` live edges.
+async fn wait_for_topology(
+    http: &reqwest::Client,
+    edge: &str,
+    edges: usize,
+) -> anyhow::Result<Topology> {
+    let deadline = Instant::now() + TOPOLOGY_LIMIT;
+    loop {
+        match topology(http, edge).await {
+            Ok(found) if found.edges.len() >= edges => return Ok(found),
+            Ok(found) if Instant::now() >= deadline => bail!(
+                "{edge}/cluster shows {} live edges, expected {edges}",
+                found.edges.len()
+            ),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Reads the live edges and central's gRPC address from `edge`'s `/cluster`.
