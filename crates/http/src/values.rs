@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::IntoResponse;
+use axum::response::Response;
 use driftkv_core::key::resolve_expiration;
 use driftkv_core::limits::{MAX_LIST_LIMIT, MIN_LIST_LIMIT};
 use driftkv_core::service::put;
@@ -54,7 +54,10 @@ pub async fn get_value(State(service): State<Service>, path: KeyPath, params: Pa
         .get(&path.account, path.id, &path.key, cache_ttl)
         .await?
         .ok_or(KvError::KeyNotFound)?;
-    let mut headers = HeaderMap::new();
+    // Built in place: a separate header map merged into the response would cost a second
+    // allocation on every read.
+    let mut response = Response::new(Body::from(value.value));
+    let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -62,7 +65,7 @@ pub async fn get_value(State(service): State<Service>, path: KeyPath, params: Pa
     if let Some(expiration) = value.expiration {
         headers.insert("expiration", HeaderValue::from(expiration));
     }
-    Ok((headers, value.value).into_response())
+    Ok(response)
 }
 
 /// `DELETE .../values/{key}`: succeeds whether or not the key exists.
