@@ -69,6 +69,10 @@ impl Server {
             // The API tests rewrite keys faster than Workers KV's one write per second per
             // key; the rate limit has tests of its own that turn it back on.
             .env("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "0")
+            // 25 MiB values pass through a debug build on a shared 2-core machine, which can
+            // take longer than the default deadline allows for them; tests of failing fast
+            // set their own.
+            .env("DRIFTKV_CENTRAL__REQUEST_TIMEOUT_MS", "30000")
             .env("RUST_LOG", "warn")
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())

@@ -45,9 +45,8 @@ pub struct Api {
 struct Reads {
     service: Service,
     auth: Auth,
-    /// The metric handles of the value route, shared by nothing else: the router's own
-    /// handles for it only see reads that fell through to it, and both record under the same
-    /// labels.
+    /// Metric handles for the value route. The router keeps its own for the reads that fall
+    /// through to it; both record under the same labels, so the figures add up.
     metrics: Handles,
 }
 

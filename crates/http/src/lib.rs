@@ -16,6 +16,7 @@ mod namespaces;
 mod values;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +25,8 @@ use axum::{middleware, Json, Router};
 use driftkv_core::{KvError, KvService};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
+use tracing::{Level, Span};
 
 pub use auth::Auth;
 pub use envelope::ApiError;
@@ -132,11 +133,47 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
     if request_spans_recorded() {
         router.layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .make_span_with(request_span)
+                .on_response(response_logged),
         )
     } else {
         router
+    }
+}
+
+/// Paths orchestrators poll every few seconds (container health checks, Kubernetes probes).
+/// Their requests are traced at DEBUG, so that INFO logs show traffic rather than probes.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// The span of one request: INFO, or DEBUG for a probe. The targets are the ones tower-http's
+/// own span maker and response logger use, so filters written for them keep working.
+fn request_span(request: &axum::extract::Request) -> Span {
+    let (method, uri, version) = (request.method(), request.uri(), request.version());
+    if PROBES.contains(&uri.path()) {
+        tracing::debug_span!(target: SPAN_TARGET, "request", %method, %uri, ?version)
+    } else {
+        tracing::info_span!(target: SPAN_TARGET, "request", %method, %uri, ?version)
+    }
+}
+
+const SPAN_TARGET: &str = "tower_http::trace::make_span";
+const RESPONSE_TARGET: &str = "tower_http::trace::on_response";
+
+/// Logs a response at its request span's level.
+fn response_logged(response: &Response, latency: Duration, span: &Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let message = "finished processing request";
+    let probe = match span.metadata() {
+        Some(meta) => *meta.level() == Level::DEBUG,
+        // A disabled span may carry no metadata. While INFO request spans are kept, only a
+        // probe's DEBUG span can be disabled; otherwise the span tells nothing.
+        None => tracing::enabled!(target: SPAN_TARGET, Level::INFO),
+    };
+    if probe {
+        tracing::debug!(target: RESPONSE_TARGET, status, latency_ms, message);
+    } else {
+        tracing::info!(target: RESPONSE_TARGET, status, latency_ms, message);
     }
 }
 
@@ -145,8 +182,8 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
 /// (`RUST_LOG=warn`, say), the trace layer is left off: it would still time and wrap every
 /// response only for the filter to discard the result, a measurable part of a cached read.
 fn request_spans_recorded() -> bool {
-    tracing::enabled!(target: "tower_http::trace::make_span", Level::INFO)
-        || tracing::enabled!(target: "tower_http::trace::on_response", Level::INFO)
+    tracing::enabled!(target: SPAN_TARGET, Level::INFO)
+        || tracing::enabled!(target: RESPONSE_TARGET, Level::INFO)
 }
 
 /// `GET /metrics`: every metric of the process, in the Prometheus text format.
@@ -168,4 +205,35 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         "the request handler failed; the server is still running".into(),
     ))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    #[test]
+    fn probes_are_traced_at_debug_and_everything_else_at_info() {
+        let everything = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(Level::TRACE)
+                .with_test_writer()
+                .finish(),
+        );
+        let level = |path: &str| {
+            let request = axum::extract::Request::get(path)
+                .body(Body::empty())
+                .expect("valid request");
+            let span = tracing::dispatcher::with_default(&everything, || request_span(&request));
+            *span
+                .metadata()
+                .expect("an enabled span has metadata")
+                .level()
+        };
+        assert_eq!(level("/healthz"), Level::DEBUG);
+        assert_eq!(level("/readyz"), Level::DEBUG);
+        assert_eq!(level("/healthz/extra"), Level::INFO);
+        assert_eq!(level("/metrics"), Level::INFO);
+        assert_eq!(level(&format!("{NAMESPACES_ROUTE}/x")), Level::INFO);
+    }
 }
