@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use driftkv_core::change::record_size;
 use driftkv_core::{KvError, KvService, LogEntry, WriteResult};
 use driftkv_engine::reads::blocking;
 use driftkv_engine::{spawn_maintenance, Engine};
@@ -19,10 +20,7 @@ use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
 use driftkv_proto::pb::{self, subscribe_reply::Event};
 use driftkv_proto::trace::continue_trace;
-use driftkv_proto::{
-    change_size, key_change, namespace_id, record_size, status_from_error, BATCH_BYTES,
-    MAX_MESSAGE_BYTES,
-};
+use driftkv_proto::{key_change, namespace_id, status_from_error, BATCH_BYTES, MAX_MESSAGE_BYTES};
 use driftkv_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -272,7 +270,7 @@ async fn stream_log(
         }
         if next <= head {
             let max = BATCH_ENTRIES.min((head - next + 1) as usize);
-            let entries = blocking(&store, move |s| Ok(s.log_entries(next, max)?)).await?;
+            let entries = engine.log_entries(next, max).await?;
             // Everything up to `head` was logged, so a missing `next` has been trimmed away.
             if entries.first().map(|e| e.sequence) != Some(next) {
                 return snapshot_needed(&store, tx).await;
@@ -326,7 +324,7 @@ fn cut(entries: Vec<LogEntry>) -> Vec<Vec<LogEntry>> {
     let mut batches = vec![Vec::new()];
     let mut bytes = 0;
     for entry in entries {
-        let size = change_size(&entry.change);
+        let size = entry.change.size();
         let current = batches.last_mut().expect("never empty");
         if !current.is_empty() && bytes + size > BATCH_BYTES {
             batches.push(Vec::new());

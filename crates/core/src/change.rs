@@ -60,7 +60,25 @@ enum Wire<'a> {
 
 const FORMAT: u8 = 1;
 
+/// The approximate size of a key's record in memory and on the wire, for cutting batches and
+/// bounding buffers.
+pub fn record_size(key: &str, record: &Record) -> usize {
+    64 + key.len()
+        + record.live.as_ref().map_or(0, |l| {
+            l.value.len() + l.metadata.as_ref().map_or(0, String::len)
+        })
+}
+
 impl Change {
+    /// The approximate size of the change in memory and on the wire.
+    pub fn size(&self) -> usize {
+        match self {
+            Change::Key { key, record, .. } => record_size(key, record),
+            Change::Namespace(ns) => 64 + ns.account_id.len() + ns.title.len(),
+            Change::NamespaceDeleted(_) => 32,
+        }
+    }
+
     /// Encodes the change for the log.
     pub fn encode(&self) -> Vec<u8> {
         let (record, namespace);

@@ -9,13 +9,14 @@
 
 use std::sync::Arc;
 
-use driftkv_core::{Change, KvError};
+use driftkv_core::{Change, KvError, LogEntry};
 use driftkv_metrics::prometheus::Histogram;
 use driftkv_metrics::COMMIT_BATCH_WRITERS;
 use driftkv_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::reads;
+use crate::recent::RecentLog;
 
 /// A batch stops taking more writers once it holds this many changes (a single larger bulk
 /// write still goes whole).
@@ -33,12 +34,24 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task on `store`; it publishes every durable sequence to `durable`
-    /// and its batch sizes under the node label `node`.
-    pub(crate) fn start(store: Arc<dyn Store>, durable: watch::Sender<u64>, node: &str) -> Self {
+    /// Starts the committer task on `store`; it hands every entry it appends to `recent`,
+    /// publishes every durable sequence to `durable` and its batch sizes under the node label
+    /// `node`.
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        recent: Arc<RecentLog>,
+        durable: watch::Sender<u64>,
+        node: &str,
+    ) -> Self {
         let (queue, requests) = mpsc::unbounded_channel();
         let batch_writers = COMMIT_BATCH_WRITERS.with_label_values(&[node]);
-        tokio::spawn(run(store, Arc::new(durable), requests, batch_writers));
+        tokio::spawn(run(
+            store,
+            recent,
+            Arc::new(durable),
+            requests,
+            batch_writers,
+        ));
         Committer { queue }
     }
 
@@ -56,6 +69,7 @@ impl Committer {
 
 async fn run(
     store: Arc<dyn Store>,
+    recent: Arc<RecentLog>,
     durable: Arc<watch::Sender<u64>>,
     mut requests: mpsc::UnboundedReceiver<Pending>,
     batch_writers: Histogram,
@@ -82,7 +96,9 @@ async fn run(
             batch.push(next);
         }
         batch_writers.observe(batch.len() as f64);
-        let appended = reads::blocking(&store, move |store| Ok(append(store, batch))).await;
+        let recent = recent.clone();
+        let appended =
+            reads::blocking(&store, move |store| Ok(append(store, batch, &recent))).await;
         let appended = match appended {
             Ok(appended) => appended,
             Err(e) => {
@@ -129,7 +145,8 @@ type Appended = Vec<(oneshot::Sender<Result<u64, KvError>>, Result<u64, KvError>
 /// Appends every writer's changes as one append, and gives each writer the last sequence its
 /// own changes took. When the merged append fails, the writers it did not commit are appended
 /// one by one, so that one writer's failure (its namespace deleted meanwhile, say) is its own.
-fn append(store: &dyn Store, batch: Vec<Pending>) -> Appended {
+/// Every entry that made it into the log goes to `recent` as well.
+fn append(store: &dyn Store, batch: Vec<Pending>, recent: &RecentLog) -> Appended {
     let mut ends = Vec::with_capacity(batch.len());
     let mut all = Vec::new();
     let mut senders = Vec::with_capacity(batch.len());
@@ -163,10 +180,9 @@ fn append(store: &dyn Store, batch: Vec<Pending>) -> Appended {
         }
     };
     let mut start = 0;
-    senders
-        .into_iter()
-        .zip(ends)
-        .map(|(sender, end)| {
+    let outcomes: Vec<_> = ends
+        .iter()
+        .map(|&end| {
             let outcome = if end <= committed {
                 Ok(before + end as u64)
             } else if start < committed {
@@ -177,9 +193,29 @@ fn append(store: &dyn Store, batch: Vec<Pending>) -> Appended {
                 store.append(&all[start..end]).map_err(KvError::from)
             };
             start = end;
-            (sender, outcome)
+            outcome
         })
-        .collect()
+        .collect();
+    // Each writer's changes took the sequences up to the last one its append reports.
+    let mut changes = all.into_iter();
+    let mut entries = Vec::with_capacity(changes.len());
+    let mut start = 0;
+    for (&end, outcome) in ends.iter().zip(&outcomes) {
+        let own = changes.by_ref().take(end - start);
+        if let Ok(last) = outcome {
+            let first = last + 1 - (end - start) as u64;
+            entries.extend(
+                (first..)
+                    .zip(own)
+                    .map(|(sequence, change)| LogEntry { sequence, change }),
+            );
+        } else {
+            own.for_each(drop);
+        }
+        start = end;
+    }
+    recent.push(entries);
+    senders.into_iter().zip(outcomes).collect()
 }
 
 #[cfg(test)]
@@ -249,7 +285,8 @@ mod tests {
             Pending { changes, done }
         })
         .collect();
-        let appended = append(store.as_ref(), batch);
+        let recent = RecentLog::new(1 << 20);
+        let appended = append(store.as_ref(), batch, &recent);
         let outcomes: Vec<_> = appended.into_iter().map(|(_, o)| o).collect();
         assert_eq!(outcomes[1], Err(KvError::NamespaceNotFound));
         let logged = logged_keys(store.as_ref());
@@ -263,13 +300,22 @@ mod tests {
             6,
             "no gaps, nothing twice"
         );
+        // The first entry was appended before the committer ran.
+        let held = recent.read(2, 100).expect("the committed entries are held");
+        assert_eq!(held, store.log_entries(2, 100).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_each_learn_their_own_durable_sequences() {
         let (store, _dir) = open();
         let (durable_tx, durable) = watch::channel(store.log_bounds().unwrap().last);
-        let committer = Arc::new(Committer::start(store.clone(), durable_tx, "test"));
+        let recent = Arc::new(RecentLog::new(1 << 20));
+        let committer = Arc::new(Committer::start(
+            store.clone(),
+            recent.clone(),
+            durable_tx,
+            "test",
+        ));
         let writers: Vec<_> = (0..200u64)
             .map(|i| {
                 let committer = committer.clone();
@@ -290,5 +336,7 @@ mod tests {
             assert!(*durable.borrow() >= last, "acknowledged before durable");
         }
         assert_eq!(*durable.borrow(), 401);
+        let held = recent.read(2, 1000).expect("every committed entry is held");
+        assert_eq!(held, store.log_entries(2, 1000).unwrap());
     }
 }

@@ -15,6 +15,7 @@ mod clock;
 mod commit;
 mod rate_limit;
 pub mod reads;
+mod recent;
 
 use std::num::NonZeroU64;
 use std::sync::{Arc, Weak};
@@ -23,8 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use driftkv_core::namespace::{validate_account_id, validate_title};
 use driftkv_core::{
-    Change, KvError, KvService, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Version,
-    Write, WriteOutcome, WriteResult,
+    Change, KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId,
+    Version, Write, WriteOutcome, WriteResult,
 };
 use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::CENTRAL_WRITES;
@@ -34,6 +35,7 @@ use tokio::sync::{watch, Mutex};
 pub use clock::{hlc_skew_ms, set_hlc_skew_ms, ManualClock, SystemClock, WallClock};
 use commit::Committer;
 pub use rate_limit::RateLimiter;
+use recent::{RecentLog, RECENT_LOG_BYTES};
 
 /// The single-writer engine over one store.
 pub struct Engine {
@@ -47,6 +49,8 @@ pub struct Engine {
     namespace_changes: Mutex<()>,
     /// Appends writes to the log and makes them durable.
     committer: Committer,
+    /// The newest log entries, for the replication streams.
+    recent: Arc<RecentLog>,
     /// The highest log sequence known durable.
     durable: watch::Receiver<u64>,
     /// Key writes applied, and refused by the rate limit (metrics, resolved once).
@@ -72,10 +76,12 @@ impl Engine {
         let last = store.log_bounds()?.last;
         let (durable_tx, durable) = watch::channel(last);
         let node = node_id.to_string();
+        let recent = Arc::new(RecentLog::new(RECENT_LOG_BYTES));
         Ok(Engine {
             writes_applied: CENTRAL_WRITES.with_label_values(&[&node, "applied"]),
             writes_refused: CENTRAL_WRITES.with_label_values(&[&node, "rate_limited"]),
-            committer: Committer::start(store.clone(), durable_tx, &node),
+            committer: Committer::start(store.clone(), recent.clone(), durable_tx, &node),
+            recent,
             store,
             hlc,
             origin: node_id.get(),
@@ -99,6 +105,15 @@ impl Engine {
     /// Follows the highest durable log sequence: replication streams entries up to it.
     pub fn durable_sequence(&self) -> watch::Receiver<u64> {
         self.durable.clone()
+    }
+
+    /// Up to `max` consecutive log entries from sequence `from` on, read from the store
+    /// unless they are among the newest, which are kept in memory.
+    pub async fn log_entries(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, KvError> {
+        if let Some(entries) = self.recent.read(from, max) {
+            return Ok(entries);
+        }
+        reads::blocking(&self.store, move |store| Ok(store.log_entries(from, max)?)).await
     }
 
     fn stamp(&self) -> Version {

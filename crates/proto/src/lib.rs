@@ -208,23 +208,6 @@ impl TryFrom<pb::LogEntry> for LogEntry {
     }
 }
 
-/// The approximate wire size of a key's record, for cutting batches.
-pub fn record_size(key: &str, record: &Record) -> usize {
-    64 + key.len()
-        + record.live.as_ref().map_or(0, |l| {
-            l.value.len() + l.metadata.as_ref().map_or(0, String::len)
-        })
-}
-
-/// The approximate wire size of a change, for cutting batches.
-pub fn change_size(change: &Change) -> usize {
-    match change {
-        Change::Key { key, record, .. } => record_size(key, record),
-        Change::Namespace(ns) => 64 + ns.account_id.len() + ns.title.len(),
-        Change::NamespaceDeleted(_) => 32,
-    }
-}
-
 /// The gRPC status for an error, carrying its Cloudflare code and HTTP status.
 pub fn status_from_error(error: &KvError) -> Status {
     let code = match error.status() {
