@@ -1,7 +1,7 @@
 //! What operators read besides `/cluster`: `/readyz`, and the metrics refreshed at scrape time
 //! or from gossip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 
 use axum::http::StatusCode;
@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use driftkv_edge::Edge;
+use driftkv_metrics::prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use driftkv_metrics::prometheus::proto::Metric;
 use driftkv_metrics::{
     CACHE_BYTES, GOSSIP_MEMBERS, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS,
     STORE_DISK_BYTES,
@@ -54,11 +56,14 @@ fn saturate(value: u64) -> i64 {
 }
 
 /// Sets the membership gauges from a `/cluster` view: members by status, and each edge's lag.
+/// The lag series of an edge the view no longer gives a lag for (it left the cluster, or its
+/// lag is unknown) are removed rather than left showing their last value.
 pub fn record_membership(node: &str, view: &Value) {
     let members = view["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut by_status: BTreeMap<&str, i64> = [("live", 0), ("dead", 0), ("joining", 0)]
         .into_iter()
         .collect();
+    let (mut with_entries, mut with_ms) = (BTreeSet::new(), BTreeSet::new());
     for member in members {
         if let Some(count) = member["status"].as_str().and_then(|s| by_status.get_mut(s)) {
             *count += 1;
@@ -71,16 +76,52 @@ pub fn record_membership(node: &str, view: &Value) {
             REPLICATION_LAG_ENTRIES
                 .with_label_values(&[node, edge])
                 .set(saturate(entries));
+            with_entries.insert(edge);
         }
         if let Some(ms) = member["lag_ms"].as_u64() {
             REPLICATION_LAG_SECONDS
                 .with_label_values(&[node, edge])
                 .set(ms as f64 / 1000.0);
+            with_ms.insert(edge);
         }
     }
+    remove_other_edges(&REPLICATION_LAG_ENTRIES, node, &with_entries);
+    remove_other_edges(&REPLICATION_LAG_SECONDS, node, &with_ms);
     for (status, count) in by_status {
         GOSSIP_MEMBERS.with_label_values(&[node, status]).set(count);
     }
+}
+
+/// Removes the series of `metric` that `node` reports for edges other than `edges`.
+fn remove_other_edges<T: MetricVecBuilder>(
+    metric: &MetricVec<T>,
+    node: &str,
+    edges: &BTreeSet<&str>,
+) {
+    for edge in reported_edges(metric, node) {
+        if !edges.contains(edge.as_str()) {
+            // Only fails for a series that is already gone.
+            let _ = metric.remove_label_values(&[node, &edge]);
+        }
+    }
+}
+
+/// The edges `node` has a series of `metric` for.
+fn reported_edges<T: MetricVecBuilder>(metric: &MetricVec<T>, node: &str) -> BTreeSet<String> {
+    let label = |series: &Metric, name: &str| {
+        series
+            .get_label()
+            .iter()
+            .find(|pair| pair.name() == name)
+            .map(|pair| pair.value().to_owned())
+    };
+    metric
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter(|series| label(series, "node").as_deref() == Some(node))
+        .filter_map(|series| label(series, "edge"))
+        .collect()
 }
 
 /// `GET /readyz` of central: it serves once its storage is open, which is before it listens.
@@ -133,4 +174,58 @@ fn edge_readiness(edge: &Edge) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(id: &str, lag_entries: Value, lag_ms: Value) -> Value {
+        json!({ "node_id": id, "role": "edge", "status": "live",
+                "lag_entries": lag_entries, "lag_ms": lag_ms })
+    }
+
+    #[test]
+    fn lag_series_follow_the_edges_that_report_a_lag() {
+        let node = "ops-unit-test";
+        let other = "ops-unit-test-other";
+        let view = |members: Vec<Value>| json!({ "members": members });
+        record_membership(other, &view(vec![edge("9", json!(1), json!(5))]));
+        record_membership(
+            node,
+            &view(vec![
+                edge("1", json!(0), json!(0)),
+                edge("2", json!(7), json!(1500)),
+            ]),
+        );
+        let both: BTreeSet<String> = ["1", "2"].map(String::from).into();
+        assert_eq!(reported_edges(&REPLICATION_LAG_ENTRIES, node), both);
+        assert_eq!(reported_edges(&REPLICATION_LAG_SECONDS, node), both);
+        assert_eq!(
+            REPLICATION_LAG_SECONDS
+                .with_label_values(&[node, "2"])
+                .get(),
+            1.5
+        );
+
+        // Edge 2 left; edge 3 joined but has not reported how far it got.
+        record_membership(
+            node,
+            &view(vec![
+                edge("1", json!(3), json!(0)),
+                edge("3", json!(2), Value::Null),
+            ]),
+        );
+        let entries: BTreeSet<String> = ["1", "3"].map(String::from).into();
+        assert_eq!(reported_edges(&REPLICATION_LAG_ENTRIES, node), entries);
+        assert_eq!(
+            reported_edges(&REPLICATION_LAG_SECONDS, node),
+            ["1"].map(String::from).into()
+        );
+        // Another node's series are its own.
+        assert_eq!(
+            reported_edges(&REPLICATION_LAG_ENTRIES, other),
+            ["9"].map(String::from).into()
+        );
+    }
 }
