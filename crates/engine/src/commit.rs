@@ -147,12 +147,14 @@ type Appended = Vec<(oneshot::Sender<Result<u64, KvError>>, Result<u64, KvError>
 /// one by one, so that one writer's failure (its namespace deleted meanwhile, say) is its own.
 /// Every entry that made it into the log goes to `recent` as well.
 fn append(store: &dyn Store, batch: Vec<Pending>, recent: &RecentLog) -> Appended {
-    let mut ends = Vec::with_capacity(batch.len());
+    // Where each writer's changes sit in the merged run.
+    let mut spans = Vec::with_capacity(batch.len());
     let mut all = Vec::new();
     let mut senders = Vec::with_capacity(batch.len());
     for pending in batch {
+        let start = all.len();
         all.extend(pending.changes);
-        ends.push(all.len());
+        spans.push(start..all.len());
         senders.push(pending.done);
     }
     let before = match store.log_bounds() {
@@ -179,40 +181,33 @@ fn append(store: &dyn Store, batch: Vec<Pending>, recent: &RecentLog) -> Appende
             }
         }
     };
-    let mut start = 0;
-    let outcomes: Vec<_> = ends
+    let outcomes: Vec<_> = spans
         .iter()
-        .map(|&end| {
-            let outcome = if end <= committed {
-                Ok(before + end as u64)
-            } else if start < committed {
+        .map(|span| {
+            if span.end <= committed {
+                Ok(before + span.end as u64)
+            } else if span.start < committed {
                 Err(KvError::Internal(
                     "a write was only partly appended to the log".into(),
                 ))
             } else {
-                store.append(&all[start..end]).map_err(KvError::from)
-            };
-            start = end;
-            outcome
+                store.append(&all[span.clone()]).map_err(KvError::from)
+            }
         })
         .collect();
     // Each writer's changes took the sequences up to the last one its append reports.
     let mut changes = all.into_iter();
     let mut entries = Vec::with_capacity(changes.len());
-    let mut start = 0;
-    for (&end, outcome) in ends.iter().zip(&outcomes) {
-        let own = changes.by_ref().take(end - start);
-        if let Ok(last) = outcome {
-            let first = last + 1 - (end - start) as u64;
-            entries.extend(
-                (first..)
-                    .zip(own)
-                    .map(|(sequence, change)| LogEntry { sequence, change }),
-            );
-        } else {
-            own.for_each(drop);
+    for (span, outcome) in spans.iter().zip(&outcomes) {
+        let own = changes.by_ref().take(span.len());
+        match outcome {
+            Ok(last) => {
+                let first = last + 1 - span.len() as u64;
+                let numbered = (first..).zip(own);
+                entries.extend(numbered.map(|(sequence, change)| LogEntry { sequence, change }));
+            }
+            Err(_) => own.for_each(drop),
         }
-        start = end;
     }
     recent.push(entries);
     senders.into_iter().zip(outcomes).collect()

@@ -35,14 +35,9 @@ fn param<'a>(params: &'a RawPathParams, name: &str) -> &'a str {
         .map_or("", |(_, value)| value)
 }
 
-fn account(params: &RawPathParams) -> Result<String, KvError> {
-    let account = param(params, "account_id");
+fn valid_account(account: &str) -> Result<String, KvError> {
     validate_account_id(account)?;
     Ok(account.to_owned())
-}
-
-fn namespace_id(params: &RawPathParams) -> Result<NamespaceId, KvError> {
-    param(params, "namespace_id").parse()
 }
 
 /// `/accounts/{account_id}/...`
@@ -52,7 +47,8 @@ impl<S: Send + Sync> FromRequestParts<S> for AccountPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Ok(AccountPath(account(&path_params(parts, state).await?)?))
+        let params = path_params(parts, state).await?;
+        Ok(AccountPath(valid_account(param(&params, "account_id"))?))
     }
 }
 
@@ -67,9 +63,19 @@ impl<S: Send + Sync> FromRequestParts<S> for NamespacePath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = path_params(parts, state).await?;
+        Ok(NamespacePath::new(
+            param(&params, "account_id"),
+            param(&params, "namespace_id"),
+        )?)
+    }
+}
+
+impl NamespacePath {
+    /// The path's parameters, percent-decoded, validated account first.
+    pub fn new(account: &str, namespace_id: &str) -> Result<Self, KvError> {
         Ok(NamespacePath {
-            account: account(&params)?,
-            id: namespace_id(&params)?,
+            account: valid_account(account)?,
+            id: namespace_id.parse()?,
         })
     }
 }
@@ -100,10 +106,10 @@ impl KeyPath {
     /// key, account, namespace.
     pub fn new(account: &str, namespace_id: &str, key: &str) -> Result<Self, ApiError> {
         validate_key(key)?;
-        validate_account_id(account)?;
+        let NamespacePath { account, id } = NamespacePath::new(account, namespace_id)?;
         Ok(KeyPath {
-            account: account.to_owned(),
-            id: namespace_id.parse()?,
+            account,
+            id,
             key: key.to_owned(),
         })
     }

@@ -115,7 +115,6 @@ impl ValueRead {
     /// The read `request` asks for, if it is a `GET` of the value route whose parameters,
     /// query and credentials all check out; otherwise `None`, for the router to answer.
     fn parse(request: &Request<Body>, auth: &Auth) -> Option<Self> {
-        let started = Instant::now();
         if request.method() != Method::GET {
             return None;
         }
@@ -123,10 +122,11 @@ impl ValueRead {
         let path = KeyPath::new(&decode(account)?, &decode(namespace_id)?, &decode(key)?).ok()?;
         let params = Params::from_uri(request.uri()).ok()?;
         auth.check(request.headers()).ok()?;
+        // Timed from here, as the router's metrics time a request from its route on.
         Some(ValueRead {
             path,
             params,
-            started,
+            started: Instant::now(),
         })
     }
 }

@@ -81,13 +81,15 @@ pub fn router(
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
+    let traced = request_spans_recorded();
     let router = serve(
         api.with_state(service.clone()).merge(extra),
         auth.clone(),
         node,
         open,
+        traced,
     );
-    if request_spans_recorded() {
+    if traced {
         // Requests are logged, which costs far more than routing: every request goes through
         // the router and its trace layer.
         Api::routed(router)
@@ -99,7 +101,7 @@ pub fn router(
 /// The router of a node without the KV API (central): its `extra` routes behind `auth`;
 /// `/healthz`, `/metrics` and its `open` routes without it.
 pub fn operator_router(auth: Auth, node: &str, open: Router, extra: Router) -> Router {
-    serve(extra, auth, node, open)
+    serve(extra, auth, node, open, request_spans_recorded())
 }
 
 /// `routes` behind their own bearer tokens `auth` (for an admin endpoint with a token of its
@@ -109,8 +111,9 @@ pub fn guarded(routes: Router, auth: Auth) -> Router {
 }
 
 /// `api` behind `auth`, with `/healthz`, `/metrics` and `open`, request metrics,
-/// Cloudflare-style errors for unknown routes and methods, panic recovery and request spans.
-fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
+/// Cloudflare-style errors for unknown routes and methods, panic recovery, and request spans
+/// when `traced` (see [`request_spans_recorded`]).
+fn serve(api: Router, auth: Auth, node: &str, open: Router, traced: bool) -> Router {
     // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
     let api = if auth.required() {
         api.route_layer(middleware::from_fn_with_state(auth, auth::require))
@@ -130,7 +133,7 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router) -> Router {
         .route_layer(metered::MeterLayer::new(node))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) });
-    if request_spans_recorded() {
+    if traced {
         router.layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
