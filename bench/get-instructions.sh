@@ -4,7 +4,7 @@
 # cost of a change to the read path can be told from noise. Kernel work (the loopback TCP
 # send and receive, about half of the server's CPU time per request) is not counted.
 #
-# Starts `driftkv dev` (central and one edge, RUST_LOG=warn) under valgrind, writes a 100-byte
+# Starts `driftkv dev` (central and one edge, default configuration) under valgrind, writes a 100-byte
 # value, warms the cache, then counts what the process executes while wrk sends cached GETs
 # on 10 connections for a fixed time.
 # Needs: valgrind, wrk, curl, python3 (Debian: apt-get install valgrind wrk).
@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
   target/release/driftkv dev --listen "127.0.0.1:$port" --data-dir "$work/data" \
   >"$work/out" 2>"$work/err" &
 pid=$!

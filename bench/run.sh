@@ -6,6 +6,7 @@
 #   2. replication (driftkv-bench): write acknowledgement latency, propagation delay from
 #      acknowledgement to applied on every edge, durable write throughput over distinct keys;
 #   3. latency of one list page of 1000 keys in a namespace of 1,000,000 keys.
+# driftkv runs in its default configuration (INFO logging, no access log), as a user gets it.
 # Needs: wrk, redis-server, redis-benchmark (Debian: apt-get install wrk redis-server).
 # Usage: bench/run.sh [seconds per run, default 20] [hot-GET rounds, default 3]
 set -euo pipefail
@@ -28,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RUST_LOG=warn target/release/driftkv dev --edges 3 --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/kv.out" 2>"$work/kv.err" &
+target/release/driftkv dev --edges 3 --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/kv.out" 2>"$work/kv.err" &
 kv_pid=$!
 # Ready once the last edge has announced itself (every edge caught up, all in gossip).
 for _ in $(seq 300); do grep -q "edge 2 listening" "$work/kv.out" && break; sleep 0.1; done

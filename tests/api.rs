@@ -74,7 +74,7 @@ async fn namespaces_lifecycle() {
 
     // Deleting removes the namespace and its keys.
     send_ok(c.put(format!("{ns_url}/values/k")).body("v")).await;
-    assert_eq!(send_ok(c.delete(&ns_url)).await["result"], json!({}));
+    assert_eq!(send_ok(c.delete(&ns_url)).await["result"], Value::Null);
     send_err(c.get(&ns_url), 404, 10013).await;
     send_err(c.get(format!("{ns_url}/values/k")), 404, 10013).await;
     send_err(c.delete(&ns_url), 404, 10013).await;
@@ -155,7 +155,7 @@ async fn values_round_trip_binary_and_odd_keys() {
         c.get(&url).send().await.unwrap().text().await.unwrap(),
         "two"
     );
-    assert_eq!(send_ok(c.delete(&url)).await["result"], json!({}));
+    assert_eq!(send_ok(c.delete(&url)).await["result"], Value::Null);
     send_ok(c.delete(&url)).await;
     send_ok(c.delete(format!("{ns}/values/never-was"))).await;
     let body = send_err(c.get(&url), 404, 10009).await;
@@ -772,4 +772,26 @@ async fn the_health_command_reports_a_serving_node() {
         String::from_utf8_lossy(&down.stderr).contains("is not healthy"),
         "{down:?}"
     );
+}
+
+/// Workers KV's smallest `cacheTtl` is 30 s since January 2026: a default server takes 30 and
+/// refuses 29 with Cloudflare's invalid-parameter error naming the minimum.
+#[tokio::test]
+async fn cache_ttl_accepts_thirty_seconds_and_refuses_less() {
+    let server = Server::start();
+    let c = client();
+    let ns = common::namespace_url(&c, &server, "ttl").await;
+    let url = format!("{ns}/values/k");
+    send_ok(c.put(&url).body("v")).await;
+    let read = c
+        .get(&url)
+        .query(&[("cache_ttl", "30")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.bytes().await.unwrap(), "v");
+    let refused = send_err(c.get(&url).query(&[("cache_ttl", "29")]), 400, 10038).await;
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("at least 30 seconds"), "{message}");
 }

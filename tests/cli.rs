@@ -289,9 +289,13 @@ fn target_comes_from_flags_then_environment_then_config_file() {
         .env("HOME", home.path())
         .env_remove("XDG_CONFIG_HOME")
         .env("DRIFTKV_URL", "http://127.0.0.1:1")
+        // Retried for a second (from the environment too), then given up.
+        .env("DRIFTKV_RETRY_SECS", "1")
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     fails(output, "cannot reach http://127.0.0.1:1");
+    assert!(stderr.starts_with("error: gave up after"), "{stderr}");
 }
 
 /// 25,000 keys are more than one bulk request may carry: the CLI splits them, with no
@@ -366,8 +370,103 @@ fn bulk_writes_retry_refused_keys_and_report_what_still_failed() {
     assert!(again["retries"].as_u64().unwrap() > 0, "{again}");
     let port = server.addr().rsplit(':').next().unwrap().to_owned();
     server.stop();
-    let down = driftkv(home.path(), &format!("http://127.0.0.1:{port}"), &put[..6]);
+    let down = [&put[..6], &["--retry-secs", "2"]].concat();
+    let down = driftkv(home.path(), &format!("http://127.0.0.1:{port}"), &down);
     fails(down, "50 keys failed after retries");
+}
+
+/// Workers KV allows one write per second to a key; the official SDKs retry the 429 that a
+/// second write gets, and so does the CLI, waiting as long as `Retry-After` says.
+#[test]
+fn single_key_writes_in_quick_succession_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &[("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "1")],
+    )
+    .expect("server starts");
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| driftkv(home.path(), &server.base, args);
+    let id = created(run(&["kv", "namespace", "create", "quick", "--json"]));
+    let ns = ["--namespace-id", id.as_str()];
+    ok(run(&[&["kv", "key", "put", "g", "hello"][..], &ns].concat()));
+    ok(run(&[&["kv", "key", "put", "g", "again"][..], &ns].concat()));
+    assert_eq!(
+        ok(run(&[&["kv", "key", "get", "g"][..], &ns].concat())),
+        "again"
+    );
+    ok(run(&[&["kv", "key", "delete", "g"][..], &ns].concat()));
+    fails(
+        run(&[&["kv", "key", "get", "g"][..], &ns].concat()),
+        "(code 10009, HTTP 404)",
+    );
+}
+
+/// A server that answers every request with a Cloudflare 429 asking for a one-second wait;
+/// returns its URL and the number of requests it has answered.
+fn always_rate_limited() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = r#"{"success":false,"errors":[{"code":10049,"message":"KV PUT failed: 429 Too Many Requests"}],"messages":[],"result":null}"#;
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (url, answered)
+}
+
+/// Against a server that never stops answering 429, the CLI retries for as long as it is told
+/// (waiting the second `Retry-After` asks for between tries), then gives up with one clear line
+/// and exit status 1.
+#[test]
+fn the_cli_gives_up_on_endless_429s_within_its_retry_time() {
+    let (url, answered) = always_rate_limited();
+    let home = tempfile::tempdir().unwrap();
+    let ns = "0123456789abcdef0123456789abcdef";
+    let started = std::time::Instant::now();
+    let output = driftkv(
+        home.path(),
+        &url,
+        &[
+            "kv",
+            "key",
+            "put",
+            "k",
+            "v",
+            "--namespace-id",
+            ns,
+            "--retry-secs",
+            "3",
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    fails(output, "gave up after");
+    let tries = answered.load(std::sync::atomic::Ordering::SeqCst);
+    // One second between tries, three seconds in all: three or four tries, never a burst.
+    assert!((2..=4).contains(&tries), "{tries} tries");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
 }
 
 /// Export then import: every value byte for byte, every metadata and expiration, into a

@@ -652,11 +652,20 @@ async fn the_per_key_write_limit_answers_429() {
     let ns = common::create_namespace(&http, &server, "limited").await;
     let url = value_url(&server, &ns, "hot");
     send_ok(http.put(&url).body("1")).await;
-    let refused = common::send_err(http.put(&url).body("2"), 429, 10049).await;
-    assert!(refused["errors"][0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("hot"));
+    let response = http.put(&url).body("2").send().await.unwrap();
+    assert_eq!(
+        response.headers()["retry-after"],
+        "1",
+        "a 429 says when to try again"
+    );
+    let refused = common::assert_error(response, 429, 10049).await;
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("KV PUT failed: 429"), "{message}");
+    assert!(message.contains("hot"), "{message}");
+    // A delete is a write too, and is named as one.
+    let refused = common::send_err(http.delete(&url), 429, 10049).await;
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("KV DELETE failed: 429"), "{message}");
     // Other keys are not affected, and bulk writes report the refused key.
     send_ok(http.put(value_url(&server, &ns, "cold")).body("x")).await;
     let bulk = send_ok(

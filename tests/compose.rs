@@ -92,6 +92,36 @@ impl Cluster {
         self.compose_ok(&["ps", "-q", service])
     }
 
+    /// Waits until docker reports every service's health check healthy: what `docker compose
+    /// up --wait` does (Compose v2), done the way that also works with Compose v1.
+    async fn wait_healthy(&self) {
+        let services = ["central", "edge-1", "edge-2", "edge-3"];
+        let containers: Vec<String> = services.iter().map(|s| self.container(s)).collect();
+        wait_for(
+            Duration::from_secs(120),
+            "every service to be healthy",
+            || async {
+                let health = check(
+                    run(
+                        "docker",
+                        &[
+                            &["inspect", "-f", "{{.State.Health.Status}}"][..],
+                            &containers.iter().map(String::as_str).collect::<Vec<_>>(),
+                        ]
+                        .concat(),
+                        &[],
+                    ),
+                    "docker inspect",
+                );
+                health
+                    .lines()
+                    .all(|status| status == "healthy")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     fn network(&self, container: &str) -> String {
         let names = check(
             run(
@@ -339,7 +369,17 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
     cluster.compose_ok(&["up", "-d"]);
     let http = http();
 
-    // Up: every edge answers and sees central and the other edges live.
+    // Healthy means ready for writes: a write right after the wait succeeds at once.
+    cluster.wait_healthy().await;
+    let created = json_of(
+        http.post(api(&cluster.edges[0]))
+            .json(&json!({ "title": "e2e" })),
+    )
+    .await
+    .expect("a write right after every service is healthy succeeds");
+    let ns = created["result"]["id"].as_str().unwrap().to_owned();
+
+    // Every edge sees central and the other edges live.
     for edge in &cluster.edges {
         wait_for(
             Duration::from_secs(120),
@@ -358,15 +398,6 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
     }
 
     // Write at one edge, read at the others.
-    // An edge learns central's address through gossip; until then writes fail with 503.
-    let created = wait_for(Duration::from_secs(30), "a namespace to be created", || {
-        json_of(
-            http.post(api(&cluster.edges[0]))
-                .json(&json!({ "title": "e2e" })),
-        )
-    })
-    .await;
-    let ns = created["result"]["id"].as_str().unwrap().to_owned();
     let put = http
         .put(format!("{}/{ns}/values/hello", api(&cluster.edges[0])))
         .body("from edge 1")

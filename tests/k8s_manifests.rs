@@ -100,3 +100,53 @@ fn the_validator_refuses_a_broken_manifest() {
         "a misspelt field passed validation"
     );
 }
+
+/// The `path:` of every `readinessProbe` in `text` (an indentation-structured YAML file).
+fn readiness_paths(text: &str) -> Vec<String> {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut paths = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != "readinessProbe:" {
+            continue;
+        }
+        let path = lines[i + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || indent(l) > indent(line))
+            .find_map(|l| l.trim().strip_prefix("path:"))
+            .expect("a readinessProbe with an HTTP path");
+        paths.push(path.trim().to_owned());
+    }
+    paths
+}
+
+/// Readiness is `/readyz` (an edge that can serve and take writes), liveness `/healthz`: a
+/// Service must not route to an edge that is still catching up.
+#[test]
+fn every_readiness_probe_asks_readyz() {
+    let mut probes = 0;
+    for file in listed("resources") {
+        let paths = readiness_paths(&std::fs::read_to_string(&file).unwrap());
+        for path in &paths {
+            assert_eq!(path, "/readyz", "{file:?}");
+        }
+        probes += paths.len();
+    }
+    assert_eq!(
+        probes, 2,
+        "central and the edges each have a readiness probe"
+    );
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .unwrap();
+    let check = compose
+        .lines()
+        .find(|l| l.trim_start().starts_with("test:") && l.contains("health"))
+        .expect("a compose health check");
+    assert!(check.contains("/readyz"), "{check}");
+    // The scanner itself reads what it should.
+    assert_eq!(
+        readiness_paths("  readinessProbe:\n    httpGet:\n      path: /x\n  livenessProbe:\n    httpGet:\n      path: /y\n"),
+        ["/x"]
+    );
+}

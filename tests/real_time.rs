@@ -92,7 +92,7 @@ async fn expiration_is_exact_at_read_time() {
     );
 }
 
-/// With every cache setting at its default (`cache_ttl` minimum and default 60 s), a result an
+/// With every cache setting at its default (`cache_ttl` default 60 s, minimum 30 s), a result an
 /// edge has read stays what that edge serves for 60 s, even once a newer write has reached its
 /// replica; then the new value appears. Checked on `driftkv dev --edges 2`, for a cached value
 /// and for a cached "not found".

@@ -456,3 +456,64 @@ async fn a_staleness_run_converges_and_keeps_the_model() {
     );
     assert_eq!(faults["hlc_skew_ms"], 0);
 }
+
+/// `driftkv dev --edges 3` announces itself only once every edge sees the whole cluster live,
+/// so `driftkv testbed visibility` started the moment its ready line is printed finds every
+/// edge in `/cluster` and runs (before, it failed with "knows no other edge to read at").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visibility_run_started_on_the_ready_line_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "dev",
+        "--edges",
+        "3",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]
+    .map(String::from);
+    let server = Server::launch(
+        &args,
+        dir.path(),
+        &[("DRIFTKV_CACHE__MIN_TTL_SECS", "1")],
+        "driftkv dev edge 2 listening on ",
+    )
+    .expect("dev starts");
+    // Nothing waited on but the line: the cluster must already be whole.
+    let view = common::cluster_view(&client(), &server.base).await;
+    let live = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["status"] == "live")
+        .count();
+    assert_eq!(
+        live, 4,
+        "central and three edges live on the ready line: {view}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    experiment(&[
+        "testbed",
+        "visibility",
+        "--url",
+        &server.base,
+        "--account-id",
+        common::ACCOUNT,
+        "--expect-edges",
+        "3",
+        "--keys",
+        "20",
+        "--cache-ttl",
+        "1",
+        "--pattern",
+        "never-read",
+        "--max-offset-ms",
+        "500",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let csv = std::fs::read_to_string(out.path().join("visibility.csv")).unwrap();
+    // 20 keys read once at each of the two other edges.
+    assert_eq!(csv.lines().skip(1).count(), 40, "{csv}");
+}

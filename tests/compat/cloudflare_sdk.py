@@ -51,7 +51,9 @@ got = kv.values.get(key, account_id=account, namespace_id=ns.id)
 assert got.read() == binary, "binary value did not round-trip"
 meta = kv.metadata.get(key, account_id=account, namespace_id=ns.id)
 assert meta == {"owner": "sdk", "n": 1}, meta
-kv.values.update("plain", account_id=account, namespace_id=ns.id, value=b"hello")
+# Calls that return nothing answer "result": null, which the SDK turns into None ({} would
+# come back as an empty model instead).
+assert kv.values.update("plain", account_id=account, namespace_id=ns.id, value=b"hello") is None
 assert kv.values.get("plain", account_id=account, namespace_id=ns.id).text() == "hello"
 
 # A missing key is a 404 with code 10009.
@@ -84,14 +86,14 @@ assert entry["value"] == "v2" and entry["metadata"] == {"i": 2}, entry
 # Bulk delete and single delete.
 deleted = kv.bulk_delete(ns.id, account_id=account, body=[f"bulk/{i:04}" for i in range(2000)])
 assert deleted.successful_key_count == 2000, deleted
-kv.values.delete(key, account_id=account, namespace_id=ns.id)
-kv.values.delete(key, account_id=account, namespace_id=ns.id)
+assert kv.values.delete(key, account_id=account, namespace_id=ns.id) is None
+assert kv.values.delete(key, account_id=account, namespace_id=ns.id) is None
 left = [k.name for k in kv.keys.list(ns.id, account_id=account)]
 assert left == ["b64"] + [f"bulk/{i:04}" for i in range(2000, 2500)] + ["plain"], left[:5]
 
 # Deleting the namespaces.
 for namespace_id in [ns.id, *extra]:
-    kv.delete(namespace_id, account_id=account)
+    assert kv.delete(namespace_id, account_id=account) is None
 try:
     kv.get(ns.id, account_id=account)
     raise AssertionError("deleted namespace still readable")

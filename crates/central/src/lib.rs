@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftkv_core::change::record_size;
-use driftkv_core::{KvError, KvService, LogEntry, WriteResult};
+use driftkv_core::{KvError, KvService, LogEntry};
 use driftkv_engine::reads::blocking;
 use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
@@ -116,21 +116,7 @@ impl Central for CentralService {
             .instrument(span)
             .await
             .map_err(to_status)?;
-        let results = results
-            .into_iter()
-            .map(|result| match result {
-                WriteResult::Applied { sequence, version } => pb::WriteResult {
-                    applied: true,
-                    sequence,
-                    version: Some(version.into()),
-                },
-                WriteResult::RateLimited => pb::WriteResult {
-                    applied: false,
-                    sequence: 0,
-                    version: None,
-                },
-            })
-            .collect();
+        let results = results.into_iter().map(Into::into).collect();
         Ok(Response::new(pb::WriteReply { results }))
     }
 

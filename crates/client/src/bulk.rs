@@ -1,10 +1,9 @@
-//! Bulk operations of any size: split into API-sized requests, each retried with bounded
-//! exponential backoff and jitter while the server rate-limits or fails, and the keys that
-//! still failed reported rather than lost.
+//! Bulk operations of any size: split into API-sized requests (each retried by the client's
+//! [`crate::RetryPolicy`] while the server rate-limits or fails), the keys a request's answer
+//! reports unsuccessful sent again with backoff, and the keys that still failed reported
+//! rather than lost.
 
-use std::time::Duration;
-
-use rand::Rng as _;
+use tokio::time::Instant;
 
 use crate::{BulkItem, Client, Error, Result};
 
@@ -13,42 +12,6 @@ pub const MAX_BULK_ITEMS: usize = 10_000;
 
 /// Largest body of one bulk request (Workers KV's limit is 100 MB).
 pub const MAX_BULK_BODY_BYTES: usize = 100_000_000;
-
-/// How bulk requests are retried.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Tries per request, the first included.
-    pub attempts: u32,
-    /// Delay before the first retry; doubled for each further one.
-    pub base_delay: Duration,
-    /// Longest delay between tries.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 6,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay before try `attempt` (1 = the first retry): exponential, capped, with "full
-    /// jitter" (uniform between half and all of it) so that many clients do not retry in step.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exponential = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exponential.min(self.max_delay);
-        let half = capped / 2;
-        half + capped
-            .saturating_sub(half)
-            .mul_f64(rand::thread_rng().gen::<f64>())
-    }
-}
 
 /// Told how many items each finished request covered, for a progress bar.
 pub trait Progress {
@@ -67,7 +30,7 @@ pub struct BulkReport {
     pub succeeded: u64,
     /// Keys that still failed after every retry.
     pub failed_keys: Vec<String>,
-    /// Requests sent again after a refusal or a failure.
+    /// Requests sent again for the keys a request's answer reported unsuccessful.
     pub retries: u64,
     /// The last error behind `failed_keys`, when there was one.
     pub last_error: Option<String>,
@@ -169,14 +132,18 @@ impl Client {
         for batch in batches(items, MAX_BULK_ITEMS, MAX_BULK_BODY_BYTES) {
             let mut pending = batch?;
             let total = pending.len() as u64;
+            let started = Instant::now();
             let mut attempt = 0;
             while !pending.is_empty() {
                 if attempt > 0 {
+                    let delay = self.retry.delay(attempt);
+                    if started.elapsed() + delay > self.retry.give_up_after {
+                        break;
+                    }
                     report.retries += 1;
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    tokio::time::sleep(delay).await;
                 }
                 attempt += 1;
-                let last_try = attempt >= self.retry.attempts;
                 match send(pending.clone()).await {
                     Ok(result) => {
                         report.succeeded += result.successful_key_count;
@@ -194,15 +161,17 @@ impl Client {
                                 Some("the server refused some keys (rate limited)".into());
                         }
                     }
-                    Err(e) if e.is_retryable() => report.last_error = Some(e.to_string()),
+                    // The request itself was already retried as long as the policy allows.
+                    Err(e) if e.is_retryable() || matches!(e, Error::GaveUp { .. }) => {
+                        report.last_error = Some(e.to_string());
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
-                if last_try && !pending.is_empty() {
-                    report
-                        .failed_keys
-                        .extend(pending.drain(..).map(|item| item.key().to_owned()));
-                }
             }
+            report
+                .failed_keys
+                .extend(pending.drain(..).map(|item| item.key().to_owned()));
             progress.advance(total);
         }
         if report.failed_keys.is_empty() {
@@ -253,19 +222,5 @@ mod tests {
     fn an_item_too_large_for_any_request_is_an_error() {
         let mut all = batches(vec![item("big", 500)], 10, 100);
         assert!(matches!(all.next(), Some(Err(Error::Invalid(_)))));
-    }
-
-    #[test]
-    fn retry_delays_grow_and_stay_bounded() {
-        let policy = RetryPolicy {
-            attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for attempt in 1..=10 {
-            let delay = policy.delay(attempt);
-            let full = (Duration::from_millis(100) * (1 << (attempt - 1))).min(policy.max_delay);
-            assert!(delay >= full / 2 && delay <= full, "{attempt}: {delay:?}");
-        }
     }
 }

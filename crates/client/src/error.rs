@@ -12,6 +12,8 @@ pub enum Error {
         code: u64,
         /// The server's message.
         message: String,
+        /// How long the server asked the client to wait before trying again (`Retry-After`).
+        retry_after: Option<std::time::Duration>,
     },
     /// The request never got an answer: connection refused, reset, timed out.
     #[error("cannot reach {url}: {reason}")]
@@ -20,6 +22,18 @@ pub enum Error {
         url: String,
         /// Why it failed, with its causes.
         reason: String,
+        /// The connection could not be made, so the request was certainly not sent.
+        connect: bool,
+    },
+    /// A request kept failing in a retryable way until the retry policy's time ran out.
+    #[error("gave up after {attempts} tries in {:.1} s: {last}", elapsed.as_secs_f64())]
+    GaveUp {
+        /// Tries made, the first included.
+        attempts: u32,
+        /// Time from the first try to giving up.
+        elapsed: std::time::Duration,
+        /// The last try's failure.
+        last: Box<Error>,
     },
     /// The server answered something that is not the API's shape.
     #[error("unexpected response from {url}: {reason}")]
@@ -41,7 +55,25 @@ impl Error {
         match self {
             Error::Api { status, .. } => *status == 429 || *status >= 500,
             Error::Transport { .. } => true,
-            Error::Protocol { .. } | Error::Invalid(_) => false,
+            Error::GaveUp { .. } | Error::Protocol { .. } | Error::Invalid(_) => false,
+        }
+    }
+
+    /// Whether the failed request certainly had no effect: refused by the rate limit, or
+    /// never sent. Other failures (a timeout, a 5xx) leave it unknown whether it was done.
+    pub fn certainly_not_processed(&self) -> bool {
+        match self {
+            Error::Api { status, .. } => *status == 429,
+            Error::Transport { connect, .. } => *connect,
+            _ => false,
+        }
+    }
+
+    /// How long the server asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -61,6 +93,7 @@ impl Error {
         // reqwest's own message names only the outermost failure (and the URL, given
         // separately here); the cause is what helps.
         let error = error.without_url();
+        let connect = error.is_connect();
         let mut reason = error.to_string();
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
@@ -71,6 +104,7 @@ impl Error {
         Error::Transport {
             url: url.to_owned(),
             reason,
+            connect,
         }
     }
 }
@@ -87,6 +121,7 @@ mod tests {
             status,
             code,
             message: "m".into(),
+            retry_after: None,
         }
     }
 

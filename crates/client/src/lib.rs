@@ -14,6 +14,7 @@
 
 mod bulk;
 mod error;
+mod retry;
 mod types;
 
 use std::time::Duration;
@@ -22,8 +23,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-pub use bulk::{batches, BulkReport, Progress, RetryPolicy, MAX_BULK_BODY_BYTES, MAX_BULK_ITEMS};
+pub use bulk::{batches, BulkReport, Progress, MAX_BULK_BODY_BYTES, MAX_BULK_ITEMS};
 pub use error::{Error, Result};
+pub use retry::RetryPolicy;
+use retry::{Repeat, Retries};
 pub use types::{
     BulkItem, BulkResult, ClusterView, Key, KeyPage, Member, Namespace, PutOptions,
     ValueWithMetadata,
@@ -86,7 +89,7 @@ impl Client {
         })
     }
 
-    /// The same client with another retry policy for bulk operations.
+    /// The same client with another retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -109,8 +112,24 @@ impl Client {
         )
     }
 
-    /// Sends a request and returns the successful response, or the API error it carried.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    /// Sends the request `build` makes and returns the successful response, or the API error
+    /// it carried, retrying by the client's [`RetryPolicy`] (each try sends a request built
+    /// afresh: a streamed body cannot be sent twice).
+    async fn send(
+        &self,
+        repeat: Repeat,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let mut retries = Retries::new(&self.retry);
+        loop {
+            match self.send_once(build()).await {
+                Ok(response) => return Ok(response),
+                Err(e) => retries.after(e, repeat).await?,
+            }
+        }
+    }
+
+    async fn send_once(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let request = request
             .build()
             .map_err(|e| Error::Invalid(format!("cannot build the request: {e}")))?;
@@ -127,12 +146,14 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns the envelope's `result` and `result_info`.
+    /// Sends a request as [`Client::send`] does and returns the envelope's `result` and
+    /// `result_info`.
     async fn call<T: DeserializeOwned>(
         &self,
-        request: reqwest::RequestBuilder,
+        repeat: Repeat,
+        build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(T, Value)> {
-        let response = self.send(request).await?;
+        let response = self.send(repeat, build).await?;
         let url = response.url().to_string();
         let body: Value = response.json().await.map_err(|e| Error::Protocol {
             url: url.clone(),
@@ -154,22 +175,22 @@ impl Client {
 
     /// Creates a namespace.
     pub async fn create_namespace(&self, title: &str) -> Result<Namespace> {
-        let request = self
-            .http
-            .post(&self.namespaces)
-            .json(&json!({ "title": title }));
-        Ok(self.call(request).await?.0)
+        let body = json!({ "title": title });
+        let request = || self.http.post(&self.namespaces).json(&body);
+        Ok(self.call(Repeat::Once, request).await?.0)
     }
 
     /// Every namespace of the account, all pages read.
     pub async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
         let mut all = Vec::new();
         for page in 1.. {
-            let request = self
-                .http
-                .get(&self.namespaces)
-                .query(&[("page", page), ("per_page", 100)]);
-            let (namespaces, info): (Vec<Namespace>, Value) = self.call(request).await?;
+            let request = || {
+                self.http
+                    .get(&self.namespaces)
+                    .query(&[("page", page), ("per_page", 100)])
+            };
+            let (namespaces, info): (Vec<Namespace>, Value) =
+                self.call(Repeat::Safe, request).await?;
             let done = namespaces.is_empty()
                 || info["total_pages"]
                     .as_u64()
@@ -184,24 +205,23 @@ impl Client {
 
     /// One namespace.
     pub async fn namespace(&self, namespace_id: &str) -> Result<Namespace> {
-        Ok(self
-            .call(self.http.get(self.namespace_url(namespace_id)))
-            .await?
-            .0)
+        let url = self.namespace_url(namespace_id);
+        Ok(self.call(Repeat::Safe, || self.http.get(&url)).await?.0)
     }
 
     /// Renames a namespace.
     pub async fn rename_namespace(&self, namespace_id: &str, title: &str) -> Result<Namespace> {
-        let request = self
-            .http
-            .put(self.namespace_url(namespace_id))
-            .json(&json!({ "title": title }));
-        Ok(self.call(request).await?.0)
+        let (url, body) = (self.namespace_url(namespace_id), json!({ "title": title }));
+        Ok(self
+            .call(Repeat::Safe, || self.http.put(&url).json(&body))
+            .await?
+            .0)
     }
 
     /// Deletes a namespace and every key in it.
     pub async fn delete_namespace(&self, namespace_id: &str) -> Result<()> {
-        self.call::<Value>(self.http.delete(self.namespace_url(namespace_id)))
+        let url = self.namespace_url(namespace_id);
+        self.call::<Value>(Repeat::Safe, || self.http.delete(&url))
             .await?;
         Ok(())
     }
@@ -214,32 +234,35 @@ impl Client {
         value: impl Into<Bytes>,
         options: &PutOptions,
     ) -> Result<()> {
-        let mut request = self.http.put(self.key_url(namespace_id, "values", key));
-        if let Some(expiration) = options.expiration {
-            request = request.query(&[("expiration", expiration)]);
-        }
-        if let Some(ttl) = options.expiration_ttl {
-            request = request.query(&[("expiration_ttl", ttl)]);
-        }
+        let url = self.key_url(namespace_id, "values", key);
         let value: Bytes = value.into();
-        request = match &options.metadata {
-            None => request.body(value),
-            Some(metadata) => {
-                let value = reqwest::multipart::Part::stream(value)
-                    .file_name("upload")
-                    .mime_str("application/octet-stream")
-                    .expect("a valid MIME type");
-                let metadata = reqwest::multipart::Part::text(metadata.to_string())
-                    .mime_str("application/json")
-                    .expect("a valid MIME type");
-                request.multipart(
-                    reqwest::multipart::Form::new()
-                        .part("value", value)
-                        .part("metadata", metadata),
-                )
+        let request = || {
+            let mut request = self.http.put(&url);
+            if let Some(expiration) = options.expiration {
+                request = request.query(&[("expiration", expiration)]);
+            }
+            if let Some(ttl) = options.expiration_ttl {
+                request = request.query(&[("expiration_ttl", ttl)]);
+            }
+            match &options.metadata {
+                None => request.body(value.clone()),
+                Some(metadata) => {
+                    let value = reqwest::multipart::Part::stream(value.clone())
+                        .file_name("upload")
+                        .mime_str("application/octet-stream")
+                        .expect("a valid MIME type");
+                    let metadata = reqwest::multipart::Part::text(metadata.to_string())
+                        .mime_str("application/json")
+                        .expect("a valid MIME type");
+                    request.multipart(
+                        reqwest::multipart::Form::new()
+                            .part("value", value)
+                            .part("metadata", metadata),
+                    )
+                }
             }
         };
-        self.call::<Value>(request).await?;
+        self.call::<Value>(Repeat::Safe, request).await?;
         Ok(())
     }
 
@@ -256,11 +279,15 @@ impl Client {
         key: &str,
         cache_ttl: Option<u64>,
     ) -> Result<Option<Bytes>> {
-        let mut request = self.http.get(self.key_url(namespace_id, "values", key));
-        if let Some(ttl) = cache_ttl {
-            request = request.query(&[("cache_ttl", ttl)]);
-        }
-        match self.send(request).await {
+        let url = self.key_url(namespace_id, "values", key);
+        let request = || {
+            let request = self.http.get(&url);
+            match cache_ttl {
+                Some(ttl) => request.query(&[("cache_ttl", ttl)]),
+                None => request,
+            }
+        };
+        match self.send(Repeat::Safe, request).await {
             Ok(response) => {
                 let url = response.url().to_string();
                 response
@@ -276,8 +303,11 @@ impl Client {
 
     /// A key's metadata (`Value::Null` when it has none); `None` when the key does not exist.
     pub async fn metadata(&self, namespace_id: &str, key: &str) -> Result<Option<Value>> {
-        let request = self.http.get(self.key_url(namespace_id, "metadata", key));
-        match self.call::<Value>(request).await {
+        let url = self.key_url(namespace_id, "metadata", key);
+        match self
+            .call::<Value>(Repeat::Safe, || self.http.get(&url))
+            .await
+        {
             Ok((metadata, _)) => Ok(Some(metadata)),
             Err(e) if e.is_key_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -286,8 +316,9 @@ impl Client {
 
     /// Deletes a key; succeeds whether or not it existed.
     pub async fn delete(&self, namespace_id: &str, key: &str) -> Result<()> {
-        let request = self.http.delete(self.key_url(namespace_id, "values", key));
-        self.call::<Value>(request).await?;
+        let url = self.key_url(namespace_id, "values", key);
+        self.call::<Value>(Repeat::Safe, || self.http.delete(&url))
+            .await?;
         Ok(())
     }
 
@@ -299,19 +330,21 @@ impl Client {
         cursor: Option<&str>,
         limit: Option<u32>,
     ) -> Result<KeyPage> {
-        let mut request = self
-            .http
-            .get(format!("{}/keys", self.namespace_url(namespace_id)));
-        if let Some(prefix) = prefix {
-            request = request.query(&[("prefix", prefix)]);
-        }
-        if let Some(cursor) = cursor {
-            request = request.query(&[("cursor", cursor)]);
-        }
-        if let Some(limit) = limit {
-            request = request.query(&[("limit", limit)]);
-        }
-        let (keys, info): (Vec<Key>, Value) = self.call(request).await?;
+        let url = format!("{}/keys", self.namespace_url(namespace_id));
+        let request = || {
+            let mut request = self.http.get(&url);
+            if let Some(prefix) = prefix {
+                request = request.query(&[("prefix", prefix)]);
+            }
+            if let Some(cursor) = cursor {
+                request = request.query(&[("cursor", cursor)]);
+            }
+            if let Some(limit) = limit {
+                request = request.query(&[("limit", limit)]);
+            }
+            request
+        };
+        let (keys, info): (Vec<Key>, Value) = self.call(Repeat::Safe, request).await?;
         let cursor = info["cursor"]
             .as_str()
             .filter(|c| !c.is_empty())
@@ -337,20 +370,20 @@ impl Client {
 
     /// One bulk write request (at most [`MAX_BULK_ITEMS`] items, [`MAX_BULK_BODY_BYTES`]).
     pub async fn bulk_put(&self, namespace_id: &str, items: &[BulkItem]) -> Result<BulkResult> {
-        let request = self
-            .http
-            .put(format!("{}/bulk", self.namespace_url(namespace_id)))
-            .json(items);
-        Ok(self.call(request).await?.0)
+        let url = format!("{}/bulk", self.namespace_url(namespace_id));
+        Ok(self
+            .call(Repeat::Safe, || self.http.put(&url).json(items))
+            .await?
+            .0)
     }
 
     /// One bulk delete request (at most [`MAX_BULK_ITEMS`] keys).
     pub async fn bulk_delete(&self, namespace_id: &str, keys: &[String]) -> Result<BulkResult> {
-        let request = self
-            .http
-            .post(format!("{}/bulk/delete", self.namespace_url(namespace_id)))
-            .json(keys);
-        Ok(self.call(request).await?.0)
+        let url = format!("{}/bulk/delete", self.namespace_url(namespace_id));
+        Ok(self
+            .call(Repeat::Safe, || self.http.post(&url).json(keys))
+            .await?
+            .0)
     }
 
     /// One bulk read (at most [`MAX_BULK_GET_KEYS`] keys) of text values with their metadata;
@@ -360,11 +393,11 @@ impl Client {
         namespace_id: &str,
         keys: &[String],
     ) -> Result<Vec<(String, Option<ValueWithMetadata>)>> {
-        let request = self
-            .http
-            .post(format!("{}/bulk/get", self.namespace_url(namespace_id)))
-            .json(&json!({ "keys": keys, "type": "text", "withMetadata": true }));
-        let (result, _): (Value, Value) = self.call(request).await?;
+        let url = format!("{}/bulk/get", self.namespace_url(namespace_id));
+        let body = json!({ "keys": keys, "type": "text", "withMetadata": true });
+        let (result, _): (Value, Value) = self
+            .call(Repeat::Safe, || self.http.post(&url).json(&body))
+            .await?;
         let mut values = result["values"].as_object().cloned().unwrap_or_default();
         keys.iter()
             .map(|key| {
@@ -383,14 +416,14 @@ impl Client {
     /// The node's view of the cluster (`GET /cluster`, a driftkv extension).
     pub async fn cluster(&self) -> Result<ClusterView> {
         let url = format!("{}/cluster", self.root);
-        let response = self.send(self.http.get(&url)).await?;
+        let response = self.send(Repeat::Safe, || self.http.get(&url)).await?;
         response.json().await.map_err(|e| Error::Protocol {
             url,
             reason: format!("unexpected /cluster answer: {e}"),
         })
     }
 
-    /// The retry policy of bulk operations.
+    /// The retry policy.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
@@ -412,6 +445,12 @@ pub fn encode(segment: &str) -> String {
 /// The API error an unsuccessful response carries.
 async fn api_error(response: reqwest::Response) -> Error {
     let status = response.status().as_u16();
+    // Only the delay-seconds form: driftkv sends it, and so does Cloudflare's API.
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let text = response.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let first = &body["errors"][0];
@@ -420,6 +459,7 @@ async fn api_error(response: reqwest::Response) -> Error {
             status,
             code: code.unwrap_or(0),
             message: message.to_owned(),
+            retry_after,
         },
         _ => Error::Api {
             status,
@@ -429,6 +469,7 @@ async fn api_error(response: reqwest::Response) -> Error {
             } else {
                 text.chars().take(200).collect()
             },
+            retry_after,
         },
     }
 }

@@ -78,9 +78,15 @@ pub enum KvError {
         key: String,
         source: Box<KvError>,
     },
-    /// The key was written more often than the per-key write limit allows (429).
-    #[error("KV PUT failed: 429 Too Many Requests: key {0:?} is written more than once per second; try again later")]
-    RateLimited(String),
+    /// The key was written more often than the per-key write limit allows (429). Workers KV
+    /// names the operation (`KV PUT failed`, `KV DELETE failed`); the client may try again
+    /// after `retry_after_secs` (the response's `Retry-After`).
+    #[error("KV {op} failed: 429 Too Many Requests: key {key:?} is written more than once per second; try again in {retry_after_secs} s")]
+    RateLimited {
+        key: String,
+        op: WriteKind,
+        retry_after_secs: u64,
+    },
     /// Another node (the write region) could not be reached in time (503).
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -96,7 +102,46 @@ pub enum KvError {
     Internal(String),
 }
 
+/// What a single-key write does, as Workers KV names it in its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Put,
+    Delete,
+}
+
+impl std::fmt::Display for WriteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteKind::Put => "PUT",
+            WriteKind::Delete => "DELETE",
+        })
+    }
+}
+
 impl KvError {
+    /// The refusal of a single-key write by the rate limit, `retry_after_ms` before the key
+    /// may be written again (rounded up to whole seconds, at least one, as `Retry-After`
+    /// counts them).
+    pub fn rate_limited(key: String, op: WriteKind, retry_after_ms: u64) -> KvError {
+        KvError::RateLimited {
+            key,
+            op,
+            retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
+        }
+    }
+
+    /// Seconds the client should wait before trying again (`Retry-After`), for the errors
+    /// that say so.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            KvError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            KvError::BulkItem { source, .. } => source.retry_after_secs(),
+            _ => None,
+        }
+    }
+
     /// This error, as the failure of item `index` (key `key`) of a bulk request.
     pub fn in_item(self, index: usize, key: &str) -> KvError {
         KvError::BulkItem {
@@ -132,7 +177,7 @@ impl KvError {
             KvError::InvalidIdentifier(_) => 7003,
             KvError::BulkItem { source, .. } => source.code(),
             KvError::Unavailable(_) => 10050,
-            KvError::RateLimited(_) => 10049,
+            KvError::RateLimited { .. } => 10049,
             KvError::Remote { code, .. } => *code,
         }
     }
@@ -152,7 +197,7 @@ impl KvError {
             KvError::Internal(_) => 500,
             KvError::BulkItem { source, .. } => source.status(),
             KvError::Unavailable(_) => 503,
-            KvError::RateLimited(_) => 429,
+            KvError::RateLimited { .. } => 429,
             KvError::Remote { status, .. } => *status,
             KvError::InvalidTitle(_)
             | KvError::InvalidIdentifier(_)
@@ -203,5 +248,17 @@ mod tests {
         };
         assert_eq!((item.status(), item.code()), (414, 10025));
         assert!(item.to_string().starts_with("item 3 (key \"k\"): UTF-8"));
+    }
+
+    #[test]
+    fn rate_limits_name_the_operation_and_when_to_retry() {
+        let delete = KvError::rate_limited("k".into(), WriteKind::Delete, 1);
+        assert_eq!((delete.status(), delete.code()), (429, 10049));
+        assert!(delete.to_string().starts_with("KV DELETE failed: 429"));
+        assert_eq!(delete.retry_after_secs(), Some(1));
+        let put = KvError::rate_limited("k".into(), WriteKind::Put, 1001);
+        assert!(put.to_string().starts_with("KV PUT failed: 429"));
+        assert_eq!(put.retry_after_secs(), Some(2));
+        assert_eq!(KvError::KeyNotFound.retry_after_secs(), None);
     }
 }

@@ -17,7 +17,7 @@ pub mod time;
 
 pub use change::{Change, LogEntry};
 pub use cursor::ListCursor;
-pub use error::KvError;
+pub use error::{KvError, WriteKind};
 pub use namespace::{Namespace, NamespaceId};
 pub use record::{KeyInfo, LiveValue, Record, RecordView, Version};
 pub use service::{KvService, ListPage, ListRequest, Write, WriteOp, WriteOutcome, WriteResult};

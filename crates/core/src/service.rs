@@ -81,8 +81,9 @@ impl Write {
 pub enum WriteResult {
     /// Stored durably, under this log sequence and version.
     Applied { sequence: u64, version: Version },
-    /// Refused by the per-key write rate limit.
-    RateLimited,
+    /// Refused by the per-key write rate limit; the key may be written again in this many
+    /// milliseconds.
+    RateLimited { retry_after_ms: u64 },
 }
 
 impl WriteOutcome {
@@ -92,7 +93,10 @@ impl WriteOutcome {
         for (key, result) in keys.into_iter().zip(results) {
             match result {
                 WriteResult::Applied { .. } => outcome.successful += 1,
-                WriteResult::RateLimited => outcome.unsuccessful.push(key),
+                WriteResult::RateLimited { retry_after_ms } => {
+                    outcome.unsuccessful.push(key);
+                    outcome.retry_after_ms = outcome.retry_after_ms.max(*retry_after_ms);
+                }
             }
         }
         outcome
@@ -113,6 +117,8 @@ pub struct WriteOutcome {
     pub successful: usize,
     /// Keys whose write was refused (reported back to the client as `unsuccessful_keys`).
     pub unsuccessful: Vec<String>,
+    /// When some were refused: milliseconds until all of their keys may be written again.
+    pub retry_after_ms: u64,
 }
 
 /// A request for one page of keys.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use driftkv_client::{BulkItem, BulkReport, Client, Key, Namespace, Progress, PutOptions};
+use driftkv_client::{
+    BulkItem, BulkReport, Client, Key, Namespace, Progress, PutOptions, RetryPolicy,
+};
 use figment::providers::{Format as _, Toml};
 use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +22,8 @@ use serde_json::{json, Value};
 const DEFAULT_URL: &str = "http://127.0.0.1:8787";
 /// Any account id works with a dev server; this one is used when none is given.
 const DEFAULT_ACCOUNT: &str = "dev";
+/// How long a request is retried when nothing else is configured.
+const DEFAULT_RETRY_SECS: u64 = 30;
 /// Values fetched at once while exporting.
 const EXPORT_CONCURRENCY: usize = 16;
 /// The first line of an export file names the format.
@@ -39,6 +43,11 @@ pub struct Target {
     /// "dev"].
     #[arg(long, global = true)]
     account_id: Option<String>,
+    /// Seconds to keep retrying a request that is rate limited (429), fails on the server's
+    /// side (5xx) or gets no answer, with backoff and jitter, honouring Retry-After; 0 turns
+    /// retries off [env: DRIFTKV_RETRY_SECS; then `retry_secs` in the config file; default 30].
+    #[arg(long, global = true)]
+    retry_secs: Option<u64>,
     /// Print JSON for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -51,6 +60,7 @@ struct FileSettings {
     url: Option<String>,
     token: Option<String>,
     account_id: Option<String>,
+    retry_secs: Option<u64>,
 }
 
 fn config_file() -> Option<PathBuf> {
@@ -69,12 +79,18 @@ pub struct Resolved {
     pub token: Option<String>,
     /// Account id.
     pub account: String,
+    /// How long one request is retried.
+    pub retry: Duration,
 }
 
 impl Resolved {
-    /// A client for the same account and token at another edge.
+    /// A client for the same account, token and retries at another edge.
     pub fn client_at(&self, url: &str) -> anyhow::Result<Client> {
-        Ok(Client::new(url, &self.account, self.token.as_deref())?)
+        let retry = RetryPolicy {
+            give_up_after: self.retry,
+            ..RetryPolicy::default()
+        };
+        Ok(Client::new(url, &self.account, self.token.as_deref())?.with_retry(retry))
     }
 }
 
@@ -115,10 +131,20 @@ impl Target {
             .or_else(|| env("DRIFTKV_ACCOUNT_ID"))
             .or(file.account_id)
             .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
+        let retry_secs = match self.retry_secs {
+            Some(secs) => secs,
+            None => match env("DRIFTKV_RETRY_SECS") {
+                Some(text) => text.parse().with_context(|| {
+                    format!("DRIFTKV_RETRY_SECS={text:?} is not a number of seconds")
+                })?,
+                None => file.retry_secs.unwrap_or(DEFAULT_RETRY_SECS),
+            },
+        };
         Ok(Resolved {
             url,
             token,
             account,
+            retry: Duration::from_secs(retry_secs),
         })
     }
 }

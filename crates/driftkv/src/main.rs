@@ -135,13 +135,20 @@ fn client_outcome(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a server role with its logs and traces installed, flushing the traces at the end.
-async fn with_telemetry(
-    role: &str,
-    run: impl std::future::Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<()> {
+/// Runs a server role with its configuration loaded and its logs and traces installed,
+/// flushing the traces at the end. `run` is told what to record of each HTTP request.
+async fn serve<F, Fut>(role: &str, node: NodeArgs, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(config::Config, driftkv_http::RequestTracing) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = node.load()?;
     let telemetry = telemetry::Telemetry::init(role)?;
-    let outcome = run.await;
+    let tracing = driftkv_http::RequestTracing {
+        spans: telemetry.exports_spans(),
+        access_log: config.log.access,
+    };
+    let outcome = run(config, tracing).await;
     telemetry.shutdown();
     outcome
 }
@@ -159,11 +166,12 @@ async fn main() -> anyhow::Result<()> {
             health(&url, std::time::Duration::from_secs(timeout_secs)).await
         }
         Command::Dev { node, edges } => {
-            with_telemetry("dev", run::run_dev(node.load()?, edges)).await
+            serve("dev", node, |config, tracing| {
+                run::run_dev(config, edges, tracing)
+            })
+            .await
         }
-        Command::Central { node } => {
-            with_telemetry("central", run::run_central(node.load()?)).await
-        }
-        Command::Edge { node } => with_telemetry("edge", run::run_edge(node.load()?)).await,
+        Command::Central { node } => serve("central", node, run::run_central).await,
+        Command::Edge { node } => serve("edge", node, run::run_edge).await,
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use driftkv_central::{spawn_log_trimmer, CentralOptions, CentralService};
 use driftkv_edge::{spawn_follower, Edge, EdgeOptions, LinkTimeouts};
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SystemClock, WallClock};
-use driftkv_http::Auth;
+use driftkv_http::{Auth, RequestTracing};
 use driftkv_store::{SledStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -112,6 +112,7 @@ impl CentralNode {
         listen: SocketAddr,
         http: Option<SocketAddr>,
         place: GossipPlace,
+        tracing: RequestTracing,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let http_auth = http.map(|addr| auth(config, addr)).transpose()?;
@@ -179,6 +180,7 @@ impl CentralNode {
                 &config.node_id.to_string(),
                 ops::central_ready().merge(admin::routes(config, None)),
                 membership::routes(gossip.clone()),
+                tracing,
             );
             let stop = shutdown.clone();
             servers.push(tokio::spawn(async move {
@@ -232,18 +234,37 @@ pub struct EdgeNode {
     background: Vec<JoinHandle<()>>,
 }
 
+/// Where one edge runs: what `driftkv edge` takes from its config, and `driftkv dev` sets for
+/// each of its edges.
+pub struct EdgeSite<'a> {
+    /// The edge's node id.
+    pub node_id: u64,
+    /// Where its replica lives.
+    pub data_dir: &'a Path,
+    /// Where it serves HTTP.
+    pub listen: SocketAddr,
+    /// Central's gRPC address; empty: the central gossip finds.
+    pub central: &'a str,
+    /// Its gossip address and seeds.
+    pub gossip: GossipPlace,
+}
+
 impl EdgeNode {
-    /// Opens the replica in `data_dir`, follows central at `central` (when empty, the central
-    /// gossip finds), serves HTTP on `listen` and joins gossip, until `shutdown`.
+    /// Opens the replica in the site's data directory, follows central, serves HTTP and joins
+    /// gossip, until `shutdown`.
     pub async fn start(
         config: &Config,
-        node_id: u64,
-        data_dir: &Path,
-        listen: SocketAddr,
-        central: &str,
-        place: GossipPlace,
+        site: EdgeSite<'_>,
+        tracing: RequestTracing,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
+        let EdgeSite {
+            node_id,
+            data_dir,
+            listen,
+            central,
+            gossip: place,
+        } = site;
         let auth = auth(config, listen)?;
         let store = open_store(data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
@@ -298,6 +319,7 @@ impl EdgeNode {
             &node_id.to_string(),
             ops::edge_ready(edge.clone()).merge(admin::routes(config, Some(edge.clone()))),
             membership::routes(gossip.clone()),
+            tracing,
         );
         let server = tokio::spawn(async move {
             axum::serve(listener, axum::ServiceExt::into_make_service(api))
@@ -313,6 +335,28 @@ impl EdgeNode {
             server,
             background,
         })
+    }
+
+    /// Waits until gossip shows this edge `members` live members (itself included), or
+    /// `timeout` has passed; returns whether it does.
+    pub async fn wait_members_live(&self, members: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let live = self
+                .gossip
+                .members()
+                .await
+                .iter()
+                .filter(|m| m.live)
+                .count();
+            if live >= members {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits for the HTTP server to drain (after the shutdown signal), then flushes the replica.

@@ -3,12 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use driftkv_http::RequestTracing;
+
 use crate::config::Config;
-use crate::node::{announce, auth, shutdown, signal, CentralNode, EdgeNode, GossipPlace};
+use crate::node::{announce, auth, shutdown, signal, CentralNode, EdgeNode, EdgeSite, GossipPlace};
 
 /// How long `dev` waits for its edges to catch up with central before announcing itself, so
 /// that a restarted dev server serves everything it acknowledged before.
 const DEV_CATCH_UP: Duration = Duration::from_secs(30);
+/// How long `dev` waits for every edge to see every member live in gossip.
+const DEV_GOSSIP: Duration = Duration::from_secs(30);
 
 /// The HTTP address of dev edge `index`: the configured port plus the index, or an ephemeral
 /// port for each when the configured one is 0.
@@ -22,7 +26,7 @@ fn edge_listen(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
 }
 
 /// Runs central plus `edges` edges in one process until SIGINT or SIGTERM.
-pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
+pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
     auth(&config, config.listen)?;
     let (trigger, stop) = shutdown();
@@ -38,6 +42,7 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
             listen: any_port,
             seeds: Vec::new(),
         },
+        tracing,
         stop.clone(),
     )
     .await?;
@@ -45,24 +50,33 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
     let central_url = format!("http://{}", central.grpc_addr);
     let mut nodes = Vec::with_capacity(edges);
     for index in 0..edges {
-        let node = EdgeNode::start(
-            &config,
-            config.node_id + 1 + index as u64,
-            &config.data_dir.join(format!("edge-{index}")),
-            edge_listen(config.listen, index)?,
-            &central_url,
-            GossipPlace {
+        let data_dir = config.data_dir.join(format!("edge-{index}"));
+        let site = EdgeSite {
+            node_id: config.node_id + 1 + index as u64,
+            data_dir: &data_dir,
+            listen: edge_listen(config.listen, index)?,
+            central: &central_url,
+            gossip: GossipPlace {
                 listen: any_port,
                 seeds: seeds.clone(),
             },
-            stop.clone(),
-        )
-        .await?;
+        };
+        let node = EdgeNode::start(&config, site, tracing, stop.clone()).await?;
         nodes.push(node);
     }
     for (index, node) in nodes.iter().enumerate() {
         if !node.edge.wait_caught_up(DEV_CATCH_UP).await {
             tracing::warn!(edge = index, "edge has not caught up with central yet");
+        }
+    }
+    // Ready means every edge sees the whole cluster live: tools started on the ready line
+    // (the testbed, benchmarks) find every edge in /cluster.
+    for (index, node) in nodes.iter().enumerate() {
+        if !node.wait_members_live(edges + 1, DEV_GOSSIP).await {
+            tracing::warn!(
+                edge = index,
+                "gossip does not show every member of the cluster live yet"
+            );
         }
     }
     tracing::info!(
@@ -94,7 +108,7 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
 }
 
 /// Runs a write region until SIGINT or SIGTERM.
-pub async fn run_central(config: Config) -> anyhow::Result<()> {
+pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Result<()> {
     let (trigger, stop) = shutdown();
     let central = CentralNode::start(
         &config,
@@ -102,6 +116,7 @@ pub async fn run_central(config: Config) -> anyhow::Result<()> {
         config.grpc.listen,
         Some(config.listen),
         GossipPlace::configured(&config),
+        tracing,
         stop,
     )
     .await?;
@@ -118,18 +133,16 @@ pub async fn run_central(config: Config) -> anyhow::Result<()> {
 }
 
 /// Runs an edge until SIGINT or SIGTERM.
-pub async fn run_edge(config: Config) -> anyhow::Result<()> {
+pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result<()> {
     let (trigger, stop) = shutdown();
-    let edge = EdgeNode::start(
-        &config,
-        config.node_id,
-        &config.data_dir,
-        config.listen,
-        &config.central.address,
-        GossipPlace::configured(&config),
-        stop,
-    )
-    .await?;
+    let site = EdgeSite {
+        node_id: config.node_id,
+        data_dir: &config.data_dir,
+        listen: config.listen,
+        central: &config.central.address,
+        gossip: GossipPlace::configured(&config),
+    };
+    let edge = EdgeNode::start(&config, site, tracing, stop).await?;
     announce(&format!(
         "driftkv edge listening on http://{}",
         edge.http_addr

@@ -51,6 +51,12 @@ impl Telemetry {
         Ok(Telemetry { provider })
     }
 
+    /// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` is set), so that each HTTP
+    /// request should have a span of its own.
+    pub fn exports_spans(&self) -> bool {
+        self.provider.is_some()
+    }
+
     /// Exports the spans still buffered.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {

@@ -53,6 +53,10 @@ pub enum PatternArg {
 pub struct VisibilityArgs {
     #[command(flatten)]
     target: Target,
+    /// Wait (up to 30 s) until /cluster shows at least this many edges serving, the target
+    /// included.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..))]
+    expect_edges: u64,
     /// Keys to write (each read once at every other edge).
     #[arg(long, default_value_t = 200)]
     keys: usize,
@@ -89,6 +93,10 @@ pub struct VisibilityArgs {
 pub struct StalenessArgs {
     #[command(flatten)]
     target: Target,
+    /// Wait (up to 30 s) until /cluster shows at least this many edges serving, the target
+    /// included.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..))]
+    expect_edges: u64,
     /// Keys the workload spreads over.
     #[arg(long, default_value_t = 100)]
     keys: usize,
@@ -220,27 +228,51 @@ async fn set_faults(
     admin_all(edges, token, reqwest::Method::PUT, "faults", body).await
 }
 
+/// How long the experiments wait for the edges they need to show in /cluster.
+const EDGES_LIMIT: Duration = Duration::from_secs(30);
+
 /// The edges `target` knows of through gossip, the target first, then by node id; dead ones
-/// left out.
-async fn cluster_edges(target: &Target) -> anyhow::Result<(Vec<Client>, Vec<String>)> {
+/// left out. Waits (up to [`EDGES_LIMIT`]) until there are `expect` of them: right after a
+/// cluster starts, gossip may not have carried every member yet.
+async fn cluster_edges(target: &Target, expect: u64) -> anyhow::Result<(Vec<Client>, Vec<String>)> {
     let target = target.resolve()?;
     let writer = target.client_at(&target.url)?;
-    let view = writer.cluster().await?;
-    let mut readers: Vec<(u64, String)> = view
-        .members
-        .iter()
-        // A member still "joining" (not judged yet by the failure detector) serves already.
-        .filter(|m| m.role.as_deref() == Some("edge") && m.status != "dead")
-        .filter_map(|m| Some((m.node_id.parse().ok()?, m.http.clone()?)))
-        .filter(|(_, http)| http.trim_end_matches('/') != target.url.trim_end_matches('/'))
-        .collect();
-    readers.sort();
-    let readers: Vec<String> = readers.into_iter().map(|(_, http)| http).collect();
-    anyhow::ensure!(
-        !readers.is_empty(),
-        "{} knows no other edge to read at (see /cluster)",
-        target.url
-    );
+    let deadline = tokio::time::Instant::now() + EDGES_LIMIT;
+    let mut told = false;
+    let readers = loop {
+        let view = writer.cluster().await?;
+        let mut readers: Vec<(u64, String)> = view
+            .members
+            .iter()
+            // A member still "joining" (not judged yet by the failure detector) serves already.
+            .filter(|m| m.role.as_deref() == Some("edge") && m.status != "dead")
+            .filter_map(|m| Some((m.node_id.parse().ok()?, m.http.clone()?)))
+            .filter(|(_, http)| http.trim_end_matches('/') != target.url.trim_end_matches('/'))
+            .collect();
+        if readers.len() as u64 + 1 >= expect {
+            readers.sort();
+            break readers
+                .into_iter()
+                .map(|(_, http)| http)
+                .collect::<Vec<_>>();
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} shows {} edge(s) in /cluster after {} s, not the {expect} expected (--expect-edges)",
+            target.url,
+            readers.len() + 1,
+            EDGES_LIMIT.as_secs()
+        );
+        if !told {
+            eprintln!(
+                "waiting for {expect} edges in {}/cluster (it shows {} so far)",
+                target.url,
+                readers.len() + 1
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut edges = vec![writer];
     for reader in &readers {
         edges.push(target.client_at(reader)?);
@@ -250,7 +282,7 @@ async fn cluster_edges(target: &Target) -> anyhow::Result<(Vec<Client>, Vec<Stri
 
 async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
     let url = args.target.resolve()?.url;
-    let (edges, readers) = cluster_edges(&args.target).await?;
+    let (edges, readers) = cluster_edges(&args.target, args.expect_edges).await?;
     let writer = edges[0].clone();
     let max_offset =
         Duration::from_millis(args.max_offset_ms.unwrap_or(args.cache_ttl * 1000 + 5000));
@@ -347,7 +379,7 @@ fn finish(out: &Path, history: &History) -> anyhow::Result<()> {
 }
 
 async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
-    let (edges, others) = cluster_edges(&args.target).await?;
+    let (edges, others) = cluster_edges(&args.target, args.expect_edges).await?;
     if let (Some(at), Some(length)) = (args.pause_at_s, args.pause_for_s) {
         anyhow::ensure!(
             at + length <= args.duration_s,

@@ -26,7 +26,7 @@ use driftkv_core::{
 };
 use driftkv_engine::reads;
 use driftkv_engine::WallClock;
-use driftkv_proto::{pb, required_version};
+use driftkv_proto::pb;
 use driftkv_store::Store;
 use tokio::sync::watch;
 
@@ -42,8 +42,8 @@ pub struct EdgeOptions {
     pub node_id: u64,
     /// Upper bound of the read cache, in bytes of keys and values.
     pub cache_max_bytes: u64,
-    /// Smallest `cache_ttl` a read may ask for (Workers KV: 60 s). Lower it only for tests
-    /// and experiments.
+    /// Smallest `cache_ttl` a read may ask for (Workers KV: 30 s since January 2026). Lower
+    /// it only for tests and experiments.
     pub min_cache_ttl: Duration,
     /// TTL of reads that do not ask for one, and of the entries a local write leaves.
     pub default_cache_ttl: Duration,
@@ -284,16 +284,7 @@ impl KvService for Edge {
         let results = reply
             .results
             .into_iter()
-            .map(|r| {
-                Ok(if r.applied {
-                    WriteResult::Applied {
-                        sequence: r.sequence,
-                        version: required_version(r.version)?,
-                    }
-                } else {
-                    WriteResult::RateLimited
-                })
-            })
+            .map(WriteResult::try_from)
             .collect::<Result<Vec<_>, KvError>>()?;
         let keys = writes.iter().map(|w| w.key.clone()).collect();
         let records: Vec<(String, Record)> = writes
@@ -303,7 +294,7 @@ impl KvService for Edge {
                 WriteResult::Applied { version, .. } => {
                     Some((write.key.clone(), write.into_record(*version)))
                 }
-                WriteResult::RateLimited => None,
+                WriteResult::RateLimited { .. } => None,
             })
             .collect();
         // The write is durable at central; applying it here is what makes it visible at once.

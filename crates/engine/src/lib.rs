@@ -156,16 +156,16 @@ impl Engine {
         for write in &writes {
             write.validate(now_ms)?;
         }
-        let allowed = self.rate_limit.admit(id, &writes, now_ms);
+        let admitted = self.rate_limit.admit(id, &writes, now_ms);
         let mut changes = Vec::with_capacity(writes.len());
         let mut versions = Vec::with_capacity(writes.len());
-        for (write, allowed) in writes.into_iter().zip(&allowed) {
-            if !*allowed {
-                versions.push(None);
+        for (write, admitted) in writes.into_iter().zip(admitted) {
+            if let Err(retry_after_ms) = admitted {
+                versions.push(Err(retry_after_ms));
                 continue;
             }
             let version = self.stamp();
-            versions.push(Some(version));
+            versions.push(Ok(version));
             changes.push(Change::Key {
                 namespace: id,
                 key: write.key.clone(),
@@ -184,12 +184,12 @@ impl Engine {
         Ok(versions
             .into_iter()
             .map(|version| match version {
-                Some(version) => {
+                Ok(version) => {
                     let result = WriteResult::Applied { sequence, version };
                     sequence += 1;
                     result
                 }
-                None => WriteResult::RateLimited,
+                Err(retry_after_ms) => WriteResult::RateLimited { retry_after_ms },
             })
             .collect())
     }

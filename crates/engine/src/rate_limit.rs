@@ -37,14 +37,21 @@ impl RateLimiter {
         }
     }
 
-    /// Which writes of a batch may go ahead at `now_ms`, in order. A key written twice in one
-    /// batch counts as one write: both go ahead, or neither.
-    pub fn admit(&self, namespace: NamespaceId, writes: &[Write], now_ms: u64) -> Vec<bool> {
+    /// Which writes of a batch may go ahead at `now_ms`, in order: `Ok` for those that may,
+    /// and for the others how many milliseconds remain until their key may be written again
+    /// (what a 429's `Retry-After` tells the client). A key written twice in one batch counts
+    /// as one write: both go ahead, or neither.
+    pub fn admit(
+        &self,
+        namespace: NamespaceId,
+        writes: &[Write],
+        now_ms: u64,
+    ) -> Vec<Result<(), u64>> {
         let Some(interval) = self.interval_ms else {
-            return vec![true; writes.len()];
+            return vec![Ok(()); writes.len()];
         };
         let mut state = self.state.lock().expect("rate limit lock");
-        let mut decided: HashMap<&str, bool> = HashMap::new();
+        let mut decided: HashMap<&str, Result<(), u64>> = HashMap::new();
         let admitted = writes
             .iter()
             .map(|write| {
@@ -53,11 +60,13 @@ impl RateLimiter {
                         .last_write_ms
                         .entry((namespace, write.key.clone()))
                         .or_insert(0);
-                    let allowed = *slot == 0 || now_ms.saturating_sub(*slot) >= interval;
-                    if allowed {
+                    let since = now_ms.saturating_sub(*slot);
+                    if *slot == 0 || since >= interval {
                         *slot = now_ms;
+                        Ok(())
+                    } else {
+                        Err(interval - since)
                     }
-                    allowed
                 })
             })
             .collect();
@@ -85,26 +94,30 @@ mod tests {
     #[test]
     fn one_write_per_second_per_key() {
         let limiter = RateLimiter::per_second(1);
-        assert_eq!(limiter.admit(NS, &writes(&["a"]), 10_000), [true]);
+        assert_eq!(limiter.admit(NS, &writes(&["a"]), 10_000), [Ok(())]);
         assert_eq!(
-            limiter.admit(NS, &writes(&["a", "b"]), 10_999),
-            [false, true]
+            limiter.admit(NS, &writes(&["a", "b"]), 10_250),
+            [Err(750), Ok(())]
         );
-        assert_eq!(limiter.admit(NS, &writes(&["a"]), 11_000), [true]);
+        assert_eq!(limiter.admit(NS, &writes(&["a"]), 10_999), [Err(1)]);
+        assert_eq!(limiter.admit(NS, &writes(&["a"]), 11_000), [Ok(())]);
         // Another namespace's key of the same name is another key.
         assert_eq!(
             limiter.admit(NamespaceId([2; 16]), &writes(&["a"]), 11_000),
-            [true]
+            [Ok(())]
         );
     }
 
     #[test]
     fn a_key_twice_in_a_batch_is_one_write() {
         let limiter = RateLimiter::per_second(1);
-        assert_eq!(limiter.admit(NS, &writes(&["a", "a"]), 5_000), [true, true]);
+        assert_eq!(
+            limiter.admit(NS, &writes(&["a", "a"]), 5_000),
+            [Ok(()), Ok(())]
+        );
         assert_eq!(
             limiter.admit(NS, &writes(&["a", "a"]), 5_500),
-            [false, false]
+            [Err(500), Err(500)]
         );
     }
 
@@ -112,7 +125,7 @@ mod tests {
     fn zero_turns_the_limit_off() {
         let limiter = RateLimiter::per_second(0);
         for _ in 0..3 {
-            assert_eq!(limiter.admit(NS, &writes(&["a"]), 1_000), [true]);
+            assert_eq!(limiter.admit(NS, &writes(&["a"]), 1_000), [Ok(())]);
         }
     }
 

@@ -347,7 +347,7 @@ async fn writes_are_logged_in_order_and_published_once_durable() {
         .iter()
         .map(|r| match r {
             WriteResult::Applied { sequence, .. } => *sequence,
-            WriteResult::RateLimited => panic!("no rate limit in this fixture"),
+            WriteResult::RateLimited { .. } => panic!("no rate limit in this fixture"),
         })
         .collect();
     assert_eq!(sequences, [2, 3]);

@@ -1,6 +1,6 @@
 //! The Cloudflare v4 response envelope and the error type handlers return.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use driftkv_core::KvError;
@@ -37,7 +37,13 @@ impl IntoResponse for ApiError {
             result: (),
             result_info: None::<()>,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = self.0.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -96,7 +102,9 @@ pub fn raw_metadata(metadata: Option<&str>) -> Result<Option<Box<RawValue>>, KvE
         .transpose()
 }
 
-/// The empty result (`{}`) that writes and deletes answer with.
-pub fn ok_empty() -> ApiResult {
-    ok(serde_json::json!({}))
+/// The success envelope of calls that return nothing (value writes and deletes, namespace
+/// deletes): `"result": null`, Cloudflare's `api-response-common-no-result`. Strict clients
+/// fail on `{}` there.
+pub fn ok_no_result() -> ApiResult {
+    ok(())
 }

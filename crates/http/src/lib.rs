@@ -42,15 +42,37 @@ pub const NAMESPACES_ROUTE: &str = "/client/v4/accounts/{account_id}/storage/kv/
 const VALUE_ROUTE: &str =
     "/client/v4/accounts/{account_id}/storage/kv/namespaces/{namespace_id}/values/{*key}";
 
+/// What the HTTP front records of each request, besides its metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestTracing {
+    /// A span per request, the root of the request's trace (for exported traces).
+    pub spans: bool,
+    /// An access-log line per request: method, path, status and latency, at INFO under the
+    /// target [`ACCESS_LOG_TARGET`] (DEBUG for health probes). Off by default, as in Redis
+    /// or etcd: logging every request costs far more than serving a cached read.
+    pub access_log: bool,
+}
+
+impl RequestTracing {
+    /// Whether requests go through the trace layer at all.
+    fn any(self) -> bool {
+        self.spans || self.access_log
+    }
+}
+
+/// The `tracing` target of the access log.
+pub const ACCESS_LOG_TARGET: &str = "driftkv::access";
+
 /// The HTTP service of an edge: the KV API and the node's `extra` routes behind `auth`;
 /// `/healthz`, `/metrics` and the node's `open` routes without it. Requests are counted and
-/// timed under the node label `node`.
+/// timed under the node label `node`, and traced as `tracing` says.
 pub fn router(
     service: Arc<dyn KvService>,
     auth: Auth,
     node: &str,
     open: Router,
     extra: Router,
+    tracing: RequestTracing,
 ) -> Api {
     let ns = NAMESPACES_ROUTE;
     let one = format!("{ns}/{{namespace_id}}");
@@ -81,16 +103,15 @@ pub fn router(
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
-    let traced = request_spans_recorded();
     let router = serve(
         api.with_state(service.clone()).merge(extra),
         auth.clone(),
         node,
         open,
-        traced,
+        tracing,
     );
-    if traced {
-        // Requests are logged, which costs far more than routing: every request goes through
+    if tracing.any() {
+        // Requests are traced, which costs far more than routing: every request goes through
         // the router and its trace layer.
         Api::routed(router)
     } else {
@@ -100,8 +121,14 @@ pub fn router(
 
 /// The router of a node without the KV API (central): its `extra` routes behind `auth`;
 /// `/healthz`, `/metrics` and its `open` routes without it.
-pub fn operator_router(auth: Auth, node: &str, open: Router, extra: Router) -> Router {
-    serve(extra, auth, node, open, request_spans_recorded())
+pub fn operator_router(
+    auth: Auth,
+    node: &str,
+    open: Router,
+    extra: Router,
+    tracing: RequestTracing,
+) -> Router {
+    serve(extra, auth, node, open, tracing)
 }
 
 /// `routes` behind their own bearer tokens `auth` (for an admin endpoint with a token of its
@@ -112,8 +139,8 @@ pub fn guarded(routes: Router, auth: Auth) -> Router {
 
 /// `api` behind `auth`, with `/healthz`, `/metrics` and `open`, request metrics,
 /// Cloudflare-style errors for unknown routes and methods, panic recovery, and request spans
-/// when `traced` (see [`request_spans_recorded`]).
-fn serve(api: Router, auth: Auth, node: &str, open: Router, traced: bool) -> Router {
+/// and access-log lines as `tracing` asks.
+fn serve(api: Router, auth: Auth, node: &str, open: Router, tracing: RequestTracing) -> Router {
     // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
     let api = if auth.required() {
         api.route_layer(middleware::from_fn_with_state(auth, auth::require))
@@ -133,23 +160,27 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router, traced: bool) -> Rou
         .route_layer(metered::MeterLayer::new(node))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) });
-    if traced {
-        router.layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(response_logged),
-        )
-    } else {
-        router
+    if !tracing.any() {
+        return router;
     }
+    let access_log = tracing.access_log;
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            .on_response(move |response: &Response, latency: Duration, span: &Span| {
+                if access_log {
+                    response_logged(response, latency, span)
+                }
+            }),
+    )
 }
 
 /// Paths orchestrators poll every few seconds (container health checks, Kubernetes probes).
 /// Their requests are traced at DEBUG, so that INFO logs show traffic rather than probes.
 const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
-/// The span of one request: INFO, or DEBUG for a probe. The targets are the ones tower-http's
-/// own span maker and response logger use, so filters written for them keep working.
+/// The span of one request: INFO, or DEBUG for a probe, under the target tower-http's own
+/// span maker uses, so filters written for it keep working.
 fn request_span(request: &axum::extract::Request) -> Span {
     let (method, uri, version) = (request.method(), request.uri(), request.version());
     if PROBES.contains(&uri.path()) {
@@ -160,9 +191,8 @@ fn request_span(request: &axum::extract::Request) -> Span {
 }
 
 const SPAN_TARGET: &str = "tower_http::trace::make_span";
-const RESPONSE_TARGET: &str = "tower_http::trace::on_response";
 
-/// Logs a response at its request span's level.
+/// Writes the access-log line of a response, at its request span's level.
 fn response_logged(response: &Response, latency: Duration, span: &Span) {
     let status = response.status().as_u16();
     let latency_ms = latency.as_secs_f64() * 1000.0;
@@ -174,19 +204,10 @@ fn response_logged(response: &Response, latency: Duration, span: &Span) {
         None => tracing::enabled!(target: SPAN_TARGET, Level::INFO),
     };
     if probe {
-        tracing::debug!(target: RESPONSE_TARGET, status, latency_ms, message);
+        tracing::debug!(target: ACCESS_LOG_TARGET, status, latency_ms, message);
     } else {
-        tracing::info!(target: RESPONSE_TARGET, status, latency_ms, message);
+        tracing::info!(target: ACCESS_LOG_TARGET, status, latency_ms, message);
     }
-}
-
-/// Whether the tracing subscriber (set up before any router is built, and fixed for the life
-/// of the process) keeps request spans or their log lines. When it keeps neither
-/// (`RUST_LOG=warn`, say), the trace layer is left off: it would still time and wrap every
-/// response only for the filter to discard the result, a measurable part of a cached read.
-fn request_spans_recorded() -> bool {
-    tracing::enabled!(target: SPAN_TARGET, Level::INFO)
-        || tracing::enabled!(target: RESPONSE_TARGET, Level::INFO)
 }
 
 /// `GET /metrics`: every metric of the process, in the Prometheus text format.

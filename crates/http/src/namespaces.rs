@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::body::read_json;
-use crate::envelope::{ok, ok_empty, ok_with_info, ApiResult};
+use crate::envelope::{ok, ok_no_result, ok_with_info, ApiResult};
 use crate::extract::{AccountPath, NamespacePath, Params};
 use crate::Service;
 
@@ -121,5 +121,5 @@ pub async fn rename(
 
 pub async fn delete(State(service): State<Service>, path: NamespacePath) -> ApiResult {
     service.delete_namespace(&path.account, path.id).await?;
-    ok_empty()
+    ok_no_result()
 }

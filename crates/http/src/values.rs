@@ -8,13 +8,13 @@ use driftkv_core::key::resolve_expiration;
 use driftkv_core::limits::{MAX_LIST_LIMIT, MIN_LIST_LIMIT};
 use driftkv_core::service::put;
 use driftkv_core::time::unix_now_ms;
-use driftkv_core::{KvError, ListCursor, ListRequest, NamespaceId, Write, WriteOp};
+use driftkv_core::{KvError, ListCursor, ListRequest, NamespaceId, Write, WriteKind, WriteOp};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::body::read_value;
-use crate::envelope::{ok, ok_empty, ok_with_info, raw_metadata, ApiResult};
+use crate::envelope::{ok, ok_no_result, ok_with_info, raw_metadata, ApiResult};
 use crate::extract::{KeyPath, NamespacePath, Params};
 use crate::Service;
 
@@ -34,16 +34,23 @@ pub async fn put_value(
     )?;
     let payload = read_value(&headers, body).await?;
     let write = put(path.key, payload.value, payload.metadata, expiration);
-    write_one(&service, &path.account, path.id, write).await
+    write_one(&service, &path.account, path.id, write, WriteKind::Put).await
 }
 
-/// A single-key write: a write the per-key rate limit refused is a 429.
-async fn write_one(service: &Service, account: &str, id: NamespaceId, write: Write) -> ApiResult {
+/// A single-key write: a write the per-key rate limit refused is a 429 naming the operation,
+/// with `Retry-After`.
+async fn write_one(
+    service: &Service,
+    account: &str,
+    id: NamespaceId,
+    write: Write,
+    kind: WriteKind,
+) -> ApiResult {
     let outcome = service.write(account, id, vec![write]).await?;
     if let Some(key) = outcome.unsuccessful.into_iter().next() {
-        return Err(KvError::RateLimited(key).into());
+        return Err(KvError::rate_limited(key, kind, outcome.retry_after_ms).into());
     }
-    ok_empty()
+    ok_no_result()
 }
 
 /// `GET .../values/{key}?cache_ttl=`: the raw bytes, with an `expiration` header where one is
@@ -74,7 +81,7 @@ pub async fn delete_value(State(service): State<Service>, path: KeyPath) -> ApiR
         key: path.key,
         op: WriteOp::Delete,
     };
-    write_one(&service, &path.account, path.id, delete).await
+    write_one(&service, &path.account, path.id, delete, WriteKind::Delete).await
 }
 
 /// `GET .../metadata/{key}`: the metadata JSON, `null` when the key has none.

@@ -8,6 +8,7 @@
 use driftkv_core::limits::MAX_BULK_BODY_BYTES;
 use driftkv_core::{
     Change, KvError, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version, Write, WriteOp,
+    WriteResult,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -208,6 +209,42 @@ impl TryFrom<pb::LogEntry> for LogEntry {
     }
 }
 
+impl From<WriteResult> for pb::WriteResult {
+    fn from(result: WriteResult) -> Self {
+        match result {
+            WriteResult::Applied { sequence, version } => pb::WriteResult {
+                applied: true,
+                sequence,
+                version: Some(version.into()),
+                retry_after_ms: 0,
+            },
+            WriteResult::RateLimited { retry_after_ms } => pb::WriteResult {
+                applied: false,
+                sequence: 0,
+                version: None,
+                retry_after_ms,
+            },
+        }
+    }
+}
+
+impl TryFrom<pb::WriteResult> for WriteResult {
+    type Error = KvError;
+
+    fn try_from(result: pb::WriteResult) -> Result<Self, KvError> {
+        Ok(if result.applied {
+            WriteResult::Applied {
+                sequence: result.sequence,
+                version: required_version(result.version)?,
+            }
+        } else {
+            WriteResult::RateLimited {
+                retry_after_ms: result.retry_after_ms,
+            }
+        })
+    }
+}
+
 /// The gRPC status for an error, carrying its Cloudflare code and HTTP status.
 pub fn status_from_error(error: &KvError) -> Status {
     let code = match error.status() {
@@ -274,6 +311,29 @@ mod tests {
             timestamp: 42,
             origin: 7,
         }
+    }
+
+    #[test]
+    fn write_results_round_trip() {
+        for result in [
+            WriteResult::Applied {
+                sequence: 9,
+                version: version(),
+            },
+            WriteResult::RateLimited {
+                retry_after_ms: 740,
+            },
+        ] {
+            assert_eq!(
+                WriteResult::try_from(pb::WriteResult::from(result)).unwrap(),
+                result
+            );
+        }
+        let unversioned = pb::WriteResult {
+            applied: true,
+            ..Default::default()
+        };
+        assert!(WriteResult::try_from(unversioned).is_err());
     }
 
     #[test]
