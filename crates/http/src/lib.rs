@@ -235,6 +235,69 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use std::sync::Mutex;
+    use tower::ServiceExt as _;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What an INFO-level log shows of one request to `path`, with `tracing` in force.
+    async fn logged(tracing: RequestTracing, path: &str) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(Level::INFO)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        let _guard = tracing::dispatcher::set_default(&dispatch);
+        let extra = Router::new().route("/work", get(|| async { "done" }));
+        let router = operator_router(Auth::open(), "log-test", Router::new(), extra, tracing);
+        let request = axum::extract::Request::get(path)
+            .body(Body::empty())
+            .expect("valid request");
+        let response = router.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let text = captured.0.lock().unwrap().clone();
+        String::from_utf8(text).expect("UTF-8 log")
+    }
+
+    #[tokio::test]
+    async fn requests_are_logged_only_when_the_access_log_is_on() {
+        let off = logged(RequestTracing::default(), "/work").await;
+        assert!(off.is_empty(), "logged by default: {off}");
+        let spans_only = RequestTracing {
+            spans: true,
+            access_log: false,
+        };
+        let exported = logged(spans_only, "/work").await;
+        assert!(!exported.contains(ACCESS_LOG_TARGET), "{exported}");
+        let on = RequestTracing {
+            spans: false,
+            access_log: true,
+        };
+        let line = logged(on, "/work").await;
+        assert!(line.contains(ACCESS_LOG_TARGET), "{line}");
+        assert!(
+            line.contains("status=200") && line.contains("uri=/work"),
+            "{line}"
+        );
+        // Probes stay out of the INFO access log.
+        assert!(logged(on, "/healthz").await.is_empty());
+    }
 
     #[test]
     fn probes_are_traced_at_debug_and_everything_else_at_info() {
