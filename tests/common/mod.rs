@@ -134,7 +134,10 @@ impl Server {
 
     /// The `host:port` the server listens on.
     pub fn addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_owned()
+        self.base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned()
     }
 
     /// Stops the server with SIGTERM and waits for a clean exit.
@@ -146,6 +149,11 @@ impl Server {
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
         assert!(exit.success(), "driftkv exited with {exit} after SIGTERM");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the server with SIGKILL, as a crash would.

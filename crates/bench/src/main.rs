@@ -66,6 +66,16 @@ struct Args {
     /// whole) before measuring; at least a live central is always waited for.
     #[arg(long, default_value_t = 1)]
     expect_edges: usize,
+    /// The cluster CA (PEM): trusted for https:// edges, and the CA central's certificate must
+    /// chain to when central runs mutual TLS.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (`driftkv certs issue --role client`) for central's mutual TLS.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Longest the cluster may take to show a live central and the expected edges.
@@ -99,11 +109,15 @@ async fn main() -> anyhow::Result<()> {
             format!("Bearer {token}").parse().context("token")?,
         );
     }
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .default_headers(headers)
         .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+        .pool_max_idle_per_host(args.concurrency);
+    if let Some(ca) = &args.tls_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let http = http.build()?;
     let topology = wait_for_topology(&http, &args.edge, args.expect_edges).await?;
     let value = Bytes::from(vec![b'v'; args.value_bytes]);
     let mut bench = Bench {
@@ -279,13 +293,21 @@ impl Bench {
     }
 
     async fn central_client(&self) -> anyhow::Result<CentralClient<Channel>> {
-        let channel = Channel::from_shared(self.topology.central.clone())?
+        let mut endpoint = Channel::from_shared(self.topology.central.clone())?;
+        if let (Some(ca), Some(cert), Some(key)) =
+            (&self.args.tls_ca, &self.args.tls_cert, &self.args.tls_key)
+        {
+            let identity =
+                driftkv_tls::ClusterIdentity::load(ca, cert, key, driftkv_tls::Role::Client)?;
+            endpoint = endpoint.tls_config(driftkv_proto::tls::client_config(&identity))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot connect to central at {}", self.topology.central))?;
         Ok(CentralClient::new(channel)
-            .max_decoding_message_size(driftkv_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(driftkv_proto::MAX_MESSAGE_BYTES))
+            .max_decoding_message_size(driftkv_proto::MAX_REPLY_BYTES)
+            .max_encoding_message_size(driftkv_proto::MAX_REQUEST_BYTES))
     }
 
     /// One single-put Write straight to central, failing unless central applied it.

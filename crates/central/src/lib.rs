@@ -5,6 +5,14 @@
 //! `Subscribe` (or rebuild from a `Snapshot` when they are further behind than the log
 //! reaches). Streams only ever carry entries the engine has made durable.
 //!
+//! With TLS ([`serve`] given a configuration), every caller presents a certificate from the
+//! cluster CA and its role decides what it may call: edges everything, tools (the load
+//! generator) writes and reads but not the log or snapshots. Without TLS central serves only
+//! on loopback (the node assembly refuses anything else), where every caller is local.
+//!
+//! Snapshots (a full copy of every account) are limited to a few at once; replication streams
+//! end when central shuts down, so it stops promptly with edges subscribed.
+//!
 //! [`spawn_log_trimmer`] keeps the log to its retention.
 
 use std::pin::Pin;
@@ -19,13 +27,18 @@ use driftkv_metrics::prometheus::{Histogram, IntCounter};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
 use driftkv_proto::pb::{self, subscribe_reply::Event};
+use driftkv_proto::tls::{allowed, caller_role, Access};
 use driftkv_proto::trace::continue_trace;
-use driftkv_proto::{key_change, namespace_id, status_from_error, BATCH_BYTES, MAX_MESSAGE_BYTES};
+use driftkv_proto::{
+    key_change, namespace_id, status_from_error, BATCH_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
+};
 use driftkv_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -40,12 +53,18 @@ pub struct CentralOptions {
     /// How often an idle subscription hears from central; edges treat a stream silent for a
     /// few intervals as dead.
     pub heartbeat: Duration,
+    /// Most snapshots streamed at once; an edge asking for one more is told to retry later.
+    pub max_snapshots: usize,
+    /// Require a cluster certificate of every caller and decide by its role (TLS is on).
+    pub authenticate: bool,
 }
 
 impl Default for CentralOptions {
     fn default() -> Self {
         CentralOptions {
             heartbeat: Duration::from_secs(1),
+            max_snapshots: 2,
+            authenticate: false,
         }
     }
 }
@@ -57,6 +76,10 @@ pub struct CentralService {
     /// Write latency and snapshots served (metrics, resolved once).
     write_seconds: Histogram,
     snapshots_served: IntCounter,
+    /// Snapshots that may start.
+    snapshot_slots: Arc<Semaphore>,
+    /// Cancelled when central shuts down: replication streams end.
+    stopping: CancellationToken,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -72,29 +95,51 @@ impl CentralService {
         CentralService {
             write_seconds: CENTRAL_WRITE_SECONDS.with_label_values(&[&node]),
             snapshots_served: SNAPSHOTS.with_label_values(&[&node, "served"]),
+            snapshot_slots: Arc::new(Semaphore::new(options.max_snapshots.max(1))),
+            stopping: CancellationToken::new(),
             engine,
             options,
         }
     }
 
-    /// The tonic server for this service, accepting messages up to [`MAX_MESSAGE_BYTES`].
+    /// The tonic server for this service, accepting requests up to [`MAX_REQUEST_BYTES`] and
+    /// sending replies up to [`MAX_REPLY_BYTES`].
     pub fn into_server(self) -> CentralServer<Self> {
         CentralServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_REPLY_BYTES)
+    }
+
+    /// Refuses a call the caller's certificate does not allow.
+    fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
+        if !self.options.authenticate {
+            return Ok(());
+        }
+        allowed(caller_role(request), access)
     }
 }
 
-/// Serves the service on `listener` until `shutdown` resolves.
+/// Serves the service on `listener` (over TLS when `tls` is given) until `shutdown` resolves;
+/// replication streams end then, so that shutting down does not wait on subscribers.
 pub async fn serve(
     service: CentralService,
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+    let stopping = service.stopping.clone();
+    let signal = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
+    let mut builder =
+        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(5)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await
 }
 
@@ -104,6 +149,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
+        self.authorize(&request, Access::Use)?;
         let _timer = self.write_seconds.start_timer();
         let span = tracing::info_span!("central write", writes = request.get_ref().writes.len());
         continue_trace(&span, request.metadata());
@@ -124,6 +170,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceReply>, Status> {
+        self.authorize(&request, Access::Use)?;
         let request = request.into_inner();
         let namespace = self
             .engine
@@ -139,6 +186,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::RenameNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceReply>, Status> {
+        self.authorize(&request, Access::Use)?;
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         let namespace = self
@@ -155,6 +203,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::DeleteNamespaceRequest>,
     ) -> Result<Response<pb::DeleteNamespaceReply>, Status> {
+        self.authorize(&request, Access::Use)?;
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         self.engine
@@ -168,6 +217,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetReply>, Status> {
+        self.authorize(&request, Access::Use)?;
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         let live = self
@@ -186,6 +236,7 @@ impl Central for CentralService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.authorize(&request, Access::Replicate)?;
         let request = request.into_inner();
         tracing::info!(
             subscriber = %request.node_id,
@@ -195,9 +246,16 @@ impl Central for CentralService {
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
         let heartbeat = self.options.heartbeat;
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let from = request.from_sequence.max(1);
-            if let Err(e) = stream_log(engine, from, heartbeat, &tx).await {
+            let streamed = tokio::select! {
+                streamed = stream_log(engine, from, heartbeat, &tx) => streamed,
+                // Central is shutting down: the stream ends, the edge reconnects elsewhere
+                // or later.
+                () = stopping.cancelled() => Ok(()),
+            };
+            if let Err(e) = streamed {
                 // The subscriber sees the error and reconnects; an error with nobody listening
                 // (the subscriber went away) needs no report.
                 if !tx.is_closed() {
@@ -215,12 +273,25 @@ impl Central for CentralService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.authorize(&request, Access::Replicate)?;
+        let Ok(slot) = self.snapshot_slots.clone().try_acquire_owned() else {
+            return Err(status_from_error(&KvError::Unavailable(format!(
+                "{} snapshots are being streamed already; try again shortly",
+                self.options.max_snapshots
+            ))));
+        };
         tracing::info!(subscriber = %request.get_ref().node_id, "replica takes a snapshot");
         self.snapshots_served.inc();
         let (tx, rx) = mpsc::channel(2);
         let engine = self.engine.clone();
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream_snapshot(engine, &tx).await {
+            let _slot = slot;
+            let streamed = tokio::select! {
+                streamed = stream_snapshot(engine, &tx) => streamed,
+                () = stopping.cancelled() => Ok(()),
+            };
+            if let Err(e) = streamed {
                 if !tx.is_closed() {
                     tracing::warn!(error = %e, "snapshot stream failed");
                     let _ = tx.send(Err(to_status(e))).await;

@@ -49,10 +49,33 @@ pub struct Client {
     retry: RetryPolicy,
 }
 
+/// How a [`Client`] connects, besides its endpoint and account.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Bearer token sent with every request.
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for `https://` endpoints besides the system's roots:
+    /// the cluster CA of a driftkv cluster whose certificates `driftkv certs` made.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 impl Client {
     /// A client for `account_id` at `url` (a driftkv edge, or `https://api.cloudflare.com`),
     /// sending `token` as a bearer token when given.
     pub fn new(url: &str, account_id: &str, token: Option<&str>) -> Result<Self> {
+        Client::with_options(
+            url,
+            account_id,
+            ClientOptions {
+                token: token.map(str::to_owned),
+                ca_pem: None,
+            },
+        )
+    }
+
+    /// A client for `account_id` at `url` as `options` say.
+    pub fn with_options(url: &str, account_id: &str, options: ClientOptions) -> Result<Self> {
+        let token = options.token.as_deref();
         let root = url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&root)
             .map_err(|e| Error::Invalid(format!("{url:?} is not a URL: {e}")))?;
@@ -71,10 +94,16 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = &options.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| Error::Invalid(format!("the CA certificate is not PEM: {e}")))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Invalid(format!("cannot build an HTTP client: {e}")))?;
         let namespaces = format!(

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use driftkv_client::{
-    BulkItem, BulkReport, Client, Key, Namespace, Progress, PutOptions, RetryPolicy,
+    BulkItem, BulkReport, Client, ClientOptions, Key, Namespace, Progress, PutOptions, RetryPolicy,
 };
 use figment::providers::{Format as _, Toml};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -43,6 +43,11 @@ pub struct Target {
     /// "dev"].
     #[arg(long, global = true)]
     account_id: Option<String>,
+    /// A CA certificate (PEM) to trust for https:// URLs besides the system's, such as the
+    /// cluster CA `driftkv certs init` made [env: DRIFTKV_CA_CERT; then `ca_cert` in the config
+    /// file].
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
     /// Seconds to keep retrying a request that is rate limited (429), fails on the server's
     /// side (5xx) or gets no answer, with backoff and jitter, honouring Retry-After; 0 turns
     /// retries off [env: DRIFTKV_RETRY_SECS; then `retry_secs` in the config file; default 30].
@@ -61,6 +66,7 @@ struct FileSettings {
     token: Option<String>,
     account_id: Option<String>,
     retry_secs: Option<u64>,
+    ca_cert: Option<PathBuf>,
 }
 
 fn config_file() -> Option<PathBuf> {
@@ -81,17 +87,30 @@ pub struct Resolved {
     pub account: String,
     /// How long one request is retried.
     pub retry: Duration,
+    /// A CA certificate to trust, PEM.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Resolved {
-    /// A client for the same account, token and retries at another edge.
+    /// A client for the same account, token, CA and retries at another edge.
     pub fn client_at(&self, url: &str) -> anyhow::Result<Client> {
         let retry = RetryPolicy {
             give_up_after: self.retry,
             ..RetryPolicy::default()
         };
-        Ok(Client::new(url, &self.account, self.token.as_deref())?.with_retry(retry))
+        let options = ClientOptions {
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+        };
+        Ok(Client::with_options(url, &self.account, options)?.with_retry(retry))
     }
+}
+
+/// A CA certificate file for reqwest.
+pub fn ca_certificate(path: &Path) -> anyhow::Result<reqwest::Certificate> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reqwest::Certificate::from_pem(&pem)
+        .with_context(|| format!("{} is not a PEM certificate", path.display()))
 }
 
 impl Target {
@@ -140,11 +159,23 @@ impl Target {
                 None => file.retry_secs.unwrap_or(DEFAULT_RETRY_SECS),
             },
         };
+        let ca_cert = self
+            .ca_cert
+            .clone()
+            .or_else(|| env("DRIFTKV_CA_CERT").map(PathBuf::from))
+            .or(file.ca_cert);
+        let ca_pem = ca_cert
+            .map(|path| {
+                ca_certificate(&path)?;
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+            })
+            .transpose()?;
         Ok(Resolved {
             url,
             token,
             account,
             retry: Duration::from_secs(retry_secs),
+            ca_pem,
         })
     }
 }

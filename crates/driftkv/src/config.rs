@@ -41,6 +41,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub testbed: TestbedConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub https: HttpsConfig,
 }
 
 /// The write region's gRPC endpoint.
@@ -49,6 +51,42 @@ pub struct Config {
 pub struct GrpcConfig {
     /// Where central listens for edges.
     pub listen: SocketAddr,
+    /// Most snapshots central streams at once (each a full copy of every account).
+    pub max_snapshot_streams: usize,
+}
+
+/// Mutual TLS between nodes (gRPC): the cluster CA and this node's certificate and key, PEM
+/// files made by `driftkv certs`. Empty: plain text, allowed only on loopback.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate (its role must be the node's: central or edge).
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether any of the files is set.
+    pub fn configured(&self) -> bool {
+        [&self.ca, &self.cert, &self.key]
+            .iter()
+            .any(|p| !p.as_os_str().is_empty())
+    }
+}
+
+/// HTTPS for the node's HTTP listener (the REST API, `/cluster`, `/metrics`): a certificate
+/// chain and key, PEM, reloaded on SIGHUP or when the files change. Empty: plain HTTP, allowed
+/// only on loopback.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// Membership gossip (chitchat, UDP).
@@ -65,6 +103,9 @@ pub struct GossipConfig {
     pub interval_ms: u64,
     /// How long a dead node stays listed in /cluster, in seconds.
     pub dead_node_grace_secs: u64,
+    /// A file of cluster keys (base64, one per line, the first sealing) that authenticate and
+    /// encrypt every gossip packet. Empty: plain UDP, allowed only on loopback.
+    pub keys_file: PathBuf,
 }
 
 /// How an edge reaches central.
@@ -151,6 +192,7 @@ impl Default for Config {
             sweep_interval_ms: 1000,
             grpc: GrpcConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+                max_snapshot_streams: 2,
             },
             central: CentralConfig {
                 address: String::new(),
@@ -163,6 +205,7 @@ impl Default for Config {
                 cluster_id: "driftkv".into(),
                 interval_ms: 500,
                 dead_node_grace_secs: 3600,
+                keys_file: PathBuf::new(),
             },
             cache: CacheConfig {
                 max_bytes: 256 * 1024 * 1024,
@@ -184,6 +227,8 @@ impl Default for Config {
                 admin_token: String::new(),
             },
             log: LogConfig { access: false },
+            tls: TlsConfig::default(),
+            https: HttpsConfig::default(),
         }
     }
 }
@@ -191,7 +236,7 @@ impl Default for Config {
 /// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
 /// variables (the log format, client settings, test switches) belong to other parts and must
 /// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 16] = [
     "node_id",
     "region",
     "advertise_host",
@@ -206,6 +251,8 @@ const ENV_KEYS: [&str; 14] = [
     "rate_limit",
     "testbed",
     "log",
+    "tls",
+    "https",
 ];
 
 /// Flags that override the configuration when given.
@@ -269,6 +316,21 @@ impl Config {
             "cache.default_ttl_secs ({}) must not be below cache.min_ttl_secs ({})",
             self.cache.default_ttl_secs,
             self.cache.min_ttl_secs
+        );
+        anyhow::ensure!(
+            self.grpc.max_snapshot_streams > 0,
+            "grpc.max_snapshot_streams must be greater than 0"
+        );
+        anyhow::ensure!(
+            self.https.cert.as_os_str().is_empty() == self.https.key.as_os_str().is_empty(),
+            "https.cert and https.key go together: set both, or neither"
+        );
+        anyhow::ensure!(
+            !self.tls.configured()
+                || [&self.tls.ca, &self.tls.cert, &self.tls.key]
+                    .iter()
+                    .all(|p| !p.as_os_str().is_empty()),
+            "tls.ca, tls.cert and tls.key go together: set all three, or none"
         );
         anyhow::ensure!(
             self.replication.log_retention_entries > 0,

@@ -1,12 +1,14 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
 mod admin;
+mod certs;
 mod cli;
 mod config;
 mod membership;
 mod node;
 mod ops;
 mod run;
+mod security;
 mod telemetry;
 mod testbed;
 
@@ -99,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: testbed::TestbedCommand,
     },
+    /// The cluster's TLS material: a CA and gossip key (`init`), node certificates (`issue`).
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Check a node's health endpoint and exit 0 if it answers 200, non-zero otherwise: a
     /// container health check that needs no curl.
     Health {
@@ -108,13 +115,23 @@ enum Command {
         /// Seconds to wait for an answer.
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
+        /// A CA certificate (PEM) to trust for an https:// URL, besides the system's.
+        #[arg(long)]
+        ca_cert: Option<std::path::PathBuf>,
     },
 }
 
 /// `driftkv health`.
-async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
-    let response = reqwest::Client::builder()
-        .timeout(timeout)
+async fn health(
+    url: &str,
+    timeout: std::time::Duration,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_cert {
+        builder = builder.add_root_certificate(cli::ca_certificate(path)?);
+    }
+    let response = builder
         .build()?
         .get(url)
         .send()
@@ -126,7 +143,8 @@ async fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends a client command: a failure is one line on stderr and exit status 1, for scripts.
+/// Ends a command: a failure is one line on stderr (the error and its causes) and exit status
+/// 1, for scripts and for operators reading why a node would not start.
 fn client_outcome(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
     if let Err(e) = outcome {
         eprintln!("error: {e:#}");
@@ -162,16 +180,26 @@ async fn main() -> anyhow::Result<()> {
             client_outcome(cli::cluster(&target, command).await)
         }
         Command::Testbed { command } => client_outcome(testbed::run(command).await),
-        Command::Health { url, timeout_secs } => {
-            health(&url, std::time::Duration::from_secs(timeout_secs)).await
-        }
-        Command::Dev { node, edges } => {
+        Command::Certs { command } => client_outcome(certs::run(command)),
+        Command::Health {
+            url,
+            timeout_secs,
+            ca_cert,
+        } => client_outcome(
+            health(
+                &url,
+                std::time::Duration::from_secs(timeout_secs),
+                ca_cert.as_deref(),
+            )
+            .await,
+        ),
+        Command::Dev { node, edges } => client_outcome(
             serve("dev", node, |config, tracing| {
                 run::run_dev(config, edges, tracing)
             })
-            .await
-        }
-        Command::Central { node } => serve("central", node, run::run_central).await,
-        Command::Edge { node } => serve("edge", node, run::run_edge).await,
+            .await,
+        ),
+        Command::Central { node } => client_outcome(serve("central", node, run::run_central).await),
+        Command::Edge { node } => client_outcome(serve("edge", node, run::run_edge).await),
     }
 }

@@ -1,5 +1,6 @@
 //! Gossip wiring: what each role publishes, how an edge finds central, and `GET /cluster`.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::node::GossipPlace;
 use crate::ops;
+use crate::security::Security;
 
 /// The role a node plays, as gossiped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +38,8 @@ impl Role {
     }
 }
 
-/// `http://host:port` other nodes reach `addr` at.
-pub fn advertised(config: &Config, addr: SocketAddr) -> String {
+/// `http://host:port` (`https://` when `tls`) other nodes reach `addr` at.
+pub fn advertised(config: &Config, addr: SocketAddr, tls: bool) -> String {
     let host = if !config.advertise_host.is_empty() {
         config.advertise_host.clone()
     } else if addr.ip().is_unspecified() {
@@ -44,7 +47,8 @@ pub fn advertised(config: &Config, addr: SocketAddr) -> String {
     } else {
         addr.ip().to_string()
     };
-    format!("http://{host}:{}", addr.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Joins gossip as `node_id` playing `role`, publishing the address of its service.
@@ -52,20 +56,21 @@ pub async fn join(
     config: &Config,
     node_id: u64,
     role: Role,
-    listen: SocketAddr,
-    seeds: Vec<String>,
+    place: GossipPlace,
+    security: &Security,
     service: (&str, String),
 ) -> anyhow::Result<Arc<Gossip>> {
     let gossip = Gossip::start(
         GossipConfig {
             node_id: node_id.to_string(),
             cluster_id: config.gossip.cluster_id.clone(),
-            listen,
+            listen: place.listen,
             advertise_host: (!config.advertise_host.is_empty())
                 .then(|| config.advertise_host.clone()),
-            seeds,
+            seeds: place.seeds,
             interval: Duration::from_millis(config.gossip.interval_ms),
             dead_node_grace_period: Duration::from_secs(config.gossip.dead_node_grace_secs),
+            keys: security.gossip_keys.clone(),
         },
         vec![
             (keys::ROLE.into(), role.as_str().into()),
@@ -103,7 +108,12 @@ pub fn publish_central(
 }
 
 /// Every `every`: publishes the edge's replication progress and, when `discover` is set,
-/// points the edge at the live central gossip knows of.
+/// points the edge at a live central gossip knows of.
+///
+/// Gossip only proposes: the edge keeps the central it has while gossip shows it live, and
+/// moves to another only after dialling it (with TLS, that is a handshake in which the node
+/// must show a certificate the cluster CA issued for central). So a node that merely claims
+/// to be central in gossip never becomes the edge's central.
 pub fn publish_edge(
     gossip: Arc<Gossip>,
     edge: Arc<Edge>,
@@ -112,6 +122,7 @@ pub fn publish_edge(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
+        let mut refused = HashSet::new();
         loop {
             ticks.tick().await;
             let status = edge.status().borrow().clone();
@@ -122,17 +133,39 @@ pub fn publish_edge(
             let members = gossip.members().await;
             record(&gossip, &members);
             if discover {
-                let central = members
-                    .iter()
-                    .find(|m| m.live && m.fact(keys::ROLE) == Some(Role::Central.as_str()));
-                if let Some(address) = central.and_then(|m| m.fact(keys::GRPC)) {
-                    if let Err(e) = edge.link().set_address(address) {
-                        tracing::warn!(error = %e, "central gossiped an unusable address");
-                    }
-                }
+                discover_central(&edge, &members, &mut refused).await;
             }
         }
     })
+}
+
+/// Points the edge at a live central from gossip, unless the one it has is still live.
+/// `refused` holds the addresses already reported as unusable, so that each is logged once.
+async fn discover_central(edge: &Edge, members: &[Member], refused: &mut HashSet<String>) {
+    let centrals: Vec<&str> = members
+        .iter()
+        .filter(|m| m.live && m.fact(keys::ROLE) == Some(Role::Central.as_str()))
+        .filter_map(|m| m.fact(keys::GRPC))
+        .collect();
+    let current = edge.link().address();
+    if current.as_deref().is_some_and(|c| centrals.contains(&c)) {
+        return;
+    }
+    for candidate in centrals {
+        match edge.link().probe(candidate).await {
+            Ok(()) => {
+                if let Err(e) = edge.link().set_address(candidate) {
+                    tracing::warn!(error = %e, "central gossiped an unusable address");
+                }
+                return;
+            }
+            Err(e) => {
+                if refused.insert(candidate.to_owned()) {
+                    tracing::warn!(error = %e, "not following a node gossip calls central");
+                }
+            }
+        }
+    }
 }
 
 /// Brings this node's membership metrics up to date with gossip: members by status, and
@@ -274,8 +307,8 @@ mod tests {
     fn advertised_addresses_are_reachable() {
         let mut config = Config::default();
         let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
-        assert_eq!(advertised(&config, any), "http://127.0.0.1:7070");
+        assert_eq!(advertised(&config, any, false), "http://127.0.0.1:7070");
         config.advertise_host = "central".into();
-        assert_eq!(advertised(&config, any), "http://central:7070");
+        assert_eq!(advertised(&config, any, true), "https://central:7070");
     }
 }

@@ -12,13 +12,15 @@ use anyhow::Context as _;
 use driftkv_central::{spawn_log_trimmer, CentralOptions, CentralService};
 use driftkv_edge::{spawn_follower, Edge, EdgeOptions, LinkTimeouts};
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SystemClock, WallClock};
-use driftkv_http::{Auth, RequestTracing};
+use driftkv_http::{Auth, RequestTracing, ServerOptions};
+use driftkv_proto::tls;
 use driftkv_store::{SledStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::membership::{self, Role};
+use crate::security::Security;
 use crate::{admin, ops};
 use driftkv_gossip::{keys, Gossip};
 
@@ -90,6 +92,42 @@ impl GossipPlace {
     }
 }
 
+/// What the process gives every node it runs: its TLS material and keys, and what to record
+/// of each HTTP request.
+#[derive(Clone)]
+pub struct Process {
+    pub security: Security,
+    pub tracing: RequestTracing,
+}
+
+impl Process {
+    /// How the HTTP listener serves: over HTTPS when there is a certificate.
+    fn server_options(&self) -> ServerOptions {
+        ServerOptions {
+            tls: self
+                .security
+                .https
+                .as_ref()
+                .map(|https| https.server_config()),
+            ..ServerOptions::default()
+        }
+    }
+
+    /// Whether the HTTP listener speaks HTTPS.
+    fn https(&self) -> bool {
+        self.security.https.is_some()
+    }
+
+    /// The scheme of the HTTP listener's URLs.
+    pub fn scheme(&self) -> &'static str {
+        if self.https() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// A running write region.
 pub struct CentralNode {
     /// Where its gRPC service listens.
@@ -112,7 +150,7 @@ impl CentralNode {
         listen: SocketAddr,
         http: Option<SocketAddr>,
         place: GossipPlace,
-        tracing: RequestTracing,
+        process: &Process,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let http_auth = http.map(|addr| auth(config, addr)).transpose()?;
@@ -132,9 +170,12 @@ impl CentralNode {
             config,
             config.node_id,
             Role::Central,
-            place.listen,
-            place.seeds,
-            (keys::GRPC, membership::advertised(config, grpc_addr)),
+            place,
+            &process.security,
+            (
+                keys::GRPC,
+                membership::advertised(config, grpc_addr, process.security.cluster.is_some()),
+            ),
         )
         .await?;
         ops::watch_store(config.node_id, &store);
@@ -161,6 +202,8 @@ impl CentralNode {
             engine,
             CentralOptions {
                 heartbeat: Duration::from_millis(config.replication.heartbeat_ms),
+                max_snapshots: config.grpc.max_snapshot_streams,
+                authenticate: process.security.cluster.is_some(),
             },
         );
         let mut http_addr = None;
@@ -173,25 +216,29 @@ impl CentralNode {
             http_addr = Some(bound);
             // Operators and the testbed find central's endpoints through /cluster.
             gossip
-                .set(keys::HTTP, membership::advertised(config, bound))
+                .set(
+                    keys::HTTP,
+                    membership::advertised(config, bound, process.https()),
+                )
                 .await;
             let router = driftkv_http::operator_router(
                 auth,
                 &config.node_id.to_string(),
                 ops::central_ready().merge(admin::routes(config, None)),
                 membership::routes(gossip.clone()),
-                tracing,
+                process.tracing,
             );
             let stop = shutdown.clone();
+            let options = process.server_options();
             servers.push(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.wait())
+                driftkv_http::serve(listener, router, options, stop.wait())
                     .await
                     .context("HTTP server failed")
             }));
         }
+        let tls = process.security.cluster.as_ref().map(tls::server_config);
         servers.push(tokio::spawn(async move {
-            driftkv_central::serve(service, listener, shutdown.wait())
+            driftkv_central::serve(service, listener, tls, shutdown.wait())
                 .await
                 .context("gRPC server failed")
         }));
@@ -255,7 +302,7 @@ impl EdgeNode {
     pub async fn start(
         config: &Config,
         site: EdgeSite<'_>,
-        tracing: RequestTracing,
+        process: &Process,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let EdgeSite {
@@ -279,10 +326,13 @@ impl EdgeNode {
                 request: Duration::from_millis(config.central.request_timeout_ms),
             },
             stream_silence: Duration::from_millis(config.replication.stream_silence_ms),
+            tls: process.security.cluster.as_ref().map(tls::client_config),
         };
         let edge = Edge::new(store.clone(), wall.clone(), options)?;
         if !central.is_empty() {
-            edge.link().set_address(central)?;
+            edge.link()
+                .set_address(central)
+                .context("central.address")?;
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -292,9 +342,12 @@ impl EdgeNode {
             config,
             node_id,
             Role::Edge,
-            place.listen,
-            place.seeds,
-            (keys::HTTP, membership::advertised(config, http_addr)),
+            place,
+            &process.security,
+            (
+                keys::HTTP,
+                membership::advertised(config, http_addr, process.https()),
+            ),
         )
         .await?;
         let background = vec![
@@ -319,11 +372,11 @@ impl EdgeNode {
             &node_id.to_string(),
             ops::edge_ready(edge.clone()).merge(admin::routes(config, Some(edge.clone()))),
             membership::routes(gossip.clone()),
-            tracing,
+            process.tracing,
         );
+        let options = process.server_options();
         let server = tokio::spawn(async move {
-            axum::serve(listener, axum::ServiceExt::into_make_service(api))
-                .with_graceful_shutdown(shutdown.wait())
+            driftkv_http::serve(listener, api, options, shutdown.wait())
                 .await
                 .context("HTTP server failed")
         });

@@ -6,13 +6,30 @@ use std::time::Duration;
 use driftkv_http::RequestTracing;
 
 use crate::config::Config;
-use crate::node::{announce, auth, shutdown, signal, CentralNode, EdgeNode, EdgeSite, GossipPlace};
+use crate::node::{
+    announce, auth, shutdown, signal, CentralNode, EdgeNode, EdgeSite, GossipPlace, Process,
+};
+use crate::security::{Runs, Security};
 
 /// How long `dev` waits for its edges to catch up with central before announcing itself, so
 /// that a restarted dev server serves everything it acknowledged before.
 const DEV_CATCH_UP: Duration = Duration::from_secs(30);
 /// How long `dev` waits for every edge to see every member live in gossip.
 const DEV_GOSSIP: Duration = Duration::from_secs(30);
+
+/// Loads the process's TLS material and keys (refusing to start when a listener beyond
+/// loopback would be open) and starts reloading the HTTPS certificate when its files change.
+fn process(config: &Config, runs: Runs, tracing: RequestTracing) -> anyhow::Result<Process> {
+    let security = Security::load(config, runs)?;
+    if let Some(https) = &security.https {
+        // Lives as long as the process.
+        https.clone().watch(HTTPS_RELOAD_CHECK);
+    }
+    Ok(Process { security, tracing })
+}
+
+/// How often the HTTPS certificate's files are checked for a change.
+const HTTPS_RELOAD_CHECK: Duration = Duration::from_secs(5);
 
 /// The HTTP address of dev edge `index`: the configured port plus the index, or an ephemeral
 /// port for each when the configured one is 0.
@@ -29,6 +46,7 @@ fn edge_listen(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
 pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
     auth(&config, config.listen)?;
+    let process = process(&config, Runs::Dev, tracing)?;
     let (trigger, stop) = shutdown();
     // Everything on loopback, on free ports: only the edges' HTTP ports are the user's.
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -42,7 +60,7 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
             listen: any_port,
             seeds: Vec::new(),
         },
-        tracing,
+        &process,
         stop.clone(),
     )
     .await?;
@@ -61,7 +79,7 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
                 seeds: seeds.clone(),
             },
         };
-        let node = EdgeNode::start(&config, site, tracing, stop.clone()).await?;
+        let node = EdgeNode::start(&config, site, &process, stop.clone()).await?;
         nodes.push(node);
     }
     for (index, node) in nodes.iter().enumerate() {
@@ -88,10 +106,15 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
     for (index, node) in nodes.iter().enumerate() {
         // Edge 0's line is the one scripts wait for; the others name their edge.
         let line = if index == 0 {
-            format!("driftkv dev listening on http://{}", node.http_addr)
+            format!(
+                "driftkv dev listening on {}://{}",
+                process.scheme(),
+                node.http_addr
+            )
         } else {
             format!(
-                "driftkv dev edge {index} listening on http://{}",
+                "driftkv dev edge {index} listening on {}://{}",
+                process.scheme(),
                 node.http_addr
             )
         };
@@ -109,6 +132,7 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
 
 /// Runs a write region until SIGINT or SIGTERM.
 pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Result<()> {
+    let process = process(&config, Runs::Central, tracing)?;
     let (trigger, stop) = shutdown();
     let central = CentralNode::start(
         &config,
@@ -116,15 +140,23 @@ pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Res
         config.grpc.listen,
         Some(config.listen),
         GossipPlace::configured(&config),
-        tracing,
+        &process,
         stop,
     )
     .await?;
     if let Some(http) = central.http_addr {
-        tracing::info!("central serves /healthz and /cluster on http://{http}");
+        tracing::info!(
+            "central serves /healthz and /cluster on {}://{http}",
+            process.scheme()
+        );
     }
+    let grpc = if process.security.cluster.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     announce(&format!(
-        "driftkv central listening on http://{}",
+        "driftkv central listening on {grpc}://{}",
         central.grpc_addr
     ))?;
     signal().await;
@@ -134,6 +166,7 @@ pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Res
 
 /// Runs an edge until SIGINT or SIGTERM.
 pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result<()> {
+    let process = process(&config, Runs::Edge, tracing)?;
     let (trigger, stop) = shutdown();
     let site = EdgeSite {
         node_id: config.node_id,
@@ -142,9 +175,10 @@ pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result
         central: &config.central.address,
         gossip: GossipPlace::configured(&config),
     };
-    let edge = EdgeNode::start(&config, site, tracing, stop).await?;
+    let edge = EdgeNode::start(&config, site, &process, stop).await?;
     announce(&format!(
-        "driftkv edge listening on http://{}",
+        "driftkv edge listening on {}://{}",
+        process.scheme(),
         edge.http_addr
     ))?;
     signal().await;

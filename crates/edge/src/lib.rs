@@ -54,6 +54,8 @@ pub struct EdgeOptions {
     pub timeouts: LinkTimeouts,
     /// How long the replication stream may stay silent before the edge reconnects.
     pub stream_silence: Duration,
+    /// Mutual TLS towards central; `None`: plain text, to a central on loopback only.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// How far this edge's replica has come.
@@ -101,7 +103,7 @@ impl Edge {
             cache: ReadCache::new(options.cache_max_bytes, &node),
             entries_applied: REPLICATION_ENTRIES_APPLIED.with_label_values(&[&node]),
             snapshots_installed: SNAPSHOTS.with_label_values(&[&node, "installed"]),
-            link: CentralLink::new(options.timeouts),
+            link: CentralLink::new(options.timeouts, options.tls.clone()),
             status: watch::Sender::new(ReplicationStatus {
                 applied,
                 ..Default::default()

@@ -5,15 +5,19 @@
 //! one for writes and read-through, whose calls go through [`CentralLink::call`] with a
 //! deadline so that a write fails fast when central cannot answer; and one for the long-lived
 //! replication streams, which rely on HTTP/2 keepalives and central's heartbeats instead.
+//!
+//! With TLS the link dials `https://` and accepts only a certificate the cluster CA issued for
+//! central (see [`driftkv_proto::tls`]), whatever the address. Without TLS it dials only
+//! loopback addresses: plain-text gRPC never leaves the host.
 
 use std::sync::RwLock;
 use std::time::Duration;
 
 use driftkv_core::KvError;
 use driftkv_proto::trace::{traced_client, TracedClient};
-use driftkv_proto::{error_from_status, MAX_MESSAGE_BYTES};
+use driftkv_proto::{error_from_status, MAX_REPLY_BYTES, MAX_REQUEST_BYTES};
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tracing::Instrument as _;
 
 /// Timeouts of the link.
@@ -38,35 +42,98 @@ struct Clients {
 /// The current connection to central, if its address is known.
 pub struct CentralLink {
     timeouts: LinkTimeouts,
+    /// Mutual TLS towards central; `None`: plain text, loopback only.
+    tls: Option<ClientTlsConfig>,
     clients: RwLock<Option<Clients>>,
     address: watch::Sender<Option<String>>,
 }
 
 fn client(endpoint: Endpoint) -> TracedClient {
     traced_client(endpoint.connect_lazy())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REPLY_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// Whether `host` (of a URL) is a loopback name or address.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl CentralLink {
-    /// A link with no address yet.
-    pub fn new(timeouts: LinkTimeouts) -> Self {
+    /// A link with no address yet, dialling with `tls` (plain text to loopback only when
+    /// `None`).
+    pub fn new(timeouts: LinkTimeouts, tls: Option<ClientTlsConfig>) -> Self {
         CentralLink {
             timeouts,
+            tls,
             clients: RwLock::new(None),
             address: watch::Sender::new(None),
         }
     }
 
-    /// Points the link at `address` (`http://host:port`); does nothing if it already is.
+    /// The endpoint for `address` (`http://host:port` or `https://host:port`, or just
+    /// `host:port`): over TLS when the link has it, else only to loopback.
+    fn endpoint(&self, address: &str) -> Result<Endpoint, KvError> {
+        let bad =
+            |why: String| KvError::Internal(format!("bad central address {address:?}: {why}"));
+        let authority = address
+            .strip_prefix("http://")
+            .or_else(|| address.strip_prefix("https://"))
+            .unwrap_or(address);
+        let uri: tonic::codegen::http::uri::Authority =
+            authority.parse().map_err(|e| bad(format!("{e}")))?;
+        let endpoint = match &self.tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{authority}"))
+                .map_err(|e| bad(e.to_string()))?
+                .tls_config(tls.clone())
+                .map_err(|e| bad(e.to_string()))?,
+            None if is_loopback(uri.host()) => {
+                Endpoint::from_shared(format!("http://{authority}")).map_err(|e| bad(e.to_string()))?
+            }
+            None => {
+                return Err(KvError::Unavailable(format!(
+                    "refusing plain-text gRPC to central at {address}: it is not on loopback; set tls.ca, tls.cert and tls.key (see `driftkv certs`)"
+                )))
+            }
+        };
+        Ok(endpoint
+            .connect_timeout(self.timeouts.connect)
+            .tcp_nodelay(true))
+    }
+
+    /// Whether a central answers at `address` and, with TLS, proves with its certificate that
+    /// it is central: a TLS handshake (or, in plain text, a TCP connection) within the connect
+    /// timeout.
+    pub async fn probe(&self, address: &str) -> Result<(), KvError> {
+        let endpoint = self.endpoint(address)?;
+        match tokio::time::timeout(self.timeouts.connect, endpoint.connect()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(KvError::Unavailable(format!(
+                "central at {address} is not usable: {}",
+                error_chain(&e)
+            ))),
+            Err(_) => Err(KvError::Unavailable(format!(
+                "central at {address} did not answer within {} ms",
+                self.timeouts.connect.as_millis()
+            ))),
+        }
+    }
+
+    /// The address the link points at.
+    pub fn address(&self) -> Option<String> {
+        self.address.borrow().clone()
+    }
+
+    /// Points the link at `address`; does nothing if it already is.
     pub fn set_address(&self, address: &str) -> Result<(), KvError> {
         if self.address.borrow().as_deref() == Some(address) {
             return Ok(());
         }
-        let endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|e| KvError::Internal(format!("bad central address {address:?}: {e}")))?
-            .connect_timeout(self.timeouts.connect)
-            .tcp_nodelay(true);
+        let endpoint = self.endpoint(address)?;
         let clients = Clients {
             address: address.to_owned(),
             requests: client(endpoint.clone()),
@@ -135,5 +202,64 @@ impl CentralLink {
                         .into(),
                 )
             })
+    }
+}
+
+/// An error with its causes, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeouts() -> LinkTimeouts {
+        LinkTimeouts {
+            connect: Duration::from_millis(200),
+            request: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_tls_only_loopback_is_dialled() {
+        let link = CentralLink::new(timeouts(), None);
+        for address in [
+            "http://127.0.0.1:7070",
+            "127.0.0.1:7070",
+            "http://localhost:1",
+            "http://[::1]:7070",
+        ] {
+            link.set_address(address)
+                .unwrap_or_else(|e| panic!("{address}: {e}"));
+        }
+        for address in [
+            "http://10.0.0.5:7070",
+            "http://central:7070",
+            "https://192.0.2.1:7070",
+        ] {
+            let refused = link.set_address(address).unwrap_err();
+            assert!(
+                refused.to_string().contains("refusing plain-text gRPC"),
+                "{refused}"
+            );
+        }
+        assert_eq!(link.address().as_deref(), Some("http://[::1]:7070"));
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_nothing_fails_fast() {
+        let link = CentralLink::new(timeouts(), None);
+        let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", nobody.local_addr().unwrap());
+        drop(nobody);
+        assert!(link.probe(&address).await.is_err());
     }
 }

@@ -5,16 +5,24 @@
 //! gRPC addresses, and how far its replication has come. Gossip is not a data path: it is how
 //! edges find central from a list of seeds, and how `/cluster` can show every member, live or
 //! dead, with each edge's replication lag.
+//!
+//! With cluster keys ([`GossipConfig::keys`]) every packet is sealed (see [`sealed`]): nodes
+//! without a key can neither join nor be heard. Without keys gossip is plain UDP, which nodes
+//! only accept on loopback (the node assembly checks that).
+
+mod sealed;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
 use tokio::sync::Mutex;
+
+pub use sealed::{GossipKey, KeyError};
 
 /// The keys a node publishes.
 pub mod keys {
@@ -67,6 +75,9 @@ pub struct GossipConfig {
     pub interval: Duration,
     /// How long a dead node stays listed before it is forgotten.
     pub dead_node_grace_period: Duration,
+    /// Cluster keys sealing every packet, the first one sealing what this node sends; empty:
+    /// plain UDP.
+    pub keys: Vec<GossipKey>,
 }
 
 /// One member as gossip knows it.
@@ -134,7 +145,16 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let handle = spawn_chitchat(chitchat_config, facts, &UdpTransport)
+        let sealed;
+        let transport: &dyn Transport = if config.keys.is_empty() {
+            &UdpTransport
+        } else {
+            sealed = sealed::SealedTransport {
+                sealer: sealed::Sealer::new(&config.keys, &config.node_id),
+            };
+            &sealed
+        };
+        let handle = spawn_chitchat(chitchat_config, facts, transport)
             .await
             .map_err(|e| GossipError::Bind {
                 addr: listen,
@@ -254,6 +274,7 @@ mod tests {
             seeds,
             interval: Duration::from_millis(50),
             dead_node_grace_period: Duration::from_secs(3600),
+            keys: Vec::new(),
         }
     }
 
@@ -279,6 +300,62 @@ mod tests {
             "127.0.0.2:7946".parse().unwrap()
         );
         assert!(advertise_addr(any, Some("no-such-host.invalid")).is_err());
+    }
+
+    /// Nodes sealing with the cluster key find each other; a node with another key, or none,
+    /// is never seen by them, and they are never seen by it.
+    #[tokio::test]
+    async fn only_nodes_with_the_cluster_key_are_members() {
+        let key = GossipKey::generate();
+        let keyed = |id: &str, seeds: Vec<String>, keys: Vec<GossipKey>| GossipConfig {
+            keys,
+            ..config(id, seeds)
+        };
+        let a = Gossip::start(keyed("a", vec![], vec![key.clone()]), vec![])
+            .await
+            .unwrap();
+        let seeds = vec![a.addr().to_string()];
+        let b = Gossip::start(keyed("b", seeds.clone(), vec![key.clone()]), vec![])
+            .await
+            .unwrap();
+        let wrong = Gossip::start(
+            keyed("wrong", seeds.clone(), vec![GossipKey::generate()]),
+            vec![],
+        )
+        .await
+        .unwrap();
+        let plain = Gossip::start(config("plain", seeds), vec![]).await.unwrap();
+        wait_until("a and b to see each other", async || {
+            let members = a.members().await;
+            members.iter().any(|m| m.node_id == "b" && m.live)
+                && b.members().await.iter().any(|m| m.node_id == "a" && m.live)
+        })
+        .await;
+        // Long enough for the outsiders to have sent many rounds (every 50 ms).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for insider in [&a, &b] {
+            let ids: Vec<String> = insider
+                .members()
+                .await
+                .into_iter()
+                .map(|m| m.node_id)
+                .collect();
+            assert_eq!(ids, ["a", "b"]);
+        }
+        for outsider in [&wrong, &plain] {
+            assert_eq!(
+                outsider.members().await.len(),
+                1,
+                "an outsider heard the cluster"
+            );
+        }
+        let rejected = driftkv_metrics::GOSSIP_PACKETS_REJECTED
+            .with_label_values(&["a", "unauthenticated"])
+            .get()
+            + driftkv_metrics::GOSSIP_PACKETS_REJECTED
+                .with_label_values(&["a", "malformed"])
+                .get();
+        assert!(rejected > 0, "the outsiders' packets were counted");
     }
 
     #[tokio::test]

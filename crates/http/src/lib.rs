@@ -13,6 +13,7 @@ mod extract;
 mod hot_reads;
 mod metered;
 mod namespaces;
+mod server;
 mod values;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tracing::{Level, Span};
 pub use auth::Auth;
 pub use envelope::ApiError;
 pub use hot_reads::Api;
+pub use server::{serve, ServerOptions};
 
 /// The service handlers run against.
 type Service = Arc<dyn KvService>;
@@ -103,7 +105,7 @@ pub fn router(
         )
         .route(&format!("{one}/bulk/delete"), post(bulk::delete))
         .route(&format!("{one}/bulk/get"), post(bulk::get));
-    let router = serve(
+    let router = layered(
         api.with_state(service.clone()).merge(extra),
         auth.clone(),
         node,
@@ -128,7 +130,7 @@ pub fn operator_router(
     extra: Router,
     tracing: RequestTracing,
 ) -> Router {
-    serve(extra, auth, node, open, tracing)
+    layered(extra, auth, node, open, tracing)
 }
 
 /// `routes` behind their own bearer tokens `auth` (for an admin endpoint with a token of its
@@ -140,7 +142,7 @@ pub fn guarded(routes: Router, auth: Auth) -> Router {
 /// `api` behind `auth`, with `/healthz`, `/metrics` and `open`, request metrics,
 /// Cloudflare-style errors for unknown routes and methods, panic recovery, and request spans
 /// and access-log lines as `tracing` asks.
-fn serve(api: Router, auth: Auth, node: &str, open: Router, tracing: RequestTracing) -> Router {
+fn layered(api: Router, auth: Auth, node: &str, open: Router, tracing: RequestTracing) -> Router {
     // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
     let api = if auth.required() {
         api.route_layer(middleware::from_fn_with_state(auth, auth::require))

@@ -187,6 +187,17 @@ pub static GOSSIP_MEMBERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Gossip packets dropped unread because no cluster key opens them (`unauthenticated`: a
+/// forgery, a node of another cluster, a key rotated out) or they are not sealed packets at all
+/// (`malformed`).
+pub static GOSSIP_PACKETS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_gossip_packets_rejected_total",
+        "Gossip packets dropped because no cluster key authenticates them, by reason: unauthenticated, malformed",
+        &["node", "reason"],
+    )
+});
+
 /// The node's database size on disk.
 pub static STORE_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
@@ -226,6 +237,7 @@ fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*CENTRAL_WRITE_SECONDS,
         &*COMMIT_BATCH_WRITERS,
         &*GOSSIP_MEMBERS,
+        &*GOSSIP_PACKETS_REJECTED,
         &*STORE_DISK_BYTES,
     ]
 }

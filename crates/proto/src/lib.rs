@@ -5,7 +5,9 @@
 //! and carries [`KvError`]s across the wire as gRPC statuses that keep the Cloudflare error code
 //! and HTTP status, so an edge reports exactly the error central decided on.
 
-use driftkv_core::limits::MAX_BULK_BODY_BYTES;
+use driftkv_core::limits::{
+    MAX_BULK_BODY_BYTES, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_VALUE_BYTES,
+};
 use driftkv_core::{
     Change, KvError, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version, Write, WriteOp,
     WriteResult,
@@ -13,20 +15,30 @@ use driftkv_core::{
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-/// The generated protobuf messages and gRPC client and server.
+pub mod tls;
 pub mod trace;
 
+/// The generated protobuf messages and gRPC client and server.
 pub mod pb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("driftkv.v1");
 }
 
-/// Largest gRPC message either side accepts: a bulk write at its HTTP limit, with room for
-/// framing. (tonic's default of 4 MiB would refuse a single 25 MiB value.)
-pub const MAX_MESSAGE_BYTES: usize = MAX_BULK_BODY_BYTES + 16 * 1024 * 1024;
-
 /// Size a log batch or snapshot chunk is cut at; a single larger entry still travels alone.
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room for what a message carries besides keys, values and metadata (field tags, lengths,
+/// versions, ids).
+const FRAMING_BYTES: usize = 1024 * 1024;
+
+/// Largest request central accepts (and an edge sends): a bulk write at the API's body limit.
+/// (tonic's default of 4 MiB would refuse a single 25 MiB value.)
+pub const MAX_REQUEST_BYTES: usize = MAX_BULK_BODY_BYTES + FRAMING_BYTES;
+
+/// Largest reply central sends (and an edge accepts): a log batch or snapshot chunk, which is
+/// cut at [`BATCH_BYTES`] but may end with one more record, or one value read through.
+pub const MAX_REPLY_BYTES: usize =
+    BATCH_BYTES + MAX_VALUE_BYTES + MAX_KEY_BYTES + MAX_METADATA_BYTES + FRAMING_BYTES;
 
 /// Metadata key of the Cloudflare error code on an error status.
 pub const ERROR_CODE_KEY: &str = "driftkv-error-code";
