@@ -17,6 +17,7 @@ use driftkv_store::{SledStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::binding::BindingListener;
 use crate::config::Config;
 use crate::membership::{self, Role};
 use crate::{admin, ops};
@@ -225,16 +226,20 @@ impl CentralNode {
 pub struct EdgeNode {
     /// Where its HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Where its workerd binding listener listens, when it serves one (`workerd.listen`).
+    pub binding_addr: Option<SocketAddr>,
     /// The edge's service.
     pub edge: Arc<Edge>,
     gossip: Arc<Gossip>,
     server: JoinHandle<anyhow::Result<()>>,
+    binding: Option<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl EdgeNode {
     /// Opens the replica in `data_dir`, follows central at `central` (when empty, the central
-    /// gossip finds), serves HTTP on `listen` and joins gossip, until `shutdown`.
+    /// gossip finds), serves HTTP on `listen` (and the workerd binding on `workerd.listen`)
+    /// and joins gossip, until `shutdown`.
     pub async fn start(
         config: &Config,
         node_id: u64,
@@ -245,6 +250,11 @@ impl EdgeNode {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let auth = auth(config, listen)?;
+        let binding = match config.workerd.listen {
+            Some(listen) => Some(BindingListener::bind(config, listen).await?),
+            None => None,
+        };
+        let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
         let store = open_store(data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let options = EdgeOptions {
@@ -276,6 +286,12 @@ impl EdgeNode {
             (keys::HTTP, membership::advertised(config, http_addr)),
         )
         .await?;
+        if let Some(addr) = binding_addr {
+            // Shown in /cluster, so that an operator finds every edge's binding.
+            gossip
+                .set(keys::WORKERD, membership::advertised(config, addr))
+                .await;
+        }
         let background = vec![
             spawn_follower(edge.clone()),
             spawn_sweeper(
@@ -299,25 +315,36 @@ impl EdgeNode {
             ops::edge_ready(edge.clone()).merge(admin::routes(config, Some(edge.clone()))),
             membership::routes(gossip.clone()),
         );
+        let binding =
+            binding.map(|b| b.serve(edge.clone(), &node_id.to_string(), shutdown.clone()));
         let server = tokio::spawn(async move {
             axum::serve(listener, axum::ServiceExt::into_make_service(api))
                 .with_graceful_shutdown(shutdown.wait())
                 .await
                 .context("HTTP server failed")
         });
-        tracing::info!(%http_addr, node_id, data_dir = %data_dir.display(), "edge started");
+        tracing::info!(%http_addr, ?binding_addr, node_id, data_dir = %data_dir.display(), "edge started");
         Ok(EdgeNode {
             http_addr,
+            binding_addr,
             edge,
             gossip,
             server,
+            binding,
             background,
         })
     }
 
-    /// Waits for the HTTP server to drain (after the shutdown signal), then flushes the replica.
+    /// Waits for the HTTP servers to drain (after the shutdown signal), then flushes the
+    /// replica.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        let served = self.server.await.context("HTTP server task failed")?;
+        let mut served = self.server.await.context("HTTP server task failed")?;
+        if let Some(binding) = self.binding {
+            let outcome = binding
+                .await
+                .context("workerd binding server task failed")?;
+            served = served.and(outcome);
+        }
         for task in self.background {
             task.abort();
         }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::binding::binding_auth;
 use crate::config::Config;
 use crate::node::{announce, auth, shutdown, signal, CentralNode, EdgeNode, GossipPlace};
 
@@ -21,10 +22,23 @@ fn edge_listen(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(listen.ip(), port))
 }
 
+/// The workerd binding address of dev edge `index`: edge 0 serves the configured one, the
+/// others a free port on the same IP each (announced at start and shown in `/cluster`), since
+/// the ports after the configured one are likely the REST API's.
+fn binding_listen(listen: Option<SocketAddr>, index: usize) -> Option<SocketAddr> {
+    listen.map(|addr| match index {
+        0 => addr,
+        _ => SocketAddr::new(addr.ip(), 0),
+    })
+}
+
 /// Runs central plus `edges` edges in one process until SIGINT or SIGTERM.
 pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
     auth(&config, config.listen)?;
+    if let Some(listen) = config.workerd.listen {
+        binding_auth(&config, listen)?;
+    }
     let (trigger, stop) = shutdown();
     // Everything on loopback, on free ports: only the edges' HTTP ports are the user's.
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -45,8 +59,10 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
     let central_url = format!("http://{}", central.grpc_addr);
     let mut nodes = Vec::with_capacity(edges);
     for index in 0..edges {
+        let mut edge_config = config.clone();
+        edge_config.workerd.listen = binding_listen(config.workerd.listen, index);
         let node = EdgeNode::start(
-            &config,
+            &edge_config,
             config.node_id + 1 + index as u64,
             &config.data_dir.join(format!("edge-{index}")),
             edge_listen(config.listen, index)?,
@@ -82,6 +98,15 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
             )
         };
         announce(&line)?;
+        if let Some(binding) = node.binding_addr {
+            let edge = match index {
+                0 => String::new(),
+                _ => format!(" edge {index}"),
+            };
+            announce(&format!(
+                "driftkv dev{edge} workerd binding listening on http://{binding}"
+            ))?;
+        }
     }
     signal().await;
     trigger.fire();
@@ -134,6 +159,11 @@ pub async fn run_edge(config: Config) -> anyhow::Result<()> {
         "driftkv edge listening on http://{}",
         edge.http_addr
     ))?;
+    if let Some(binding) = edge.binding_addr {
+        announce(&format!(
+            "driftkv edge workerd binding listening on http://{binding}"
+        ))?;
+    }
     signal().await;
     trigger.fire();
     edge.stopped().await
@@ -152,5 +182,17 @@ mod tests {
         assert_eq!(edge_listen(any, 3).unwrap().port(), 0);
         let top: SocketAddr = "127.0.0.1:65535".parse().unwrap();
         assert!(edge_listen(top, 1).is_err());
+    }
+
+    #[test]
+    fn dev_edges_after_the_first_take_free_binding_ports() {
+        let base: SocketAddr = "127.0.0.1:8786".parse().unwrap();
+        assert_eq!(binding_listen(Some(base), 0), Some(base));
+        assert_eq!(
+            binding_listen(Some(base), 2),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(binding_listen(None, 0), None);
+        assert_eq!(binding_listen(None, 1), None);
     }
 }

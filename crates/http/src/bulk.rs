@@ -141,15 +141,27 @@ struct BulkGet {
     with_metadata: bool,
 }
 
-/// How bulk-get values are returned.
+/// How bulk-get values are returned (the REST API's and the workerd binding's alike).
 #[derive(Clone, Copy)]
-enum ValueKind {
+pub(crate) enum ValueKind {
     Text,
     Json,
 }
 
 impl ValueKind {
-    fn render(self, key: &str, value: &LiveValue) -> Result<Value, KvError> {
+    /// The kind a request's `type` names: `text` (the default) or `json`.
+    pub(crate) fn parse(kind: Option<&str>) -> Result<Self, KvError> {
+        match kind.unwrap_or("text") {
+            "text" => Ok(ValueKind::Text),
+            "json" => Ok(ValueKind::Json),
+            other => Err(KvError::InvalidParameter(format!(
+                "type must be 'text' or 'json', got {other:?}"
+            ))),
+        }
+    }
+
+    /// `value` (of `key`) as this kind: text (invalid UTF-8 replaced), or parsed JSON.
+    pub(crate) fn render(self, key: &str, value: &LiveValue) -> Result<Value, KvError> {
         match self {
             ValueKind::Text => Ok(Value::String(
                 String::from_utf8_lossy(&value.value).into_owned(),
@@ -178,16 +190,7 @@ pub async fn get(
         }
         .into());
     }
-    let kind = match request.kind.as_deref().unwrap_or("text") {
-        "text" => ValueKind::Text,
-        "json" => ValueKind::Json,
-        other => {
-            return Err(KvError::InvalidParameter(format!(
-                "type must be 'text' or 'json', got {other:?}"
-            ))
-            .into())
-        }
-    };
+    let kind = ValueKind::parse(request.kind.as_deref())?;
     for (index, key) in request.keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }

@@ -14,6 +14,7 @@ mod hot_reads;
 mod metered;
 mod namespaces;
 mod values;
+mod workerd;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use tracing::{Level, Span};
 pub use auth::Auth;
 pub use envelope::ApiError;
 pub use hot_reads::Api;
+pub use workerd::workerd_binding;
 
 /// The service handlers run against.
 type Service = Arc<dyn KvService>;
@@ -134,14 +136,23 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router, traced: bool) -> Rou
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) });
     if traced {
-        router.layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(response_logged),
-        )
+        with_request_spans(router)
     } else {
         router
     }
+}
+
+/// `router` with a span for every request, when the subscriber records them (see
+/// [`request_spans_recorded`]).
+fn with_request_spans(router: Router) -> Router {
+    if !request_spans_recorded() {
+        return router;
+    }
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            .on_response(response_logged),
+    )
 }
 
 /// Paths orchestrators poll every few seconds (container health checks, Kubernetes probes).

@@ -39,11 +39,22 @@ pub async fn put_value(
 
 /// A single-key write: a write the per-key rate limit refused is a 429.
 async fn write_one(service: &Service, account: &str, id: NamespaceId, write: Write) -> ApiResult {
-    let outcome = service.write(account, id, vec![write]).await?;
-    if let Some(key) = outcome.unsuccessful.into_iter().next() {
-        return Err(KvError::RateLimited(key).into());
-    }
+    write_single(service, account, id, write).await?;
     ok_empty()
+}
+
+/// Writes one key; a write the per-key rate limit refused is [`KvError::RateLimited`].
+pub(crate) async fn write_single(
+    service: &Service,
+    account: &str,
+    id: NamespaceId,
+    write: Write,
+) -> Result<(), KvError> {
+    let outcome = service.write(account, id, vec![write]).await?;
+    match outcome.unsuccessful.into_iter().next() {
+        Some(key) => Err(KvError::RateLimited(key)),
+        None => Ok(()),
+    }
 }
 
 /// `GET .../values/{key}?cache_ttl=`: the raw bytes, with an `expiration` header where one is

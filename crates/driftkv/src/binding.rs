@@ -1,0 +1,73 @@
+//! An edge's workerd KV binding listener (`[workerd] listen`): the protocol workerd's
+//! `KVNamespace` binding speaks, served beside the REST API and stopped with it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::serve::Listener;
+use axum::Router;
+use driftkv_core::KvService;
+use driftkv_http::Auth;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::node::{auth, Shutdown};
+
+/// A binding listener bound to its address, not serving yet.
+pub struct BindingListener {
+    listener: TcpListener,
+    auth: Auth,
+}
+
+impl BindingListener {
+    /// Binds `listen`, with the API's authentication: a non-loopback address without API
+    /// tokens is refused.
+    pub async fn bind(config: &Config, listen: SocketAddr) -> anyhow::Result<Self> {
+        let auth = binding_auth(config, listen)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for the workerd binding on {listen}"))?;
+        Ok(BindingListener { listener, auth })
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves the binding of `service` (its requests counted under the node label `node`)
+    /// until `shutdown`, letting requests in flight finish.
+    pub fn serve(
+        self,
+        service: Arc<dyn KvService>,
+        node: &str,
+        shutdown: Shutdown,
+    ) -> JoinHandle<anyhow::Result<()>> {
+        let router = driftkv_http::workerd_binding(service, self.auth, node);
+        serve(self.listener, router, shutdown)
+    }
+}
+
+/// The binding's authentication on `listen`: the API's, refusing a non-loopback address
+/// without API tokens.
+pub fn binding_auth(config: &Config, listen: SocketAddr) -> anyhow::Result<Auth> {
+    // One line, naming the setting: the refusal alone would not say which listener.
+    auth(config, listen).map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))
+}
+
+/// Serves `router` on any axum [`Listener`] until `shutdown`: a TLS listener (one accepting
+/// TLS connections over a TCP listener) serves the same way.
+fn serve<L>(listener: L, router: Router, shutdown: Shutdown) -> JoinHandle<anyhow::Result<()>>
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.wait())
+            .await
+            .context("workerd binding server failed")
+    })
+}
