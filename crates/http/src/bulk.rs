@@ -20,6 +20,7 @@ use driftkv_core::service::put;
 use driftkv_core::time::unix_now_ms;
 use driftkv_core::{KvError, LiveValue, Write, WriteOp, WriteOutcome};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::body::read_json;
@@ -160,12 +161,15 @@ impl ValueKind {
         }
     }
 
-    /// `value` (of `key`) as this kind: text (invalid UTF-8 replaced), or parsed JSON.
-    pub(crate) fn render(self, key: &str, value: &LiveValue) -> Result<Value, KvError> {
+    /// `value` (of `key`) as this kind, a piece of JSON: a string (invalid UTF-8 replaced),
+    /// or the stored JSON text as it is (its object keys in their order), once checked.
+    pub(crate) fn render(self, key: &str, value: &LiveValue) -> Result<Box<RawValue>, KvError> {
         match self {
-            ValueKind::Text => Ok(Value::String(
-                String::from_utf8_lossy(&value.value).into_owned(),
-            )),
+            ValueKind::Text => {
+                let text = String::from_utf8_lossy(&value.value);
+                serde_json::value::to_raw_value(&text)
+                    .map_err(|e| KvError::Internal(format!("cannot encode a string: {e}")))
+            }
             ValueKind::Json => serde_json::from_slice(&value.value).map_err(|e| {
                 KvError::InvalidParameter(format!(
                     "the value of key {key:?} is not valid JSON ({e}); request type 'text'"
@@ -208,7 +212,8 @@ pub async fn get(
                 }
                 entry
             }
-            Some(value) => kind.render(&key, &value)?,
+            Some(value) => serde_json::to_value(kind.render(&key, &value)?)
+                .map_err(|e| KvError::Internal(format!("cannot take a rendered value: {e}")))?,
         };
         values.insert(key, entry);
     }

@@ -135,17 +135,12 @@ fn serve(api: Router, auth: Auth, node: &str, open: Router, traced: bool) -> Rou
         .route_layer(metered::MeterLayer::new(node))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) });
-    if traced {
-        with_request_spans(router)
-    } else {
-        router
-    }
+    with_request_spans(router, traced)
 }
 
-/// `router` with a span for every request, when the subscriber records them (see
-/// [`request_spans_recorded`]).
-fn with_request_spans(router: Router) -> Router {
-    if !request_spans_recorded() {
+/// `router` with a span for every request when `traced` (see [`request_spans_recorded`]).
+fn with_request_spans(router: Router, traced: bool) -> Router {
+    if !traced {
         return router;
     }
     router.layer(

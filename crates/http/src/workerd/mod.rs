@@ -73,7 +73,7 @@ pub fn workerd_binding(service: Arc<dyn KvService>, auth: Auth, node: &str) -> R
         .method_not_allowed_fallback(|| async {
             Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
         });
-    crate::with_request_spans(router)
+    crate::with_request_spans(router, crate::request_spans_recorded())
 }
 
 /// Whether a request reads or writes the namespace it names.

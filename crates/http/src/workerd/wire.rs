@@ -10,7 +10,6 @@ use percent_encoding::percent_decode_str;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 /// The request header naming the namespace (its id). workerd's config injects it.
 pub const NAMESPACE_HEADER: &str = "x-driftkv-namespace";
@@ -122,9 +121,9 @@ impl BulkGetRequest {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum BulkEntry {
-    Value(Value),
+    Value(Box<RawValue>),
     WithMetadata {
-        value: Value,
+        value: Box<RawValue>,
         metadata: Option<Box<RawValue>>,
     },
 }
@@ -178,7 +177,11 @@ impl From<KeyInfo> for ListedKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
 
     #[test]
     fn keys_are_percent_decoded_only_when_urlencoded() {
@@ -250,27 +253,27 @@ mod tests {
     #[test]
     fn answers_serialize_as_workerd_reads_them() {
         let answer = BulkAnswer(vec![
-            ("z".into(), Some(BulkEntry::Value(json!("text")))),
+            ("z".into(), Some(BulkEntry::Value(raw(r#""text""#)))),
             ("a".into(), None),
             (
                 "m".into(),
                 Some(BulkEntry::WithMetadata {
-                    value: json!({"n": 1}),
-                    metadata: Some(RawValue::from_string(r#"{"x":true}"#.into()).unwrap()),
+                    value: raw(r#"{"n":1,"a":[1.50]}"#),
+                    metadata: Some(raw(r#"{"x":true}"#)),
                 }),
             ),
             (
                 "n".into(),
                 Some(BulkEntry::WithMetadata {
-                    value: json!(""),
+                    value: raw(r#""""#),
                     metadata: None,
                 }),
             ),
         ]);
-        // In the order asked for, not sorted.
+        // In the order asked for, not sorted; JSON values as they were stored.
         assert_eq!(
             serde_json::to_string(&answer).unwrap(),
-            r#"{"z":"text","a":null,"m":{"value":{"n":1},"metadata":{"x":true}},"n":{"value":"","metadata":null}}"#
+            r#"{"z":"text","a":null,"m":{"value":{"n":1,"a":[1.50]},"metadata":{"x":true}},"n":{"value":"","metadata":null}}"#
         );
         let list = ListAnswer {
             keys: vec![
