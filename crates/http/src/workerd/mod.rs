@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use driftkv_core::key::{parse_metadata, resolve_expiration};
+use driftkv_core::key::{parse_metadata, resolve_expiration, validate_key};
 use driftkv_core::limits::{
     MAX_BULK_GET_KEYS, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_SMALL_BODY_BYTES, MAX_VALUE_BYTES,
 };
@@ -207,7 +207,7 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
         None => None,
     };
     for (index, key) in request.keys.iter().enumerate() {
-        driftkv_core::key::validate_key(key).map_err(|e| e.in_item(index, key))?;
+        validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
     let mut answer = BulkAnswer::default();
     let mut total = 0usize;
