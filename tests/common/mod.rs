@@ -73,6 +73,9 @@ impl Server {
             // take longer than the default deadline allows for them; tests of failing fast
             // set their own.
             .env("DRIFTKV_CENTRAL__REQUEST_TIMEOUT_MS", "30000")
+            // Test servers run side by side: each edge's workerd binding listener takes a
+            // free port rather than the default 8786.
+            .env("DRIFTKV_WORKERD__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())

@@ -145,6 +145,10 @@ pub trait KvService: Send + Sync + 'static {
     async fn list_namespaces(&self, account_id: &str) -> Result<Vec<Namespace>, KvError>;
     /// One namespace of the account.
     async fn namespace(&self, account_id: &str, id: NamespaceId) -> Result<Namespace, KvError>;
+    /// The namespace `id`, whichever account owns it: for front ends whose requests name a
+    /// namespace but no account (the workerd binding protocol), which then act within the
+    /// account it belongs to.
+    async fn find_namespace(&self, id: NamespaceId) -> Result<Namespace, KvError>;
     /// Renames a namespace; titles are unique per account.
     async fn rename_namespace(
         &self,

@@ -43,6 +43,7 @@ pub struct Config {
     pub log: LogConfig,
     pub tls: TlsConfig,
     pub https: HttpsConfig,
+    pub workerd: WorkerdConfig,
 }
 
 /// The write region's gRPC endpoint.
@@ -180,6 +181,43 @@ pub struct LogConfig {
     pub access: bool,
 }
 
+/// An edge's workerd KV binding listener: the protocol workerd's `KVNamespace` binding
+/// speaks, so that Workers on self-hosted workerd can bind KV to the edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerdConfig {
+    /// Where the listener listens; `None` (an empty string in the file) turns it off. A
+    /// non-loopback address requires `api_tokens`.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An optional socket address written as a string, empty for none (TOML has no null).
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{addr:?} is not a socket address (like 127.0.0.1:8786), nor empty: {e}"
+                ))
+            }),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -229,6 +267,9 @@ impl Default for Config {
             log: LogConfig { access: false },
             tls: TlsConfig::default(),
             https: HttpsConfig::default(),
+            workerd: WorkerdConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 8786))),
+            },
         }
     }
 }
@@ -236,7 +277,7 @@ impl Default for Config {
 /// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
 /// variables (the log format, client settings, test switches) belong to other parts and must
 /// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
-const ENV_KEYS: [&str; 16] = [
+const ENV_KEYS: [&str; 17] = [
     "node_id",
     "region",
     "advertise_host",
@@ -253,6 +294,7 @@ const ENV_KEYS: [&str; 16] = [
     "log",
     "tls",
     "https",
+    "workerd",
 ];
 
 /// Flags that override the configuration when given.
@@ -380,6 +422,7 @@ mod tests {
             jail.set_env("DRIFTKV_API_TOKENS", "a, b,,c");
             jail.set_env("DRIFTKV_CACHE__MIN_TTL_SECS", "2");
             jail.set_env("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "0");
+            jail.set_env("DRIFTKV_WORKERD__LISTEN", "127.0.0.1:0");
             let overrides = Overrides {
                 data_dir: Some("/tmp/x".into()),
                 listen: None,
@@ -395,6 +438,7 @@ mod tests {
                 (2, 5)
             );
             assert_eq!(config.rate_limit.writes_per_key_per_second, 0);
+            assert_eq!(config.workerd.listen, Some("127.0.0.1:0".parse().unwrap()));
             Ok(())
         });
     }
@@ -488,6 +532,12 @@ mod tests {
             assert!(Config::load(Some(Path::new("ttl.toml")), Overrides::default()).is_err());
             jail.create_file("section.toml", "[cache]\nmax_byte = 1\n")?;
             assert!(Config::load(Some(Path::new("section.toml")), Overrides::default()).is_err());
+            jail.create_file("workerd.toml", "[workerd]\nlisten = \"localhost\"\n")?;
+            assert!(Config::load(Some(Path::new("workerd.toml")), Overrides::default()).is_err());
+            jail.create_file("off.toml", "[workerd]\nlisten = \"\"\n")?;
+            let off = Config::load(Some(Path::new("off.toml")), Overrides::default())
+                .expect("an empty address turns the listener off");
+            assert_eq!(off.workerd.listen, None);
             assert!(Config::load(Some(Path::new("missing.toml")), Overrides::default()).is_err());
             Ok(())
         });

@@ -1,6 +1,7 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
 mod admin;
+mod binding;
 mod certs;
 mod cli;
 mod config;

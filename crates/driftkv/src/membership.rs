@@ -205,7 +205,7 @@ fn describe(members: &[Member], now_ms: u64) -> Value {
                 "gossip": m.gossip.to_string(),
                 "version": m.fact(keys::VERSION),
             });
-            for key in [keys::HTTP, keys::GRPC] {
+            for key in [keys::HTTP, keys::GRPC, keys::WORKERD] {
                 if let Some(value) = m.fact(key) {
                     entry[key] = json!(value);
                 }

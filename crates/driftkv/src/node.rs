@@ -18,6 +18,7 @@ use driftkv_store::{SledStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::binding::BindingListener;
 use crate::config::Config;
 use crate::membership::{self, Role};
 use crate::security::Security;
@@ -101,8 +102,8 @@ pub struct Process {
 }
 
 impl Process {
-    /// How the HTTP listener serves: over HTTPS when there is a certificate.
-    fn server_options(&self) -> ServerOptions {
+    /// How the HTTP listeners serve: over HTTPS when there is a certificate.
+    pub fn server_options(&self) -> ServerOptions {
         ServerOptions {
             tls: self
                 .security
@@ -118,7 +119,7 @@ impl Process {
         self.security.https.is_some()
     }
 
-    /// The scheme of the HTTP listener's URLs.
+    /// The scheme of the HTTP listeners' URLs.
     pub fn scheme(&self) -> &'static str {
         if self.https() {
             "https"
@@ -274,10 +275,13 @@ impl CentralNode {
 pub struct EdgeNode {
     /// Where its HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Where its workerd binding listener listens, when it serves one (`workerd.listen`).
+    pub binding_addr: Option<SocketAddr>,
     /// The edge's service.
     pub edge: Arc<Edge>,
     gossip: Arc<Gossip>,
     server: JoinHandle<anyhow::Result<()>>,
+    binding: Option<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -290,6 +294,8 @@ pub struct EdgeSite<'a> {
     pub data_dir: &'a Path,
     /// Where it serves HTTP.
     pub listen: SocketAddr,
+    /// Where it serves the workerd binding, if it does.
+    pub workerd: Option<SocketAddr>,
     /// Central's gRPC address; empty: the central gossip finds.
     pub central: &'a str,
     /// Its gossip address and seeds.
@@ -297,8 +303,8 @@ pub struct EdgeSite<'a> {
 }
 
 impl EdgeNode {
-    /// Opens the replica in the site's data directory, follows central, serves HTTP and joins
-    /// gossip, until `shutdown`.
+    /// Opens the replica in the site's data directory, follows central, serves HTTP (and the
+    /// workerd binding on `workerd.listen`) and joins gossip, until `shutdown`.
     pub async fn start(
         config: &Config,
         site: EdgeSite<'_>,
@@ -309,10 +315,16 @@ impl EdgeNode {
             node_id,
             data_dir,
             listen,
+            workerd,
             central,
             gossip: place,
         } = site;
         let auth = auth(config, listen)?;
+        let binding = match workerd {
+            Some(listen) => Some(BindingListener::bind(config, listen).await?),
+            None => None,
+        };
+        let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
         let store = open_store(data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let options = EdgeOptions {
@@ -350,6 +362,15 @@ impl EdgeNode {
             ),
         )
         .await?;
+        if let Some(addr) = binding_addr {
+            // Shown in /cluster, so that an operator finds every edge's binding.
+            gossip
+                .set(
+                    keys::WORKERD,
+                    membership::advertised(config, addr, process.https()),
+                )
+                .await;
+        }
         let background = vec![
             spawn_follower(edge.clone()),
             spawn_sweeper(
@@ -375,17 +396,27 @@ impl EdgeNode {
             process.tracing,
         );
         let options = process.server_options();
+        let binding = binding.map(|b| {
+            b.serve(
+                edge.clone(),
+                &node_id.to_string(),
+                process,
+                shutdown.clone(),
+            )
+        });
         let server = tokio::spawn(async move {
             driftkv_http::serve(listener, api, options, shutdown.wait())
                 .await
                 .context("HTTP server failed")
         });
-        tracing::info!(%http_addr, node_id, data_dir = %data_dir.display(), "edge started");
+        tracing::info!(%http_addr, ?binding_addr, node_id, data_dir = %data_dir.display(), "edge started");
         Ok(EdgeNode {
             http_addr,
+            binding_addr,
             edge,
             gossip,
             server,
+            binding,
             background,
         })
     }
@@ -412,9 +443,16 @@ impl EdgeNode {
         }
     }
 
-    /// Waits for the HTTP server to drain (after the shutdown signal), then flushes the replica.
+    /// Waits for the HTTP servers to drain (after the shutdown signal), then flushes the
+    /// replica.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        let served = self.server.await.context("HTTP server task failed")?;
+        let mut served = self.server.await.context("HTTP server task failed")?;
+        if let Some(binding) = self.binding {
+            let outcome = binding
+                .await
+                .context("workerd binding server task failed")?;
+            served = served.and(outcome);
+        }
         for task in self.background {
             task.abort();
         }

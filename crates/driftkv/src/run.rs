@@ -42,6 +42,16 @@ fn edge_listen(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(listen.ip(), port))
 }
 
+/// The workerd binding address of dev edge `index`: edge 0 serves the configured one, the
+/// others a free port on the same IP each (announced at start and shown in `/cluster`), since
+/// the ports after the configured one are likely the REST API's.
+fn binding_listen(listen: Option<SocketAddr>, index: usize) -> Option<SocketAddr> {
+    listen.map(|addr| match index {
+        0 => addr,
+        _ => SocketAddr::new(addr.ip(), 0),
+    })
+}
+
 /// Runs central plus `edges` edges in one process until SIGINT or SIGTERM.
 pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
@@ -73,6 +83,7 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
             node_id: config.node_id + 1 + index as u64,
             data_dir: &data_dir,
             listen: edge_listen(config.listen, index)?,
+            workerd: binding_listen(config.workerd.listen, index),
             central: &central_url,
             gossip: GossipPlace {
                 listen: any_port,
@@ -119,6 +130,16 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
             )
         };
         announce(&line)?;
+        if let Some(binding) = node.binding_addr {
+            let edge = match index {
+                0 => String::new(),
+                _ => format!(" edge {index}"),
+            };
+            announce(&format!(
+                "driftkv dev{edge} workerd binding listening on {}://{binding}",
+                process.scheme()
+            ))?;
+        }
     }
     signal().await;
     trigger.fire();
@@ -172,6 +193,7 @@ pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result
         node_id: config.node_id,
         data_dir: &config.data_dir,
         listen: config.listen,
+        workerd: config.workerd.listen,
         central: &config.central.address,
         gossip: GossipPlace::configured(&config),
     };
@@ -181,6 +203,12 @@ pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result
         process.scheme(),
         edge.http_addr
     ))?;
+    if let Some(binding) = edge.binding_addr {
+        announce(&format!(
+            "driftkv edge workerd binding listening on {}://{binding}",
+            process.scheme()
+        ))?;
+    }
     signal().await;
     trigger.fire();
     edge.stopped().await
@@ -199,5 +227,17 @@ mod tests {
         assert_eq!(edge_listen(any, 3).unwrap().port(), 0);
         let top: SocketAddr = "127.0.0.1:65535".parse().unwrap();
         assert!(edge_listen(top, 1).is_err());
+    }
+
+    #[test]
+    fn dev_edges_after_the_first_take_free_binding_ports() {
+        let base: SocketAddr = "127.0.0.1:8786".parse().unwrap();
+        assert_eq!(binding_listen(Some(base), 0), Some(base));
+        assert_eq!(
+            binding_listen(Some(base), 2),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(binding_listen(None, 0), None);
+        assert_eq!(binding_listen(None, 1), None);
     }
 }

@@ -79,6 +79,12 @@ impl Security {
             http.ip().is_loopback() || self.https.is_some(),
             "refusing to serve HTTP on {http} in plain text: set https.cert and https.key (`driftkv certs issue` makes them), or listen on a loopback address"
         );
+        if let Some(binding) = config.workerd.listen.filter(|_| runs != Runs::Central) {
+            anyhow::ensure!(
+                binding.ip().is_loopback() || self.https.is_some(),
+                "refusing to serve the workerd binding on {binding} in plain text: set https.cert and https.key, or set workerd.listen to a loopback address (or empty)"
+            );
+        }
         if runs == Runs::Dev {
             // Central, gossip and gRPC all stay on loopback in dev.
             return Ok(());

@@ -228,6 +228,10 @@ impl KvService for Engine {
         reads::owned(self.store.as_ref(), account_id, id).map(|ns| Namespace::clone(&ns))
     }
 
+    async fn find_namespace(&self, id: NamespaceId) -> Result<Namespace, KvError> {
+        reads::find(self.store.as_ref(), id)
+    }
+
     async fn rename_namespace(
         &self,
         account_id: &str,

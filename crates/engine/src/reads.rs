@@ -23,6 +23,14 @@ pub fn owned(
     }
 }
 
+/// The namespace `id`, whichever account owns it.
+pub fn find(store: &dyn Store, id: NamespaceId) -> Result<Namespace, KvError> {
+    match store.namespace(id)? {
+        Some(ns) => Ok(Namespace::clone(&ns)),
+        None => Err(KvError::NamespaceNotFound),
+    }
+}
+
 /// Every namespace of the account, in no particular order.
 pub fn namespaces(store: &dyn Store, account_id: &str) -> Result<Vec<Namespace>, KvError> {
     validate_account_id(account_id)?;

@@ -86,6 +86,12 @@ async fn titles_are_unique_per_account() {
         f.engine.namespace("acct", other.id).await,
         Err(KvError::NamespaceNotFound)
     );
+    // Found by id alone, with the account that owns it.
+    assert_eq!(f.engine.find_namespace(other.id).await.unwrap(), other);
+    assert_eq!(
+        f.engine.find_namespace(NamespaceId::random()).await,
+        Err(KvError::NamespaceNotFound)
+    );
     let mut titles: Vec<_> = f
         .engine
         .list_namespaces("acct")

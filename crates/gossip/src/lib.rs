@@ -34,6 +34,8 @@ pub mod keys {
     pub const HTTP: &str = "http";
     /// `http://host:port` of the gRPC service (central).
     pub const GRPC: &str = "grpc";
+    /// `http://host:port` of the workerd KV binding listener (edges that serve one).
+    pub const WORKERD: &str = "workerd";
     /// Central: the highest durable log sequence.
     pub const DURABLE_SEQUENCE: &str = "durable_sequence";
     /// Central: the oldest sequence its log still holds.

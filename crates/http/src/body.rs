@@ -3,13 +3,15 @@
 //! undeclared or lying one is cut off as soon as the limit is passed. Nothing over the limit is
 //! ever buffered.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use driftkv_core::key::parse_metadata;
 use driftkv_core::limits::{MAX_METADATA_BYTES, MAX_VALUE_BYTES, MAX_VALUE_REQUEST_BYTES};
 use driftkv_core::KvError;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 /// Largest `metadata` part read from a multipart body. The 1024-byte limit applies to the
@@ -27,6 +29,71 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Why a capped read ([`read_capped`]) returned no body.
+#[derive(Debug)]
+pub enum Capped {
+    /// The body is longer than the limit: by its `Content-Length` (`declared`), or as it
+    /// streamed in. `rest` is what was not read of it yet (see [`linger`]).
+    TooLarge { declared: Option<u64>, rest: Body },
+    /// The body could not be read.
+    Failed(KvError),
+}
+
+/// Reads a whole body of at most `limit` bytes, as it streams in: a declared length over the
+/// limit is refused before anything is read, and a body that passes the limit while streaming
+/// (chunked, or lying about its length) is refused at the frame that passes it, so no more
+/// than `limit` bytes are ever held.
+pub async fn read_capped(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+) -> Result<Bytes, Capped> {
+    let declared = content_length(headers);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Capped::TooLarge {
+            declared,
+            rest: body,
+        });
+    }
+    // A body of one frame, the usual case, is kept as it is; more are gathered into a buffer
+    // sized by the declared length.
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Capped::Failed(KvError::BadRequest(format!(
+                "could not read the request body: {e}"
+            )))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        len += data.len();
+        if len > limit {
+            return Err(Capped::TooLarge {
+                declared,
+                rest: body,
+            });
+        }
+        if let Some(buffer) = &mut gathered {
+            buffer.extend_from_slice(&data);
+        } else if let Some(previous) = first.take() {
+            let capacity = declared.map_or(len, |n| n as usize).max(len);
+            let mut buffer = BytesMut::with_capacity(capacity);
+            buffer.extend_from_slice(&previous);
+            buffer.extend_from_slice(&data);
+            gathered = Some(buffer);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(match gathered {
+        Some(buffer) => buffer.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
 /// Reads a whole body of at most `limit` bytes; `too_large` builds the error for a bigger one
 /// from its size, when known.
 pub async fn read_limited(
@@ -35,17 +102,33 @@ pub async fn read_limited(
     limit: usize,
     too_large: impl Fn(Option<u64>) -> KvError,
 ) -> Result<Bytes, KvError> {
-    let declared = content_length(headers);
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(declared));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(e) => Err(KvError::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+    read_capped(headers, body, limit)
+        .await
+        .map_err(|capped| match capped {
+            Capped::TooLarge { declared, .. } => too_large(declared),
+            Capped::Failed(e) => e,
+        })
+}
+
+/// How long the rest of a refused body is read and thrown away, at most (nginx's
+/// `lingering_time` has the same default).
+const LINGER: Duration = Duration::from_secs(30);
+
+/// Reads what is left of a refused request body and throws it away, in the background, for up
+/// to [`LINGER`], holding one frame at a time. A client that sends its whole body before it
+/// reads the answer (workerd does) then gets the answer: a server that closed the connection
+/// on unread data would make the kernel reset it, and the client would see a broken
+/// connection instead of the refusal.
+pub fn linger(rest: Body) {
+    tokio::spawn(async move {
+        let mut rest = rest;
+        let drained = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(_)) = rest.frame().await {}
+        });
+        if drained.await.is_err() {
+            tracing::debug!("stopped reading a refused request body after {LINGER:?}");
+        }
+    });
 }
 
 /// Reads and parses a JSON body of at most `limit` bytes.
@@ -142,5 +225,70 @@ fn multipart_error(e: multer::Error) -> KvError {
             value_too_large(None)
         }
         other => KvError::BadRequest(format!("malformed multipart body: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    /// A body streamed in these frames, with no declared length.
+    fn streamed(frames: &[&'static [u8]]) -> Body {
+        let frames: Vec<Result<Bytes, std::io::Error>> =
+            frames.iter().map(|f| Ok(Bytes::from_static(f))).collect();
+        Body::from_stream(futures::stream::iter(frames))
+    }
+
+    fn declaring(len: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        headers
+    }
+
+    #[tokio::test]
+    async fn bodies_within_the_limit_are_read_whole() {
+        let none = HeaderMap::new();
+        let one = Bytes::from_static(b"one frame");
+        let read = read_capped(&none, Body::from(one.clone()), 9).await;
+        let read = read.expect("within the limit");
+        // A single frame is kept as it came, not copied.
+        assert_eq!(read.as_ptr(), one.as_ptr());
+        let read = read_capped(&none, streamed(&[b"ab", b"", b"cd", b"e"]), 5).await;
+        assert_eq!(read.expect("within the limit"), "abcde");
+        let read = read_capped(&declaring(3), streamed(&[b"a", b"bc"]), 3).await;
+        assert_eq!(read.expect("within the limit"), "abc");
+        let empty = read_capped(&none, Body::empty(), 0).await;
+        assert!(empty.expect("empty").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_unread() {
+        let refused = read_capped(&declaring(11), streamed(&[b"0123456789", b"x"]), 10).await;
+        let Err(Capped::TooLarge { declared, rest }) = refused else {
+            panic!("refused from its declared length");
+        };
+        assert_eq!(declared, Some(11));
+        let unread = rest.collect().await.expect("the rest").to_bytes();
+        assert_eq!(unread, "0123456789x");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_refused_at_the_frame_that_passes_the_limit() {
+        let body = streamed(&[b"0123", b"4567", b"89", b"after"]);
+        let Err(Capped::TooLarge { declared, rest }) =
+            read_capped(&HeaderMap::new(), body, 9).await
+        else {
+            panic!("refused as it streamed");
+        };
+        assert_eq!(declared, None);
+        // Reading stopped at the third frame: the fourth is still there.
+        let unread = rest.collect().await.expect("the rest").to_bytes();
+        assert_eq!(unread, "after");
+        let limited = read_limited(&HeaderMap::new(), streamed(&[b"abc"]), 2, |n| {
+            KvError::PayloadTooLarge(format!("{n:?}"))
+        })
+        .await;
+        assert_eq!(limited, Err(KvError::PayloadTooLarge("None".into())));
     }
 }

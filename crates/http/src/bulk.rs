@@ -20,6 +20,7 @@ use driftkv_core::service::put;
 use driftkv_core::time::unix_now_ms;
 use driftkv_core::{KvError, LiveValue, Write, WriteOp, WriteOutcome};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::body::read_json;
@@ -141,19 +142,34 @@ struct BulkGet {
     with_metadata: bool,
 }
 
-/// How bulk-get values are returned.
+/// How bulk-get values are returned (the REST API's and the workerd binding's alike).
 #[derive(Clone, Copy)]
-enum ValueKind {
+pub(crate) enum ValueKind {
     Text,
     Json,
 }
 
 impl ValueKind {
-    fn render(self, key: &str, value: &LiveValue) -> Result<Value, KvError> {
+    /// The kind a request's `type` names: `text` (the default) or `json`.
+    pub(crate) fn parse(kind: Option<&str>) -> Result<Self, KvError> {
+        match kind.unwrap_or("text") {
+            "text" => Ok(ValueKind::Text),
+            "json" => Ok(ValueKind::Json),
+            other => Err(KvError::InvalidParameter(format!(
+                "type must be 'text' or 'json', got {other:?}"
+            ))),
+        }
+    }
+
+    /// `value` (of `key`) as this kind, a piece of JSON: a string (invalid UTF-8 replaced),
+    /// or the stored JSON text as it is (its object keys in their order), once checked.
+    pub(crate) fn render(self, key: &str, value: &LiveValue) -> Result<Box<RawValue>, KvError> {
         match self {
-            ValueKind::Text => Ok(Value::String(
-                String::from_utf8_lossy(&value.value).into_owned(),
-            )),
+            ValueKind::Text => {
+                let text = String::from_utf8_lossy(&value.value);
+                serde_json::value::to_raw_value(&text)
+                    .map_err(|e| KvError::Internal(format!("cannot encode a string: {e}")))
+            }
             ValueKind::Json => serde_json::from_slice(&value.value).map_err(|e| {
                 KvError::InvalidParameter(format!(
                     "the value of key {key:?} is not valid JSON ({e}); request type 'text'"
@@ -178,16 +194,7 @@ pub async fn get(
         }
         .into());
     }
-    let kind = match request.kind.as_deref().unwrap_or("text") {
-        "text" => ValueKind::Text,
-        "json" => ValueKind::Json,
-        other => {
-            return Err(KvError::InvalidParameter(format!(
-                "type must be 'text' or 'json', got {other:?}"
-            ))
-            .into())
-        }
-    };
+    let kind = ValueKind::parse(request.kind.as_deref())?;
     for (index, key) in request.keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
@@ -205,7 +212,8 @@ pub async fn get(
                 }
                 entry
             }
-            Some(value) => kind.render(&key, &value)?,
+            Some(value) => serde_json::to_value(kind.render(&key, &value)?)
+                .map_err(|e| KvError::Internal(format!("cannot take a rendered value: {e}")))?,
         };
         values.insert(key, entry);
     }

@@ -219,6 +219,9 @@ mod tests {
         async fn namespace(&self, _: &str, _: NamespaceId) -> Result<Namespace, KvError> {
             Err(only_reads())
         }
+        async fn find_namespace(&self, _: NamespaceId) -> Result<Namespace, KvError> {
+            Err(only_reads())
+        }
         async fn rename_namespace(
             &self,
             _: &str,

@@ -15,6 +15,7 @@ mod metered;
 mod namespaces;
 mod server;
 mod values;
+mod workerd;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use auth::Auth;
 pub use envelope::ApiError;
 pub use hot_reads::Api;
 pub use server::{serve, ServerOptions};
+pub use workerd::workerd_binding;
 
 /// The service handlers run against.
 type Service = Arc<dyn KvService>;
@@ -162,6 +164,12 @@ fn layered(api: Router, auth: Auth, node: &str, open: Router, tracing: RequestTr
         .route_layer(metered::MeterLayer::new(node))
         .fallback(|| async { ApiError(KvError::RouteNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(KvError::MethodNotAllowed) });
+    with_request_spans(router, tracing)
+}
+
+/// `router` with a span (and, with the access log on, a log line) for every request, as
+/// `tracing` asks.
+fn with_request_spans(router: Router, tracing: RequestTracing) -> Router {
     if !tracing.any() {
         return router;
     }

@@ -46,11 +46,24 @@ async fn write_one(
     write: Write,
     kind: WriteKind,
 ) -> ApiResult {
-    let outcome = service.write(account, id, vec![write]).await?;
-    if let Some(key) = outcome.unsuccessful.into_iter().next() {
-        return Err(KvError::rate_limited(key, kind, outcome.retry_after_ms).into());
-    }
+    write_single(service, account, id, write, kind).await?;
     ok_no_result()
+}
+
+/// Writes one key; a write the per-key rate limit refused is [`KvError::RateLimited`], naming
+/// the operation and when the key takes writes again.
+pub(crate) async fn write_single(
+    service: &Service,
+    account: &str,
+    id: NamespaceId,
+    write: Write,
+    kind: WriteKind,
+) -> Result<(), KvError> {
+    let outcome = service.write(account, id, vec![write]).await?;
+    match outcome.unsuccessful.into_iter().next() {
+        Some(key) => Err(KvError::rate_limited(key, kind, outcome.retry_after_ms)),
+        None => Ok(()),
+    }
 }
 
 /// `GET .../values/{key}?cache_ttl=`: the raw bytes, with an `expiration` header where one is

@@ -1,0 +1,57 @@
+//! An edge's workerd KV binding listener (`[workerd] listen`): the protocol workerd's
+//! `KVNamespace` binding speaks, served beside the REST API (with its tokens, and over HTTPS
+//! when the node has a certificate) and stopped with it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use driftkv_core::KvService;
+use driftkv_http::Auth;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::node::{auth, Process, Shutdown};
+
+/// A binding listener bound to its address, not serving yet.
+pub struct BindingListener {
+    listener: TcpListener,
+    auth: Auth,
+}
+
+impl BindingListener {
+    /// Binds `listen`, with the API's authentication: a non-loopback address without API
+    /// tokens is refused.
+    pub async fn bind(config: &Config, listen: SocketAddr) -> anyhow::Result<Self> {
+        // One line, naming the setting: the refusal alone would not say which listener.
+        let auth = auth(config, listen).map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for the workerd binding on {listen}"))?;
+        Ok(BindingListener { listener, auth })
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves the binding of `service` (its requests counted under the node label `node`)
+    /// until `shutdown`, letting requests in flight finish.
+    pub fn serve(
+        self,
+        service: Arc<dyn KvService>,
+        node: &str,
+        process: &Process,
+        shutdown: Shutdown,
+    ) -> JoinHandle<anyhow::Result<()>> {
+        let router = driftkv_http::workerd_binding(service, self.auth, node, process.tracing);
+        let options = process.server_options();
+        tokio::spawn(async move {
+            driftkv_http::serve(self.listener, router, options, shutdown.wait())
+                .await
+                .context("workerd binding server failed")
+        })
+    }
+}
