@@ -713,22 +713,25 @@ async fn dot_keys_and_oversized_declared_bodies() {
     .await;
 }
 
+const FIRST: &str = "first-token-5f0a7c9e2b4d6f8a1c3e5b7d9f2a";
+const SECOND: &str = "second-token-8e1b3d5f7a9c2e4b6d8f0a1c3e5b";
+
 #[tokio::test]
 async fn tokens_are_required_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start_in(
         tmp.path(),
-        &[("DRIFTKV_API_TOKENS", "first-token,second-token")],
+        &[("DRIFTKV_API_TOKENS", &format!("{FIRST},{SECOND}"))],
     )
     .unwrap();
     let c = client();
     send_err(c.get(server.api()), 401, 10000).await;
     send_err(c.get(server.api()).bearer_auth("wrong"), 403, 10000).await;
-    send_ok(c.get(server.api()).bearer_auth("second-token")).await;
+    send_ok(c.get(server.api()).bearer_auth(SECOND)).await;
     let legacy = c
         .get(server.api())
         .header("X-Auth-Email", "me@example.com")
-        .header("X-Auth-Key", "first-token");
+        .header("X-Auth-Key", FIRST);
     send_ok(legacy).await;
     // Health needs no token.
     assert_eq!(
@@ -739,6 +742,41 @@ async fn tokens_are_required_when_configured() {
             .status(),
         200
     );
+}
+
+/// Tokens that would guard nothing (an empty one, which used to turn authentication off; a
+/// short one; a placeholder from the documentation) stop the node from starting, saying why.
+#[tokio::test]
+async fn weak_tokens_refuse_to_start() {
+    for (tokens, why) in [
+        ("short-token", "bytes long"),
+        ("driftkv-dev-token", "placeholder"),
+        ("replace-me-with-a-long-random-token", "placeholder"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Server::start_in(tmp.path(), &[("DRIFTKV_API_TOKENS", tokens)])
+            .err()
+            .unwrap_or_else(|| panic!("started with {tokens}"));
+        assert!(err.contains(why), "{err}");
+    }
+    // An empty token in the config file (the environment variable drops empty items).
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("node.toml");
+    std::fs::write(&config, "api_tokens = [\"\"]\n").unwrap();
+    let args = [
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ]
+    .map(String::from);
+    let err = Server::launch(&args, tmp.path(), &[], "driftkv dev listening on ")
+        .err()
+        .expect("an empty token must not start a node");
+    assert!(err.contains("is empty"), "{err}");
 }
 
 #[tokio::test]

@@ -21,7 +21,11 @@ use serde_json::{json, Value};
 
 mod common;
 
-const TOKEN: &str = "e2e-token";
+/// The API token the cluster's edges accept (no default exists: the compose file requires one).
+const TOKEN: &str = "e2e-token-9f1c2b7d4e6a8f0c1b3d5e7a9c2e4f6a";
+
+/// The cluster CA the test's TLS material was made with (by deploy/compose/secrets.sh).
+static CLUSTER_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 const ACCOUNT: &str = "e2e";
 const EDGES: usize = 3;
 /// The edge the faults happen to; the writers use the others.
@@ -180,8 +184,10 @@ fn http() -> reqwest::Client {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {TOKEN}").parse().unwrap(),
     );
+    let ca = CLUSTER_CA.get().expect("the TLS material is made first");
     reqwest::Client::builder()
         .default_headers(headers)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -347,9 +353,27 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
         "deploy/build-image.sh",
     );
 
+    // TLS material and gossip key as a user makes them, in a directory of the test's own.
+    let secrets = tempfile::tempdir().unwrap();
+    check(
+        run(
+            &format!("{root}/deploy/compose/secrets.sh"),
+            &[secrets.path().to_str().unwrap()],
+            &[],
+        ),
+        "deploy/compose/secrets.sh",
+    );
+    CLUSTER_CA
+        .set(std::fs::read(secrets.path().join("ca/ca.pem")).unwrap())
+        .unwrap();
+
     let ports: Vec<u16> = (0..EDGES).map(|_| free_port()).collect();
     let mut env = vec![
         ("DRIFTKV_API_TOKENS".to_owned(), TOKEN.to_owned()),
+        (
+            "DRIFTKV_SECRETS".to_owned(),
+            secrets.path().display().to_string(),
+        ),
         // Central stays down when killed, until the test starts it.
         ("DRIFTKV_RESTART".to_owned(), "no".to_owned()),
         ("RUST_LOG".to_owned(), "warn".to_owned()),
@@ -363,7 +387,7 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
         env,
         edges: ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("https://127.0.0.1:{p}"))
             .collect(),
     };
     cluster.compose_ok(&["up", "-d"]);

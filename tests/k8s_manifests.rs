@@ -5,6 +5,8 @@
 //! `DRIFTKV_REQUIRE_K8S_VALIDATE=1`.
 
 use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject as _;
 use std::process::{Command, Output};
 
 const KUBERNETES_VERSION: &str = "1.31.0";
@@ -28,7 +30,9 @@ fn listed(section: &str) -> Vec<PathBuf> {
             continue;
         }
         if let Some(file) = trimmed.strip_prefix("- ").filter(|_| inside) {
-            files.push(k8s_dir().join(file));
+            // `key=path` names a file under another key.
+            let path = file.split_once('=').map_or(file, |(_, path)| path);
+            files.push(k8s_dir().join(path));
         }
     }
     files
@@ -64,10 +68,14 @@ fn validate(files: &[PathBuf]) -> Option<Output> {
 fn the_manifests_are_valid_kubernetes_resources() {
     let resources = listed("resources");
     assert!(
-        resources.len() >= 4,
+        resources.len() >= 3,
         "kustomization.yaml lists {resources:?}"
     );
     for file in resources.iter().chain(&listed("files")) {
+        // The secrets are made by deploy/k8s/secrets.sh (see the test below), not committed.
+        if file.starts_with(k8s_dir().join("secrets")) {
+            continue;
+        }
         assert!(
             file.exists(),
             "kustomization.yaml names a missing file {file:?}"
@@ -148,5 +156,64 @@ fn every_readiness_probe_asks_readyz() {
     assert_eq!(
         readiness_paths("  readinessProbe:\n    httpGet:\n      path: /x\n  livenessProbe:\n    httpGet:\n      path: /y\n"),
         ["/x"]
+    );
+}
+
+/// deploy/k8s/secrets.sh makes every file the kustomization's Secrets are generated from (and
+/// nothing with a known placeholder): a central bundle for central's role, an edge bundle for
+/// the edges', and a random API token.
+#[test]
+fn the_secrets_script_makes_every_file_the_kustomization_needs() {
+    let copy = tempfile::tempdir().unwrap();
+    let k8s = copy.path().join("deploy/k8s");
+    std::fs::create_dir_all(&k8s).unwrap();
+    for entry in std::fs::read_dir(k8s_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), k8s.join(entry.file_name())).unwrap();
+        }
+    }
+    let made = Command::new(k8s.join("secrets.sh"))
+        .env("DRIFTKV", env!("CARGO_BIN_EXE_driftkv"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let text = std::fs::read_to_string(k8s.join("kustomization.yaml")).unwrap();
+    let generated: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- ")?.split_once("=secrets/"))
+        .map(|(_, path)| path)
+        .collect();
+    assert!(generated.len() >= 9, "{generated:?}");
+    for path in generated {
+        assert!(
+            k8s.join("secrets").join(path).is_file(),
+            "{path} was not made"
+        );
+    }
+    let role_of = |bundle: &str| {
+        let pem = std::fs::read(k8s.join("secrets").join(bundle).join("node.pem")).unwrap();
+        let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        driftkv_tls::Role::of(&der)
+    };
+    assert_eq!(role_of("central"), Some(driftkv_tls::Role::Central));
+    assert_eq!(role_of("edge"), Some(driftkv_tls::Role::Edge));
+    let token = std::fs::read_to_string(k8s.join("secrets/api-tokens")).unwrap();
+    assert!(
+        token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    // Run twice, it keeps what it made.
+    let again = Command::new(k8s.join("secrets.sh"))
+        .env("DRIFTKV", env!("CARGO_BIN_EXE_driftkv"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(k8s.join("secrets/api-tokens")).unwrap(),
+        token
     );
 }

@@ -597,7 +597,7 @@ fn nodes_refuse_to_listen_in_the_open() {
         ),
         (
             "edge",
-            vec![("DRIFTKV_CENTRAL__ADDRESS", "http://192.0.2.10:7070")],
+            vec![("DRIFTKV_CENTRAL__ADDRESS", "http://central.invalid:7070")],
             "refusing plain-text gRPC",
         ),
     ];

@@ -1215,7 +1215,7 @@ async fn tokens_guard_the_binding() {
         "{refused}"
     );
 
-    let token = "binding-token";
+    let token = "binding-token-3c5e7a9b1d2f4e6a8c0b2d4f6a8c";
     let server = Server::start_in(tmp.path(), &[("DRIFTKV_API_TOKENS", token)]).expect("starts");
     let http = client();
     let auth = format!("Bearer {token}");

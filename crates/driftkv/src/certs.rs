@@ -1,19 +1,23 @@
 //! `driftkv certs`: the cluster's TLS material and gossip key, made in two commands.
 //!
 //! ```text
-//! driftkv certs init  --dir secrets                                  # ca.pem, ca.key, gossip.key
-//! driftkv certs issue --dir secrets --node central --role central --host central.example.com
-//! driftkv certs issue --dir secrets --node edge-1 --role edge --host edge-1.example.com
+//! driftkv certs init  --dir secrets/ca                               # ca.pem, ca.key, gossip.key
+//! driftkv certs issue --dir secrets/ca --node central --role central --host central.example.com \
+//!                     --out secrets/central                          # a node's bundle
 //! ```
 //!
-//! Every file is written 0600 and never overwritten unless `--force` is given.
+//! A node's bundle is everything it needs and nothing more: `ca.pem`, `node.pem`, `node.key`
+//! and `gossip.key` (the CA's key stays where it was made). Keys are written 0600,
+//! certificates 0644 (they are public: clients need `ca.pem` to trust the cluster); nothing is
+//! overwritten unless `--force` is given. `--owner` hands the files to the user a node runs as
+//! (the container image's 10001), for material made as root for a container to read.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use driftkv_gossip::GossipKey;
-use driftkv_tls::issue::{write_private, Authority, NodeRequest};
+use driftkv_tls::issue::{write_private, write_public, Authority, NodeRequest};
 use driftkv_tls::Role;
 
 /// `driftkv certs ...`
@@ -27,21 +31,32 @@ pub enum CertsCommand {
         /// A name for the cluster, in the CA certificate.
         #[arg(long, default_value = "driftkv")]
         name: String,
-        /// Replace files that exist.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        files: Files,
     },
-    /// Issue a node certificate signed by the CA in --dir: NODE.pem and NODE.key.
+    /// Issue a node certificate signed by the CA in --dir: NODE.pem and NODE.key there, or a
+    /// node's whole bundle in --out.
     Issue(IssueArgs),
+}
+
+/// How files are written.
+#[derive(Args, Debug)]
+pub struct Files {
+    /// Replace files that exist.
+    #[arg(long)]
+    force: bool,
+    /// Give the files (and the directories made for them) to this user, `UID[:GID]`.
+    #[arg(long, value_parser = parse_owner)]
+    owner: Option<(u32, Option<u32>)>,
 }
 
 /// `driftkv certs issue`.
 #[derive(Args, Debug)]
 pub struct IssueArgs {
-    /// The directory holding ca.pem and ca.key; the certificate goes there too.
+    /// The directory holding ca.pem and ca.key (and gossip.key).
     #[arg(long, default_value = "driftkv-secrets")]
     dir: PathBuf,
-    /// The node's name (a DNS name; the file names too).
+    /// The node's name (a DNS name).
     #[arg(long)]
     node: String,
     /// What the certificate lets the node be: central, edge, or client (a tool such as
@@ -57,41 +72,77 @@ pub struct IssueArgs {
     /// Days the certificate stays valid.
     #[arg(long, default_value_t = 365)]
     days: u32,
-    /// Replace files that exist.
+    /// Write the node's bundle here (ca.pem, node.pem, node.key, gossip.key) instead of
+    /// NODE.pem and NODE.key beside the CA.
     #[arg(long)]
-    force: bool,
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    files: Files,
+}
+
+fn parse_owner(text: &str) -> Result<(u32, Option<u32>), String> {
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("{text:?} is not UID or UID:GID"))
+    };
+    match text.split_once(':') {
+        Some((uid, gid)) => Ok((number(uid)?, Some(number(gid)?))),
+        None => Ok((number(text)?, None)),
+    }
 }
 
 /// Runs a `certs` command.
 pub fn run(command: CertsCommand) -> anyhow::Result<()> {
     match command {
-        CertsCommand::Init { dir, name, force } => init(&dir, &name, force),
+        CertsCommand::Init { dir, name, files } => init(&dir, &name, &files),
         CertsCommand::Issue(args) => issue(args),
     }
 }
 
-fn create_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+impl Files {
+    /// Makes `dir` (0700) if missing.
+    fn dir(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        }
+        self.own(dir)
     }
-    Ok(())
+
+    fn private(&self, path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+        write_private(path, contents, self.force)?;
+        self.own(path)
+    }
+
+    fn public(&self, path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+        write_public(path, contents, self.force)?;
+        self.own(path)
+    }
+
+    fn own(&self, path: &Path) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), gid)
+                .with_context(|| format!("cannot give {} to {uid}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
-fn init(dir: &Path, name: &str, force: bool) -> anyhow::Result<()> {
-    create_dir(dir)?;
+fn init(dir: &Path, name: &str, files: &Files) -> anyhow::Result<()> {
+    files.dir(dir)?;
     let ca = Authority::create(name)?;
-    write_private(&dir.join("ca.pem"), ca.cert_pem.as_bytes(), force)?;
-    write_private(&dir.join("ca.key"), ca.key_pem.as_bytes(), force)?;
+    files.public(&dir.join("ca.pem"), ca.cert_pem.as_bytes())?;
+    files.private(&dir.join("ca.key"), ca.key_pem.as_bytes())?;
     let key = format!(
         "# driftkv gossip keys: the first seals, any opens (add a new one, put it first\n\
          # everywhere, then remove the old one to rotate)\n{}\n",
         GossipKey::generate().to_base64()
     );
-    write_private(&dir.join("gossip.key"), key.as_bytes(), force)?;
+    files.private(&dir.join("gossip.key"), key.as_bytes())?;
     println!(
         "wrote {0}/ca.pem, {0}/ca.key (keep it off the nodes) and {0}/gossip.key",
         dir.display()
@@ -118,16 +169,99 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
         loopback: !args.no_loopback,
         days: args.days,
     })?;
-    let cert = args.dir.join(format!("{}.pem", args.node));
-    let key = args.dir.join(format!("{}.key", args.node));
-    write_private(&cert, issued.cert_pem.as_bytes(), args.force)?;
-    write_private(&key, issued.key_pem.as_bytes(), args.force)?;
+    let files = &args.files;
+    let (cert, key) = match &args.out {
+        None => (
+            args.dir.join(format!("{}.pem", args.node)),
+            args.dir.join(format!("{}.key", args.node)),
+        ),
+        Some(out) => {
+            files.dir(out)?;
+            files.public(&out.join("ca.pem"), ca.cert_pem.as_bytes())?;
+            let gossip = args.dir.join("gossip.key");
+            let gossip = std::fs::read(&gossip)
+                .with_context(|| format!("cannot read {}", gossip.display()))?;
+            files.private(&out.join("gossip.key"), &gossip)?;
+            (out.join("node.pem"), out.join("node.key"))
+        }
+    };
+    files.public(&cert, issued.cert_pem.as_bytes())?;
+    files.private(&key, issued.key_pem.as_bytes())?;
     println!(
-        "wrote {} and {} ({} certificate, valid {} days)",
+        "wrote {} and {} ({} certificate for {}, valid {} days)",
         cert.display(),
         key.display(),
         args.role.name(),
+        args.node,
         args.days
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_parse_as_uid_or_uid_and_gid() {
+        assert_eq!(parse_owner("10001"), Ok((10001, None)));
+        assert_eq!(parse_owner("10001:20"), Ok((10001, Some(20))));
+        assert!(parse_owner("app").is_err());
+        assert!(parse_owner("1:x").is_err());
+    }
+
+    #[test]
+    fn a_bundle_holds_what_a_node_needs_and_not_the_ca_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        let keep = Files {
+            force: false,
+            owner: None,
+        };
+        init(&ca, "t", &keep).unwrap();
+        let out = dir.path().join("edge-1");
+        issue(IssueArgs {
+            dir: ca.clone(),
+            node: "edge-1".into(),
+            role: Role::Edge,
+            hosts: vec!["edge-1.example.com".into()],
+            no_loopback: false,
+            days: 30,
+            out: Some(out.clone()),
+            files: keep,
+        })
+        .unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca.pem", "gossip.key", "node.key", "node.pem"]);
+        driftkv_tls::ClusterIdentity::load(
+            &out.join("ca.pem"),
+            &out.join("node.pem"),
+            &out.join("node.key"),
+            Role::Edge,
+        )
+        .unwrap();
+        assert_eq!(
+            GossipKey::load_file(&out.join("gossip.key")).unwrap(),
+            GossipKey::load_file(&ca.join("gossip.key")).unwrap()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |name: &str| {
+                std::fs::metadata(out.join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777
+            };
+            assert_eq!(
+                (mode("node.key"), mode("gossip.key"), mode("node.pem")),
+                (0o600, 0o600, 0o644)
+            );
+        }
+    }
 }

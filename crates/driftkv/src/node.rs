@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::binding::BindingListener;
 use crate::config::Config;
 use crate::membership::{self, Role};
-use crate::security::Security;
+use crate::security::{self, Security};
 use crate::{admin, ops};
 use driftkv_gossip::{keys, Gossip};
 
@@ -52,8 +52,10 @@ impl Shutdown {
     }
 }
 
-/// The API's authentication, refusing to serve a non-loopback address without tokens.
+/// The API's authentication, refusing to serve a non-loopback address without tokens, and
+/// tokens that guard nothing (see [`security::check_tokens`]).
 pub fn auth(config: &Config, listen: SocketAddr) -> anyhow::Result<Auth> {
+    security::check_tokens(&config.api_tokens)?;
     if config.api_tokens.is_empty() {
         anyhow::ensure!(
             listen.ip().is_loopback(),

@@ -37,6 +37,7 @@ pub enum Runs {
 impl Security {
     /// Loads what the configuration names, checking it fits the role.
     pub fn load(config: &Config, runs: Runs) -> anyhow::Result<Security> {
+        check_listeners(config, runs)?;
         let role = match runs {
             Runs::Central => Some(Role::Central),
             Runs::Edge => Some(Role::Edge),
@@ -62,26 +63,30 @@ impl Security {
         } else {
             GossipKey::load_file(&config.gossip.keys_file)?
         };
-        let security = Security {
+        Ok(Security {
             cluster,
             https,
             gossip_keys,
-        };
-        security.check(config, runs)?;
-        Ok(security)
+        })
     }
+}
 
-    /// Refuses listeners beyond loopback that are not encrypted and authenticated (the HTTP
-    /// listener's tokens are checked where its authentication is built, `node::auth`).
-    fn check(&self, config: &Config, runs: Runs) -> anyhow::Result<()> {
+/// Refuses listeners beyond loopback that the configuration leaves unencrypted or
+/// unauthenticated (the HTTP listeners' tokens are checked where their authentication is
+/// built, `node::auth`). Checked before any material is loaded, so that a node never starts
+/// half open.
+pub fn check_listeners(config: &Config, runs: Runs) -> anyhow::Result<()> {
+    let https = !config.https.cert.as_os_str().is_empty();
+    let keyed = !config.gossip.keys_file.as_os_str().is_empty();
+    {
         let http = config.listen;
         anyhow::ensure!(
-            http.ip().is_loopback() || self.https.is_some(),
+            http.ip().is_loopback() || https,
             "refusing to serve HTTP on {http} in plain text: set https.cert and https.key (`driftkv certs issue` makes them), or listen on a loopback address"
         );
         if let Some(binding) = config.workerd.listen.filter(|_| runs != Runs::Central) {
             anyhow::ensure!(
-                binding.ip().is_loopback() || self.https.is_some(),
+                binding.ip().is_loopback() || https,
                 "refusing to serve the workerd binding on {binding} in plain text: set https.cert and https.key, or set workerd.listen to a loopback address (or empty)"
             );
         }
@@ -91,20 +96,61 @@ impl Security {
         }
         refuse_open(
             config.gossip.listen,
-            !self.gossip_keys.is_empty(),
+            keyed,
             "gossip",
             "gossip.keys_file (`driftkv certs init` writes one)",
         )?;
         if runs == Runs::Central {
             refuse_open(
                 config.grpc.listen,
-                self.cluster.is_some(),
+                config.tls.configured(),
                 "gRPC",
                 "tls.ca, tls.cert and tls.key (`driftkv certs` makes them)",
             )?;
         }
         Ok(())
     }
+}
+
+/// Shortest API token accepted: 32 bytes, as from `head -c 32 /dev/urandom | base64`.
+const MIN_TOKEN_BYTES: usize = 32;
+
+/// Tokens shipped in documentation and example files (this project's and earlier versions'):
+/// anyone can read them, so they protect nothing.
+const PLACEHOLDER_TOKENS: [&str; 5] = [
+    "driftkv-dev-token",
+    "replace-me-with-a-long-random-token",
+    "change-me",
+    "changeme",
+    "your-token-here",
+];
+
+/// Refuses API tokens that would leave the API open or guessable: empty ones (which match
+/// nothing, so a list of only those would have turned authentication off), short ones, and
+/// documented placeholders.
+pub fn check_tokens(tokens: &[String]) -> anyhow::Result<()> {
+    for (index, token) in tokens.iter().enumerate() {
+        let token = token.trim();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "API token {} is empty: remove it, or set a random token of at least {MIN_TOKEN_BYTES} bytes",
+            index + 1
+        );
+        anyhow::ensure!(
+            !PLACEHOLDER_TOKENS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(token)),
+            "API token {} is a placeholder from the documentation: set a random token of at least {MIN_TOKEN_BYTES} bytes (head -c 32 /dev/urandom | base64)",
+            index + 1
+        );
+        anyhow::ensure!(
+            token.len() >= MIN_TOKEN_BYTES,
+            "API token {} is {} bytes long: tokens must have at least {MIN_TOKEN_BYTES} (head -c 32 /dev/urandom | base64)",
+            index + 1,
+            token.len()
+        );
+    }
+    Ok(())
 }
 
 /// An error unless `listen` is loopback or `secured`.
@@ -125,38 +171,87 @@ mod tests {
     }
 
     #[test]
+    fn tokens_that_guard_nothing_are_refused() {
+        let ok = "k7VhL2pQ9xZb4MnR8sTw1YcE6uJ3aFgD".to_owned();
+        check_tokens(std::slice::from_ref(&ok)).unwrap();
+        check_tokens(&[]).unwrap();
+        for (bad, why) in [
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("short", "bytes long"),
+            ("replace-me-with-a-long-random-token", "placeholder"),
+            ("DRIFTKV-DEV-TOKEN", "placeholder"),
+        ] {
+            let refused = check_tokens(&[ok.clone(), bad.to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains("API token 2") && refused.contains(why),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn open_listeners_beyond_loopback_are_refused_with_what_to_set() {
-        let none = Security::default();
         let config = Config {
             listen: at("0.0.0.0:8787"),
             ..Config::default()
         };
         for runs in [Runs::Edge, Runs::Dev, Runs::Central] {
-            let refused = none.check(&config, runs).unwrap_err().to_string();
+            let refused = check_listeners(&config, runs).unwrap_err().to_string();
             assert!(refused.contains("https.cert"), "{refused}");
         }
 
         let mut config = Config::default();
         config.gossip.listen = at("10.0.0.1:7946");
-        let refused = none.check(&config, Runs::Edge).unwrap_err().to_string();
+        let refused = check_listeners(&config, Runs::Edge)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("gossip.keys_file"), "{refused}");
-        let keyed = Security {
-            gossip_keys: vec![GossipKey::generate()],
-            ..Security::default()
-        };
-        keyed.check(&config, Runs::Edge).unwrap();
+        config.gossip.keys_file = "gossip.key".into();
+        check_listeners(&config, Runs::Edge).unwrap();
 
         let mut config = Config::default();
         config.grpc.listen = at("0.0.0.0:7070");
-        let refused = none.check(&config, Runs::Central).unwrap_err().to_string();
+        let refused = check_listeners(&config, Runs::Central)
+            .unwrap_err()
+            .to_string();
         assert!(
             refused.contains("tls.ca, tls.cert and tls.key"),
             "{refused}"
         );
         // An edge does not serve gRPC.
-        none.check(&config, Runs::Edge).unwrap();
+        check_listeners(&config, Runs::Edge).unwrap();
         // Everything on loopback needs nothing.
-        none.check(&Config::default(), Runs::Central).unwrap();
-        none.check(&Config::default(), Runs::Dev).unwrap();
+        check_listeners(&Config::default(), Runs::Central).unwrap();
+        check_listeners(&Config::default(), Runs::Dev).unwrap();
+    }
+
+    /// Every example deployment is secure by default: it passes the start-up checks.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn the_example_deployments_pass_the_checks() {
+        figment::Jail::expect_with(|_| {
+            for (file, runs) in [
+                ("central.toml", Runs::Central),
+                ("edge.toml", Runs::Edge),
+                ("compose/central.toml", Runs::Central),
+                ("compose/edge-1.toml", Runs::Edge),
+                ("compose/edge-2.toml", Runs::Edge),
+                ("compose/edge-3.toml", Runs::Edge),
+                ("k8s/central.toml", Runs::Central),
+                ("k8s/edge.toml", Runs::Edge),
+            ] {
+                let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+                let config = Config::load(
+                    Some(std::path::Path::new(&path)),
+                    crate::config::Overrides::default(),
+                )
+                .unwrap();
+                check_listeners(&config, runs).unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
+            Ok(())
+        });
     }
 }

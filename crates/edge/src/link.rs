@@ -241,9 +241,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{address}: {e}"));
         }
         for address in [
-            "http://10.0.0.5:7070",
+            "http://central.invalid:7070",
             "http://central:7070",
-            "https://192.0.2.1:7070",
+            "https://edge.invalid:7070",
         ] {
             let refused = link.set_address(address).unwrap_err();
             assert!(

@@ -115,7 +115,8 @@ impl Authority {
             names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
         }
         names.extend(request.hosts.iter().cloned());
-        names.dedup();
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|name| seen.insert(name.clone()));
         if let Some(reserved) = names[1..]
             .iter()
             .find(|n| Role::ALL.iter().any(|r| r.identity() == n.as_str()))
@@ -154,6 +155,16 @@ impl Authority {
 /// Writes `contents` to a new file only its owner can read and write (0600). An existing file
 /// is an error unless `overwrite`: key material is not replaced by accident.
 pub fn write_private(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), TlsError> {
+    write_file(path, contents, 0o600, overwrite)
+}
+
+/// Writes a certificate: public, so readable by all (0644) — clients need the CA certificate
+/// to trust the cluster's — but never replaced by accident either.
+pub fn write_public(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), TlsError> {
+    write_file(path, contents, 0o644, overwrite)
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), TlsError> {
     let failed = |source| TlsError::Io {
         path: path.display().to_string(),
         source,
@@ -168,14 +179,16 @@ pub fn write_private(path: &Path, contents: &[u8], overwrite: bool) -> Result<()
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+        options.mode(mode);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut file = options.open(path).map_err(failed)?;
-    // An existing file keeps its mode when opened; tighten it.
+    // An existing file keeps its mode when opened; set it.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(failed)?;
     }
     file.write_all(contents).map_err(failed)?;
