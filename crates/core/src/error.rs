@@ -81,6 +81,10 @@ pub enum KvError {
     /// The key was written more often than the per-key write limit allows (429).
     #[error("KV PUT failed: 429 Too Many Requests: key {0:?} is written more than once per second; try again later")]
     RateLimited(String),
+    /// The request conflicts with work the node is doing or with its state: another testbed
+    /// experiment is running, or the cluster lacks what it needs (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Another node (the write region) could not be reached in time (503).
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -132,6 +136,7 @@ impl KvError {
             KvError::InvalidIdentifier(_) => 7003,
             KvError::BulkItem { source, .. } => source.code(),
             KvError::Unavailable(_) => 10050,
+            KvError::Conflict(_) => 10051,
             KvError::RateLimited(_) => 10049,
             KvError::Remote { code, .. } => *code,
         }
@@ -144,7 +149,7 @@ impl KvError {
             KvError::Forbidden(_) => 403,
             KvError::KeyNotFound | KvError::NamespaceNotFound | KvError::RouteNotFound => 404,
             KvError::MethodNotAllowed => 405,
-            KvError::TitleTaken => 409,
+            KvError::TitleTaken | KvError::Conflict(_) => 409,
             KvError::KeyTooLong { .. } => 414,
             KvError::ValueTooLarge { .. }
             | KvError::MetadataTooLarge { .. }

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod config;
+mod experiments;
 mod membership;
 mod node;
 mod ops;

@@ -83,6 +83,10 @@ pub async fn run_dev(config: Config, edges: usize) -> anyhow::Result<()> {
         };
         announce(&line)?;
     }
+    announce(&format!(
+        "driftkv dev console on http://{}/ui",
+        nodes[0].http_addr
+    ))?;
     signal().await;
     trigger.fire();
     for node in nodes {
@@ -106,7 +110,7 @@ pub async fn run_central(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(http) = central.http_addr {
-        tracing::info!("central serves /healthz and /cluster on http://{http}");
+        tracing::info!("central serves /healthz, /cluster and the console (/ui) on http://{http}");
     }
     announce(&format!(
         "driftkv central listening on http://{}",
