@@ -18,17 +18,19 @@ const state = {
   config: { role: 'edge', node_id: '', default_account: 'dev' },
   /** The running page's clean-up (stops its timers). */
   leave: null,
+  /** The account chosen in this tab (null: not yet). */
+  account: null,
   /** When a write last failed with 10050, in ms. */
   unavailableAt: 0,
 };
 
-/** The account the console works on. */
+/** The account the console works on: the URL's, else the tab's last, else the default. */
 export function account() {
-  const fromUrl = new URLSearchParams(location.search).get('account');
-  return fromUrl || sessionStorage.getItem(ACCOUNT_KEY) || state.config.default_account;
+  return state.account || sessionStorage.getItem(ACCOUNT_KEY) || state.config.default_account;
 }
 
 function setAccount(value) {
+  state.account = value;
   sessionStorage.setItem(ACCOUNT_KEY, value);
   const recent = JSON.parse(localStorage.getItem(RECENT_KEY) || '[]').filter((a) => a !== value);
   recent.unshift(value);
@@ -54,6 +56,8 @@ export function go(url) {
 }
 
 function route() {
+  const fromUrl = new URLSearchParams(location.search).get('account');
+  if (fromUrl && fromUrl !== state.account) setAccount(fromUrl);
   if (state.leave) state.leave();
   state.leave = null;
   const path = location.pathname.replace(/\/+$/, '') || '/ui';
@@ -183,6 +187,7 @@ async function start() {
     if (!value) return;
     setAccount(value);
     go(link('/ui'));
+    document.getElementById('main').focus({ preventScroll: true });
   });
   document.getElementById('token-button').addEventListener('click', () => askToken('Set the bearer token this tab sends to the API (leave it empty on a tokenless loopback server).'));
   window.addEventListener('driftkv:auth', (event) => {
@@ -193,8 +198,6 @@ async function start() {
     state.unavailableAt = Date.now();
     watchCentral();
   });
-  const fromUrl = new URLSearchParams(location.search).get('account');
-  if (fromUrl) setAccount(fromUrl);
   showTokenState();
   route();
   watchCentral();

@@ -21,6 +21,12 @@ function remember(members, now) {
   }
 }
 
+/** The chart's time range: the samples so far (at least 20 s), up to five minutes. */
+function span(samples, now) {
+  const oldest = samples.length ? samples[0][0] : now;
+  return Math.min(SPAN, Math.max(20000, now - oldest));
+}
+
 function number(value) {
   return typeof value === 'number' ? value.toLocaleString() : '—';
 }
@@ -64,29 +70,31 @@ export function clusterPage(main, config) {
     const live = edges.filter((m) => m.status === 'live').length;
     const central = members.find((m) => m.role === 'central');
     replace(summary,
-      `${edges.length} edges (${live} live) · central `,
+      `${edges.length} edge${edges.length === 1 ? '' : 's'} (${live} live) · central `,
       central ? h('span', { class: `status ${central.status}` }, central.status) : h('span', { class: 'status dead' }, 'unknown'),
       ` · central durable sequence ${number(view.central_durable_sequence)}`);
     replace(table, h('table', { class: 'grid cluster', id: 'cluster-table' },
       h('thead', {}, h('tr', {},
-        ['Node', 'Role', 'Region', 'Status', 'Applied seq', 'Lag (entries)', 'Lag (ms)', 'Lag, last 5 min', 'Address']
+        ['Node', 'Role', 'Region', 'Status', 'Sequence', 'Lag (entries)', 'Lag (ms)', 'Lag over time', 'Address']
           .map((label, i) => h('th', { scope: 'col', class: i >= 8 ? 'wide-only' : null }, label)))),
       h('tbody', {}, members.map((m) => {
         const samples = history.get(m.node_id) || [];
         const chart = m.role === 'edge'
           ? lineChart(samples.map(([t, entries]) => [t, entries]), {
-            now, span: SPAN, label: `Lag of edge ${m.node_id} in entries over the last 5 minutes; now ${number(m.lag_entries)}, highest ${number(Math.max(0, ...samples.map(([, e]) => e)))}`,
+            now, span: span(samples, now), label: `Lag of edge ${m.node_id} in entries over the last ${Math.round(span(samples, now) / 1000)} s; now ${number(m.lag_entries)}, highest ${number(Math.max(0, ...samples.map(([, e]) => e)))}`,
           })
           : null;
+        const edge = m.role === 'edge';
+        // data-label names each value where a phone shows the row as a card.
         return h('tr', { 'data-node': m.node_id, 'data-role': m.role || '' },
-          h('td', {}, m.node_id),
-          h('td', {}, m.role || '?'),
-          h('td', {}, m.region || '—'),
-          h('td', {}, h('span', { class: `status ${m.status}` }, m.status)),
-          h('td', { class: 'num' }, m.role === 'central' ? number(m.durable_sequence) : number(m.applied_sequence)),
-          h('td', { class: 'num' }, m.role === 'edge' ? number(m.lag_entries) : ''),
-          h('td', { class: 'num' }, m.role === 'edge' ? number(m.lag_ms) : ''),
-          h('td', { class: 'chart' }, chart),
+          h('td', { 'data-label': 'Node' }, m.node_id),
+          h('td', { 'data-label': 'Role' }, m.role || '?'),
+          h('td', { 'data-label': 'Region' }, m.region || '—'),
+          h('td', { 'data-label': 'Status' }, h('span', { class: `status ${m.status}` }, m.status)),
+          h('td', { class: 'num', 'data-label': edge ? 'Applied seq' : 'Durable seq' }, edge ? number(m.applied_sequence) : number(m.durable_sequence)),
+          h('td', { class: 'num', 'data-label': 'Lag (entries)' }, edge ? number(m.lag_entries) : ''),
+          h('td', { class: 'num', 'data-label': 'Lag (ms)' }, edge ? number(m.lag_ms) : ''),
+          h('td', { class: 'chart', 'data-label': edge ? 'Lag over time' : '' }, chart),
           h('td', { class: 'wide-only' }, h('code', {}, m.http || m.grpc || m.gossip || '')));
       }))));
   }

@@ -36,14 +36,16 @@ export function replace(element, ...children) {
   return element;
 }
 
-/** A short message in the corner: `kind` is 'ok' or 'error'. Errors stay until dismissed. */
+/** A short message in the corner: `kind` is 'ok' or 'error'. Errors stay longer; only the
+ * newest few are kept, so that they do not pile up over the page. */
 export function toast(message, kind = 'ok') {
   const box = document.getElementById('toasts');
   const item = h('div', { class: `toast ${kind}`, role: kind === 'error' ? 'alert' : 'status' },
     h('span', {}, message),
     h('button', { type: 'button', class: 'close', 'aria-label': 'Dismiss', onclick: () => item.remove() }, '×'));
   box.append(item);
-  if (kind !== 'error') setTimeout(() => item.remove(), 4000);
+  while (box.children.length > 3) box.firstElementChild.remove();
+  setTimeout(() => item.remove(), kind === 'error' ? 12000 : 4000);
   return item;
 }
 

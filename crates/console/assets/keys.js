@@ -17,11 +17,14 @@ export function keysPage(main, account, namespace) {
     limit: PAGE_SIZES.includes(Number(params.get('limit'))) ? Number(params.get('limit')) : 100,
     // cursors[i] is the cursor that fetches page i; page 0 needs none.
     cursors: [''],
+    // counts[i]: how many keys page i showed (pages may be short).
+    counts: [],
     page: 0,
     next: '',
     keys: [],
     selected: new Set(),
     open: null,
+    loading: 0,
   };
   const title = h('h1', { id: 'ns-heading' }, 'Namespace');
   const search = h('input', { id: 'key-prefix', type: 'search', placeholder: 'key prefix, e.g. user:', autocomplete: 'off', spellcheck: 'false', 'aria-label': 'Key prefix' });
@@ -75,8 +78,12 @@ export function keysPage(main, account, namespace) {
     const query = new URLSearchParams({ limit: state.limit });
     if (state.prefix) query.set('prefix', state.prefix);
     if (state.cursors[state.page]) query.set('cursor', state.cursors[state.page]);
+    // Only the newest request's answer is shown: an older one may arrive after it.
+    state.loading += 1;
+    const mine = state.loading;
     try {
       const { result, result_info: info } = await call('GET', `${namespacesPath(account, namespace, 'keys')}?${query}`);
+      if (mine !== state.loading) return;
       state.keys = result;
       state.next = (info && info.cursor) || '';
       render();
@@ -113,10 +120,11 @@ export function keysPage(main, account, namespace) {
           h('th', { scope: 'col', class: 'wide-only' }, 'Metadata'))),
         h('tbody', {}, state.keys.map(row))));
     }
-    const first = state.page * state.limit;
+    state.counts[state.page] = state.keys.length;
+    const before = state.counts.slice(0, state.page).reduce((a, b) => a + b, 0);
     replace(pager,
       h('button', { type: 'button', id: 'keys-prev', disabled: state.page === 0, onclick: () => turn(-1) }, '← Previous'),
-      h('span', { class: 'muted', id: 'keys-page' }, `Page ${state.page + 1} · ${state.keys.length} keys${state.keys.length ? ` (${first + 1}–${first + state.keys.length} at this page size)` : ''}${state.next ? '' : ' · last page'}`),
+      h('span', { class: 'muted', id: 'keys-page' }, `Page ${state.page + 1} · ${state.keys.length ? `keys ${before + 1}–${before + state.keys.length}` : 'no keys'}${state.next ? '' : ' · last page'}`),
       h('button', { type: 'button', id: 'keys-next', disabled: !state.next, onclick: () => turn(1) }, 'Next →'));
     showSelection();
     markOpen();
@@ -176,8 +184,11 @@ export function keysPage(main, account, namespace) {
     load();
   }
 
+  /** Starts the listing again from its first page, with the prefix in the search field. */
   function restart() {
+    state.prefix = search.value;
     state.cursors = [''];
+    state.counts = [];
     state.page = 0;
     state.selected.clear();
     const query = new URLSearchParams(location.search);
@@ -190,8 +201,16 @@ export function keysPage(main, account, namespace) {
 
   main.querySelector('#key-search').addEventListener('submit', (event) => {
     event.preventDefault();
-    state.prefix = search.value;
+    clearTimeout(typing);
     restart();
+  });
+  // The list follows the prefix as it is typed, once typing pauses.
+  let typing = null;
+  search.addEventListener('input', () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      if (search.value !== state.prefix) restart();
+    }, 300);
   });
   size.addEventListener('change', () => {
     state.limit = Number(size.value);

@@ -101,8 +101,8 @@ export function testbedPage(main) {
     const keys = h('input', { id: 'exp-keys', type: 'number', min: 1, max: 200, value: 50, required: true });
     const offset = h('input', { id: 'exp-offset', type: 'number', min: 100, max: 10000, step: 100, value: 2000, required: true });
     const pattern = h('select', { id: 'exp-pattern' },
-      h('option', { value: 'never-read' }, 'never read before the write (replication lag)'),
-      h('option', { value: 'read-before' }, 'read before the write (cached absence, up to cacheTtl)'));
+      h('option', { value: 'never-read' }, 'never read before (replication lag)'),
+      h('option', { value: 'read-before' }, 'read before (cached absence)'));
     const ttl = h('input', { id: 'exp-ttl', type: 'number', min: 1, placeholder: 'node default' });
     const run = h('button', { type: 'submit', class: 'primary', id: 'exp-run' }, 'Run experiment');
     const experiment = h('form', { class: 'card', id: 'experiment-form' },
