@@ -72,6 +72,28 @@ impl WebDriverCompatibleCommand for Cdp {
     }
 }
 
+/// The browser's console messages since the last call (chromedriver's `se/log`): CSP
+/// violations and script errors show there.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
+    }
+}
+
 impl Browser {
     /// Starts chromedriver and a browser session, or says why it cannot and returns `None`
     /// (a failure when `DRIFTKV_REQUIRE_BROWSER=1`).
@@ -112,6 +134,7 @@ impl Browser {
         let profile = tempfile::tempdir().expect("tempdir");
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
@@ -271,6 +294,26 @@ impl Browser {
             .await;
         self.cdp("Emulation.setEmulatedMedia", json!({ "features": [] }))
             .await;
+    }
+
+    /// Fails the test if the page logged an error: a resource the Content-Security-Policy
+    /// refused, or a script that threw. (API calls the test made fail on purpose are logged as
+    /// failed loads with their status; those are allowed.)
+    async fn assert_no_page_errors(&self) {
+        let log = self
+            .client
+            .issue_cmd(BrowserLog)
+            .await
+            .expect("browser log");
+        let errors: Vec<String> = log
+            .as_array()
+            .expect("log entries")
+            .iter()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .filter(|message| !message.contains("the server responded with a status of"))
+            .collect();
+        assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
     }
 
     async fn close(mut self) {
@@ -437,6 +480,25 @@ async fn the_console_manages_namespaces_and_keys_and_shows_the_cluster() {
     assert_eq!(
         value(&http, &edge, &ns, "blob.bin").await.as_deref(),
         Some(&bytes[..])
+    );
+    let downloads = tempfile::tempdir().unwrap();
+    browser
+        .cdp(
+            "Browser.setDownloadBehavior",
+            json!({ "behavior": "allow", "downloadPath": downloads.path() }),
+        )
+        .await;
+    browser.click("#value-download").await;
+    let saved = downloads.path().join("blob.bin");
+    common::wait_for(DEADLINE, "the download", || {
+        let saved = saved.clone();
+        async move { std::fs::read(&saved).ok().filter(|b| b.len() == 300) }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        bytes,
+        "downloaded as stored"
     );
     assert_eq!(
         browser.listed().await,
@@ -652,8 +714,9 @@ async fn the_console_manages_namespaces_and_keys_and_shows_the_cluster() {
     browser.text("article.run .run-summary", "all edges").await;
     browser.screenshots("testbed").await;
 
-    // No cookie was needed; nothing left in the tab beyond its session storage.
+    // No cookie was needed; nothing the policy refused, no script error, all along.
     assert_eq!(browser.js("return document.cookie").await, "");
+    browser.assert_no_page_errors().await;
     browser.close().await;
 }
 
@@ -810,6 +873,7 @@ async fn a_stopped_central_raises_the_banner_and_writes_show_10050() {
     browser.click("#edit-save").await;
     browser.text("#edit-status", "code 10050, HTTP 503").await;
     browser.text("#central-banner", "10050").await;
+    browser.assert_no_page_errors().await;
     browser.close().await;
 }
 

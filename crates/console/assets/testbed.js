@@ -109,7 +109,7 @@ export function testbedPage(main) {
       h('h2', {}, 'Run a visibility experiment'),
       h('div', { class: 'grid-form' },
         field('Keys (1–200)', keys),
-        field('Read up to (ms after the write, 100–10000)', offset),
+        field('Latest read, ms after the write (100–10000)', offset),
         field('Read pattern', pattern),
         field('cacheTtl (s)', ttl, 'At least the edges’ cache.min_ttl_secs.')),
       h('div', { class: 'actions' }, run));
