@@ -676,9 +676,9 @@ async fn the_console_manages_namespaces_and_keys_and_shows_the_cluster() {
     browser.click("nav.pages a[data-nav=cluster]").await;
     browser
         .until(
-            "both edges live, with charts",
+            "both edges live, with a line in their charts",
             "const rows = [...document.querySelectorAll('#cluster-table tr[data-role=edge]')]; \
-             return rows.length === 2 && rows.every(r => r.textContent.includes('live') && r.querySelector('svg.spark'));",
+             return rows.length === 2 && rows.every(r => r.textContent.includes('live') && r.querySelector('svg.spark path'));",
         )
         .await;
     browser

@@ -6,7 +6,7 @@ import { json, setToken, token } from './api.js';
 import { h, openDialog, replace, toast } from './dom.js';
 import { namespacesPage } from './namespaces.js';
 import { keysPage } from './keys.js';
-import { clusterPage } from './cluster.js';
+import { clusterPage, remember } from './cluster.js';
 import { testbedPage } from './testbed.js';
 
 const ACCOUNT_KEY = 'driftkv.account';
@@ -154,6 +154,7 @@ async function watchCentral() {
   }
   try {
     const view = await json('GET', '/cluster', undefined, { quiet: true });
+    remember(view.members || [], Date.now());
     const central = (view.members || []).filter((m) => m.role === 'central');
     if (central.length === 0) reasons.push('gossip knows no central');
     else if (!central.some((m) => m.status === 'live')) reasons.push(`gossip sees central ${central[0].status}`);

@@ -8,10 +8,12 @@ import { h, replace, showError } from './dom.js';
 const EVERY = 2000;
 const SPAN = 5 * 60 * 1000;
 
-/** Lag samples per edge, kept across visits to the page while the tab lives. */
+/** Lag samples per edge, kept while the tab lives: the console's background check of
+ * central feeds it too, so a chart has history from when the console was opened. */
 const history = new Map();
 
-function remember(members, now) {
+/** Records each edge's lag from a `/cluster` view taken at `now`. */
+export function remember(members, now) {
   for (const m of members) {
     if (m.role !== 'edge' || typeof m.lag_entries !== 'number') continue;
     const samples = history.get(m.node_id) || [];

@@ -50,8 +50,9 @@ export function hexDump(bytes, limit = HEX_LIMIT) {
 }
 
 /**
- * Shows key `name` in `panel`. `ctx` is {account, namespace, changed()}; `changed` is called
- * after an edit or delete so the list can reload.
+ * Shows key `name` in `panel`. `ctx` is {account, namespace, changed(name?), closed()}:
+ * `changed` is called after a write or delete so that the list reloads, `closed` when the
+ * panel empties.
  */
 export async function showKey(panel, ctx, name) {
   replace(panel, h('p', { class: 'muted' }, 'Loading ', h('code', {}, name), '…'));
@@ -111,6 +112,7 @@ export async function showKey(panel, ctx, name) {
             await call('DELETE', keyPath(ctx, 'values', name));
             toast(`Deleted “${name}”`);
             replace(panel);
+            ctx.closed();
             ctx.changed();
           } catch (error) {
             showError(error);
