@@ -500,6 +500,7 @@ async fn the_console_manages_namespaces_and_keys_and_shows_the_cluster() {
         bytes,
         "downloaded as stored"
     );
+    browser.screenshots("key-binary").await;
     assert_eq!(
         browser.listed().await,
         ["blob.bin", "greeting", "user:1"],
@@ -511,6 +512,7 @@ async fn the_console_manages_namespaces_and_keys_and_shows_the_cluster() {
     browser.text("#key-title", "greeting").await;
     browser.click("#value-edit").await;
     browser.fill("#edit-value", "hello again").await;
+    browser.screenshots("key-editor").await;
     browser.click("#edit-save").await;
     browser.text("#value-view", "hello again").await;
     assert_eq!(
