@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 struct Browser {
     client: Client,
     driver: Child,
+    /// chromedriver's port and the session's id, to end the session if the test fails.
+    port: u16,
+    session: String,
     _profile: tempfile::TempDir,
 }
 
@@ -113,7 +118,7 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(driver)
+        let mut child = Command::new(driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -128,7 +133,11 @@ impl Browser {
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            assert!(Instant::now() < deadline, "chromedriver never answered");
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("chromedriver never answered");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let profile = tempfile::tempdir().expect("tempdir");
@@ -151,14 +160,29 @@ impl Browser {
                 ],
             }),
         );
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&url)
+        let client =
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&url)
+                .await
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no Chromium session: {e}");
+                }
+            };
+        let session = client
+            .session_id()
             .await
-            .expect("a Chromium session");
+            .expect("session id")
+            .expect("a session");
         Some(Browser {
             client,
             driver: child,
+            port,
+            session,
             _profile: profile,
         })
     }
@@ -316,16 +340,26 @@ impl Browser {
         assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
     }
 
-    async fn close(mut self) {
+    async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Chromium goes with its driver's session; the driver must not outlive the test.
+        // A test that failed never closed its session. Killing chromedriver alone would leave
+        // its Chromium running, so first ask it to end the session (which quits Chromium),
+        // in a plain blocking request: a failing test may be unwinding outside the runtime.
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session, self.port
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
