@@ -87,6 +87,10 @@ pub enum KvError {
         op: WriteKind,
         retry_after_secs: u64,
     },
+    /// The request conflicts with work the node is doing or with its state: another testbed
+    /// experiment is running, or the cluster lacks what it needs (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Another node (the write region) could not be reached in time (503).
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -178,6 +182,7 @@ impl KvError {
             KvError::BulkItem { source, .. } => source.code(),
             KvError::Unavailable(_) => 10050,
             KvError::RateLimited { .. } => 10049,
+            KvError::Conflict(_) => 10051,
             KvError::Remote { code, .. } => *code,
         }
     }
@@ -189,7 +194,7 @@ impl KvError {
             KvError::Forbidden(_) => 403,
             KvError::KeyNotFound | KvError::NamespaceNotFound | KvError::RouteNotFound => 404,
             KvError::MethodNotAllowed => 405,
-            KvError::TitleTaken => 409,
+            KvError::TitleTaken | KvError::Conflict(_) => 409,
             KvError::KeyTooLong { .. } => 414,
             KvError::ValueTooLarge { .. }
             | KvError::MetadataTooLarge { .. }

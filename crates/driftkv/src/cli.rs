@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 /// The dev server, when nothing else is configured.
 const DEFAULT_URL: &str = "http://127.0.0.1:8787";
 /// Any account id works with a dev server; this one is used when none is given.
-const DEFAULT_ACCOUNT: &str = "dev";
+pub const DEFAULT_ACCOUNT: &str = "dev";
 /// How long a request is retried when nothing else is configured.
 const DEFAULT_RETRY_SECS: u64 = 30;
 /// Values fetched at once while exporting.

@@ -5,6 +5,7 @@ mod binding;
 mod certs;
 mod cli;
 mod config;
+mod experiments;
 mod membership;
 mod node;
 mod ops;

@@ -22,7 +22,7 @@ use crate::binding::BindingListener;
 use crate::config::Config;
 use crate::membership::{self, Role};
 use crate::security::{self, Security};
-use crate::{admin, ops};
+use crate::{admin, cli, experiments, ops};
 use driftkv_gossip::{keys, Gossip};
 
 /// A signal every server of the process stops on.
@@ -227,7 +227,9 @@ impl CentralNode {
             let router = driftkv_http::operator_router(
                 auth,
                 &config.node_id.to_string(),
-                ops::central_ready().merge(admin::routes(config, None)),
+                ops::central_ready()
+                    .merge(admin::routes(config, None))
+                    .merge(console(Role::Central, config.node_id)),
                 membership::routes(gossip.clone()),
                 process.tracing,
             );
@@ -389,11 +391,20 @@ impl EdgeNode {
         ];
         ops::watch_store(node_id, &store);
         ops::watch_edge(node_id, &edge);
+        let lab = experiments::routes(
+            config,
+            data_dir,
+            gossip.clone(),
+            membership::advertised(config, http_addr, process.https()),
+        );
         let api = driftkv_http::router(
             edge.clone(),
             auth,
             &node_id.to_string(),
-            ops::edge_ready(edge.clone()).merge(admin::routes(config, Some(edge.clone()))),
+            ops::edge_ready(edge.clone())
+                .merge(admin::routes(config, Some(edge.clone())))
+                .merge(lab)
+                .merge(console(Role::Edge, node_id)),
             membership::routes(gossip.clone()),
             process.tracing,
         );
@@ -466,6 +477,18 @@ impl EdgeNode {
             .context("final flush failed")?;
         served
     }
+}
+
+/// The web console (`/ui`), for a node of `role`; it opens on the CLI's default account.
+fn console(role: Role, node_id: u64) -> axum::Router {
+    driftkv_console::router(driftkv_console::Options {
+        role: match role {
+            Role::Central => driftkv_console::Role::Central,
+            Role::Edge => driftkv_console::Role::Edge,
+        },
+        node_id: node_id.to_string(),
+        default_account: cli::DEFAULT_ACCOUNT.to_owned(),
+    })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -141,6 +141,11 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
             ))?;
         }
     }
+    announce(&format!(
+        "driftkv dev console on {}://{}/ui",
+        process.scheme(),
+        nodes[0].http_addr
+    ))?;
     signal().await;
     trigger.fire();
     for node in nodes {
@@ -167,7 +172,7 @@ pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Res
     .await?;
     if let Some(http) = central.http_addr {
         tracing::info!(
-            "central serves /healthz and /cluster on {}://{http}",
+            "central serves /healthz, /cluster and the console (/ui) on {}://{http}",
             process.scheme()
         );
     }
