@@ -601,7 +601,7 @@ async fn bad_input_gets_cloudflare_errors_and_the_server_stays_up() {
     // it, so it is sent raw); exactly 25 MiB is accepted.
     let limit = 25 * 1024 * 1024;
     let head = format!(
-        "PUT /client/v4/accounts/{ACCOUNT}/storage/kv/namespaces/{id}/values/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "PUT /client/v4/accounts/{ACCOUNT}/storage/kv/namespaces/{id}/values/big HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         limit + 1
     );
     let (status, body) = raw_request(&server.addr(), &head, &vec![7u8; limit + 1]).await;
@@ -666,8 +666,9 @@ async fn dot_keys_and_oversized_declared_bodies() {
     let id = create_namespace(&c, &server, "raw").await;
     let path = format!("/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces/{id}");
     for key in ["..", ".", "%2E%2E", "%2e"] {
-        let head =
-            format!("GET {path}/values/{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let head = format!(
+            "GET {path}/values/{key} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
         let (status, body) = raw_request(&server.addr(), &head, b"").await;
         assert!(status.contains(" 400 "), "{key}: {status}");
         assert!(body.contains("10020"), "{key}: {body}");
@@ -675,19 +676,19 @@ async fn dot_keys_and_oversized_declared_bodies() {
     // A declared length over the limit is refused from the headers alone: the body is never
     // sent, and the answer still comes back.
     let head = format!(
-        "PUT {path}/values/huge HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n"
+        "PUT {path}/values/huge HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n"
     );
     let (status, body) = raw_request(&server.addr(), &head, b"").await;
     assert!(status.contains(" 413 "), "{status}");
     assert!(body.contains("10033"), "{body}");
     let head = format!(
-        "PUT {path}/bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200000000\r\nConnection: close\r\n\r\n"
+        "PUT {path}/bulk HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200000000\r\nConnection: close\r\n\r\n"
     );
     let (status, body) = raw_request(&server.addr(), &head, b"").await;
     assert!(status.contains(" 413 "), "{status}");
     assert!(body.contains("10040"), "{body}");
     // A chunked body with no declared length is cut off once it passes the limit.
-    let head = format!("PUT {path}/values/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let head = format!("PUT {path}/values/chunked HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
     let chunk = vec![b'x'; 1024 * 1024];
     let mut body = Vec::new();
     for _ in 0..26 {

@@ -101,6 +101,20 @@ pub enum KvError {
         code: u32,
         message: String,
     },
+    /// The node is taking as many requests as it may at once; the client should try again
+    /// shortly (503, with `Retry-After`).
+    #[error("service unavailable: overloaded, {limit} requests are in flight; try again shortly")]
+    Overloaded { limit: usize },
+    /// The request took longer than the node allows one to (408).
+    #[error("request timeout: the request took longer than {secs} s")]
+    RequestTimeout { secs: u64 },
+    /// An account or namespace is at its configured quota (403, as Cloudflare answers an
+    /// account limit).
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The node cannot take writes until its storage has room again (507).
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     /// Something failed inside the server; the message is safe to show (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -141,6 +155,7 @@ impl KvError {
             KvError::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
+            KvError::Overloaded { .. } => Some(1),
             KvError::BulkItem { source, .. } => source.retry_after_secs(),
             _ => None,
         }
@@ -183,6 +198,10 @@ impl KvError {
             KvError::Unavailable(_) => 10050,
             KvError::RateLimited { .. } => 10049,
             KvError::Conflict(_) => 10051,
+            KvError::Overloaded { .. } => 10050,
+            KvError::RequestTimeout { .. } => 10052,
+            KvError::QuotaExceeded(_) => 10053,
+            KvError::InsufficientStorage(_) => 10054,
             KvError::Remote { code, .. } => *code,
         }
     }
@@ -201,7 +220,10 @@ impl KvError {
             | KvError::PayloadTooLarge(_) => 413,
             KvError::Internal(_) => 500,
             KvError::BulkItem { source, .. } => source.status(),
-            KvError::Unavailable(_) => 503,
+            KvError::Unavailable(_) | KvError::Overloaded { .. } => 503,
+            KvError::RequestTimeout { .. } => 408,
+            KvError::QuotaExceeded(_) => 403,
+            KvError::InsufficientStorage(_) => 507,
             KvError::RateLimited { .. } => 429,
             KvError::Remote { status, .. } => *status,
             KvError::InvalidTitle(_)

@@ -38,8 +38,21 @@ pub fn normalize_metadata(metadata: &serde_json::Value) -> Result<Option<String>
     Ok(Some(text))
 }
 
-/// Parses metadata sent as JSON text (a multipart part) and normalizes it.
+/// The longest metadata text parsed at all. The 1024-byte limit applies to the compacted JSON,
+/// so the text as sent may carry generous whitespace; but a text this long cannot compact to
+/// a size worth parsing, and parsing it (into a tree many times its size) is what a hostile
+/// client would want.
+pub const MAX_METADATA_TEXT_BYTES: usize = 16 * MAX_METADATA_BYTES;
+
+/// Parses metadata sent as JSON text (a multipart part, a bulk item's field, a header) and
+/// normalizes it. Text over [`MAX_METADATA_TEXT_BYTES`] is refused unread.
 pub fn parse_metadata(text: &[u8]) -> Result<Option<String>, KvError> {
+    if text.len() > MAX_METADATA_TEXT_BYTES {
+        return Err(KvError::MetadataTooLarge {
+            len: text.len(),
+            limit: MAX_METADATA_BYTES,
+        });
+    }
     let value: serde_json::Value = serde_json::from_slice(text)
         .map_err(|e| KvError::InvalidMetadata(format!("metadata is not valid JSON: {e}")))?;
     normalize_metadata(&value)

@@ -11,8 +11,7 @@ use driftkv_http::Auth;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::node::{auth, Process, Shutdown};
+use crate::node::{Process, Shutdown};
 
 /// A binding listener bound to its address, not serving yet.
 pub struct BindingListener {
@@ -23,9 +22,11 @@ pub struct BindingListener {
 impl BindingListener {
     /// Binds `listen`, with the API's authentication: a non-loopback address without API
     /// tokens is refused.
-    pub async fn bind(config: &Config, listen: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn bind(process: &Process, listen: SocketAddr) -> anyhow::Result<Self> {
         // One line, naming the setting: the refusal alone would not say which listener.
-        let auth = auth(config, listen).map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))?;
+        let auth = process
+            .auth_for(listen)
+            .map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen for the workerd binding on {listen}"))?;

@@ -29,8 +29,13 @@ pub struct Config {
     /// Empty: the listen IP (127.0.0.1 when listening on all interfaces).
     pub advertise_host: String,
     /// API tokens accepted as `Authorization: Bearer <token>` (`DRIFTKV_API_TOKENS`, comma
-    /// separated). Required when `listen` is not a loopback address.
+    /// separated), each allowed everything in every account. Required (or `api_tokens_file`)
+    /// when `listen` is not a loopback address.
     pub api_tokens: Vec<String>,
+    /// A file of scoped tokens (`driftkv token create` prints entries for it: a token's
+    /// SHA-256, its accounts, read or edit) or of plain tokens, one per line; reloaded on
+    /// SIGHUP and when it changes. Empty: none.
+    pub api_tokens_file: PathBuf,
     /// How often expired records are swept from storage, in milliseconds.
     pub sweep_interval_ms: u64,
     pub grpc: GrpcConfig,
@@ -43,6 +48,8 @@ pub struct Config {
     pub log: LogConfig,
     pub tls: TlsConfig,
     pub https: HttpsConfig,
+    pub http: HttpConfig,
+    pub limits: LimitsConfig,
     pub workerd: WorkerdConfig,
 }
 
@@ -76,6 +83,31 @@ impl TlsConfig {
             .iter()
             .any(|p| !p.as_os_str().is_empty())
     }
+}
+
+/// Quotas, as Cloudflare's account limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most namespaces one account may have (Workers KV's default: 1,000).
+    pub namespaces_per_account: usize,
+}
+
+/// How the HTTP listeners (REST API, workerd binding) treat connections and requests, so that
+/// slow or greedy clients cannot hold a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Longest a client may take to send a request's headers (and a TLS handshake), in ms.
+    pub header_read_timeout_ms: u64,
+    /// A connection that carries nothing for this long is closed, in ms.
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once per listener; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Most requests in flight at once per listener; more are answered 503 with Retry-After.
+    pub max_in_flight: usize,
+    /// Longest a request may take, its body included, in ms; past it the answer is 408.
+    pub request_timeout_ms: u64,
 }
 
 /// HTTPS for the node's HTTP listener (the REST API, `/cluster`, `/metrics`): a certificate
@@ -133,6 +165,9 @@ pub struct CacheConfig {
     pub min_ttl_secs: u64,
     /// TTL of reads that ask for none, in seconds (Workers KV: 60).
     pub default_ttl_secs: u64,
+    /// Largest `cache_ttl` a read gets, in seconds: longer ones are cut to it, so that no
+    /// client pins a stale value (or "not found") at the edge for everyone for longer.
+    pub max_ttl_secs: u64,
     /// Drop cached results when replication changes their key (not Workers KV behaviour;
     /// for experiments).
     pub invalidate_on_replication: bool,
@@ -227,6 +262,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             advertise_host: String::new(),
             api_tokens: Vec::new(),
+            api_tokens_file: PathBuf::new(),
             sweep_interval_ms: 1000,
             grpc: GrpcConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
@@ -249,6 +285,7 @@ impl Default for Config {
                 max_bytes: 256 * 1024 * 1024,
                 min_ttl_secs: 30,
                 default_ttl_secs: 60,
+                max_ttl_secs: 86_400,
                 invalidate_on_replication: false,
             },
             replication: ReplicationConfig {
@@ -267,6 +304,16 @@ impl Default for Config {
             log: LogConfig { access: false },
             tls: TlsConfig::default(),
             https: HttpsConfig::default(),
+            limits: LimitsConfig {
+                namespaces_per_account: 1000,
+            },
+            http: HttpConfig {
+                header_read_timeout_ms: 10_000,
+                idle_timeout_ms: 60_000,
+                max_connections: 4096,
+                max_in_flight: 1024,
+                request_timeout_ms: 300_000,
+            },
             workerd: WorkerdConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 8786))),
             },
@@ -277,10 +324,11 @@ impl Default for Config {
 /// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
 /// variables (the log format, client settings, test switches) belong to other parts and must
 /// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 20] = [
     "node_id",
     "region",
     "advertise_host",
+    "api_tokens_file",
     "gossip",
     "data_dir",
     "listen",
@@ -294,6 +342,8 @@ const ENV_KEYS: [&str; 17] = [
     "log",
     "tls",
     "https",
+    "http",
+    "limits",
     "workerd",
 ];
 
@@ -354,10 +404,20 @@ impl Config {
             "sweep_interval_ms must be greater than 0"
         );
         anyhow::ensure!(
+            self.cache.max_ttl_secs >= self.cache.default_ttl_secs,
+            "cache.max_ttl_secs ({}) must not be below cache.default_ttl_secs ({})",
+            self.cache.max_ttl_secs,
+            self.cache.default_ttl_secs
+        );
+        anyhow::ensure!(
             self.cache.default_ttl_secs >= self.cache.min_ttl_secs,
             "cache.default_ttl_secs ({}) must not be below cache.min_ttl_secs ({})",
             self.cache.default_ttl_secs,
             self.cache.min_ttl_secs
+        );
+        anyhow::ensure!(
+            self.limits.namespaces_per_account > 0,
+            "limits.namespaces_per_account must be greater than 0"
         );
         anyhow::ensure!(
             self.grpc.max_snapshot_streams > 0,
@@ -397,6 +457,14 @@ impl Config {
                 "central.connect_timeout_ms",
                 self.central.connect_timeout_ms,
             ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.max_in_flight", self.http.max_in_flight as u64),
         ] {
             anyhow::ensure!(ms > 0, "{name} must be greater than 0");
         }

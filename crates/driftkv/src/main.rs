@@ -13,6 +13,7 @@ mod run;
 mod security;
 mod telemetry;
 mod testbed;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +104,11 @@ enum Command {
         #[command(subcommand)]
         command: testbed::TestbedCommand,
     },
+    /// API tokens: `create` makes a random token and the api_tokens_file entry granting it.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// The cluster's TLS material: a CA and gossip key (`init`), node certificates (`issue`).
     Certs {
         #[command(subcommand)]
@@ -121,6 +127,14 @@ enum Command {
         #[arg(long)]
         ca_cert: Option<std::path::PathBuf>,
     },
+}
+
+/// `driftkv token ...`
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random API token and the [[tokens]] entry (its SHA-256, accounts and
+    /// permission) that grants it in an api_tokens_file.
+    Create(tokens::CreateArgs),
 }
 
 /// `driftkv health`.
@@ -163,6 +177,13 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let config = node.load()?;
+    // Whatever a node writes (its database, saved experiments) is its own alone: 0600 files,
+    // 0700 directories.
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let telemetry = telemetry::Telemetry::init(role)?;
     let tracing = driftkv_http::RequestTracing {
         spans: telemetry.exports_spans(),
@@ -183,6 +204,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Testbed { command } => client_outcome(testbed::run(command).await),
         Command::Certs { command } => client_outcome(certs::run(command)),
+        Command::Token {
+            command: TokenCommand::Create(args),
+        } => client_outcome(tokens::create(args)),
         Command::Health {
             url,
             timeout_secs,

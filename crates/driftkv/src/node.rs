@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::binding::BindingListener;
 use crate::config::Config;
 use crate::membership::{self, Role};
-use crate::security::{self, Security};
+use crate::security::Security;
 use crate::{admin, cli, experiments, ops};
 use driftkv_gossip::{keys, Gossip};
 
@@ -52,27 +52,46 @@ impl Shutdown {
     }
 }
 
-/// The API's authentication, refusing to serve a non-loopback address without tokens, and
-/// tokens that guard nothing (see [`security::check_tokens`]).
-pub fn auth(config: &Config, listen: SocketAddr) -> anyhow::Result<Auth> {
-    security::check_tokens(&config.api_tokens)?;
-    if config.api_tokens.is_empty() {
-        anyhow::ensure!(
-            listen.ip().is_loopback(),
-            "refusing to serve on {listen} without API tokens: set DRIFTKV_API_TOKENS (or api_tokens in the config file), \
-             or listen on a loopback address"
-        );
-        Ok(Auth::open())
-    } else {
-        Ok(Auth::tokens(&config.api_tokens))
-    }
-}
-
 fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = SledStore::open(dir)
         .with_context(|| format!("cannot open the database in {}", dir.display()))?;
     Ok(Arc::new(store))
+}
+
+/// Creates `dir` if missing and makes it, and everything in it, its owner's alone: data
+/// directories 0700, files 0600 (the process's umask keeps new files so, see `main`; this
+/// mends what an earlier version left more open).
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let restrict = |path: &Path, mode: u32| -> anyhow::Result<()> {
+            let current = std::fs::symlink_metadata(path)?.permissions().mode() & 0o777;
+            if current & !mode != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode))
+                    .with_context(|| format!("cannot restrict {}", path.display()))?;
+            }
+            Ok(())
+        };
+        let mut pending = vec![dir.to_owned()];
+        while let Some(current) = pending.pop() {
+            restrict(&current, 0o700)?;
+            for entry in std::fs::read_dir(&current)
+                .with_context(|| format!("cannot read {}", current.display()))?
+            {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                } else if kind.is_file() {
+                    restrict(&entry.path(), 0o600)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn node_id(id: u64) -> anyhow::Result<NonZeroU64> {
@@ -95,15 +114,37 @@ impl GossipPlace {
     }
 }
 
-/// What the process gives every node it runs: its TLS material and keys, and what to record
-/// of each HTTP request.
+/// Refuses an HTTP listener beyond loopback when `auth` has no tokens: without them the API
+/// answers only this host, which such a listener could not promise.
+pub fn require_tokens_beyond_loopback(auth: &Auth, listen: SocketAddr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        auth.required() || listen.ip().is_loopback(),
+        "refusing to serve on {listen} without API tokens: set DRIFTKV_API_TOKENS (or api_tokens or api_tokens_file in the config file), \
+         or listen on a loopback address"
+    );
+    Ok(())
+}
+
+/// What the process gives every node it runs: its TLS material and keys, who may call its
+/// HTTP listeners (one set of grants, reloaded for all of them), and what to record of each
+/// HTTP request.
 #[derive(Clone)]
 pub struct Process {
     pub security: Security,
+    pub auth: Auth,
     pub tracing: RequestTracing,
+    /// How the HTTP listeners treat connections and requests (TLS aside).
+    pub limits: ServerOptions,
 }
 
 impl Process {
+    /// The authentication of an HTTP listener on `listen`. Without tokens the API answers only
+    /// this host, which a listener beyond loopback could not promise: it is refused.
+    pub fn auth_for(&self, listen: SocketAddr) -> anyhow::Result<Auth> {
+        require_tokens_beyond_loopback(&self.auth, listen)?;
+        Ok(self.auth.clone())
+    }
+
     /// How the HTTP listeners serve: over HTTPS when there is a certificate.
     pub fn server_options(&self) -> ServerOptions {
         ServerOptions {
@@ -112,7 +153,7 @@ impl Process {
                 .https
                 .as_ref()
                 .map(|https| https.server_config()),
-            ..ServerOptions::default()
+            ..self.limits.clone()
         }
     }
 
@@ -156,15 +197,18 @@ impl CentralNode {
         process: &Process,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let http_auth = http.map(|addr| auth(config, addr)).transpose()?;
+        let http_auth = http.map(|addr| process.auth_for(addr)).transpose()?;
         let store = open_store(data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            node_id(config.node_id)?,
-            wall.clone(),
-            RateLimiter::per_second(config.rate_limit.writes_per_key_per_second),
-        )?);
+        let engine = Arc::new(
+            Engine::new(
+                store.clone(),
+                node_id(config.node_id)?,
+                wall.clone(),
+                RateLimiter::per_second(config.rate_limit.writes_per_key_per_second),
+            )?
+            .with_namespace_quota(config.limits.namespaces_per_account),
+        );
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
@@ -323,9 +367,9 @@ impl EdgeNode {
             central,
             gossip: place,
         } = site;
-        let auth = auth(config, listen)?;
+        let auth = process.auth_for(listen)?;
         let binding = match workerd {
-            Some(listen) => Some(BindingListener::bind(config, listen).await?),
+            Some(listen) => Some(BindingListener::bind(process, listen).await?),
             None => None,
         };
         let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
@@ -336,6 +380,7 @@ impl EdgeNode {
             cache_max_bytes: config.cache.max_bytes,
             min_cache_ttl: Duration::from_secs(config.cache.min_ttl_secs),
             default_cache_ttl: Duration::from_secs(config.cache.default_ttl_secs),
+            max_cache_ttl: Duration::from_secs(config.cache.max_ttl_secs),
             invalidate_on_replication: config.cache.invalidate_on_replication,
             timeouts: LinkTimeouts {
                 connect: Duration::from_millis(config.central.connect_timeout_ms),

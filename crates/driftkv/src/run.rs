@@ -3,13 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use driftkv_http::RequestTracing;
+use driftkv_http::{Auth, RequestTracing, ServerOptions};
 
 use crate::config::Config;
 use crate::node::{
-    announce, auth, shutdown, signal, CentralNode, EdgeNode, EdgeSite, GossipPlace, Process,
+    announce, private_dir, require_tokens_beyond_loopback, shutdown, signal, CentralNode, EdgeNode,
+    EdgeSite, GossipPlace, Process,
 };
 use crate::security::{Runs, Security};
+use crate::tokens;
 
 /// How long `dev` waits for its edges to catch up with central before announcing itself, so
 /// that a restarted dev server serves everything it acknowledged before.
@@ -20,12 +22,36 @@ const DEV_GOSSIP: Duration = Duration::from_secs(30);
 /// Loads the process's TLS material and keys (refusing to start when a listener beyond
 /// loopback would be open) and starts reloading the HTTPS certificate when its files change.
 fn process(config: &Config, runs: Runs, tracing: RequestTracing) -> anyhow::Result<Process> {
+    private_dir(&config.data_dir)?;
+    let grants = tokens::grants(config)?;
+    let auth = if grants.is_empty() {
+        Auth::open()
+    } else {
+        Auth::grants(grants)
+    };
+    // Before the TLS checks: without tokens, HTTPS would not make a public listener safe.
+    require_tokens_beyond_loopback(&auth, config.listen)?;
     let security = Security::load(config, runs)?;
     if let Some(https) = &security.https {
         // Lives as long as the process.
         https.clone().watch(HTTPS_RELOAD_CHECK);
     }
-    Ok(Process { security, tracing })
+    tokens::watch(auth.clone(), config);
+    let http = &config.http;
+    let limits = ServerOptions {
+        header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(http.idle_timeout_ms),
+        max_connections: http.max_connections,
+        max_in_flight: http.max_in_flight,
+        request_timeout: Duration::from_millis(http.request_timeout_ms),
+        ..ServerOptions::default()
+    };
+    Ok(Process {
+        security,
+        auth,
+        tracing,
+        limits,
+    })
 }
 
 /// How often the HTTPS certificate's files are checked for a change.
@@ -55,7 +81,6 @@ fn binding_listen(listen: Option<SocketAddr>, index: usize) -> Option<SocketAddr
 /// Runs central plus `edges` edges in one process until SIGINT or SIGTERM.
 pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
-    auth(&config, config.listen)?;
     let process = process(&config, Runs::Dev, tracing)?;
     let (trigger, stop) = shutdown();
     // Everything on loopback, on free ports: only the edges' HTTP ports are the user's.

@@ -47,6 +47,9 @@ pub struct EdgeOptions {
     pub min_cache_ttl: Duration,
     /// TTL of reads that do not ask for one, and of the entries a local write leaves.
     pub default_cache_ttl: Duration,
+    /// Largest `cache_ttl` a read gets: longer ones are cut to it, so that no client can pin a
+    /// stale value (or a stale "not found") at the edge for everyone for longer.
+    pub max_cache_ttl: Duration,
     /// Drop a key's cached result when replication brings a change to it, instead of serving
     /// it until its TTL runs out. Off by default, as in Workers KV.
     pub invalidate_on_replication: bool,
@@ -161,7 +164,7 @@ impl Edge {
                 self.options.min_cache_ttl.as_secs()
             )));
         }
-        Ok(ttl)
+        Ok(ttl.min(self.options.max_cache_ttl))
     }
 
     /// Reads a key from central: the replica has not caught up once yet.

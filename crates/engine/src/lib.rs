@@ -44,6 +44,8 @@ pub struct Engine {
     origin: u64,
     wall: Arc<dyn WallClock>,
     rate_limit: RateLimiter,
+    /// Most namespaces one account may have (Workers KV's default account limit is 1,000).
+    namespaces_per_account: usize,
     /// Serializes namespace creation and renames so title uniqueness is checked and enforced
     /// atomically. Namespace changes are rare; key writes never take this lock.
     namespace_changes: Mutex<()>,
@@ -87,9 +89,16 @@ impl Engine {
             origin: node_id.get(),
             wall,
             rate_limit,
+            namespaces_per_account: DEFAULT_NAMESPACES_PER_ACCOUNT,
             namespace_changes: Mutex::new(()),
             durable,
         })
+    }
+
+    /// The same engine, allowing each account at most `limit` namespaces.
+    pub fn with_namespace_quota(mut self, limit: usize) -> Self {
+        self.namespaces_per_account = limit;
+        self
     }
 
     /// The node id versions are stamped with.
@@ -201,6 +210,16 @@ impl KvService for Engine {
         validate_account_id(account_id)?;
         validate_title(title)?;
         let _guard = self.namespace_changes.lock().await;
+        let namespaces = self.store.namespaces()?;
+        let owned = namespaces
+            .iter()
+            .filter(|ns| ns.account_id == account_id)
+            .count();
+        if owned >= self.namespaces_per_account {
+            return Err(KvError::QuotaExceeded(format!(
+                "account {account_id:?} has {owned} namespaces, the most it may have (limits.namespaces_per_account)"
+            )));
+        }
         if self.title_taken(account_id, title, None)? {
             return Err(KvError::TitleTaken);
         }
@@ -290,6 +309,9 @@ impl KvService for Engine {
         reads::list(&self.store, account_id, id, request, self.wall.now_ms()).await
     }
 }
+
+/// Namespaces an account may have unless configured otherwise: Workers KV's account limit.
+pub const DEFAULT_NAMESPACES_PER_ACCOUNT: usize = 1000;
 
 /// Most due entries the sweeper handles in one blocking batch.
 const SWEEP_BATCH: usize = 1000;

@@ -54,6 +54,22 @@ fn delete(key: &str) -> Write {
 }
 
 #[tokio::test]
+async fn an_account_at_its_namespace_quota_gets_no_more() {
+    let f = fixture();
+    let engine = reopen(&f.store, &f.clock, 0).with_namespace_quota(2);
+    engine.create_namespace("acct", "one").await.unwrap();
+    engine.create_namespace("acct", "two").await.unwrap();
+    let refused = engine.create_namespace("acct", "three").await.unwrap_err();
+    assert!(matches!(refused, KvError::QuotaExceeded(_)), "{refused}");
+    assert_eq!((refused.status(), refused.code()), (403, 10053));
+    // Another account has its own quota; deleting one makes room again.
+    engine.create_namespace("other", "one").await.unwrap();
+    let one = engine.list_namespaces("acct").await.unwrap()[0].id;
+    engine.delete_namespace("acct", one).await.unwrap();
+    engine.create_namespace("acct", "three").await.unwrap();
+}
+
+#[tokio::test]
 async fn titles_are_unique_per_account() {
     let f = fixture();
     let a = f.engine.create_namespace("acct", "one").await.unwrap();

@@ -8,16 +8,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use bytes::{Bytes, BytesMut};
-use driftkv_core::key::parse_metadata;
+use driftkv_core::key::{parse_metadata, MAX_METADATA_TEXT_BYTES};
 use driftkv_core::limits::{MAX_METADATA_BYTES, MAX_VALUE_BYTES, MAX_VALUE_REQUEST_BYTES};
 use driftkv_core::KvError;
 use http_body_util::BodyExt;
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
 
-/// Largest `metadata` part read from a multipart body. The 1024-byte limit applies to the
-/// compacted JSON, so the part itself may carry generous whitespace; anything past this cannot
-/// compact to a valid size worth parsing.
-const MAX_METADATA_PART_BYTES: usize = MAX_METADATA_BYTES * 16;
+use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// The declared length of the body, if any.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -131,20 +129,84 @@ pub fn linger(rest: Body) {
     });
 }
 
+/// Reads a whole body of at most `limit` bytes; a larger one is 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, KvError> {
+    read_limited(headers, body, limit, |n| {
+        KvError::PayloadTooLarge(match n {
+            Some(n) => format!("{n} bytes; this request accepts at most {limit}"),
+            None => format!("this request accepts at most {limit} bytes"),
+        })
+    })
+    .await
+}
+
 /// Reads and parses a JSON body of at most `limit` bytes.
 pub async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<T, KvError> {
-    let bytes = read_limited(headers, body, limit, |n| {
-        KvError::PayloadTooLarge(match n {
-            Some(n) => format!("{n} bytes; this request accepts at most {limit}"),
-            None => format!("this request accepts at most {limit} bytes"),
-        })
-    })
-    .await?;
-    serde_json::from_slice(&bytes).map_err(|e| KvError::BadRequest(format!("invalid JSON: {e}")))
+    parse_json(&read_body(headers, body, limit).await?)
+}
+
+fn invalid_json(e: serde_json::Error) -> KvError {
+    KvError::BadRequest(format!("invalid JSON: {e}"))
+}
+
+/// A JSON array of which at most `N` items are kept; the rest are only counted, never built,
+/// so that a body of millions of tiny items costs no more than its bytes.
+pub struct Bounded<T, const N: usize> {
+    items: Vec<T>,
+    count: usize,
+}
+
+impl<T, const N: usize> Bounded<T, N> {
+    /// The items, or the error for too many.
+    pub fn into_inner(self) -> Result<Vec<T>, KvError> {
+        if self.count > N {
+            return Err(KvError::BulkTooManyItems {
+                count: self.count,
+                limit: N,
+            });
+        }
+        Ok(self.items)
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Items<T, const N: usize>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Items<T, N> {
+            type Value = Bounded<T, N>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+                while items.len() < N {
+                    match seq.next_element()? {
+                        Some(item) => items.push(item),
+                        None => break,
+                    }
+                }
+                let mut count = items.len();
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                Ok(Bounded { items, count })
+            }
+        }
+
+        deserializer.deserialize_seq(Items::<T, N>(PhantomData))
+    }
+}
+
+/// Parses JSON from bytes; malformed JSON is 400.
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, KvError> {
+    serde_json::from_slice(bytes).map_err(invalid_json)
 }
 
 /// A value write's payload: the value and, from a multipart body, its metadata.
@@ -185,7 +247,7 @@ pub async fn read_value(headers: &HeaderMap, body: Body) -> Result<ValuePayload,
     let limits = multer::SizeLimit::new()
         .whole_stream(MAX_VALUE_REQUEST_BYTES as u64)
         .for_field("value", MAX_VALUE_BYTES as u64)
-        .for_field("metadata", MAX_METADATA_PART_BYTES as u64)
+        .for_field("metadata", MAX_METADATA_TEXT_BYTES as u64)
         .per_field(MAX_VALUE_BYTES as u64);
     let mut multipart = multer::Multipart::with_constraints(
         body.into_data_stream(),
@@ -217,7 +279,7 @@ fn multipart_error(e: multer::Error) -> KvError {
             if field_name.as_deref() == Some("metadata") =>
         {
             KvError::MetadataTooLarge {
-                len: MAX_METADATA_PART_BYTES + 1,
+                len: MAX_METADATA_TEXT_BYTES + 1,
                 limit: MAX_METADATA_BYTES,
             }
         }

@@ -4,7 +4,8 @@
 //! the request with that item's error (its index and key in the message), and nothing of it
 //! is stored.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -12,19 +13,21 @@ use axum::http::HeaderMap;
 use base64::alphabet::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use driftkv_core::key::{normalize_metadata, resolve_expiration, validate_key};
+use bytes::Bytes;
+use driftkv_core::key::{parse_metadata, resolve_expiration, validate_key};
 use driftkv_core::limits::{
     MAX_BULK_BODY_BYTES, MAX_BULK_GET_KEYS, MAX_BULK_ITEMS, MAX_SMALL_BODY_BYTES, MAX_VALUE_BYTES,
 };
 use driftkv_core::service::put;
 use driftkv_core::time::unix_now_ms;
-use driftkv_core::{KvError, LiveValue, Write, WriteOp, WriteOutcome};
+use driftkv_core::{KvError, Write, WriteOp, WriteOutcome};
 use serde::Deserialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
-use crate::body::read_json;
-use crate::envelope::{ok, raw_metadata, ApiResult};
+use crate::body::{parse_json, read_body, read_json, Bounded};
+use crate::bulk_answer::{self, Shape, ValueKind};
+use crate::envelope::{ok, ApiResult};
 use crate::extract::NamespacePath;
 use crate::Service;
 
@@ -34,30 +37,39 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// One item of a bulk write, its strings borrowed from the request body where they hold no
+/// escape, so that parsing a 100 MB body does not copy it.
 #[derive(Deserialize)]
-struct BulkItem {
-    key: String,
-    value: String,
+struct BulkItem<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Cow<'a, str>,
     #[serde(default)]
     base64: bool,
     expiration: Option<u64>,
     expiration_ttl: Option<u64>,
-    #[serde(default)]
-    metadata: Value,
+    /// Kept as its JSON text until its size is known to be small enough to parse.
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
 }
 
-impl BulkItem {
-    fn into_write(self, now_secs: u64) -> Result<Write, KvError> {
+impl BulkItem<'_> {
+    /// The write, its value a slice of `body` (the request's bytes) when it needs no decoding.
+    fn into_write(self, body: &Bytes, now_secs: u64) -> Result<Write, KvError> {
         validate_key(&self.key)?;
         let value = if self.base64 {
-            BASE64
-                .decode(self.value.as_bytes())
-                .map_err(|e| KvError::InvalidBase64 {
-                    key: self.key.clone(),
+            Bytes::from(BASE64.decode(self.value.as_bytes()).map_err(|e| {
+                KvError::InvalidBase64 {
+                    key: self.key.to_string(),
                     reason: e.to_string(),
-                })?
+                }
+            })?)
         } else {
-            self.value.into_bytes()
+            match self.value {
+                Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
+                Cow::Owned(text) => Bytes::from(text),
+            }
         };
         if value.len() > MAX_VALUE_BYTES {
             return Err(KvError::ValueTooLarge {
@@ -65,20 +77,13 @@ impl BulkItem {
                 limit: MAX_VALUE_BYTES,
             });
         }
-        let metadata = normalize_metadata(&self.metadata)?;
+        let metadata = match self.metadata {
+            None => None,
+            Some(raw) => parse_metadata(raw.get().as_bytes())?,
+        };
         let expiration = resolve_expiration(self.expiration, self.expiration_ttl, now_secs)?;
-        Ok(put(self.key, value, metadata, expiration))
+        Ok(put(self.key.into_owned(), value, metadata, expiration))
     }
-}
-
-fn check_count(count: usize) -> Result<(), KvError> {
-    if count > MAX_BULK_ITEMS {
-        return Err(KvError::BulkTooManyItems {
-            count,
-            limit: MAX_BULK_ITEMS,
-        });
-    }
-    Ok(())
 }
 
 fn outcome_json(outcome: WriteOutcome) -> ApiResult {
@@ -94,15 +99,15 @@ pub async fn write(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let items: Vec<BulkItem> = read_json(&headers, body, MAX_BULK_BODY_BYTES).await?;
-    check_count(items.len())?;
+    let bytes = read_body(&headers, body, MAX_BULK_BODY_BYTES).await?;
+    let items = parse_json::<Bounded<BulkItem, MAX_BULK_ITEMS>>(&bytes)?.into_inner()?;
     let now_secs = unix_now_ms() / 1000;
     let writes = items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            let key = item.key.clone();
-            item.into_write(now_secs)
+            let key = item.key.to_string();
+            item.into_write(&bytes, now_secs)
                 .map_err(|e| e.in_item(index, &key))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -116,14 +121,14 @@ pub async fn delete(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let keys: Vec<String> = read_json(&headers, body, MAX_BULK_BODY_BYTES).await?;
-    check_count(keys.len())?;
+    let bytes = read_body(&headers, body, MAX_BULK_BODY_BYTES).await?;
+    let keys = parse_json::<Bounded<Cow<str>, MAX_BULK_ITEMS>>(&bytes)?.into_inner()?;
     let writes = keys
         .into_iter()
         .enumerate()
         .map(|(index, key)| match validate_key(&key) {
             Ok(()) => Ok(Write {
-                key,
+                key: key.into_owned(),
                 op: WriteOp::Delete,
             }),
             Err(e) => Err(e.in_item(index, &key)),
@@ -135,51 +140,16 @@ pub async fn delete(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct BulkGet {
-    keys: Vec<String>,
+    keys: Bounded<String, MAX_BULK_GET_KEYS>,
     #[serde(rename = "type")]
     kind: Option<String>,
     #[serde(default)]
     with_metadata: bool,
 }
 
-/// How bulk-get values are returned (the REST API's and the workerd binding's alike).
-#[derive(Clone, Copy)]
-pub(crate) enum ValueKind {
-    Text,
-    Json,
-}
-
-impl ValueKind {
-    /// The kind a request's `type` names: `text` (the default) or `json`.
-    pub(crate) fn parse(kind: Option<&str>) -> Result<Self, KvError> {
-        match kind.unwrap_or("text") {
-            "text" => Ok(ValueKind::Text),
-            "json" => Ok(ValueKind::Json),
-            other => Err(KvError::InvalidParameter(format!(
-                "type must be 'text' or 'json', got {other:?}"
-            ))),
-        }
-    }
-
-    /// `value` (of `key`) as this kind, a piece of JSON: a string (invalid UTF-8 replaced),
-    /// or the stored JSON text as it is (its object keys in their order), once checked.
-    pub(crate) fn render(self, key: &str, value: &LiveValue) -> Result<Box<RawValue>, KvError> {
-        match self {
-            ValueKind::Text => {
-                let text = String::from_utf8_lossy(&value.value);
-                serde_json::value::to_raw_value(&text)
-                    .map_err(|e| KvError::Internal(format!("cannot encode a string: {e}")))
-            }
-            ValueKind::Json => serde_json::from_slice(&value.value).map_err(|e| {
-                KvError::InvalidParameter(format!(
-                    "the value of key {key:?} is not valid JSON ({e}); request type 'text'"
-                ))
-            }),
-        }
-    }
-}
-
-/// `POST .../bulk/get`: `{"keys": [...], "type": "text"|"json", "withMetadata": bool}`.
+/// `POST .../bulk/get`: `{"keys": [...], "type": "text"|"json", "withMetadata": bool}`, answered
+/// `{"values": {key: value-or-null}}` (or `{key: {"value", "metadata", "expiration"?}}` with
+/// metadata), the keys in UTF-8 order, streamed (see [`crate::bulk_answer`]).
 pub async fn get(
     State(service): State<Service>,
     path: NamespacePath,
@@ -187,35 +157,22 @@ pub async fn get(
     body: Body,
 ) -> ApiResult {
     let request: BulkGet = read_json(&headers, body, MAX_SMALL_BODY_BYTES).await?;
-    if request.keys.len() > MAX_BULK_GET_KEYS {
-        return Err(KvError::BulkTooManyItems {
-            count: request.keys.len(),
-            limit: MAX_BULK_GET_KEYS,
-        }
-        .into());
-    }
+    let keys = request.keys.into_inner()?;
     let kind = ValueKind::parse(request.kind.as_deref())?;
-    for (index, key) in request.keys.iter().enumerate() {
+    for (index, key) in keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
-    let mut values = BTreeMap::new();
-    for key in request.keys {
-        let entry = match service.get(&path.account, path.id, &key, None).await? {
-            None => Value::Null,
-            Some(value) if request.with_metadata => {
-                let mut entry = json!({
-                    "value": kind.render(&key, &value)?,
-                    "metadata": raw_metadata(value.metadata.as_deref())?,
-                });
-                if let Some(expiration) = value.expiration {
-                    entry["expiration"] = json!(expiration);
-                }
-                entry
-            }
-            Some(value) => serde_json::to_value(kind.render(&key, &value)?)
-                .map_err(|e| KvError::Internal(format!("cannot take a rendered value: {e}")))?,
-        };
-        values.insert(key, entry);
+    let keys: BTreeSet<String> = keys.into_iter().collect();
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        let found = service.get(&path.account, path.id, &key, None).await?;
+        entries.push((key, found));
     }
-    ok(json!({ "values": values }))
+    let shape = Shape {
+        envelope: true,
+        with_metadata: request.with_metadata,
+        expiration: true,
+        kind,
+    };
+    Ok(bulk_answer::answer(entries, shape)?)
 }

@@ -28,7 +28,7 @@ use futures::future::{Either, FutureExt};
 use percent_encoding::percent_decode_str;
 use tower::Service as TowerService;
 
-use crate::auth::Auth;
+use crate::auth::{Access, Auth, Scope};
 use crate::extract::{KeyPath, Params};
 use crate::metered::Handles;
 use crate::{panic_response, values, Service, VALUE_ROUTE};
@@ -121,7 +121,11 @@ impl ValueRead {
         let (account, namespace_id, key) = split_value_path(request.uri().path())?;
         let path = KeyPath::new(&decode(account)?, &decode(namespace_id)?, &decode(key)?).ok()?;
         let params = Params::from_uri(request.uri()).ok()?;
-        auth.check(request.headers()).ok()?;
+        let scope = Scope {
+            account: Some(&path.account),
+            access: Access::Read,
+        };
+        auth.check(request.headers(), scope).ok()?;
         // Timed from here, as the router's metrics time a request from its route on.
         Some(ValueRead {
             path,

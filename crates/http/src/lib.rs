@@ -8,6 +8,7 @@
 mod auth;
 mod body;
 mod bulk;
+mod bulk_answer;
 mod envelope;
 mod extract;
 mod hot_reads;
@@ -30,7 +31,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{Level, Span};
 
-pub use auth::Auth;
+pub use auth::{parse_token_file, token_digest, Access, Accounts, Auth, Grant, TokenFileError};
 pub use envelope::ApiError;
 pub use hot_reads::Api;
 pub use server::{serve, ServerOptions};
@@ -145,12 +146,8 @@ pub fn guarded(routes: Router, auth: Auth) -> Router {
 /// Cloudflare-style errors for unknown routes and methods, panic recovery, and request spans
 /// and access-log lines as `tracing` asks.
 fn layered(api: Router, auth: Auth, node: &str, open: Router, tracing: RequestTracing) -> Router {
-    // Without tokens there is nothing to check; skipping the layer keeps it off the hot path.
-    let api = if auth.required() {
-        api.route_layer(middleware::from_fn_with_state(auth, auth::require))
-    } else {
-        api
-    };
+    // Without tokens the check still runs: it keeps the open API to requests from this host.
+    let api = api.route_layer(middleware::from_fn_with_state(auth, auth::require));
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -277,6 +274,7 @@ mod tests {
         let extra = Router::new().route("/work", get(|| async { "done" }));
         let router = operator_router(Auth::open(), "log-test", Router::new(), extra, tracing);
         let request = axum::extract::Request::get(path)
+            .header("host", "localhost")
             .body(Body::empty())
             .expect("valid request");
         let response = router.oneshot(request).await.expect("infallible");

@@ -2,38 +2,57 @@
 //! and HTTP/2 through hyper, and drains in-flight requests on shutdown.
 //!
 //! It exists instead of `axum::serve` for what a listener facing the internet needs and that
-//! one lacks: HTTPS (with a certificate that can change while serving), a deadline for a
-//! client to finish sending its request headers (a client trickling header bytes would
-//! otherwise hold a connection forever), and a cap on open connections.
+//! one lacks:
+//! - HTTPS, with a certificate that can change while serving;
+//! - a deadline for a client to send its request headers (and finish a TLS handshake): a
+//!   client trickling header bytes would otherwise hold a connection forever;
+//! - an idle timeout, closing connections that carried nothing for a while;
+//! - a cap on open connections (more are answered 503 and closed);
+//! - a cap on requests in flight, past which requests are shed at once with 503 and
+//!   `Retry-After` rather than queued until everything is slow;
+//! - a deadline for a whole request, body included.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use driftkv_core::KvError;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-/// How the listener treats connections.
+use crate::envelope::ApiError;
+
+/// How the listener treats connections and requests.
 #[derive(Clone)]
 pub struct ServerOptions {
     /// Serve HTTPS with this configuration; `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Longest a client may take to send a request's headers (and a TLS handshake).
     pub header_read_timeout: Duration,
+    /// A connection that carries nothing for this long is closed.
+    pub idle_timeout: Duration,
     /// Most connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Most requests in flight at once; more are answered 503 with `Retry-After` at once.
+    pub max_in_flight: usize,
+    /// Longest a request may take, from its headers to its answer (its body included).
+    pub request_timeout: Duration,
     /// Longest shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
 }
@@ -43,7 +62,10 @@ impl Default for ServerOptions {
         ServerOptions {
             tls: None,
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(15),
         }
     }
@@ -54,7 +76,10 @@ impl std::fmt::Debug for ServerOptions {
         f.debug_struct("ServerOptions")
             .field("tls", &self.tls.is_some())
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("request_timeout", &self.request_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .finish()
     }
@@ -71,7 +96,7 @@ pub async fn serve<S>(
     service: S,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> std::io::Result<()>
+) -> io::Result<()>
 where
     S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -86,9 +111,14 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20));
     let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(options.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let connections = Arc::new(Semaphore::new(options.max_connections));
+    let requests = Limits {
+        in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
+        max_in_flight: options.max_in_flight,
+        timeout: options.request_timeout,
+    };
+    let (stopping, stop) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -102,53 +132,42 @@ where
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
             tokio::spawn(refuse(stream, acceptor.is_none()));
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let hyper_service = TowerToHyperService::new(
-            service
-                .clone()
-                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
-        );
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let service = limited(service.clone(), requests.clone());
+        let connection = Connection {
+            builder: builder.clone(),
+            idle_timeout: options.idle_timeout,
+            handshake_timeout: options.header_read_timeout,
+            stop: stop.clone(),
+            peer,
+        };
         let acceptor = acceptor.clone();
-        let handshake_deadline = options.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => {
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
-                        .into_owned();
-                    finish(watcher.watch(connection).await, peer);
-                }
+                None => connection.serve(stream, service).await,
                 Some(acceptor) => {
                     let handshake =
-                        tokio::time::timeout(handshake_deadline, acceptor.accept(stream)).await;
-                    let tls = match handshake {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), hyper_service)
-                        .into_owned();
-                    finish(watcher.watch(connection).await, peer);
+                        tokio::time::timeout(connection.handshake_timeout, acceptor.accept(stream))
+                            .await;
+                    match handshake {
+                        Ok(Ok(tls)) => connection.serve(tls, service).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+    stopping.send_replace(true);
+    // Every connection holds a slot until it ends: all slots back means all drained.
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.drain_timeout, connections.acquire_many(all))
         .await
         .is_err()
     {
@@ -160,11 +179,188 @@ where
     Ok(())
 }
 
-fn finish<E: std::fmt::Display>(outcome: Result<(), E>, peer: SocketAddr) {
-    if let Err(e) = outcome {
-        // Clients that go away, time out on their headers or send garbage end up here.
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+/// One accepted connection and how to serve it.
+struct Connection {
+    builder: Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves requests on `io` until the client closes it, it stays idle for the idle timeout,
+    /// or the server stops (then after the request in flight, if any).
+    async fn serve<I, S>(mut self, io: I, service: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: tower::Service<Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let activity = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let io = Watched {
+            inner: io,
+            activity: activity.clone(),
+            epoch,
+        };
+        let hyper_service = TowerToHyperService::new(
+            service.map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
+        );
+        let mut connection = pin!(self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), hyper_service));
+        let mut closing = false;
+        loop {
+            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+            let idle_at = epoch + last + self.idle_timeout;
+            tokio::select! {
+                outcome = connection.as_mut() => {
+                    if let Err(e) = outcome {
+                        // Clients that go away, time out on their headers or send garbage end
+                        // up here.
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(idle_at), if !closing => {
+                    let quiet = epoch.elapsed().saturating_sub(
+                        Duration::from_millis(activity.load(Ordering::Relaxed)),
+                    );
+                    if quiet >= self.idle_timeout {
+                        tracing::debug!(peer = %self.peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                changed = self.stop.changed(), if !closing => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
     }
+}
+
+/// A connection's stream, noting when it last carried bytes (milliseconds since `epoch`).
+struct Watched<I> {
+    inner: I,
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<I> Watched<I> {
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis();
+        self.activity
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The per-request limits every connection shares.
+#[derive(Clone)]
+struct Limits {
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    timeout: Duration,
+}
+
+/// `service` with the request limits: shed when too many are in flight, cut off when one takes
+/// too long.
+fn limited<S>(
+    service: S,
+    limits: Limits,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = Infallible,
+    Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+> + Clone
+       + Send
+       + 'static
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    tower::service_fn(move |request: Request| {
+        let service = service.clone();
+        let limits = limits.clone();
+        let answer: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> =
+            Box::pin(async move {
+                let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+                    return Ok(ApiError(KvError::Overloaded {
+                        limit: limits.max_in_flight,
+                    })
+                    .into_response());
+                };
+                match tokio::time::timeout(limits.timeout, service.oneshot(request)).await {
+                    Ok(answered) => answered,
+                    Err(_) => Ok(ApiError(KvError::RequestTimeout {
+                        secs: limits.timeout.as_secs(),
+                    })
+                    .into_response()),
+                }
+            });
+        answer
+    })
 }
 
 /// Answers a connection over the cap with a 503 (plain HTTP) and closes it.
@@ -175,7 +371,7 @@ async fn refuse(mut stream: TcpStream, plain: bool) {
     }
 }
 
-async fn answer<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T) -> std::io::Result<()> {
+async fn answer<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T) -> io::Result<()> {
     stream.write_all(OVER_CAPACITY).await?;
     stream.shutdown().await
 }
@@ -197,5 +393,61 @@ mod tests {
         assert_eq!(body.len(), length);
         let envelope: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(envelope["errors"][0]["code"], 10050);
+    }
+
+    /// A service that answers after `delay`.
+    fn slow(
+        delay: Duration,
+    ) -> impl tower::Service<
+        Request,
+        Response = Response,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response, Infallible>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |_: Request| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>("done".into_response())
+        })
+    }
+
+    fn request() -> Request {
+        Request::get("/").body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_past_the_in_flight_cap_are_shed_at_once() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(2)),
+            max_in_flight: 2,
+            timeout: Duration::from_secs(60),
+        };
+        let service = limited(slow(Duration::from_secs(1)), limits);
+        let first = tokio::spawn(service.clone().oneshot(request()));
+        let second = tokio::spawn(service.clone().oneshot(request()));
+        tokio::task::yield_now().await;
+        let shed = service.clone().oneshot(request()).await.unwrap();
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1");
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
+        assert_eq!(second.await.unwrap().unwrap().status(), 200);
+        // Room again once they are done.
+        assert_eq!(service.oneshot(request()).await.unwrap().status(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_its_deadline_is_cut_off() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(8)),
+            max_in_flight: 8,
+            timeout: Duration::from_secs(5),
+        };
+        let answer = limited(slow(Duration::from_secs(10)), limits.clone())
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 408);
+        assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
     }
 }

@@ -39,18 +39,17 @@ use driftkv_core::{
 };
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::Auth;
+use crate::auth::{Access, Auth, Scope};
 use crate::body::{linger, read_capped, read_json, Capped};
-use crate::bulk::ValueKind;
-use crate::envelope::raw_metadata;
+use crate::bulk_answer::{self, Shape, ValueKind};
 use crate::extract::Params;
 use crate::metered::MeterLayer;
 use crate::values::write_single;
 use crate::Service;
 use refusal::Refusal;
 use wire::{
-    key_from_path, metadata_header, BulkAnswer, BulkEntry, BulkGetRequest, ListAnswer, ListedKey,
-    EXPIRATION_HEADER, METADATA_HEADER, NAMESPACE_HEADER,
+    key_from_path, metadata_header, BulkGetRequest, ListAnswer, ListedKey, EXPIRATION_HEADER,
+    METADATA_HEADER, NAMESPACE_HEADER,
 };
 
 /// The HTTP service of an edge's workerd binding listener: the binding protocol over
@@ -66,7 +65,11 @@ pub fn workerd_binding(
         .route("/", get(list))
         .route("/bulk/get", post(bulk_get))
         .route("/{key}", get(get_value).put(put_value).delete(delete_value))
-        .with_state(Binding { service, auth })
+        // workerd names `fake-host` in every request; no browser can be made to.
+        .with_state(Binding {
+            service,
+            auth: auth.also_answering("fake-host"),
+        })
         .route_layer(CatchPanicLayer::custom(|_| {
             Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,13 +85,6 @@ pub fn workerd_binding(
     crate::with_request_spans(router, tracing)
 }
 
-/// Whether a request reads or writes the namespace it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Access {
-    Read,
-    Write,
-}
-
 /// The one credentials check of a binding request. `account` owns the namespace the request
 /// names (`None` when it names none that exists: the credentials are checked all the same,
 /// so that only a caller who may use the binding learns which namespaces exist), `access` is
@@ -99,9 +95,10 @@ fn authorize(
     account: Option<&str>,
     access: Access,
 ) -> Result<(), KvError> {
-    auth.check(headers).inspect_err(|e| {
-        tracing::debug!(account, ?access, error = %e, "binding request refused");
-    })
+    auth.check(headers, Scope { account, access })
+        .inspect_err(|e| {
+            tracing::debug!(account, ?access, error = %e, "binding request refused");
+        })
 }
 
 /// What the handlers share.
@@ -215,40 +212,31 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
     for (index, key) in request.keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
-    let mut answer = BulkAnswer::default();
+    let mut entries = Vec::new();
     let mut total = 0usize;
     for key in request.distinct_keys() {
         let found = binding
             .service
             .get(&namespace.account_id, namespace.id, key, cache_ttl)
             .await?;
-        let entry = match found {
-            None => None,
-            Some(value) => {
-                // Counted as the values are read, so that an answer over the cap stops there.
-                total += value.value.len();
-                if total > MAX_VALUE_BYTES {
-                    return Err(Refusal::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "Total size of the values exceeds the limit of {MAX_VALUE_BYTES} bytes"
-                        ),
-                    ));
-                }
-                let rendered = kind.render(key, &value)?;
-                Some(if request.with_metadata {
-                    BulkEntry::WithMetadata {
-                        value: rendered,
-                        metadata: raw_metadata(value.metadata.as_deref())?,
-                    }
-                } else {
-                    BulkEntry::Value(rendered)
-                })
-            }
-        };
-        answer.0.push((key.to_owned(), entry));
+        // Counted as the values are read, so that an answer over the cap stops there.
+        total += found.as_ref().map_or(0, |v| v.value.len());
+        if total > MAX_VALUE_BYTES {
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Total size of the values exceeds the limit of {MAX_VALUE_BYTES} bytes"),
+            ));
+        }
+        entries.push((key.to_owned(), found));
     }
-    Ok(Json(answer).into_response())
+    // workerd reads the entries in the order asked for, and no expiration in them.
+    let shape = Shape {
+        envelope: false,
+        with_metadata: request.with_metadata,
+        expiration: false,
+        kind,
+    };
+    Ok(bulk_answer::answer(entries, shape)?)
 }
 
 /// `list`: `GET /?key_count_limit=N&prefix=P&cursor=C`, each optional.
@@ -351,7 +339,7 @@ impl Binding {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<(Namespace, String, Option<String>, Option<u64>), Refusal> {
-        let namespace = self.bind(headers, Access::Write).await?;
+        let namespace = self.bind(headers, Access::Edit).await?;
         let params = params(uri)?;
         let key = key_of(uri, &params)?;
         let expiration = resolve_expiration(
@@ -387,7 +375,7 @@ impl Binding {
 
 /// `delete`: `DELETE /<key>?urlencoded=true`; succeeds whether or not the key exists.
 async fn delete_value(State(binding): State<Binding>, uri: Uri, headers: HeaderMap) -> Reply {
-    let namespace = binding.bind(&headers, Access::Write).await?;
+    let namespace = binding.bind(&headers, Access::Edit).await?;
     let params = params(&uri)?;
     let key = key_of(&uri, &params)?;
     let delete = Write {

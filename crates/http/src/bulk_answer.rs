@@ -1,0 +1,323 @@
+//! The answer of a bulk get, the REST API's and the workerd binding's: checked whole before it
+//! starts, then streamed, so that a node never holds more than the values themselves.
+//!
+//! Rendering a value can make it much larger (a text value of control characters becomes six
+//! bytes of `\u00XX` for each), so the answer is never built in memory: values are written out
+//! in slices of [`SLICE`] bytes as the client reads. What is checked first: the values come to
+//! at most 25 MiB together (Workers KV's cap, refused with 413 as Miniflare does), and with
+//! `type=json` each value is valid JSON — checked without building it (a 25 MiB `[0,0,...]`
+//! would otherwise become a tree many times its size) and then sent as stored.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
+use driftkv_core::limits::MAX_VALUE_BYTES;
+use driftkv_core::{KvError, LiveValue};
+use serde::de::IgnoredAny;
+
+/// How much of a value is rendered at a time.
+const SLICE: usize = 64 * 1024;
+
+/// How bulk-get values are returned (the REST API's and the workerd binding's alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueKind {
+    Text,
+    Json,
+}
+
+impl ValueKind {
+    /// The kind a request's `type` names: `text` (the default) or `json`.
+    pub(crate) fn parse(kind: Option<&str>) -> Result<Self, KvError> {
+        match kind.unwrap_or("text") {
+            "text" => Ok(ValueKind::Text),
+            "json" => Ok(ValueKind::Json),
+            other => Err(KvError::InvalidParameter(format!(
+                "type must be 'text' or 'json', got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The shape of the answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    /// Inside Cloudflare's envelope, under `result.values` (the REST API); else a bare object
+    /// (the workerd binding).
+    pub envelope: bool,
+    /// Each found entry as `{"value", "metadata"}` rather than the value alone.
+    pub with_metadata: bool,
+    /// With metadata, add `"expiration"` where one is set (the REST API does; workerd's
+    /// binding reads no such field).
+    pub expiration: bool,
+    /// How values are rendered.
+    pub kind: ValueKind,
+}
+
+/// A piece of the answer, rendered when the client reads it.
+enum Piece {
+    /// Ready to send.
+    Ready(Bytes),
+    /// A slice of a text value (valid UTF-8), to escape as the inside of a JSON string.
+    Text(Bytes),
+}
+
+impl Piece {
+    /// The length of what [`Piece::render`] makes, known before it is made, so that the
+    /// answer carries a `Content-Length`.
+    fn len(&self) -> usize {
+        match self {
+            Piece::Ready(bytes) => bytes.len(),
+            Piece::Text(slice) => std::str::from_utf8(slice)
+                .expect("cut at character boundaries")
+                .chars()
+                .map(escaped_len)
+                .sum(),
+        }
+    }
+
+    fn render(self) -> Bytes {
+        match self {
+            Piece::Ready(bytes) => bytes,
+            Piece::Text(slice) => {
+                let text = std::str::from_utf8(&slice).expect("cut at character boundaries");
+                let quoted = serde_json::to_string(text).expect("a string always serializes");
+                // The slice's escaped characters, without the quotes around them.
+                let end = quoted.len() - 1;
+                Bytes::from(quoted).slice(1..end)
+            }
+        }
+    }
+}
+
+/// How many bytes JSON needs for `c` inside a string, as serde_json writes it: two for the
+/// short escapes, six (`\u00XX`) for the other control characters, else the character itself.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{08}' | '\u{0C}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+fn json_string(text: &str) -> Bytes {
+    Bytes::from(serde_json::to_string(text).expect("a string always serializes"))
+}
+
+/// Cuts a text value into slices of about [`SLICE`] bytes at character boundaries.
+fn text_slices(text: &Bytes, pieces: &mut Vec<Piece>) {
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + SLICE).min(text.len());
+        while !is_char_boundary(text, end) {
+            end -= 1;
+        }
+        pieces.push(Piece::Text(text.slice(start..end)));
+        start = end;
+    }
+}
+
+/// Whether `at` starts a character of the UTF-8 `text` (or is its end).
+fn is_char_boundary(text: &[u8], at: usize) -> bool {
+    at == text.len() || (text[at] as i8) >= -0x40
+}
+
+/// The bulk-get answer for `entries` (each key asked for, with its value if it has one), its
+/// body streamed and its length given: after checking the values fit the cap and, for
+/// `type=json`, are JSON.
+pub(crate) fn answer(
+    entries: Vec<(String, Option<LiveValue>)>,
+    shape: Shape,
+) -> Result<Response, KvError> {
+    let total: usize = entries
+        .iter()
+        .filter_map(|(_, v)| v.as_ref())
+        .map(|v| v.value.len())
+        .sum();
+    if total > MAX_VALUE_BYTES {
+        return Err(KvError::PayloadTooLarge(format!(
+            "the values come to {total} bytes; a bulk get answers at most {MAX_VALUE_BYTES} (ask for fewer keys)"
+        )));
+    }
+    let mut pieces = vec![Piece::Ready(Bytes::from_static(if shape.envelope {
+        br#"{"success":true,"errors":[],"messages":[],"result":{"values":{"#
+    } else {
+        b"{"
+    }))];
+    for (index, (key, found)) in entries.into_iter().enumerate() {
+        let mut head = Vec::with_capacity(key.len() + 8);
+        if index > 0 {
+            head.push(b',');
+        }
+        head.extend_from_slice(&json_string(&key));
+        head.push(b':');
+        pieces.push(Piece::Ready(head.into()));
+        let Some(value) = found else {
+            pieces.push(Piece::Ready(Bytes::from_static(b"null")));
+            continue;
+        };
+        if shape.with_metadata {
+            pieces.push(Piece::Ready(Bytes::from_static(br#"{"value":"#)));
+        }
+        match shape.kind {
+            ValueKind::Json => {
+                serde_json::from_slice::<IgnoredAny>(&value.value).map_err(|e| {
+                    KvError::InvalidParameter(format!(
+                        "the value of key {key:?} is not valid JSON ({e}); request type 'text'"
+                    ))
+                })?;
+                pieces.push(Piece::Ready(value.value.clone()));
+            }
+            ValueKind::Text => {
+                let text = match std::str::from_utf8(&value.value) {
+                    Ok(_) => value.value.clone(),
+                    // As Workers KV does, invalid UTF-8 reads as replacement characters.
+                    Err(_) => Bytes::from(String::from_utf8_lossy(&value.value).into_owned()),
+                };
+                pieces.push(Piece::Ready(Bytes::from_static(b"\"")));
+                text_slices(&text, &mut pieces);
+                pieces.push(Piece::Ready(Bytes::from_static(b"\"")));
+            }
+        }
+        if shape.with_metadata {
+            let mut tail = b",\"metadata\":".to_vec();
+            tail.extend_from_slice(value.metadata.as_deref().unwrap_or("null").as_bytes());
+            if let (true, Some(expiration)) = (shape.expiration, value.expiration) {
+                tail.extend_from_slice(format!(",\"expiration\":{expiration}").as_bytes());
+            }
+            tail.push(b'}');
+            pieces.push(Piece::Ready(tail.into()));
+        }
+    }
+    pieces.push(Piece::Ready(Bytes::from_static(if shape.envelope {
+        b"}}}"
+    } else {
+        b"}"
+    })));
+    let length: usize = pieces.iter().map(Piece::len).sum();
+    let stream = futures::stream::iter(
+        pieces
+            .into_iter()
+            .map(|piece| Ok::<_, std::convert::Infallible>(piece.render())),
+    );
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn live(value: &[u8], metadata: Option<&str>, expiration: Option<u64>) -> Option<LiveValue> {
+        Some(LiveValue {
+            value: Bytes::copy_from_slice(value),
+            metadata: metadata.map(str::to_owned),
+            expiration,
+        })
+    }
+
+    /// The answer's text, checked against its Content-Length.
+    async fn text_of(response: Response) -> String {
+        let length: usize = response.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), length, "the Content-Length is the body's");
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn escaped_lengths_are_serde_jsons() {
+        let samples = (0u32..0x300)
+            .chain([0x2028, 0x2029, 0xfffd, 0x1f600])
+            .filter_map(char::from_u32);
+        for c in samples {
+            let quoted = serde_json::to_string(&c.to_string()).unwrap();
+            assert_eq!(escaped_len(c), quoted.len() - 2, "{c:?}");
+        }
+    }
+
+    fn shape(envelope: bool, with_metadata: bool, kind: ValueKind) -> Shape {
+        Shape {
+            envelope,
+            with_metadata,
+            expiration: envelope,
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_in_both_shapes_are_the_json_they_should_be() {
+        let entries = vec![
+            (
+                "t".to_owned(),
+                live(b"caf\xc3\xa9 \"q\" \n\x01", Some(r#"{"a":1}"#), Some(99)),
+            ),
+            ("gone".to_owned(), None),
+            ("bad utf8".to_owned(), live(b"\xff\xfeok", None, None)),
+        ];
+        let rest =
+            text_of(answer(entries.clone(), shape(true, true, ValueKind::Text)).unwrap()).await;
+        let rest: Value = serde_json::from_str(&rest).unwrap();
+        assert_eq!(
+            rest,
+            json!({"success": true, "errors": [], "messages": [], "result": {"values": {
+                "t": {"value": "café \"q\" \n\u{1}", "metadata": {"a": 1}, "expiration": 99},
+                "gone": null,
+                "bad utf8": {"value": "\u{fffd}\u{fffd}ok", "metadata": null},
+            }}})
+        );
+        let bare = text_of(answer(entries, shape(false, false, ValueKind::Text)).unwrap()).await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&bare).unwrap(),
+            json!({"t": "café \"q\" \n\u{1}", "gone": null, "bad utf8": "\u{fffd}\u{fffd}ok"})
+        );
+    }
+
+    #[tokio::test]
+    async fn long_values_are_sliced_at_character_boundaries_and_escaped_whole() {
+        // Multi-byte characters and escapes straddling every slice boundary.
+        let text: String = "é\u{1}\"€x".repeat(SLICE / 3);
+        let entries = vec![("k".to_owned(), live(text.as_bytes(), None, None))];
+        let body = text_of(answer(entries, shape(false, false, ValueKind::Text)).unwrap()).await;
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["k"], Value::String(text.clone()));
+        assert_eq!(body, serde_json::to_string(&json!({"k": text})).unwrap());
+    }
+
+    #[tokio::test]
+    async fn json_values_are_checked_without_being_built_and_sent_as_stored() {
+        let entries = vec![("j".to_owned(), live(br#"{ "b": [1, 2.50] }"#, None, None))];
+        let body = text_of(answer(entries, shape(false, false, ValueKind::Json)).unwrap()).await;
+        assert_eq!(body, r#"{"j":{ "b": [1, 2.50] }}"#);
+        let entries = vec![("j".to_owned(), live(b"not json", None, None))];
+        assert!(matches!(
+            answer(entries, shape(true, false, ValueKind::Json)),
+            Err(KvError::InvalidParameter(_))
+        ));
+    }
+
+    #[test]
+    fn values_over_the_cap_together_are_refused_before_anything_is_sent() {
+        let half = vec![b'x'; MAX_VALUE_BYTES / 2 + 1];
+        let entries = vec![
+            ("a".to_owned(), live(&half, None, None)),
+            ("b".to_owned(), live(&half, None, None)),
+        ];
+        assert!(matches!(
+            answer(entries, shape(true, false, ValueKind::Text)),
+            Err(KvError::PayloadTooLarge(_))
+        ));
+    }
+}

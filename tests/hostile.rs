@@ -1,0 +1,519 @@
+//! The public API under hostile traffic, against the real binary: tokens scoped to accounts
+//! and to reading, reloaded from their file; a tokenless server that answers only its own host;
+//! requests that try to make a node hold far more memory than they carry (peak RSS read from
+//! `/proc`); clients that trickle, idle or flood connections; a `cache_ttl` that tries to pin a
+//! value for years; quotas; and files only their owner may read.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{client, send_err, send_ok, wait_for, Server, ACCOUNT};
+use serde_json::json;
+
+/// Runs `driftkv ARGS`, asserting success; returns stdout.
+fn driftkv(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_driftkv"))
+        .args(args)
+        .output()
+        .expect("driftkv runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `driftkv token create ARGS`: the token, and the entry granting it.
+fn token_create(args: &[&str]) -> (String, String) {
+    let out = driftkv(&[&["token", "create"][..], args].concat());
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("a token line")
+        .to_owned();
+    let entry = out[out.find("[[tokens]]").expect("an entry")..].to_owned();
+    (token, entry)
+}
+
+fn api_of(base: &str, account: &str) -> String {
+    format!("{base}/client/v4/accounts/{account}/storage/kv/namespaces")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_scoped_to_accounts_and_permissions_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, reader_entry) = token_create(&["--account", "acme", "--read"]);
+    let (editor, editor_entry) = token_create(&["--account", "beta", "--edit"]);
+    let (everyone, everyone_entry) = token_create(&["--all-accounts", "--edit"]);
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(
+        &file,
+        format!("{reader_entry}\n{editor_entry}\n{everyone_entry}"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [("DRIFTKV_API_TOKENS_FILE", file.to_str().unwrap())];
+    let server = Server::start_in(&data, &env).expect("starts with a token file");
+    let http = client();
+    let acme = api_of(&server.base, "acme");
+    let beta = api_of(&server.base, "beta");
+
+    // The edit token for every account sets the scene.
+    send_ok(
+        http.post(&acme)
+            .bearer_auth(&everyone)
+            .json(&json!({"title": "shop"})),
+    )
+    .await;
+    // Read-only in acme: reads work, writes and other accounts are refused with 10000.
+    send_ok(http.get(&acme).bearer_auth(&reader)).await;
+    let refused = send_err(
+        http.post(&acme)
+            .bearer_auth(&reader)
+            .json(&json!({"title": "no"})),
+        403,
+        10000,
+    )
+    .await;
+    assert!(refused.to_string().contains("may only read"), "{refused}");
+    send_err(http.get(&beta).bearer_auth(&reader), 403, 10000).await;
+    // Edit in beta only.
+    send_ok(
+        http.post(&beta)
+            .bearer_auth(&editor)
+            .json(&json!({"title": "b"})),
+    )
+    .await;
+    send_err(
+        http.post(&acme)
+            .bearer_auth(&editor)
+            .json(&json!({"title": "a"})),
+        403,
+        10000,
+    )
+    .await;
+    // A bulk get reads; a bulk write edits.
+    let ns = send_ok(http.get(&acme).bearer_auth(&reader)).await["result"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send_ok(
+        http.post(format!("{acme}/{ns}/bulk/get"))
+            .bearer_auth(&reader)
+            .json(&json!({"keys": ["k"]})),
+    )
+    .await;
+    send_err(
+        http.put(format!("{acme}/{ns}/bulk"))
+            .bearer_auth(&reader)
+            .json(&json!([{"key": "k", "value": "v"}])),
+        403,
+        10000,
+    )
+    .await;
+    // The hot read path answers by the same rules.
+    send_err(
+        http.get(format!("{beta}/{ns}/values/k"))
+            .bearer_auth(&reader),
+        403,
+        10000,
+    )
+    .await;
+
+    // Revoked in the file, then SIGHUP: refused from then on.
+    std::fs::write(&file, format!("{editor_entry}\n{everyone_entry}")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        Duration::from_secs(5),
+        "the revoked token to be refused",
+        || {
+            let request = http.get(&acme).bearer_auth(&reader);
+            async move { (request.send().await.ok()?.status() == 403).then_some(()) }
+        },
+    )
+    .await;
+    // A new token, without a signal: the changed file is noticed.
+    let (late, late_entry) = token_create(&["--account", "acme", "--read"]);
+    std::fs::write(
+        &file,
+        format!("{editor_entry}\n{everyone_entry}\n{late_entry}"),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the new token to be taken", || {
+        let request = http.get(&acme).bearer_auth(&late);
+        async move { (request.send().await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+    // A broken file keeps the tokens in force.
+    std::fs::write(&file, "[[tokens]]\nsha256 = \"nope\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Give the reload its chance to (wrongly) drop everything; the token keeps working.
+    for _ in 0..20 {
+        send_ok(http.get(&acme).bearer_auth(&late)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends a raw HTTP/1.1 request; returns the status line.
+fn raw_status(addr: &str, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_tokenless_server_answers_only_its_own_host() {
+    let server = Server::start();
+    let addr = server.addr();
+    let path = format!("/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces");
+    let get = |host: &str| {
+        raw_status(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert!(get(&addr).contains(" 200 "), "{}", get(&addr));
+    assert!(get("localhost:8787").contains(" 200 "));
+    // What DNS rebinding sends: a loopback address under a foreign name.
+    assert!(get("attacker.example").contains(" 403 "));
+    assert!(get("attacker.example:8787").contains(" 403 "));
+    // A cross-site form post (text/plain needs no preflight).
+    let body = r#"{"title":"csrf"}"#;
+    let post = |origin: &str| {
+        raw_status(
+            &addr,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    assert!(post("https://evil.example").contains(" 403 "));
+    assert!(post(&format!("http://{addr}")).contains(" 200 "));
+}
+
+/// Reads a `/proc/PID/status` figure in bytes.
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// How much a request made the server's peak RSS grow: the peak is reset first (writing 5 to
+/// `/proc/PID/clear_refs`), so only this request's own peak counts.
+async fn peak_growth<F, Fut>(pid: u32, request: F) -> (u64, Fut::Output)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future,
+{
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+    let base = proc_status(pid, "VmRSS:");
+    let outcome = request().await;
+    let peak = proc_status(pid, "VmHWM:");
+    (peak.saturating_sub(base), outcome)
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// No request makes the node hold much more than its body or its answer: a bulk write whose
+/// metadata is a 20 MB JSON array (refused before any of it is built), a bulk get of a 25 MiB
+/// JSON value (checked without building it), and one of a 25 MiB value of control characters,
+/// which renders to six times its size (streamed, never built).
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_bodies_and_answers_stay_within_three_times_their_size() {
+    let server = Server::start();
+    let pid = server.pid();
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "memory").await;
+
+    let array = format!("[{}0]", "0,".repeat(10_000_000));
+    let body = format!(r#"[{{"key":"k","value":"v","metadata":{array}}}]"#);
+    let size = body.len() as u64;
+    let (grew, answer) = peak_growth(pid, || {
+        http.put(format!("{ns}/bulk"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    })
+    .await;
+    common::assert_error(answer.unwrap(), 413, 10034).await;
+    assert!(
+        grew <= 3 * size,
+        "a {size}-byte bulk write grew the peak by {grew}"
+    );
+
+    let json_value = format!("[{}0]", "0,".repeat(13_000_000));
+    assert!(json_value.len() < 25 * MIB as usize);
+    send_ok(
+        http.put(format!("{ns}/values/json"))
+            .body(json_value.clone()),
+    )
+    .await;
+    let (grew, answer) = peak_growth(pid, || async {
+        let response = http
+            .post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["json"], "type": "json"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap()
+    })
+    .await;
+    let size = answer.len() as u64;
+    assert!(size > json_value.len() as u64);
+    assert!(
+        grew <= 3 * size,
+        "a {size}-byte answer grew the peak by {grew}"
+    );
+
+    let control = vec![1u8; 25 * MIB as usize];
+    send_ok(http.put(format!("{ns}/values/control")).body(control)).await;
+    let (grew, answer) = peak_growth(pid, || async {
+        let response = http
+            .post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["control"], "type": "text"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // Read as it streams, never held whole here either.
+        let mut length = 0u64;
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            length += chunk.len() as u64;
+        }
+        length
+    })
+    .await;
+    assert!(answer > 6 * 25 * MIB, "{answer} bytes of escapes");
+    assert!(
+        grew <= 3 * 25 * MIB,
+        "a 25 MiB value rendered to {answer} bytes grew the peak by {grew}"
+    );
+    // Two such values together are over the cap: refused before anything is sent.
+    let half = vec![b'h'; 13 * MIB as usize];
+    send_ok(http.put(format!("{ns}/values/h1")).body(half.clone())).await;
+    send_ok(http.put(format!("{ns}/values/h2")).body(half)).await;
+    common::send_err(
+        http.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["h1", "h2"]})),
+        413,
+        10040,
+    )
+    .await;
+}
+
+#[test]
+fn trickling_idle_and_flooding_clients_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &[
+            ("DRIFTKV_HTTP__HEADER_READ_TIMEOUT_MS", "1000"),
+            ("DRIFTKV_HTTP__IDLE_TIMEOUT_MS", "1500"),
+            ("DRIFTKV_HTTP__MAX_CONNECTIONS", "16"),
+        ],
+    )
+    .expect("starts");
+    let addr = server.addr();
+
+    // A client trickling its headers a byte a second is disconnected within the timeout.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    let started = Instant::now();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: yes";
+    let mut cut = false;
+    for byte in request {
+        if slow.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    if !cut {
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0; 256];
+        // Closed by the server: end of stream, or a reset.
+        let read = slow.read(&mut buf);
+        cut = matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains(" 408 ");
+    }
+    assert!(cut, "a trickling client kept its connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An idle keep-alive connection is closed.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = idle.read(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    let quiet = Instant::now();
+    let closed = idle.read(&mut answer);
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert!(
+        quiet.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        quiet.elapsed()
+    );
+
+    // A flood past the connection cap: the extra connections get a 503 and are closed.
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let extra = raw_status(&addr, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(extra.contains(" 503 "), "{extra}");
+    drop(held);
+    // Room again once they are gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = raw_status(
+            &addr,
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        if status.contains(" 200 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `cache_ttl` of ten years is cut to `cache.max_ttl_secs`: the value (and an absence) an
+/// edge cached is replaced once that has passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_cache_ttl_is_cut_to_the_maximum() {
+    let dev = common::DevCluster::start(
+        2,
+        &[
+            ("DRIFTKV_CACHE__MIN_TTL_SECS", "1"),
+            ("DRIFTKV_CACHE__DEFAULT_TTL_SECS", "1"),
+            ("DRIFTKV_CACHE__MAX_TTL_SECS", "2"),
+        ],
+    )
+    .await;
+    let http = client();
+    let (writer, reader) = (common::api_at(&dev.edges[0]), common::api_at(&dev.edges[1]));
+    let created = send_ok(http.post(&writer).json(&json!({"title": "pinned"}))).await;
+    let id = created["result"]["id"].as_str().unwrap();
+    let at_reader = format!("{reader}/{id}/values/k?cache_ttl=315360000");
+    wait_for(
+        Duration::from_secs(10),
+        "the namespace at the reader",
+        || {
+            let request = http.get(format!("{reader}/{id}"));
+            async move { (request.send().await.ok()?.status() == 200).then_some(()) }
+        },
+    )
+    .await;
+    // Cached as absent, for "ten years".
+    send_err(http.get(&at_reader), 404, 10009).await;
+    send_ok(http.put(format!("{writer}/{id}/values/k")).body("v")).await;
+    let started = Instant::now();
+    wait_for(
+        Duration::from_secs(15),
+        "the cached absence to run out",
+        || {
+            let request = http.get(&at_reader);
+            async move {
+                let response = request.send().await.ok()?;
+                (response.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_stop_at_the_account_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &[("DRIFTKV_LIMITS__NAMESPACES_PER_ACCOUNT", "3")],
+    )
+    .expect("starts");
+    let http = client();
+    for i in 0..3 {
+        common::create_namespace(&http, &server, &format!("n{i}")).await;
+    }
+    let refused = send_err(
+        http.post(server.api()).json(&json!({"title": "n3"})),
+        403,
+        10053,
+    )
+    .await;
+    assert!(refused["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("namespaces_per_account"));
+    // Another account is not affected.
+    send_ok(
+        http.post(api_of(&server.base, "another"))
+            .json(&json!({"title": "n0"})),
+    )
+    .await;
+}
+
+#[cfg(unix)]
+#[test]
+fn a_nodes_files_are_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // An older version's looser modes are mended too.
+    std::fs::create_dir_all(data.join("central")).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start_in(&data, &[]).expect("starts");
+    server.stop();
+    let mut checked = 0;
+    let mut pending = vec![data.clone()];
+    while let Some(current) = pending.pop() {
+        let mode = std::fs::metadata(&current).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{current:?} is {mode:o}");
+        checked += 1;
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                assert_eq!(mode & 0o077, 0, "{:?} is {mode:o}", entry.path());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 5, "only {checked} files and directories");
+}
