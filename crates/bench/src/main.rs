@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use clap::Parser;
+use driftkv_core::cluster::{ClusterView, NodeRole};
 use driftkv_proto::pb;
 use driftkv_proto::pb::central_client::CentralClient;
 use futures::future::try_join_all;
@@ -202,7 +203,7 @@ async fn wait_for_topology(
 
 /// Reads the live edges and central's gRPC address from `edge`'s `/cluster`.
 async fn topology(http: &reqwest::Client, edge: &str) -> anyhow::Result<Topology> {
-    let view: Value = http
+    let view: ClusterView = http
         .get(format!("{edge}/cluster"))
         .send()
         .await
@@ -210,24 +211,15 @@ async fn topology(http: &reqwest::Client, edge: &str) -> anyhow::Result<Topology
         .error_for_status()?
         .json()
         .await?;
-    let members = view["members"]
-        .as_array()
-        .context("/cluster has no members")?;
-    let live = |role: &'static str| {
-        members
-            .iter()
-            .filter(move |m| m["role"] == role && m["live"] == true)
-    };
-    let central = live("central")
-        .find_map(|m| m["grpc"].as_str())
-        .context("/cluster shows no live central")?
-        .to_owned();
+    let central = view
+        .live(NodeRole::Central)
+        .find_map(|m| m.grpc.clone())
+        .context("/cluster shows no live central")?;
     let mut edges = vec![edge.trim_end_matches('/').to_owned()];
     edges.extend(
-        live("edge")
-            .filter_map(|m| m["http"].as_str())
+        view.live(NodeRole::Edge)
+            .filter_map(|m| m.http.clone())
             .filter(|http| *http != edges[0])
-            .map(str::to_owned)
             .collect::<Vec<_>>(),
     );
     Ok(Topology { edges, central })

@@ -24,13 +24,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 pub use bulk::{batches, BulkReport, Progress, MAX_BULK_BODY_BYTES, MAX_BULK_ITEMS};
+pub use driftkv_core::cluster::{ClusterView, Member, MemberStatus, NodeRole};
 pub use error::{Error, Result};
 pub use retry::RetryPolicy;
 use retry::{Repeat, Retries};
-pub use types::{
-    BulkItem, BulkResult, ClusterView, Key, KeyPage, Member, Namespace, PutOptions,
-    ValueWithMetadata,
-};
+pub use types::{BulkItem, BulkResult, Key, KeyPage, Namespace, PutOptions, ValueWithMetadata};
 
 /// Most keys one bulk read may ask for.
 pub const MAX_BULK_GET_KEYS: usize = 100;

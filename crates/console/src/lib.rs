@@ -20,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use driftkv_core::cluster::NodeRole;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -30,23 +31,13 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self' blob:; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
-/// The kind of node serving the console: an edge serves every page; central, which has no KV
-/// API, only the cluster view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// An edge: namespaces, keys, cluster, consistency experiments.
-    Edge,
-    /// The write region's operator endpoint: the cluster view.
-    Central,
-}
-
 /// What the page is told about the node serving it (`GET /ui/config.json`). Nothing in it is
 /// secret: the same facts are in `/readyz` and gossip.
 #[derive(Clone, Debug, Serialize)]
 pub struct Options {
-    /// The node's role.
-    pub role: Role,
+    /// The node's role: an edge serves every page; central, which has no KV API, only the
+    /// cluster view.
+    pub role: NodeRole,
     /// The node's id, as `/cluster` lists it.
     pub node_id: String,
     /// The account the console opens on until the user picks another (the CLI's default).
@@ -248,7 +239,7 @@ mod tests {
 
     fn console() -> Router {
         router(Options {
-            role: Role::Edge,
+            role: NodeRole::Edge,
             node_id: "2".into(),
             default_account: "dev".into(),
         })

@@ -6,6 +6,7 @@
 //! the storage layer, the servers and the clients.
 
 pub mod change;
+pub mod cluster;
 pub mod cursor;
 pub mod error;
 pub mod key;

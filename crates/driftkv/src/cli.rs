@@ -769,19 +769,22 @@ pub async fn cluster(target: &Target, command: ClusterCommand) -> anyhow::Result
             );
             let dash = || "-".to_owned();
             for m in &view.members {
+                // An edge's API (and workerd binding, when it serves one); central's gRPC.
+                let address = match (&m.http, &m.workerd, &m.grpc) {
+                    (Some(http), Some(workerd), _) => format!("{http} (workerd {workerd})"),
+                    (Some(http), None, _) => http.clone(),
+                    (None, _, Some(grpc)) => grpc.clone(),
+                    _ => dash(),
+                };
                 println!(
-                    "{:<8} {:<8} {:<12} {:<8} {:>12} {:>10} {:>10}  {}",
+                    "{:<8} {:<8} {:<12} {:<8} {:>12} {:>10} {:>10}  {address}",
                     m.node_id,
-                    m.role.clone().unwrap_or_else(dash),
+                    m.role.map_or_else(dash, |r| r.to_string()),
                     m.region.clone().unwrap_or_else(dash),
                     m.status,
                     m.applied_sequence.map_or_else(dash, |v| v.to_string()),
                     m.lag_entries.map_or_else(dash, |v| v.to_string()),
                     m.lag_ms.map_or_else(dash, |v| v.to_string()),
-                    m.http
-                        .clone()
-                        .or_else(|| m.grpc.clone())
-                        .unwrap_or_else(dash),
                 );
             }
             println!(

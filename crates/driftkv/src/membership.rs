@@ -9,11 +9,11 @@ use anyhow::Context as _;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use driftkv_core::cluster::{self, ClusterView, MemberStatus, NodeRole};
 use driftkv_core::time::unix_now_ms;
 use driftkv_edge::Edge;
 use driftkv_gossip::{keys, Gossip, GossipConfig, Member};
 use driftkv_store::Store;
-use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -21,22 +21,6 @@ use crate::config::Config;
 use crate::node::GossipPlace;
 use crate::ops;
 use crate::security::Security;
-
-/// The role a node plays, as gossiped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Central,
-    Edge,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Central => "central",
-            Role::Edge => "edge",
-        }
-    }
-}
 
 /// `http://host:port` (`https://` when `tls`) other nodes reach `addr` at.
 pub fn advertised(config: &Config, addr: SocketAddr, tls: bool) -> String {
@@ -55,7 +39,7 @@ pub fn advertised(config: &Config, addr: SocketAddr, tls: bool) -> String {
 pub async fn join(
     config: &Config,
     node_id: u64,
-    role: Role,
+    role: NodeRole,
     place: GossipPlace,
     security: &Security,
     service: (&str, String),
@@ -144,7 +128,7 @@ pub fn publish_edge(
 async fn discover_central(edge: &Edge, members: &[Member], refused: &mut HashSet<String>) {
     let centrals: Vec<&str> = members
         .iter()
-        .filter(|m| m.live && m.fact(keys::ROLE) == Some(Role::Central.as_str()))
+        .filter(|m| m.live && m.fact(keys::ROLE) == Some(NodeRole::Central.as_str()))
         .filter_map(|m| m.fact(keys::GRPC))
         .collect();
     let current = edge.link().address();
@@ -183,57 +167,60 @@ pub fn routes(gossip: Arc<Gossip>) -> Router {
 
 /// Every member gossip knows, live or dead, and each edge's replication lag in entries and
 /// milliseconds measured against central's durable sequence.
-async fn cluster(State(gossip): State<Arc<Gossip>>) -> Json<Value> {
+async fn cluster(State(gossip): State<Arc<Gossip>>) -> Json<ClusterView> {
     Json(describe(&gossip.members().await, unix_now_ms()))
 }
 
-fn describe(members: &[Member], now_ms: u64) -> Value {
+fn describe(members: &[Member], now_ms: u64) -> ClusterView {
+    let role = |m: &Member| m.fact(keys::ROLE).and_then(NodeRole::parse);
     let central = members
         .iter()
-        .filter(|m| m.fact(keys::ROLE) == Some(Role::Central.as_str()))
+        .filter(|m| role(m) == Some(NodeRole::Central))
         .max_by_key(|m| (m.live, m.number(keys::DURABLE_SEQUENCE)));
     let durable = central.and_then(|c| c.number(keys::DURABLE_SEQUENCE));
-    let listed: Vec<Value> = members
+    let members = members
         .iter()
         .map(|m| {
-            let mut entry = json!({
-                "node_id": m.node_id,
-                "role": m.fact(keys::ROLE),
-                "region": m.fact(keys::REGION),
-                "live": m.live,
-                "status": if m.live { "live" } else if m.dead { "dead" } else { "joining" },
-                "gossip": m.gossip.to_string(),
-                "version": m.fact(keys::VERSION),
-            });
-            for key in [keys::HTTP, keys::GRPC, keys::WORKERD] {
-                if let Some(value) = m.fact(key) {
-                    entry[key] = json!(value);
-                }
+            let applied = m.number(keys::APPLIED_SEQUENCE);
+            let caught_up_at_ms = m.number(keys::CAUGHT_UP_AT_MS);
+            let lag_entries = durable.zip(applied).map(|(d, a)| d.saturating_sub(a));
+            let lag_ms = match lag_entries {
+                Some(0) => Some(0),
+                _ => applied
+                    .and(caught_up_at_ms)
+                    .map(|at| now_ms.saturating_sub(at)),
+            };
+            let fact = |key| m.fact(key).map(str::to_owned);
+            cluster::Member {
+                node_id: m.node_id.clone(),
+                role: role(m),
+                region: fact(keys::REGION),
+                live: m.live,
+                status: if m.live {
+                    MemberStatus::Live
+                } else if m.dead {
+                    MemberStatus::Dead
+                } else {
+                    MemberStatus::Joining
+                },
+                gossip: m.gossip.to_string(),
+                version: fact(keys::VERSION),
+                http: fact(keys::HTTP),
+                grpc: fact(keys::GRPC),
+                workerd: fact(keys::WORKERD),
+                durable_sequence: m.number(keys::DURABLE_SEQUENCE),
+                log_oldest_sequence: m.number(keys::LOG_OLDEST_SEQUENCE),
+                caught_up_at_ms,
+                applied_sequence: applied,
+                lag_entries,
+                lag_ms,
             }
-            for key in [keys::DURABLE_SEQUENCE, keys::LOG_OLDEST_SEQUENCE] {
-                if let Some(sequence) = m.number(key) {
-                    entry[key] = json!(sequence);
-                }
-            }
-            if let Some(at) = m.number(keys::CAUGHT_UP_AT_MS) {
-                entry[keys::CAUGHT_UP_AT_MS] = json!(at);
-            }
-            if let Some(applied) = m.number(keys::APPLIED_SEQUENCE) {
-                entry[keys::APPLIED_SEQUENCE] = json!(applied);
-                let lag_entries = durable.map(|d| d.saturating_sub(applied));
-                let lag_ms = match lag_entries {
-                    Some(0) => Some(0),
-                    _ => m
-                        .number(keys::CAUGHT_UP_AT_MS)
-                        .map(|at| now_ms.saturating_sub(at)),
-                };
-                entry["lag_entries"] = json!(lag_entries);
-                entry["lag_ms"] = json!(lag_ms);
-            }
-            entry
         })
         .collect();
-    json!({ "members": listed, "central_durable_sequence": durable })
+    ClusterView {
+        members,
+        central_durable_sequence: durable,
+    }
 }
 
 #[cfg(test)]
@@ -281,26 +268,21 @@ mod tests {
             ),
         ];
         let view = describe(&members, 9000);
-        assert_eq!(view["central_durable_sequence"], 100);
-        let edges = view["members"].as_array().unwrap();
+        assert_eq!(view.central_durable_sequence, Some(100));
+        let lag = |m: &cluster::Member| (m.lag_entries, m.lag_ms);
+        assert_eq!(view.members[0].role, Some(NodeRole::Central));
+        assert_eq!(lag(&view.members[0]), (None, None));
+        assert_eq!(lag(&view.members[1]), (Some(0), Some(0)));
         assert_eq!(
-            (
-                edges[1]["lag_entries"].as_u64(),
-                edges[1]["lag_ms"].as_u64()
-            ),
-            (Some(0), Some(0))
+            (view.members[2].live, view.members[2].status),
+            (false, MemberStatus::Dead)
         );
-        assert_eq!(
-            (&edges[2]["live"], &edges[2]["status"]),
-            (&json!(false), &json!("dead"))
-        );
-        assert_eq!(
-            (
-                edges[2]["lag_entries"].as_u64(),
-                edges[2]["lag_ms"].as_u64()
-            ),
-            (Some(40), Some(5000))
-        );
+        assert_eq!(lag(&view.members[2]), (Some(40), Some(5000)));
+        // The wire shape scripts read.
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["members"][2]["status"], "dead");
+        assert_eq!(json["members"][2]["lag_ms"], 5000);
+        assert_eq!(serde_json::from_value::<ClusterView>(json).unwrap(), view);
     }
 
     #[test]

@@ -20,9 +20,10 @@ use tokio::task::JoinHandle;
 
 use crate::binding::BindingListener;
 use crate::config::Config;
-use crate::membership::{self, Role};
+use crate::membership;
 use crate::security::Security;
 use crate::{admin, cli, experiments, ops};
+use driftkv_core::cluster::NodeRole;
 use driftkv_gossip::{keys, Gossip};
 
 /// A signal every server of the process stops on.
@@ -216,7 +217,7 @@ impl CentralNode {
         let gossip = membership::join(
             config,
             config.node_id,
-            Role::Central,
+            NodeRole::Central,
             place,
             &process.security,
             (
@@ -273,7 +274,7 @@ impl CentralNode {
                 &config.node_id.to_string(),
                 ops::central_ready()
                     .merge(admin::routes(config, None))
-                    .merge(console(Role::Central, config.node_id)),
+                    .merge(console(NodeRole::Central, config.node_id)),
                 membership::routes(gossip.clone()),
                 process.tracing,
             );
@@ -402,7 +403,7 @@ impl EdgeNode {
         let gossip = membership::join(
             config,
             node_id,
-            Role::Edge,
+            NodeRole::Edge,
             place,
             &process.security,
             (
@@ -449,7 +450,7 @@ impl EdgeNode {
             ops::edge_ready(edge.clone())
                 .merge(admin::routes(config, Some(edge.clone())))
                 .merge(lab)
-                .merge(console(Role::Edge, node_id)),
+                .merge(console(NodeRole::Edge, node_id)),
             membership::routes(gossip.clone()),
             process.tracing,
         );
@@ -525,12 +526,9 @@ impl EdgeNode {
 }
 
 /// The web console (`/ui`), for a node of `role`; it opens on the CLI's default account.
-fn console(role: Role, node_id: u64) -> axum::Router {
+fn console(role: NodeRole, node_id: u64) -> axum::Router {
     driftkv_console::router(driftkv_console::Options {
-        role: match role {
-            Role::Central => driftkv_console::Role::Central,
-            Role::Edge => driftkv_console::Role::Edge,
-        },
+        role,
         node_id: node_id.to_string(),
         default_account: cli::DEFAULT_ACCOUNT.to_owned(),
     })

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use driftkv_core::cluster::{ClusterView, MemberStatus, NodeRole};
 use driftkv_edge::Edge;
 use driftkv_metrics::prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use driftkv_metrics::prometheus::proto::Metric;
@@ -16,7 +17,7 @@ use driftkv_metrics::{
     STORE_DISK_BYTES,
 };
 use driftkv_store::Store;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::watch;
 
 /// Reports the store's size on disk at every scrape, for as long as the store is open.
@@ -58,27 +59,23 @@ fn saturate(value: u64) -> i64 {
 /// Sets the membership gauges from a `/cluster` view: members by status, and each edge's lag.
 /// The lag series of an edge the view no longer gives a lag for (it left the cluster, or its
 /// lag is unknown) are removed rather than left showing their last value.
-pub fn record_membership(node: &str, view: &Value) {
-    let members = view["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let mut by_status: BTreeMap<&str, i64> = [("live", 0), ("dead", 0), ("joining", 0)]
-        .into_iter()
-        .collect();
+pub fn record_membership(node: &str, view: &ClusterView) {
+    let mut by_status: BTreeMap<MemberStatus, i64> =
+        MemberStatus::ALL.into_iter().map(|s| (s, 0)).collect();
     let (mut with_entries, mut with_ms) = (BTreeSet::new(), BTreeSet::new());
-    for member in members {
-        if let Some(count) = member["status"].as_str().and_then(|s| by_status.get_mut(s)) {
-            *count += 1;
-        }
-        if member["role"] != "edge" {
+    for member in &view.members {
+        *by_status.entry(member.status).or_default() += 1;
+        if member.role != Some(NodeRole::Edge) {
             continue;
         }
-        let edge = member["node_id"].as_str().unwrap_or_default();
-        if let Some(entries) = member["lag_entries"].as_u64() {
+        let edge = member.node_id.as_str();
+        if let Some(entries) = member.lag_entries {
             REPLICATION_LAG_ENTRIES
                 .with_label_values(&[node, edge])
                 .set(saturate(entries));
             with_entries.insert(edge);
         }
-        if let Some(ms) = member["lag_ms"].as_u64() {
+        if let Some(ms) = member.lag_ms {
             REPLICATION_LAG_SECONDS
                 .with_label_values(&[node, edge])
                 .set(ms as f64 / 1000.0);
@@ -88,7 +85,9 @@ pub fn record_membership(node: &str, view: &Value) {
     remove_other_edges(&REPLICATION_LAG_ENTRIES, node, &with_entries);
     remove_other_edges(&REPLICATION_LAG_SECONDS, node, &with_ms);
     for (status, count) in by_status {
-        GOSSIP_MEMBERS.with_label_values(&[node, status]).set(count);
+        GOSSIP_MEMBERS
+            .with_label_values(&[node, status.as_str()])
+            .set(count);
     }
 }
 
@@ -179,23 +178,34 @@ fn edge_readiness(edge: &Edge) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use driftkv_core::cluster::Member;
 
-    fn edge(id: &str, lag_entries: Value, lag_ms: Value) -> Value {
-        json!({ "node_id": id, "role": "edge", "status": "live",
-                "lag_entries": lag_entries, "lag_ms": lag_ms })
+    fn edge(id: &str, lag_entries: Option<u64>, lag_ms: Option<u64>) -> Member {
+        Member {
+            node_id: id.into(),
+            role: Some(NodeRole::Edge),
+            live: true,
+            status: MemberStatus::Live,
+            lag_entries,
+            lag_ms,
+            ..Member::default()
+        }
     }
 
     #[test]
     fn lag_series_follow_the_edges_that_report_a_lag() {
         let node = "ops-unit-test";
         let other = "ops-unit-test-other";
-        let view = |members: Vec<Value>| json!({ "members": members });
-        record_membership(other, &view(vec![edge("9", json!(1), json!(5))]));
+        let view = |members: Vec<Member>| ClusterView {
+            members,
+            central_durable_sequence: None,
+        };
+        record_membership(other, &view(vec![edge("9", Some(1), Some(5))]));
         record_membership(
             node,
             &view(vec![
-                edge("1", json!(0), json!(0)),
-                edge("2", json!(7), json!(1500)),
+                edge("1", Some(0), Some(0)),
+                edge("2", Some(7), Some(1500)),
             ]),
         );
         let both: BTreeSet<String> = ["1", "2"].map(String::from).into();
@@ -211,10 +221,7 @@ mod tests {
         // Edge 2 left; edge 3 joined but has not reported how far it got.
         record_membership(
             node,
-            &view(vec![
-                edge("1", json!(3), json!(0)),
-                edge("3", json!(2), Value::Null),
-            ]),
+            &view(vec![edge("1", Some(3), Some(0)), edge("3", Some(2), None)]),
         );
         let entries: BTreeSet<String> = ["1", "3"].map(String::from).into();
         assert_eq!(reported_edges(&REPLICATION_LAG_ENTRIES, node), entries);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use driftkv_client::Client;
+use driftkv_client::{Client, MemberStatus, NodeRole};
 use driftkv_core::time::unix_now_ms;
 use driftkv_testbed::staleness;
 use driftkv_testbed::visibility::{self, Plan, ReadPattern};
@@ -245,7 +245,7 @@ async fn cluster_edges(target: &Target, expect: u64) -> anyhow::Result<(Vec<Clie
             .members
             .iter()
             // A member still "joining" (not judged yet by the failure detector) serves already.
-            .filter(|m| m.role.as_deref() == Some("edge") && m.status != "dead")
+            .filter(|m| m.role == Some(NodeRole::Edge) && m.status != MemberStatus::Dead)
             .filter_map(|m| Some((m.node_id.parse().ok()?, m.http.clone()?)))
             .filter(|(_, http)| http.trim_end_matches('/') != target.url.trim_end_matches('/'))
             .collect();
@@ -403,7 +403,7 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
             let central = view
                 .members
                 .iter()
-                .find(|m| m.role.as_deref() == Some("central") && m.status != "dead")
+                .find(|m| m.role == Some(NodeRole::Central) && m.status != MemberStatus::Dead)
                 .and_then(|m| m.http.clone());
             vec![central.unwrap_or_else(|| edges[0].url().to_owned())]
         }
