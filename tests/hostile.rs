@@ -121,6 +121,43 @@ async fn tokens_are_scoped_to_accounts_and_permissions_and_reloaded() {
     )
     .await;
 
+    // The workerd binding answers by the same rules; its namespace's account is the scope.
+    let view: serde_json::Value = http
+        .get(format!("{}/cluster", server.base))
+        .bearer_auth(&everyone)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let binding = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| m["workerd"].as_str())
+        .expect("the dev edge serves the binding")
+        .trim_start_matches("http://")
+        .to_owned();
+    let call = |method: &'static str, token: &str| {
+        let (binding, ns, token) = (binding.clone(), ns.clone(), token.to_owned());
+        tokio::task::spawn_blocking(move || {
+            raw_status(
+                &binding,
+                &format!(
+                    "{method} /k HTTP/1.1\r\nHost: fake-host\r\nX-Driftkv-Namespace: {ns}\r\n\
+                     Authorization: Bearer {token}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nv"
+                ),
+            )
+        })
+    };
+    assert_eq!(call("PUT", &everyone).await.unwrap(), "HTTP/1.1 200 OK");
+    assert!(call("GET", &reader).await.unwrap().starts_with("HTTP/1.1 200 "));
+    let put = call("PUT", &reader).await.unwrap();
+    assert!(put.starts_with("HTTP/1.1 403 "), "{put}");
+    let other = call("GET", &editor).await.unwrap();
+    assert!(other.starts_with("HTTP/1.1 403 "), "{other}");
+
     // Revoked in the file, then SIGHUP: refused from then on.
     std::fs::write(&file, format!("{editor_entry}\n{everyone_entry}")).unwrap();
     assert!(Command::new("kill")
