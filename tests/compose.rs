@@ -368,6 +368,7 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
         .unwrap();
 
     let ports: Vec<u16> = (0..EDGES).map(|_| free_port()).collect();
+    let binding_ports: Vec<u16> = (0..EDGES).map(|_| free_port()).collect();
     let mut env = vec![
         ("DRIFTKV_API_TOKENS".to_owned(), TOKEN.to_owned()),
         (
@@ -380,6 +381,12 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
     ];
     for (i, port) in ports.iter().enumerate() {
         env.push((format!("DRIFTKV_EDGE{}_PORT", i + 1), port.to_string()));
+    }
+    for (i, port) in binding_ports.iter().enumerate() {
+        env.push((
+            format!("DRIFTKV_EDGE{}_WORKERD_PORT", i + 1),
+            port.to_string(),
+        ));
     }
     let cluster = Cluster {
         tool,
@@ -446,6 +453,15 @@ async fn a_compose_cluster_survives_its_faults_and_converges() {
         )
         .await;
         let value = common::fetch_bytes(http.get(format!("{}/{ns}/values/hello", api(edge)))).await;
+        assert_eq!(value, "from edge 1");
+    }
+    // And through every edge's published workerd binding, over HTTPS with the token.
+    for port in &binding_ports {
+        let value = common::fetch_bytes(
+            http.get(format!("https://127.0.0.1:{port}/hello"))
+                .header("X-Driftkv-Namespace", &ns),
+        )
+        .await;
         assert_eq!(value, "from edge 1");
     }
 

@@ -152,7 +152,10 @@ async fn tokens_are_scoped_to_accounts_and_permissions_and_reloaded() {
         })
     };
     assert_eq!(call("PUT", &everyone).await.unwrap(), "HTTP/1.1 200 OK");
-    assert!(call("GET", &reader).await.unwrap().starts_with("HTTP/1.1 200 "));
+    assert!(call("GET", &reader)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200 "));
     let put = call("PUT", &reader).await.unwrap();
     assert!(put.starts_with("HTTP/1.1 403 "), "{put}");
     let other = call("GET", &editor).await.unwrap();
