@@ -330,22 +330,29 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Whether `host` (a `Host` header or the authority of an `Origin`, with or without a port)
 /// names this host: `localhost` (or a name under it), or a loopback address.
 pub fn is_loopback_host(host: &str) -> bool {
+    // Checked on every request of a tokenless server, so it allocates nothing.
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [::1] or [::1]:port
-        rest.split(']').next().unwrap_or_default()
+        rest.split_once(']').map_or("", |(name, _)| name)
     } else {
         // name, name:port, or a bare IPv6 address (several colons)
-        match host.matches(':').count() {
-            0 | 1 => host.split(':').next().unwrap_or_default(),
+        match host.rsplit_once(':') {
+            Some((name, _)) if !name.contains(':') => name,
             _ => host,
         }
     };
     let name = name.trim_end_matches('.');
-    name.eq_ignore_ascii_case("localhost")
-        || name.to_ascii_lowercase().ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    // `localhost`, or a name under it (`*.localhost`, RFC 6761).
+    let bytes = name.as_bytes();
+    const LOCALHOST: &[u8] = b"localhost";
+    if bytes.len() >= LOCALHOST.len() {
+        let (before, last) = bytes.split_at(bytes.len() - LOCALHOST.len());
+        if last.eq_ignore_ascii_case(LOCALHOST) && (before.is_empty() || before.ends_with(b".")) {
+            return true;
+        }
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The open API's guard: only requests that name a loopback host, and that no foreign web
@@ -409,6 +416,37 @@ pub async fn require(State(auth): State<Auth>, request: Request, next: Next) -> 
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn loopback_hosts_are_told_from_others() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8787",
+            "localhost.",
+            "app.localhost:1",
+            "127.0.0.1",
+            "127.0.0.1:8787",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8787",
+            "::1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "attacker.example",
+            "localhost.attacker.example",
+            "notlocalhost",
+            "evil-localhost:80",
+            "10.0.0.1:8787",
+            "[::2]:8787",
+            "127.0.0.1.nip.io",
+            "[::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
