@@ -174,7 +174,7 @@ async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
         .into_iter()
         .map(LogEntry::try_from)
         .collect::<Result<Vec<_>, _>>()?;
-    let Some(last) = entries.last().map(|e| e.sequence) else {
+    let Some(last) = entries.iter().map(|e| e.sequence).max() else {
         return Ok(());
     };
     let count = entries.len() as u64;
@@ -284,5 +284,88 @@ async fn install_snapshot(edge: &Arc<Edge>, client: &mut TracedClient) -> Result
             edge.snapshots_installed.inc();
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use driftkv_core::{LiveValue, Namespace, Version};
+
+    use super::*;
+    use crate::testing::edge_over;
+
+    fn entry(sequence: u64, key: &str) -> LogEntry {
+        LogEntry {
+            sequence,
+            change: Change::Key {
+                namespace: NamespaceId([1; 16]),
+                key: key.into(),
+                record: Record {
+                    version: Version {
+                        timestamp: sequence,
+                        origin: 1,
+                    },
+                    live: Some(LiveValue {
+                        value: key.as_bytes().to_vec().into(),
+                        metadata: None,
+                        expiration: None,
+                    }),
+                },
+            },
+        }
+    }
+
+    /// Entries of writes this edge applied when central acknowledged them are skipped, not
+    /// applied a second time (not even read), and still count as applied.
+    #[tokio::test]
+    async fn entries_applied_here_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (edge, counting) = edge_over(dir.path());
+        edge.store
+            .put_namespace(&Namespace {
+                id: NamespaceId([1; 16]),
+                account_id: "a".into(),
+                title: "t".into(),
+                version: Version {
+                    timestamp: 1,
+                    origin: 1,
+                },
+            })
+            .unwrap();
+        let mine = [entry(5, "mine-5"), entry(6, "mine-6")];
+        for e in &mine {
+            let Change::Key { key, record, .. } = &e.change else {
+                unreachable!()
+            };
+            edge.store
+                .apply(NamespaceId([1; 16]), &[(key.clone(), record.clone())])
+                .unwrap();
+        }
+        edge.applied_here(&[5, 6, 9]);
+        let batch = pb::LogBatch {
+            entries: [mine[0].clone(), entry(7, "theirs"), mine[1].clone()]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        };
+        apply(&edge, batch).await.unwrap();
+        let key = |k: &str| [&[1u8; 16][..], k.as_bytes()].concat();
+        let (gets, puts) = (counting.gets(), counting.puts());
+        assert_eq!(
+            (gets.get(&key("mine-5")), puts.get(&key("mine-5"))),
+            (Some(&1), Some(&1))
+        );
+        assert_eq!(
+            (gets.get(&key("mine-6")), puts.get(&key("mine-6"))),
+            (Some(&1), Some(&1))
+        );
+        assert_eq!(
+            (gets.get(&key("theirs")), puts.get(&key("theirs"))),
+            (Some(&1), Some(&1))
+        );
+        assert_eq!(edge.store.applied_sequence().unwrap(), 7);
+        assert_eq!(edge.status.borrow().applied, 7);
+        // Sequences past the batch are kept for a later one.
+        assert_eq!(*edge.applied_here.lock().unwrap(), [9].into());
     }
 }

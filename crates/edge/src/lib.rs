@@ -14,6 +14,8 @@ pub mod faults;
 mod follower;
 mod forward;
 mod link;
+#[cfg(test)]
+mod testing;
 
 use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
@@ -93,6 +95,8 @@ pub struct Edge {
     snapshots_installed: IntCounter,
     /// Writes on their way to central.
     writes: mpsc::UnboundedSender<forward::Queued>,
+    /// This edge, for the tasks it starts.
+    this: std::sync::Weak<Edge>,
     /// Log sequences of this edge's own writes, applied to the replica when central
     /// acknowledged them, that the follower has not reached yet: it skips their entries.
     applied_here: Mutex<BTreeSet<u64>>,
@@ -121,6 +125,7 @@ impl Edge {
             bootstrapping: AtomicBool::new(applied == 0),
             faults: Faults::default(),
             writes: forward::start(edge.clone()),
+            this: edge.clone(),
             applied_here: Mutex::new(BTreeSet::new()),
             store,
             wall,
@@ -313,7 +318,12 @@ impl KvService for Edge {
             done,
         };
         let stopped = || KvError::Unavailable("the edge is shutting down".into());
-        self.writes.send(queued).map_err(|_| stopped())?;
+        if payload > forward::LARGE_WRITE_BYTES {
+            let edge = self.this.upgrade().ok_or_else(stopped)?;
+            tokio::spawn(forward::forward_alone(edge, queued));
+        } else {
+            self.writes.send(queued).map_err(|_| stopped())?;
+        }
         let deadline = forward::deadline(self.options.timeouts.request, payload);
         let results = match tokio::time::timeout(deadline, results).await {
             Ok(results) => results.map_err(|_| stopped())??,
