@@ -91,7 +91,9 @@ start_driftkv() {
   local env=()
   # "default": leave the engine to the binary (for builds from before [storage] existed).
   [ "$engine" = default ] || env=(DRIFTKV_STORAGE__ENGINE="$engine")
-  env "${env[@]}" "$DRIFTKV" dev --edges "$edges" --listen "127.0.0.1:$port" \
+  # The workerd binding listener takes a free port rather than 8786, which a driftkv started
+  # elsewhere on the machine may hold; it is idle either way.
+  env "${env[@]}" DRIFTKV_WORKERD__LISTEN=127.0.0.1:0 "$DRIFTKV" dev --edges "$edges" --listen "127.0.0.1:$port" \
     --data-dir "$work/data" >"$work/kv.out" 2>"$work/kv.err" &
   kv_pid=$!
   # Ready once the last edge has announced itself (every edge caught up, all in gossip).
