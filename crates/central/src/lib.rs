@@ -22,7 +22,7 @@ use std::time::Duration;
 use driftkv_core::change::record_size;
 use driftkv_core::{KvError, KvService, LogEntry};
 use driftkv_engine::reads::blocking;
-use driftkv_engine::{spawn_maintenance, Engine};
+use driftkv_engine::{spawn_maintenance, Engine, WriteRequest};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
 use driftkv_proto::pb::central_server::{Central, CentralServer};
@@ -36,7 +36,7 @@ use driftkv_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
@@ -139,8 +139,20 @@ pub async fn serve(
     }
     builder
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming(listener), signal)
         .await
+}
+
+/// The connections accepted on `listener`, with Nagle's algorithm off: a reply goes out in
+/// several writes (headers, message, trailers), and with Nagle on, the later ones wait for the
+/// edge's delayed acknowledgement of the first, some 40 ms, whenever the connection is not busy
+/// enough to carry acknowledgements back at once.
+fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 #[tonic::async_trait]
@@ -164,6 +176,52 @@ impl Central for CentralService {
             .map_err(to_status)?;
         let results = results.into_iter().map(Into::into).collect();
         Ok(Response::new(pb::WriteReply { results }))
+    }
+
+    async fn write_batch(
+        &self,
+        request: Request<pb::WriteBatchRequest>,
+    ) -> Result<Response<pb::WriteBatchReply>, Status> {
+        self.authorize(&request, Access::Use)?;
+        let _timer = self.write_seconds.start_timer();
+        let span = tracing::info_span!("central write", writers = request.get_ref().writes.len());
+        continue_trace(&span, request.metadata());
+        // A malformed request fails alone, like a Write of its own would.
+        let mut outcomes: Vec<Option<pb::WriteBatchOutcome>> = Vec::new();
+        let mut requests = Vec::new();
+        for request in request.into_inner().writes {
+            match namespace_id(&request.namespace_id) {
+                Ok(namespace) => {
+                    outcomes.push(None);
+                    requests.push(WriteRequest {
+                        account_id: request.account_id,
+                        namespace,
+                        writes: request.writes.into_iter().map(Into::into).collect(),
+                    });
+                }
+                Err(e) => outcomes.push(Some(failed(&e))),
+            }
+        }
+        let mut results = self
+            .engine
+            .write_batch(requests)
+            .instrument(span)
+            .await
+            .into_iter();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| match results.next().expect("one result per request") {
+                    Ok(results) => pb::WriteBatchOutcome {
+                        outcome: Some(pb::write_batch_outcome::Outcome::Applied(pb::WriteReply {
+                            results: results.into_iter().map(Into::into).collect(),
+                        })),
+                    },
+                    Err(e) => failed(&e),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::WriteBatchReply { outcomes }))
     }
 
     async fn create_namespace(
@@ -302,6 +360,13 @@ impl Central for CentralService {
     }
 }
 
+/// A writer's writes refused whole, in a batch reply.
+fn failed(error: &KvError) -> pb::WriteBatchOutcome {
+    pb::WriteBatchOutcome {
+        outcome: Some(pb::write_batch_outcome::Outcome::Failed(error.into())),
+    }
+}
+
 type Sender<T> = mpsc::Sender<Result<T, Status>>;
 
 /// Sends `reply`; false once the subscriber has gone.
@@ -362,7 +427,7 @@ async fn stream_log(
 
 /// Tells the subscriber that only a snapshot can bring it back in line with the log.
 async fn snapshot_needed(
-    store: &Arc<dyn Store>,
+    store: &Arc<Store>,
     tx: &Sender<pb::SubscribeReply>,
 ) -> Result<(), KvError> {
     let needed = pb::SnapshotNeeded {
@@ -458,7 +523,7 @@ async fn stream_snapshot(
 /// Keeps the newest `retain` log entries, trimming every `every`. Stops by itself once the
 /// store is dropped.
 pub fn spawn_log_trimmer(
-    store: &Arc<dyn Store>,
+    store: &Arc<Store>,
     retain: u64,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {

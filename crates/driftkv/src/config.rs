@@ -51,6 +51,33 @@ pub struct Config {
     pub http: HttpConfig,
     pub limits: LimitsConfig,
     pub workerd: WorkerdConfig,
+    pub storage: StorageConfig,
+}
+
+/// Where a node keeps its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The storage engine: `fjall` (the default) or `sled`. A data directory stays with the
+    /// engine that created it; a node refuses to open another engine's database.
+    pub engine: StorageEngine,
+}
+
+/// The storage engines a node can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEngine {
+    Sled,
+    Fjall,
+}
+
+impl From<StorageEngine> for driftkv_store::EngineKind {
+    fn from(engine: StorageEngine) -> Self {
+        match engine {
+            StorageEngine::Sled => driftkv_store::EngineKind::Sled,
+            StorageEngine::Fjall => driftkv_store::EngineKind::Fjall,
+        }
+    }
 }
 
 /// The write region's gRPC endpoint.
@@ -317,6 +344,9 @@ impl Default for Config {
             workerd: WorkerdConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 8786))),
             },
+            storage: StorageConfig {
+                engine: StorageEngine::Fjall,
+            },
         }
     }
 }
@@ -324,7 +354,7 @@ impl Default for Config {
 /// The top-level fields and sections settable from the environment; other `DRIFTKV_*`
 /// variables (the log format, client settings, test switches) belong to other parts and must
 /// not fail the load. `api_tokens` is read separately: its variable is a comma-separated list.
-const ENV_KEYS: [&str; 20] = [
+const ENV_KEYS: [&str; 21] = [
     "node_id",
     "region",
     "advertise_host",
@@ -345,6 +375,7 @@ const ENV_KEYS: [&str; 20] = [
     "http",
     "limits",
     "workerd",
+    "storage",
 ];
 
 /// Flags that override the configuration when given.

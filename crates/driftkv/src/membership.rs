@@ -72,7 +72,7 @@ pub async fn join(
 /// holds (an edge behind that needs a snapshot).
 pub fn publish_central(
     gossip: Arc<Gossip>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     durable: watch::Receiver<u64>,
     every: Duration,
 ) -> JoinHandle<()> {

@@ -14,7 +14,7 @@ use driftkv_edge::{spawn_follower, Edge, EdgeOptions, LinkTimeouts};
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SystemClock, WallClock};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 use driftkv_proto::tls;
-use driftkv_store::{SledStore, Store};
+use driftkv_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,10 +53,17 @@ impl Shutdown {
     }
 }
 
-fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the node's database in `dir` with the configured engine (`storage.engine`).
+fn open_store(config: &Config, dir: &Path) -> anyhow::Result<Arc<Store>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = SledStore::open(dir)
-        .with_context(|| format!("cannot open the database in {}", dir.display()))?;
+    let engine = config.storage.engine.into();
+    let store = driftkv_store::open(engine, dir).with_context(|| {
+        format!(
+            "cannot open the {} database in {}",
+            engine.name(),
+            dir.display()
+        )
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -181,7 +188,7 @@ pub struct CentralNode {
     pub http_addr: Option<SocketAddr>,
     /// Its membership.
     pub gossip: Arc<Gossip>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     servers: Vec<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -199,7 +206,7 @@ impl CentralNode {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let http_auth = http.map(|addr| process.auth_for(addr)).transpose()?;
-        let store = open_store(data_dir)?;
+        let store = open_store(config, data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let engine = Arc::new(
             Engine::new(
@@ -374,7 +381,7 @@ impl EdgeNode {
             None => None,
         };
         let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
-        let store = open_store(data_dir)?;
+        let store = open_store(config, data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let options = EdgeOptions {
             node_id,

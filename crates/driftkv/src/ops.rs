@@ -21,9 +21,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 /// Reports the store's size on disk at every scrape, for as long as the store is open.
-pub fn watch_store(node: u64, store: &Arc<dyn Store>) {
+pub fn watch_store(node: u64, store: &Arc<Store>) {
     let gauge = STORE_DISK_BYTES.with_label_values(&[&node.to_string()]);
-    let store: Weak<dyn Store> = Arc::downgrade(store);
+    let store: Weak<Store> = Arc::downgrade(store);
     driftkv_metrics::on_scrape(move || {
         if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
             gauge.set(saturate(bytes));

@@ -2,33 +2,39 @@
 //! every write to the write region.
 //!
 //! Reads look in the read cache first, then in the replica (or, while a fresh edge has not
-//! caught up for the first time, read through to central). Writes go to central over gRPC;
-//! once central acknowledges them (durable, stamped), the edge applies the same records to its
-//! replica and cache, so a write is visible at once where it was made. Everything else
-//! arrives through [`spawn_follower`], which applies central's replication log.
+//! caught up for the first time, read through to central). Writes go to central over gRPC,
+//! those arriving together in one call (see `forward.rs`); once central acknowledges them
+//! (durable, stamped), the edge applies the same records to its replica and cache, so a write
+//! is visible at once where it was made. Everything else arrives through [`spawn_follower`],
+//! which applies central's replication log, skipping the entries of this edge's own writes
+//! that it applied already: each write is applied once.
 
 mod cache;
 pub mod faults;
 mod follower;
+mod forward;
 mod link;
+#[cfg(test)]
+mod testing;
 
 use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::key::validate_key;
 use driftkv_core::{
-    KvError, KvService, ListPage, ListRequest, LiveValue, Namespace, NamespaceId, Record, Write,
-    WriteOutcome, WriteResult,
+    KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId, Write,
+    WriteOutcome,
 };
 use driftkv_engine::reads;
 use driftkv_engine::WallClock;
 use driftkv_proto::pb;
 use driftkv_store::Store;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use cache::ReadCache;
 pub use faults::{FaultSettings, Faults};
@@ -76,7 +82,7 @@ pub struct ReplicationStatus {
 
 /// An edge node's KV service.
 pub struct Edge {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     wall: Arc<dyn WallClock>,
     cache: ReadCache,
     link: CentralLink,
@@ -90,19 +96,27 @@ pub struct Edge {
     /// Replicated entries applied and snapshots installed (metrics, resolved once).
     entries_applied: IntCounter,
     snapshots_installed: IntCounter,
+    /// Writes on their way to central.
+    writes: mpsc::UnboundedSender<forward::Queued>,
+    /// This edge, for the tasks it starts.
+    this: std::sync::Weak<Edge>,
+    /// Log sequences of this edge's own writes, applied to the replica when central
+    /// acknowledged them, that the follower has not reached yet: it skips their entries.
+    applied_here: Mutex<BTreeSet<u64>>,
 }
 
 impl Edge {
     /// An edge over its replica `store`. Point its link at central with
     /// [`CentralLink::set_address`] and start [`spawn_follower`].
+    /// Starts the task that forwards writes, so it must be called within a tokio runtime.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         wall: Arc<dyn WallClock>,
         options: EdgeOptions,
     ) -> Result<Arc<Self>, KvError> {
         let applied = store.applied_sequence()?;
         let node = options.node_id.to_string();
-        Ok(Arc::new(Edge {
+        Ok(Arc::new_cyclic(|edge| Edge {
             cache: ReadCache::new(options.cache_max_bytes, &node),
             entries_applied: REPLICATION_ENTRIES_APPLIED.with_label_values(&[&node]),
             snapshots_installed: SNAPSHOTS.with_label_values(&[&node, "installed"]),
@@ -113,6 +127,9 @@ impl Edge {
             }),
             bootstrapping: AtomicBool::new(applied == 0),
             faults: Faults::default(),
+            writes: forward::start(edge.clone()),
+            this: edge.clone(),
+            applied_here: Mutex::new(BTreeSet::new()),
             store,
             wall,
             options,
@@ -130,8 +147,31 @@ impl Edge {
     }
 
     /// The replica.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Notes that the records of these log sequences are in the replica already.
+    fn applied_here(&self, sequences: &[u64]) {
+        self.applied_here
+            .lock()
+            .expect("applied-here lock")
+            .extend(sequences.iter().copied());
+    }
+
+    /// The entries among `entries` whose records are not in the replica yet; forgets the
+    /// sequences up to `through`, which replication has now passed.
+    fn not_applied_here(&self, entries: Vec<LogEntry>, through: u64) -> Vec<LogEntry> {
+        let mut here = self.applied_here.lock().expect("applied-here lock");
+        if here.is_empty() {
+            return entries;
+        }
+        let rest = entries
+            .into_iter()
+            .filter(|entry| !here.contains(&entry.sequence))
+            .collect();
+        *here = here.split_off(&through.saturating_add(1));
+        rest
     }
 
     /// Bytes the read cache holds, as weighed against its bound.
@@ -270,55 +310,33 @@ impl KvService for Edge {
         for write in &writes {
             write.validate(now_ms)?;
         }
-        let request = pb::WriteRequest {
-            account_id: account_id.into(),
-            namespace_id: id.0.to_vec(),
-            // Values are reference-counted `Bytes`: cloning them copies no data.
-            writes: writes.iter().cloned().map(Into::into).collect(),
-        };
-        let payload: usize = writes.iter().map(Write::payload_bytes).sum();
-        let reply = self
-            .link
-            .call(payload, |mut central| async move {
-                central.write(request).await
-            })
-            .await?;
-        if reply.results.len() != writes.len() {
-            return Err(KvError::Internal(format!(
-                "central answered {} results for {} writes",
-                reply.results.len(),
-                writes.len()
-            )));
-        }
-        let results = reply
-            .results
-            .into_iter()
-            .map(WriteResult::try_from)
-            .collect::<Result<Vec<_>, KvError>>()?;
         let keys = writes.iter().map(|w| w.key.clone()).collect();
-        let records: Vec<(String, Record)> = writes
-            .into_iter()
-            .zip(&results)
-            .filter_map(|(write, result)| match result {
-                WriteResult::Applied { version, .. } => {
-                    Some((write.key.clone(), write.into_record(*version)))
-                }
-                WriteResult::RateLimited { .. } => None,
-            })
-            .collect();
-        // The write is durable at central; applying it here is what makes it visible at once.
-        // Should that fail, replication still brings it.
-        let applied = records.clone();
-        match reads::blocking(&self.store, move |store| Ok(store.apply(id, &applied)?)).await {
-            Ok(_) => {}
-            // Created at another edge and not replicated here yet: replication brings both.
-            Err(KvError::NamespaceNotFound) => {}
-            Err(e) => tracing::warn!(error = %e, "applying an acknowledged write locally failed"),
+        let payload = writes.iter().map(Write::payload_bytes).sum();
+        let (done, results) = oneshot::channel();
+        let queued = forward::Queued {
+            account_id: account_id.into(),
+            namespace: id,
+            writes,
+            payload,
+            done,
+        };
+        let stopped = || KvError::Unavailable("the edge is shutting down".into());
+        if payload > forward::LARGE_WRITE_BYTES {
+            let edge = self.this.upgrade().ok_or_else(stopped)?;
+            tokio::spawn(forward::forward_alone(edge, queued));
+        } else {
+            self.writes.send(queued).map_err(|_| stopped())?;
         }
-        for (key, record) in records {
-            self.cache
-                .put(id, key, record.live, self.options.default_cache_ttl);
-        }
+        let deadline = forward::deadline(self.options.timeouts.request, payload);
+        let results = match tokio::time::timeout(deadline, results).await {
+            Ok(results) => results.map_err(|_| stopped())??,
+            Err(_) => {
+                return Err(KvError::Unavailable(format!(
+                    "the write region did not answer within {} ms",
+                    deadline.as_millis()
+                )))
+            }
+        };
         Ok(WriteOutcome::from_results(keys, &results))
     }
 

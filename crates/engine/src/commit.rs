@@ -1,225 +1,184 @@
-//! The commit pipeline: every write's changes pass through one committer task, which appends
-//! whatever has queued up as one [`Store::append`] and then makes it durable with one sync.
+//! The commit pipeline: every write's changes pass through one commit thread, which appends
+//! whatever has queued up as one merged [`Store::append_writers`], makes it durable with one
+//! [`Store::sync_blocking`] (an `fsync`/`fdatasync` through the engine), and only then tells
+//! the writers their sequences and publishes the durable sequence to the replication streams.
 //!
-//! Merging matters more than it looks. Appends are serialized by the store anyway (log
-//! sequences have no gaps), and with sled a flush costs about 50 µs for every transaction it
-//! covers but little for the size of each: a thousand one-key transactions took 50 ms to flush,
-//! one transaction of a thousand keys 0.4 ms. So the writers that queued up meanwhile share one
-//! transaction, and the next batch is appended while the previous one is being flushed.
+//! One thread, not tasks: a write costs one hand-off to the thread and one wake-up of its
+//! writer, and the writers that queue up while a sync is under way share the next batch and
+//! its sync. A sync costs a fraction of a millisecond to a few milliseconds whatever it
+//! covers, so merging is what makes durable writes cheap (group commit).
 
+use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use driftkv_core::{Change, KvError, LogEntry};
 use driftkv_metrics::prometheus::Histogram;
 use driftkv_metrics::COMMIT_BATCH_WRITERS;
 use driftkv_store::Store;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::reads;
 use crate::recent::RecentLog;
 
-/// A batch stops taking more writers once it holds this many changes (a single larger bulk
-/// write still goes whole).
+/// A batch stops taking more submissions once it holds this many changes (a single larger
+/// bulk write still goes whole).
 const MAX_BATCH_CHANGES: usize = 10_000;
 
-/// One writer's changes, and where to tell it the last sequence they took once durable.
+/// Each writer's outcome: the last sequence its changes took, once durable.
+pub(crate) type Outcomes = Vec<Result<u64, KvError>>;
+
+/// Writers' changes submitted together, and where to tell them their outcomes.
 struct Pending {
-    changes: Vec<Change>,
-    done: oneshot::Sender<Result<u64, KvError>>,
+    writers: Vec<Vec<Change>>,
+    done: oneshot::Sender<Outcomes>,
 }
 
-/// The sending side of the pipeline; the committer task ends when it is dropped.
+/// The sending side of the pipeline; the commit thread ends when it is dropped.
 pub(crate) struct Committer {
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: Option<mpsc::Sender<Pending>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Committer {
-    /// Starts the committer task on `store`; it hands every entry it appends to `recent`,
+    /// Starts the commit thread on `store`; it hands every entry it appends to `recent`,
     /// publishes every durable sequence to `durable` and its batch sizes under the node label
     /// `node`.
     pub(crate) fn start(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         recent: Arc<RecentLog>,
         durable: watch::Sender<u64>,
         node: &str,
-    ) -> Self {
-        let (queue, requests) = mpsc::unbounded_channel();
+    ) -> Result<Self, KvError> {
+        let (queue, requests) = mpsc::channel();
         let batch_writers = COMMIT_BATCH_WRITERS.with_label_values(&[node]);
-        tokio::spawn(run(
-            store,
-            recent,
-            Arc::new(durable),
-            requests,
-            batch_writers,
-        ));
-        Committer { queue }
+        let thread = std::thread::Builder::new()
+            .name("driftkv-commit".into())
+            .spawn(move || run(&store, &recent, &durable, &requests, &batch_writers))
+            .map_err(|e| KvError::Internal(format!("cannot start the commit thread: {e}")))?;
+        Ok(Committer {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
     }
 
-    /// Appends `changes` to the log as one run of consecutive sequences and waits until they
-    /// are durable. Returns the last sequence used.
-    pub(crate) async fn commit(&self, changes: Vec<Change>) -> Result<u64, KvError> {
-        let (done, outcome) = oneshot::channel();
+    /// Appends each writer's changes to the log as one run of consecutive sequences, and
+    /// waits until they are durable. Returns, per writer, the last sequence its changes took.
+    pub(crate) async fn commit(&self, writers: Vec<Vec<Change>>) -> Outcomes {
+        let count = writers.len();
         let stopped = || KvError::Internal("the commit pipeline has stopped".into());
-        self.queue
-            .send(Pending { changes, done })
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        let (done, outcomes) = oneshot::channel();
+        let sent = self
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.send(Pending { writers, done }).is_ok());
+        match outcomes.await {
+            Ok(outcomes) if sent => outcomes,
+            _ => (0..count).map(|_| Err(stopped())).collect(),
+        }
     }
 }
 
-async fn run(
-    store: Arc<dyn Store>,
-    recent: Arc<RecentLog>,
-    durable: Arc<watch::Sender<u64>>,
-    mut requests: mpsc::UnboundedReceiver<Pending>,
-    batch_writers: Histogram,
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has committed what was queued.
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The commit thread's loop, until the queue closes.
+fn run(
+    store: &Store,
+    recent: &RecentLog,
+    durable: &watch::Sender<u64>,
+    requests: &mpsc::Receiver<Pending>,
+    batch_writers: &Histogram,
 ) {
-    // A writer taken off the queue that did not fit the batch before; it starts the next.
-    let mut carried: Option<Pending> = None;
-    loop {
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match requests.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
-        };
+    while let Ok(first) = requests.recv() {
+        let mut changes: usize = first.writers.iter().map(Vec::len).sum();
         let mut batch = vec![first];
-        let mut changes = batch[0].changes.len();
         while changes < MAX_BATCH_CHANGES {
             let Ok(next) = requests.try_recv() else { break };
-            if changes + next.changes.len() > MAX_BATCH_CHANGES {
-                carried = Some(next);
-                break;
-            }
-            changes += next.changes.len();
+            changes += next.writers.iter().map(Vec::len).sum::<usize>();
             batch.push(next);
         }
-        batch_writers.observe(batch.len() as f64);
-        let recent = recent.clone();
-        let appended =
-            reads::blocking(&store, move |store| Ok(append(store, batch, &recent))).await;
-        let appended = match appended {
-            Ok(appended) => appended,
-            Err(e) => {
-                // The blocking task itself failed; its writers' senders went with it, so they
-                // are told the pipeline stopped.
-                tracing::error!(error = %e, "appending to the log failed");
-                continue;
-            }
-        };
-        // The sync runs beside the next batch's append; the group commit lets one flush cover
-        // both when they meet.
-        let store = store.clone();
-        let durable = durable.clone();
-        tokio::spawn(async move {
-            let synced = store.sync().await.map_err(KvError::from);
-            let last = appended
-                .iter()
-                .filter_map(|(_, outcome)| outcome.as_ref().ok().copied())
-                .max();
-            if let (Ok(()), Some(last)) = (&synced, last) {
+        batch_writers.observe(batch.iter().map(|p| p.writers.len()).sum::<usize>() as f64);
+        let (outcomes, last) = append(store, batch, recent);
+        let synced = store.sync_blocking().map_err(KvError::from);
+        match (&synced, last) {
+            (Ok(()), Some(last)) => {
                 // Every append before these is covered by the same sync, so `last` is durable
                 // along with everything below it.
                 durable.send_if_modified(|durable| {
                     let newer = last > *durable;
-                    if newer {
-                        *durable = last;
-                    }
+                    *durable = (*durable).max(last);
                     newer
                 });
             }
-            for (done, outcome) in appended {
-                let outcome = match (&synced, outcome) {
+            (Err(e), _) => tracing::error!(error = %e, "syncing the store failed"),
+            (Ok(()), None) => {}
+        }
+        for (done, outcomes) in outcomes {
+            let outcomes = outcomes
+                .into_iter()
+                .map(|outcome| match (&synced, outcome) {
                     (Err(e), Ok(_)) => Err(e.clone()),
                     (_, outcome) => outcome,
-                };
-                let _ = done.send(outcome);
-            }
-        });
+                })
+                .collect();
+            let _ = done.send(outcomes);
+        }
     }
 }
 
-type Appended = Vec<(oneshot::Sender<Result<u64, KvError>>, Result<u64, KvError>)>;
-
-/// Appends every writer's changes as one append, and gives each writer the last sequence its
-/// own changes took. When the merged append fails, the writers it did not commit are appended
-/// one by one, so that one writer's failure (its namespace deleted meanwhile, say) is its own.
-/// Every entry that made it into the log goes to `recent` as well.
-fn append(store: &dyn Store, batch: Vec<Pending>, recent: &RecentLog) -> Appended {
-    // Where each writer's changes sit in the merged run.
-    let mut spans = Vec::with_capacity(batch.len());
-    let mut all = Vec::new();
-    let mut senders = Vec::with_capacity(batch.len());
+/// Appends every writer's changes as one merged append, hands what it appended to `recent`,
+/// and returns each submission's outcomes with the highest sequence appended, if any.
+fn append(
+    store: &Store,
+    batch: Vec<Pending>,
+    recent: &RecentLog,
+) -> (Vec<(oneshot::Sender<Outcomes>, Outcomes)>, Option<u64>) {
+    let mut results = {
+        let writers: Vec<&[Change]> = batch
+            .iter()
+            .flat_map(|pending| pending.writers.iter().map(Vec::as_slice))
+            .collect();
+        store.append_writers(&writers).into_iter()
+    };
+    let mut entries = Vec::new();
+    let mut done = Vec::with_capacity(batch.len());
     for pending in batch {
-        let start = all.len();
-        all.extend(pending.changes);
-        spans.push(start..all.len());
-        senders.push(pending.done);
-    }
-    let before = match store.log_bounds() {
-        Ok(bounds) => bounds.last,
-        Err(e) => {
-            let e = KvError::from(e);
-            return senders.into_iter().map(|s| (s, Err(e.clone()))).collect();
-        }
-    };
-    // The store commits a merged append in runs that never split one writer's changes (key
-    // changes run together, a namespace change runs alone, and a writer's changes are all of
-    // one kind), so after a failure the committed prefix ends on a writer's boundary.
-    let committed = match store.append(&all) {
-        Ok(last) => (last - before) as usize,
-        Err(e) => {
-            tracing::debug!(error = %e, "a merged append failed; appending its writers one by one");
-            match store.log_bounds() {
-                Ok(bounds) => (bounds.last - before) as usize,
-                // Without knowing what was committed, retrying could append a write twice.
-                Err(_) => {
-                    let e = KvError::from(e);
-                    return senders.into_iter().map(|s| (s, Err(e.clone()))).collect();
-                }
-            }
-        }
-    };
-    let outcomes: Vec<_> = spans
-        .iter()
-        .map(|span| {
-            if span.end <= committed {
-                Ok(before + span.end as u64)
-            } else if span.start < committed {
-                Err(KvError::Internal(
-                    "a write was only partly appended to the log".into(),
-                ))
-            } else {
-                store.append(&all[span.clone()]).map_err(KvError::from)
-            }
-        })
-        .collect();
-    // Each writer's changes took the sequences up to the last one its append reports.
-    let mut changes = all.into_iter();
-    let mut entries = Vec::with_capacity(changes.len());
-    for (span, outcome) in spans.iter().zip(&outcomes) {
-        let own = changes.by_ref().take(span.len());
-        match outcome {
-            Ok(last) => {
-                let first = last + 1 - span.len() as u64;
-                let numbered = (first..).zip(own);
+        let mut outcomes = Vec::with_capacity(pending.writers.len());
+        for changes in pending.writers {
+            let result = results.next().expect("one result per writer");
+            if let Ok(last) = result {
+                let first = last + 1 - changes.len() as u64;
+                let numbered = (first..).zip(changes);
                 entries.extend(numbered.map(|(sequence, change)| LogEntry { sequence, change }));
             }
-            Err(_) => own.for_each(drop),
+            outcomes.push(result.map_err(KvError::from));
         }
+        done.push((pending.done, outcomes));
     }
+    let last = entries.last().map(|entry| entry.sequence);
     recent.push(entries);
-    senders.into_iter().zip(outcomes).collect()
+    (done, last)
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::ops::Bound;
+    use std::sync::Mutex;
+    use std::time::Duration;
 
+    use bytes::Bytes;
     use driftkv_core::{LiveValue, NamespaceId, Record, Version};
+    use driftkv_store::backend::{Batch, Entries, Op, Tree};
     use driftkv_store::suite::ns;
-    use driftkv_store::SledStore;
+    use driftkv_store::{Backend, BackendError, EngineKind};
 
     use super::*;
 
@@ -241,15 +200,19 @@ mod tests {
         }
     }
 
-    fn open() -> (Arc<dyn Store>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    fn with_namespace(store: Store) -> Arc<Store> {
         store.append(&[Change::Namespace(ns(1))]).unwrap();
-        (store, dir)
+        Arc::new(store)
+    }
+
+    fn open(engine: EngineKind) -> (Arc<Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = driftkv_store::open(engine, dir.path()).unwrap();
+        (with_namespace(store), dir)
     }
 
     /// The key each log sequence holds.
-    fn logged_keys(store: &dyn Store) -> HashMap<u64, String> {
+    fn logged_keys(store: &Store) -> HashMap<u64, String> {
         store
             .log_entries(1, 100_000)
             .unwrap()
@@ -261,63 +224,60 @@ mod tests {
             .collect()
     }
 
+    fn pending(writers: Vec<Vec<Change>>) -> (Pending, oneshot::Receiver<Outcomes>) {
+        let (done, outcomes) = oneshot::channel();
+        (Pending { writers, done }, outcomes)
+    }
+
     #[test]
     fn a_failing_writer_in_a_merged_batch_fails_alone() {
-        let (store, _dir) = open();
-        let mut receivers = Vec::new();
-        let batch: Vec<Pending> = [
+        let (store, _dir) = open(EngineKind::default());
+        let (first, _) = pending(vec![
             vec![put(1, "a1", 10), put(1, "a2", 11)],
             // Namespace 2 does not exist.
             vec![put(2, "b", 12)],
+        ]);
+        let (second, _) = pending(vec![
             vec![put(1, "c", 13)],
             vec![Change::Namespace(ns(3))],
             vec![put(3, "d", 14)],
-        ]
-        .into_iter()
-        .map(|changes| {
-            let (done, outcome) = oneshot::channel();
-            receivers.push(outcome);
-            Pending { changes, done }
-        })
-        .collect();
+        ]);
         let recent = RecentLog::new(1 << 20);
-        let appended = append(store.as_ref(), batch, &recent);
-        let outcomes: Vec<_> = appended.into_iter().map(|(_, o)| o).collect();
+        let (done, last) = append(&store, vec![first, second], &recent);
+        let outcomes: Vec<_> = done.into_iter().flat_map(|(_, o)| o).collect();
         assert_eq!(outcomes[1], Err(KvError::NamespaceNotFound));
-        let logged = logged_keys(store.as_ref());
+        let logged = logged_keys(&store);
         for (outcome, last_key) in [(0, "a2"), (2, "c"), (4, "d")] {
             let sequence = outcomes[outcome].clone().expect("applied");
             assert_eq!(logged[&sequence], last_key);
         }
         assert!(outcomes[3].is_ok());
+        assert_eq!(last, Some(6));
         assert_eq!(
             store.log_bounds().unwrap().last,
             6,
             "no gaps, nothing twice"
         );
-        // The first entry was appended before the committer ran.
+        // The first entry was appended before the batch.
         let held = recent.read(2, 100).expect("the committed entries are held");
         assert_eq!(held, store.log_entries(2, 100).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_each_learn_their_own_durable_sequences() {
-        let (store, _dir) = open();
+        let (store, _dir) = open(EngineKind::default());
         let (durable_tx, durable) = watch::channel(store.log_bounds().unwrap().last);
         let recent = Arc::new(RecentLog::new(1 << 20));
-        let committer = Arc::new(Committer::start(
-            store.clone(),
-            recent.clone(),
-            durable_tx,
-            "test",
-        ));
+        let committer =
+            Arc::new(Committer::start(store.clone(), recent.clone(), durable_tx, "test").unwrap());
         let writers: Vec<_> = (0..200u64)
             .map(|i| {
                 let committer = committer.clone();
                 tokio::spawn(async move {
                     let keys = [format!("w{i}-x"), format!("w{i}-y")];
                     let changes = keys.iter().map(|k| put(1, k, 100 + i)).collect();
-                    (keys, committer.commit(changes).await.expect("committed"))
+                    let last = committer.commit(vec![changes]).await.remove(0);
+                    (keys, last.expect("committed"))
                 })
             })
             .collect();
@@ -325,7 +285,7 @@ mod tests {
         for writer in writers {
             results.push(writer.await.unwrap());
         }
-        let logged = logged_keys(store.as_ref());
+        let logged = logged_keys(&store);
         for ([x, y], last) in results {
             assert_eq!((&logged[&(last - 1)], &logged[&last]), (&x, &y));
             assert!(*durable.borrow() >= last, "acknowledged before durable");
@@ -333,5 +293,147 @@ mod tests {
         assert_eq!(*durable.borrow(), 401);
         let held = recent.read(2, 1000).expect("every committed entry is held");
         assert_eq!(held, store.log_entries(2, 1000).unwrap());
+    }
+
+    /// What happened, in order, to a store under the commit thread and to its writers.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Event {
+        /// A batch carrying log entries up to this sequence was committed.
+        Appended(u64),
+        /// A sync returned; it covered every batch committed before it began.
+        Synced { covers: u64 },
+        /// A writer was told its changes are durable up to this sequence.
+        Acknowledged(u64),
+    }
+
+    /// A real engine whose syncs take `delay` longer, recording every append and sync.
+    struct Recording {
+        inner: Arc<dyn Backend>,
+        delay: Duration,
+        events: Arc<Mutex<Vec<Event>>>,
+    }
+
+    impl Recording {
+        fn last_appended(&self) -> u64 {
+            let events = self.events.lock().unwrap();
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Appended(sequence) => Some(*sequence),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        }
+    }
+
+    impl Backend for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
+            self.inner.get(tree, key)
+        }
+
+        fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
+            self.inner.range(tree, from, to)
+        }
+
+        fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+            let logged = batch
+                .clone()
+                .into_ops()
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::Put {
+                        tree: Tree::Log,
+                        key,
+                        ..
+                    } => Some(u64::from_be_bytes(key.try_into().unwrap())),
+                    _ => None,
+                })
+                .max();
+            self.inner.commit(batch)?;
+            if let Some(sequence) = logged {
+                self.events.lock().unwrap().push(Event::Appended(sequence));
+            }
+            Ok(())
+        }
+
+        fn sync(&self) -> Result<(), BackendError> {
+            let covers = self.last_appended();
+            std::thread::sleep(self.delay);
+            self.inner.sync()?;
+            self.events.lock().unwrap().push(Event::Synced { covers });
+            Ok(())
+        }
+
+        fn size_on_disk(&self) -> Result<u64, BackendError> {
+            self.inner.size_on_disk()
+        }
+    }
+
+    /// 100 writers at once against a store whose syncs take 20 ms: every acknowledgement
+    /// comes after a sync that covers its sequence has returned, and each merged batch costs
+    /// exactly one sync. Run on every engine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledgements_follow_the_sync_of_their_batch_one_sync_per_batch() {
+        for engine in [EngineKind::Sled, EngineKind::Fjall] {
+            let dir = tempfile::tempdir().unwrap();
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let inner = driftkv_store::open(engine, dir.path())
+                .unwrap()
+                .backend()
+                .clone();
+            let recording = Recording {
+                inner,
+                delay: Duration::from_millis(20),
+                events: events.clone(),
+            };
+            let store = with_namespace(Store::open(Arc::new(recording)).unwrap());
+            let (durable_tx, _durable) = watch::channel(store.log_bounds().unwrap().last);
+            let recent = Arc::new(RecentLog::new(1 << 20));
+            let committer =
+                Arc::new(Committer::start(store.clone(), recent, durable_tx, "test").unwrap());
+            let writers: Vec<_> = (0..100u64)
+                .map(|i| {
+                    let (committer, events) = (committer.clone(), events.clone());
+                    tokio::spawn(async move {
+                        let change = put(1, &format!("k{i}"), 100 + i);
+                        let last = committer.commit(vec![vec![change]]).await.remove(0);
+                        let last = last.expect("committed");
+                        events.lock().unwrap().push(Event::Acknowledged(last));
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.await.unwrap();
+            }
+            let events = events.lock().unwrap().clone();
+            let mut synced = 0;
+            for event in &events {
+                match event {
+                    Event::Synced { covers } => synced = synced.max(*covers),
+                    Event::Acknowledged(sequence) => assert!(
+                        *sequence <= synced,
+                        "{}: {sequence} acknowledged before its sync returned: {events:?}",
+                        engine.name()
+                    ),
+                    Event::Appended(_) => {}
+                }
+            }
+            let count = |f: fn(&Event) -> bool| events.iter().filter(|e| f(e)).count();
+            let appends = count(|e| matches!(e, Event::Appended(_)));
+            let syncs = count(|e| matches!(e, Event::Synced { .. }));
+            // The namespace was appended without the committer, and so not synced.
+            assert_eq!(syncs, appends - 1, "{}: {events:?}", engine.name());
+            assert!(
+                syncs < 20,
+                "{}: 100 writers took {syncs} batches: writers are not merged",
+                engine.name()
+            );
+            assert_eq!(count(|e| matches!(e, Event::Acknowledged(_))), 100);
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! [`Engine`] implements [`KvService`] directly on a [`Store`]: it re-validates every write,
 //! applies the per-key write rate limit, stamps each write with a hybrid-logical-clock
 //! [`Version`], appends it to the replication log together with the record, and acknowledges
-//! only after [`Store::sync`] has made it durable. It then publishes the durable log sequence
+//! only after a sync of the store has made it durable (one sync per merged batch of writers,
+//! on one commit thread). It then publishes the durable log sequence
 //! ([`Engine::durable_sequence`]), which is what replication streams up to: a replica never
 //! receives an entry the write region could still lose in a crash.
 //!
@@ -39,7 +40,7 @@ use recent::{RecentLog, RECENT_LOG_BYTES};
 
 /// The single-writer engine over one store.
 pub struct Engine {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     hlc: uhlc::HLC,
     origin: u64,
     wall: Arc<dyn WallClock>,
@@ -65,7 +66,7 @@ impl Engine {
     /// refusing writes to a key more often than `rate_limit` allows. Starts the commit task,
     /// so it must be called within a tokio runtime.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         node_id: NonZeroU64,
         wall: Arc<dyn WallClock>,
         rate_limit: RateLimiter,
@@ -82,7 +83,7 @@ impl Engine {
         Ok(Engine {
             writes_applied: CENTRAL_WRITES.with_label_values(&[&node, "applied"]),
             writes_refused: CENTRAL_WRITES.with_label_values(&[&node, "rate_limited"]),
-            committer: Committer::start(store.clone(), recent.clone(), durable_tx, &node),
+            committer: Committer::start(store.clone(), recent.clone(), durable_tx, &node)?,
             recent,
             store,
             hlc,
@@ -107,7 +108,7 @@ impl Engine {
     }
 
     /// The store the engine writes to.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
@@ -148,7 +149,41 @@ impl Engine {
     /// Appends changes to the log and waits until they are durable. Returns the last sequence
     /// used.
     async fn commit(&self, changes: Vec<Change>) -> Result<u64, KvError> {
-        self.committer.commit(changes).await
+        self.committer.commit(vec![changes]).await.remove(0)
+    }
+
+    /// Checks one writer's writes, applies the rate limit and stamps what it admits.
+    fn prepare(&self, request: WriteRequest) -> Result<Prepared, KvError> {
+        let WriteRequest {
+            account_id,
+            namespace: id,
+            writes,
+        } = request;
+        reads::owned(self.store.as_ref(), &account_id, id)?;
+        let now_ms = self.wall.now_ms();
+        for write in &writes {
+            write.validate(now_ms)?;
+        }
+        let admitted = self.rate_limit.admit(id, &writes, now_ms);
+        let mut changes = Vec::with_capacity(writes.len());
+        let mut versions = Vec::with_capacity(writes.len());
+        for (mut write, admitted) in writes.into_iter().zip(admitted) {
+            if let Err(retry_after_ms) = admitted {
+                versions.push(Err(retry_after_ms));
+                continue;
+            }
+            let version = self.stamp();
+            versions.push(Ok(version));
+            changes.push(Change::Key {
+                namespace: id,
+                key: std::mem::take(&mut write.key),
+                record: write.into_record(version),
+            });
+        }
+        let count = changes.len() as u64;
+        self.writes_applied.inc_by(count);
+        self.writes_refused.inc_by(versions.len() as u64 - count);
+        Ok(Prepared { versions, changes })
     }
 
     /// Applies a batch of writes and reports the fate of each, in order: its log sequence and
@@ -160,48 +195,79 @@ impl Engine {
         id: NamespaceId,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>, KvError> {
-        reads::owned(self.store.as_ref(), account_id, id)?;
-        let now_ms = self.wall.now_ms();
-        for write in &writes {
-            write.validate(now_ms)?;
-        }
-        let admitted = self.rate_limit.admit(id, &writes, now_ms);
-        let mut changes = Vec::with_capacity(writes.len());
-        let mut versions = Vec::with_capacity(writes.len());
-        for (write, admitted) in writes.into_iter().zip(admitted) {
-            if let Err(retry_after_ms) = admitted {
-                versions.push(Err(retry_after_ms));
-                continue;
-            }
-            let version = self.stamp();
-            versions.push(Ok(version));
-            changes.push(Change::Key {
-                namespace: id,
-                key: write.key.clone(),
-                record: write.into_record(version),
-            });
-        }
-        let count = changes.len() as u64;
-        self.writes_applied.inc_by(count);
-        self.writes_refused.inc_by(versions.len() as u64 - count);
-        let last = if count > 0 {
-            self.commit(changes).await?
-        } else {
-            0
-        };
-        let mut sequence = last + 1 - count;
-        Ok(versions
-            .into_iter()
-            .map(|version| match version {
-                Ok(version) => {
-                    let result = WriteResult::Applied { sequence, version };
-                    sequence += 1;
-                    result
-                }
-                Err(retry_after_ms) => WriteResult::RateLimited { retry_after_ms },
-            })
-            .collect())
+        self.write_batch(vec![WriteRequest {
+            account_id: account_id.into(),
+            namespace: id,
+            writes,
+        }])
+        .await
+        .remove(0)
     }
+
+    /// [`Engine::write_results`] for several writers at once, each succeeding or failing on
+    /// its own, as an edge forwards the writes that reach it together: they share one
+    /// hand-off to the commit thread and, with whatever else is queued there, one sync.
+    pub async fn write_batch(
+        &self,
+        requests: Vec<WriteRequest>,
+    ) -> Vec<Result<Vec<WriteResult>, KvError>> {
+        let prepared: Vec<Result<Prepared, KvError>> =
+            requests.into_iter().map(|r| self.prepare(r)).collect();
+        let mut writers = Vec::new();
+        let mut results: Vec<Result<Vec<WriteResult>, KvError>> =
+            Vec::with_capacity(prepared.len());
+        let mut waiting = Vec::new();
+        for prepared in prepared {
+            match prepared {
+                Ok(Prepared { versions, changes }) if !changes.is_empty() => {
+                    waiting.push((results.len(), versions, changes.len() as u64));
+                    writers.push(changes);
+                    results.push(Ok(Vec::new()));
+                }
+                Ok(Prepared { versions, .. }) => results.push(Ok(finish(versions, 0, 0))),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if writers.is_empty() {
+            return results;
+        }
+        let outcomes = self.committer.commit(writers).await;
+        for ((slot, versions, count), outcome) in waiting.into_iter().zip(outcomes) {
+            results[slot] = outcome.map(|last| finish(versions, last, count));
+        }
+        results
+    }
+}
+
+/// One writer's writes to one namespace, as [`Engine::write_batch`] takes them.
+#[derive(Clone, Debug)]
+pub struct WriteRequest {
+    pub account_id: String,
+    pub namespace: NamespaceId,
+    pub writes: Vec<Write>,
+}
+
+/// A writer's writes checked and stamped: per write its version or how long the rate limit
+/// wants it to wait, and the changes of those admitted.
+struct Prepared {
+    versions: Vec<Result<Version, u64>>,
+    changes: Vec<Change>,
+}
+
+/// Each write's result, the `count` admitted ones having taken the sequences up to `last`.
+fn finish(versions: Vec<Result<Version, u64>>, last: u64, count: u64) -> Vec<WriteResult> {
+    let mut sequence = last + 1 - count;
+    versions
+        .into_iter()
+        .map(|version| match version {
+            Ok(version) => {
+                let result = WriteResult::Applied { sequence, version };
+                sequence += 1;
+                result
+            }
+            Err(retry_after_ms) => WriteResult::RateLimited { retry_after_ms },
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -320,12 +386,12 @@ const SWEEP_BATCH: usize = 1000;
 /// it handled as `what`. The task holds the store weakly and stops by itself once the store
 /// has been dropped.
 pub fn spawn_maintenance(
-    store: &Arc<dyn Store>,
+    store: &Arc<Store>,
     every: Duration,
     what: &'static str,
-    work: impl Fn(&dyn Store) -> Result<usize, KvError> + Clone + Send + Sync + 'static,
+    work: impl Fn(&Store) -> Result<usize, KvError> + Clone + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let store: Weak<dyn Store> = Arc::downgrade(store);
+    let store: Weak<Store> = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,7 +410,7 @@ pub fn spawn_maintenance(
 /// Starts the background sweeper: every `every`, expired records become tombstones and their
 /// index entries go. It stops by itself once the store has been dropped.
 pub fn spawn_sweeper(
-    store: &Arc<dyn Store>,
+    store: &Arc<Store>,
     wall: Arc<dyn WallClock>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -354,7 +420,7 @@ pub fn spawn_sweeper(
 }
 
 /// Expires everything due at `now_ms`; returns how many records became tombstones.
-pub fn sweep(store: &dyn Store, now_ms: u64) -> Result<usize, KvError> {
+pub fn sweep(store: &Store, now_ms: u64) -> Result<usize, KvError> {
     let mut expired = 0;
     loop {
         let due = store.due_expirations(now_ms, SWEEP_BATCH)?;

@@ -11,11 +11,7 @@ use driftkv_store::Store;
 
 /// The namespace, if it exists and belongs to the account. Another account's namespace is
 /// reported as not found, so ids cannot be probed across accounts.
-pub fn owned(
-    store: &dyn Store,
-    account_id: &str,
-    id: NamespaceId,
-) -> Result<Arc<Namespace>, KvError> {
+pub fn owned(store: &Store, account_id: &str, id: NamespaceId) -> Result<Arc<Namespace>, KvError> {
     validate_account_id(account_id)?;
     match store.namespace(id)? {
         Some(ns) if ns.account_id == account_id => Ok(ns),
@@ -24,7 +20,7 @@ pub fn owned(
 }
 
 /// The namespace `id`, whichever account owns it.
-pub fn find(store: &dyn Store, id: NamespaceId) -> Result<Namespace, KvError> {
+pub fn find(store: &Store, id: NamespaceId) -> Result<Namespace, KvError> {
     match store.namespace(id)? {
         Some(ns) => Ok(Namespace::clone(&ns)),
         None => Err(KvError::NamespaceNotFound),
@@ -32,7 +28,7 @@ pub fn find(store: &dyn Store, id: NamespaceId) -> Result<Namespace, KvError> {
 }
 
 /// Every namespace of the account, in no particular order.
-pub fn namespaces(store: &dyn Store, account_id: &str) -> Result<Vec<Namespace>, KvError> {
+pub fn namespaces(store: &Store, account_id: &str) -> Result<Vec<Namespace>, KvError> {
     validate_account_id(account_id)?;
     let mut all = store.namespaces()?;
     all.retain(|ns| ns.account_id == account_id);
@@ -41,7 +37,7 @@ pub fn namespaces(store: &dyn Store, account_id: &str) -> Result<Vec<Namespace>,
 
 /// A key's live value at `now_ms`: `None` when absent, deleted or expired.
 pub fn get(
-    store: &dyn Store,
+    store: &Store,
     account_id: &str,
     id: NamespaceId,
     key: &str,
@@ -56,7 +52,7 @@ pub fn get(
 
 /// One page of live keys at `now_ms`.
 pub async fn list(
-    store: &Arc<dyn Store>,
+    store: &Arc<Store>,
     account_id: &str,
     id: NamespaceId,
     request: ListRequest,
@@ -94,8 +90,8 @@ pub async fn list(
 
 /// Runs blocking store work (scans, commits) off the async worker threads.
 pub async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    work: impl FnOnce(&dyn Store) -> Result<T, KvError> + Send + 'static,
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<T, KvError> + Send + 'static,
 ) -> Result<T, KvError> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || work(store.as_ref()))

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use driftkv_core::LogEntry;
+use bytes::Bytes;
+use driftkv_core::{Change, LogEntry, Record};
 
 /// Bytes of changes central holds: at 100-byte values, some 180,000 entries, tens of seconds
 /// of the heaviest write load it takes.
@@ -47,6 +48,7 @@ impl RecentLog {
     /// does not follow on from the newest held (there is a gap) starts the run over, and one
     /// larger than the whole bound is not held, so what is held is always consecutive.
     pub(crate) fn push(&self, entries: Vec<LogEntry>) {
+        let entries: Vec<LogEntry> = entries.into_iter().map(detached).collect();
         let mut held = self.held.lock().expect("recent log lock");
         for entry in entries {
             let follows = held
@@ -83,9 +85,25 @@ impl RecentLog {
     }
 }
 
+/// The entry with its value in an allocation of its own. A value decoded from a request is a
+/// slice of the request's whole receive buffer, and holding it would hold that buffer: the
+/// bound in bytes would bound the values, not the memory they keep.
+fn detached(mut entry: LogEntry) -> LogEntry {
+    if let Change::Key {
+        record: Record {
+            live: Some(live), ..
+        },
+        ..
+    } = &mut entry.change
+    {
+        live.value = Bytes::copy_from_slice(&live.value);
+    }
+    entry
+}
+
 #[cfg(test)]
 mod tests {
-    use driftkv_core::{Change, NamespaceId};
+    use driftkv_core::NamespaceId;
 
     use super::*;
 

@@ -4,7 +4,7 @@ use driftkv_core::key::validate_key;
 use driftkv_core::limits::MAX_VALUE_BYTES;
 use driftkv_core::service::put;
 use driftkv_core::{ListCursor, WriteOp};
-use driftkv_store::SledStore;
+use driftkv_store::EngineKind;
 use proptest::prelude::*;
 
 use super::*;
@@ -13,7 +13,7 @@ const T0_MS: u64 = 1_700_000_000_000;
 
 struct Fixture {
     engine: Engine,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -25,7 +25,7 @@ fn fixture() -> Fixture {
 
 fn fixture_limited(writes_per_second: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = Arc::new(driftkv_store::open(EngineKind::default(), dir.path()).unwrap());
     let clock = Arc::new(ManualClock::new(T0_MS));
     let engine = reopen(&store, &clock, writes_per_second);
     Fixture {
@@ -36,7 +36,7 @@ fn fixture_limited(writes_per_second: u32) -> Fixture {
     }
 }
 
-fn reopen(store: &Arc<dyn Store>, clock: &Arc<ManualClock>, writes_per_second: u32) -> Engine {
+fn reopen(store: &Arc<Store>, clock: &Arc<ManualClock>, writes_per_second: u32) -> Engine {
     Engine::new(
         store.clone(),
         NonZeroU64::new(1).unwrap(),

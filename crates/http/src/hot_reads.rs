@@ -209,7 +209,7 @@ mod tests {
                 _ => Ok(Some(LiveValue {
                     value: format!("{account_id}|{id}|{key}|{cache_ttl:?}").into(),
                     metadata: None,
-                    expiration: (key.len() % 2 == 0).then_some(4_000_000_000),
+                    expiration: key.len().is_multiple_of(2).then_some(4_000_000_000),
                 })),
             }
         }

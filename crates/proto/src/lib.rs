@@ -257,6 +257,28 @@ impl TryFrom<pb::WriteResult> for WriteResult {
     }
 }
 
+impl From<&KvError> for pb::WriteFailure {
+    fn from(error: &KvError) -> Self {
+        pb::WriteFailure {
+            code: error.code(),
+            http_status: u32::from(error.status()),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<pb::WriteFailure> for KvError {
+    /// The error exactly as central classified it, as [`error_from_status`] gives it for a
+    /// failed call.
+    fn from(failure: pb::WriteFailure) -> Self {
+        KvError::Remote {
+            status: u16::try_from(failure.http_status).unwrap_or(500),
+            code: failure.code,
+            message: failure.message,
+        }
+    }
+}
+
 /// The gRPC status for an error, carrying its Cloudflare code and HTTP status.
 pub fn status_from_error(error: &KvError) -> Status {
     let code = match error.status() {
@@ -323,6 +345,16 @@ mod tests {
             timestamp: 42,
             origin: 7,
         }
+    }
+
+    #[test]
+    fn write_failures_keep_code_status_and_message() {
+        let error = KvError::NamespaceNotFound;
+        let back = KvError::from(pb::WriteFailure::from(&error));
+        assert_eq!(
+            (back.code(), back.status(), back.to_string()),
+            (error.code(), error.status(), error.to_string())
+        );
     }
 
     #[test]

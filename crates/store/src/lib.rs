@@ -1,23 +1,37 @@
 //! driftkv storage.
 //!
-//! [`Store`] is what every role persists through: namespaces, records applied last-write-wins,
-//! ordered listings, an expiration index, the replication log (appended by the write region,
-//! applied by replicas with their applied sequence), and a [`Store::sync`] that returns once
-//! everything written before it is durable. [`SledStore`] is the sled backend. [`suite`] holds the
-//! backend-agnostic tests: any backend that passes them can replace sled.
+//! Two layers:
+//! - [`Backend`] (in [`backend`]) is the seam a storage engine fills: a few ordered key-value
+//!   trees with point reads, range scans, atomic batches and a durable `sync`. [`SledBackend`]
+//!   and [`FjallBackend`] are its adapters; [`open`] picks one by [`EngineKind`].
+//! - [`Store`] is everything driftkv keeps, written once over any backend: namespaces, records
+//!   applied last-write-wins, ordered listings, the expiration index, the replication log
+//!   (appended by the write region, applied by replicas with their applied sequence).
+//!
+//! The conformance suite (`suite`, behind the `suite` feature and in this crate's tests) runs
+//! against every engine; an engine that passes it can carry a node.
 
-mod sled_store;
+pub mod backend;
+mod commit;
+mod fjall_backend;
+mod layout;
+mod sled_backend;
+mod store;
+#[cfg(any(test, feature = "suite"))]
 pub mod suite;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use driftkv_core::{Change, KeyInfo, KvError, LogEntry, Namespace, NamespaceId, Record};
+use driftkv_core::{KeyInfo, KvError, NamespaceId};
 
-pub use sled_store::SledStore;
+pub use backend::{Backend, BackendError};
+pub use fjall_backend::FjallBackend;
+pub use sled_backend::SledBackend;
+pub use store::Store;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The namespace does not exist (or was deleted while the operation ran).
     #[error("namespace {0} does not exist")]
@@ -25,9 +39,34 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    /// The backend failed (disk, I/O).
-    #[error("storage backend failed: {0}")]
-    Backend(String),
+    /// The engine failed (see [`BackendError::is_io`] for whether the disk did). Shared, so
+    /// that every writer of a failed batch gets the one error.
+    #[error(transparent)]
+    Backend(Arc<BackendError>),
+    /// The data directory holds a database of another engine than the one configured.
+    #[error(
+        "{} holds a {found} database, but storage.engine is {configured}: set storage.engine = \"{found}\" \
+         to open it, or give this engine a directory of its own",
+        dir.display()
+    )]
+    OtherEngine {
+        dir: PathBuf,
+        found: &'static str,
+        configured: &'static str,
+    },
+}
+
+impl From<BackendError> for StoreError {
+    fn from(e: BackendError) -> Self {
+        StoreError::Backend(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    /// Whether the operating system reported an I/O error on the database's files.
+    pub fn is_io(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if e.is_io())
+    }
 }
 
 impl From<StoreError> for KvError {
@@ -37,6 +76,59 @@ impl From<StoreError> for KvError {
             other => KvError::Internal(other.to_string()),
         }
     }
+}
+
+/// The storage engines a node can run on (`storage.engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// sled 0.34: a B-tree over a log; the engine driftkv was specified with.
+    Sled,
+    /// fjall 3: an LSM tree with a write-ahead journal and key-value separation for large
+    /// values; the default (see the README's Performance section for why).
+    #[default]
+    Fjall,
+}
+
+impl EngineKind {
+    /// The engine's name, as the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Sled => "sled",
+            EngineKind::Fjall => "fjall",
+        }
+    }
+}
+
+/// Opens (or creates) a node's database in `dir` with the `engine`. A directory that holds
+/// another engine's database is refused, rather than opened as an empty one beside it.
+pub fn open(engine: EngineKind, dir: &Path) -> Result<Store, StoreError> {
+    let backend: Arc<dyn Backend> = match engine {
+        EngineKind::Sled => {
+            refuse_other_engine(dir, engine, EngineKind::Fjall, FjallBackend::holds_database)?;
+            Arc::new(SledBackend::open(dir)?)
+        }
+        EngineKind::Fjall => {
+            refuse_other_engine(dir, engine, EngineKind::Sled, SledBackend::holds_database)?;
+            Arc::new(FjallBackend::open(dir)?)
+        }
+    };
+    Store::open(backend)
+}
+
+fn refuse_other_engine(
+    dir: &Path,
+    wanted: EngineKind,
+    other: EngineKind,
+    holds: fn(&Path) -> bool,
+) -> Result<(), StoreError> {
+    if holds(dir) {
+        return Err(StoreError::OtherEngine {
+            dir: dir.to_owned(),
+            found: other.name(),
+            configured: wanted.name(),
+        });
+    }
+    Ok(())
 }
 
 /// One page of a scan: the live keys found, and where to resume if the scan stopped early.
@@ -70,76 +162,30 @@ pub struct LogBounds {
 /// namespace in one request, as Workers KV's listing is allowed to.
 pub const SCAN_BUDGET: usize = 10_000;
 
-/// Persistent storage for one node.
-///
-/// Writes are visible to reads as soon as the call returns; they are durable once a later
-/// [`Store::sync`] has returned.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Every namespace, of every account.
-    fn namespaces(&self) -> Result<Vec<Namespace>, StoreError>;
-    /// One namespace; shared, since it is looked up on every request.
-    fn namespace(&self, id: NamespaceId) -> Result<Option<Arc<Namespace>>, StoreError>;
-    /// Creates or replaces a namespace record (create and rename) unless the stored one has
-    /// an equal or newer version; returns whether it was stored.
-    fn put_namespace(&self, namespace: &Namespace) -> Result<bool, StoreError>;
-    /// Removes a namespace and all its records; false if it did not exist.
-    fn delete_namespace(&self, id: NamespaceId) -> Result<bool, StoreError>;
-    /// Applies records last-write-wins: each replaces the stored record of its key only if its
-    /// version is greater. Returns, per record, whether it was applied. Applying the same
-    /// records again, or in another order, leaves the same state.
-    fn apply(
-        &self,
-        namespace: NamespaceId,
-        records: &[(String, Record)],
-    ) -> Result<Vec<bool>, StoreError>;
-    /// The write region's commit: applies `changes` and appends them to the replication log
-    /// under consecutive sequences, atomically: consecutive key changes form one atomic step
-    /// with their log entries, and so does each namespace change. Sequences have no gaps.
-    /// Returns the last sequence used.
-    fn append(&self, changes: &[Change]) -> Result<u64, StoreError>;
-    /// A replica's commit: applies log entries last-write-wins (in any order, any number of
-    /// times, with the same outcome) and records the highest sequence applied atomically with
-    /// them. Key changes to namespaces the replica does not have are skipped.
-    fn apply_replicated(&self, entries: &[LogEntry]) -> Result<(), StoreError>;
-    /// The highest log sequence this replica has applied; 0 for none.
-    fn applied_sequence(&self) -> Result<u64, StoreError>;
-    /// Records that everything up to `sequence` is applied (after installing a snapshot).
-    fn set_applied_sequence(&self, sequence: u64) -> Result<(), StoreError>;
-    /// What the replication log holds.
-    fn log_bounds(&self) -> Result<LogBounds, StoreError>;
-    /// Up to `max` log entries from sequence `from` on, in order.
-    fn log_entries(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StoreError>;
-    /// Drops log entries older than `before`; returns how many went.
-    fn trim_log(&self, before: u64) -> Result<usize, StoreError>;
-    /// Up to `max` stored records of a namespace after key `after`, tombstones and expired
-    /// values included, in key order: what a snapshot carries.
-    fn records(
-        &self,
-        namespace: NamespaceId,
-        after: Option<&str>,
-        max: usize,
-    ) -> Result<Vec<(String, Record)>, StoreError>;
-    /// The stored record of a key, tombstones and expired values included.
-    fn get(&self, namespace: NamespaceId, key: &str) -> Result<Option<Record>, StoreError>;
-    /// Up to `limit` keys that start with `prefix`, come strictly after `after`, and are live at
-    /// `now_ms`, in byte order. Examines at most [`SCAN_BUDGET`] records.
-    fn scan(
-        &self,
-        namespace: NamespaceId,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        now_ms: u64,
-    ) -> Result<Scan, StoreError>;
-    /// Up to `max` entries of the expiration index due at `now_ms`, earliest first.
-    fn due_expirations(&self, now_ms: u64, max: usize) -> Result<Vec<DueExpiration>, StoreError>;
-    /// Turns the record of a due entry into a tombstone (keeping its version) if it still
-    /// carries that expiration, and drops the index entry. Returns whether a record changed.
-    fn expire(&self, due: &DueExpiration) -> Result<bool, StoreError>;
-    /// Returns once every write made before the call is durable on disk. Concurrent callers
-    /// share flushes (group commit).
-    async fn sync(&self) -> Result<(), StoreError>;
-    /// Bytes the database takes on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_another_engine_is_refused() {
+        for (made, other) in [
+            (EngineKind::Sled, EngineKind::Fjall),
+            (EngineKind::Fjall, EngineKind::Sled),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(open(made, dir.path()).unwrap());
+            match open(other, dir.path()) {
+                Err(e @ StoreError::OtherEngine { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&format!("storage.engine = \"{}\"", made.name())),
+                        "{text}"
+                    );
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("{} opened a {} database", other.name(), made.name()),
+            }
+            drop(open(made, dir.path()).unwrap());
+        }
+    }
 }

@@ -1,25 +1,34 @@
-//! The backend-agnostic storage test suite.
+//! The conformance suite: what every storage engine must pass to carry a node.
 //!
-//! Each function checks one behaviour of [`Store`] on a fresh, empty store. A backend runs the
-//! whole suite with [`store_suite!`](crate::store_suite), passing an expression that opens a
-//! fresh store and returns it with a guard (say, its temporary directory):
+//! Each check runs on a [`Store`] over the engine, in a fresh temporary directory. An engine
+//! runs the whole suite with [`store_suite!`](crate::store_suite), passing a function that
+//! opens its store in a directory (this crate does so for sled and fjall):
 //!
 //! ```ignore
-//! driftkv_store::store_suite!(open_fresh_store());
+//! driftkv_store::store_suite!(|dir: &std::path::Path| my_engine_store(dir));
 //! ```
 //!
-//! The functions panic on failure, as tests do; they are not meant for production code paths.
+//! The checks panic on failure, as tests do: the module only exists in this crate's tests and
+//! behind the `suite` feature, never in a production build.
+
+use std::ops::Bound;
+use std::path::Path;
 
 use driftkv_core::{Change, KeyInfo, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version};
 
+use crate::backend::{Batch, Tree};
+use crate::layout::record_key;
 use crate::{DueExpiration, LogBounds, Store, StoreError, SCAN_BUDGET};
 
-/// Generates one `#[tokio::test]` per suite check, each on a store made by `$make`, which must
-/// evaluate to `(store, guard)`.
+/// Opens a node's store in a directory: how the suite reaches an engine.
+pub type Opener = fn(&Path) -> Store;
+
+/// Generates one `#[tokio::test]` per suite check, each on a store `$open` (an [`Opener`])
+/// opens in a fresh temporary directory, and the replication property test.
 #[macro_export]
 macro_rules! store_suite {
-    ($make:expr) => {
-        $crate::store_suite!(@each $make;
+    ($open:expr) => {
+        $crate::store_suite!(@each $open;
             namespaces_round_trip,
             deleting_a_namespace_removes_its_records,
             apply_is_last_write_wins,
@@ -35,23 +44,60 @@ macro_rules! store_suite {
             appends_are_numbered_without_gaps,
             the_log_can_be_trimmed,
             replicated_entries_advance_the_applied_sequence,
-            snapshot_records_include_tombstones
+            snapshot_records_include_tombstones,
+            merged_appends_fail_writer_by_writer,
+            backend_ranges_stay_in_their_tree
         );
+        mod store_suite_reopening {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn data_survives_reopening() {
+                $crate::suite::data_survives_reopening($open).await;
+            }
+
+            #[tokio::test]
+            async fn an_interrupted_namespace_deletion_finishes_on_open() {
+                $crate::suite::an_interrupted_namespace_deletion_finishes_on_open($open).await;
+            }
+
+            $crate::suite::proptest::proptest! {
+                #![proptest_config($crate::suite::proptest::prelude::ProptestConfig::with_cases(32))]
+
+                /// Replication entries applied in any order, any number of times, in any
+                /// batching, leave the same records and applied sequence as applying them once
+                /// in sequence order.
+                #[test]
+                fn any_permutation_and_duplication_converges(
+                    replay in $crate::suite::replay_strategy()
+                ) {
+                    $crate::suite::permutations_converge($open, replay)?;
+                }
+            }
+        }
     };
-    (@each $make:expr; $($check:ident),*) => {
+    (@each $open:expr; $($check:ident),*) => {
         mod store_suite {
             #[allow(unused_imports)]
             use super::*;
             $(
                 #[tokio::test]
                 async fn $check() {
-                    let (store, _guard) = $make;
+                    let dir = $crate::suite::tempfile::tempdir().expect("a temporary directory");
+                    let open: $crate::suite::Opener = $open;
+                    let store = open(dir.path());
                     $crate::suite::$check(&store).await;
                 }
             )*
         }
     };
 }
+
+#[doc(hidden)]
+pub use proptest;
+#[doc(hidden)]
+pub use tempfile;
 
 /// A namespace fixture with id `[id; 16]`, for this suite and other crates' store tests.
 pub fn ns(id: u8) -> Namespace {
@@ -84,7 +130,7 @@ fn live(timestamp: u64, value: &str, expiration: Option<u64>) -> Record {
     }
 }
 
-fn with_namespace(store: &dyn Store, id: u8) -> NamespaceId {
+fn with_namespace(store: &Store, id: u8) -> NamespaceId {
     store.put_namespace(&ns(id)).expect("create namespace");
     NamespaceId([id; 16])
 }
@@ -94,7 +140,7 @@ fn names(keys: &[KeyInfo]) -> Vec<&str> {
 }
 
 /// Namespaces can be created, read, listed, replaced and deleted.
-pub async fn namespaces_round_trip(store: &dyn Store) {
+pub async fn namespaces_round_trip(store: &Store) {
     assert!(store.namespaces().unwrap().is_empty());
     store.put_namespace(&ns(1)).unwrap();
     store.put_namespace(&ns(2)).unwrap();
@@ -120,7 +166,7 @@ pub async fn namespaces_round_trip(store: &dyn Store) {
 }
 
 /// Deleting a namespace removes its records, and writes to it fail afterwards.
-pub async fn deleting_a_namespace_removes_its_records(store: &dyn Store) {
+pub async fn deleting_a_namespace_removes_its_records(store: &Store) {
     let id = with_namespace(store, 3);
     store
         .apply(id, &[("k".into(), live(1, "v", None))])
@@ -140,7 +186,7 @@ pub async fn deleting_a_namespace_removes_its_records(store: &dyn Store) {
 }
 
 /// A record replaces the stored one only if its version is greater.
-pub async fn apply_is_last_write_wins(store: &dyn Store) {
+pub async fn apply_is_last_write_wins(store: &Store) {
     let id = with_namespace(store, 1);
     assert_eq!(
         store
@@ -176,7 +222,7 @@ pub async fn apply_is_last_write_wins(store: &dyn Store) {
 }
 
 /// A delete is a tombstone: an older put arriving later does not resurrect the key.
-pub async fn tombstones_shadow_older_puts(store: &dyn Store) {
+pub async fn tombstones_shadow_older_puts(store: &Store) {
     let id = with_namespace(store, 1);
     store
         .apply(id, &[("k".into(), live(1, "v1", None))])
@@ -198,7 +244,7 @@ pub async fn tombstones_shadow_older_puts(store: &dyn Store) {
 }
 
 /// Any order of the same records leaves the same state.
-pub async fn apply_is_order_independent(store: &dyn Store) {
+pub async fn apply_is_order_independent(store: &Store) {
     let records: Vec<(String, Record)> = vec![
         ("a".into(), live(1, "a1", None)),
         ("a".into(), live(4, "a4", None)),
@@ -226,7 +272,7 @@ pub async fn apply_is_order_independent(store: &dyn Store) {
 }
 
 /// Scans return live keys with the prefix in byte order, skipping tombstones and expired keys.
-pub async fn scan_orders_by_bytes_and_filters(store: &dyn Store) {
+pub async fn scan_orders_by_bytes_and_filters(store: &Store) {
     let id = with_namespace(store, 1);
     let now_ms = 1_000_000_000;
     let batch: Vec<(String, Record)> = vec![
@@ -248,7 +294,7 @@ pub async fn scan_orders_by_bytes_and_filters(store: &dyn Store) {
 }
 
 /// Paging with `resume_after` visits every live key exactly once.
-pub async fn scan_pages_resume_exactly(store: &dyn Store) {
+pub async fn scan_pages_resume_exactly(store: &Store) {
     let id = with_namespace(store, 1);
     let batch: Vec<(String, Record)> = (0..25)
         .map(|i| (format!("k{i:02}"), live(1, "v", None)))
@@ -273,7 +319,7 @@ pub async fn scan_pages_resume_exactly(store: &dyn Store) {
 }
 
 /// A scan over more than the budget of dead records stops early and resumes.
-pub async fn scan_stops_at_its_budget(store: &dyn Store) {
+pub async fn scan_stops_at_its_budget(store: &Store) {
     let id = with_namespace(store, 1);
     let mut batch: Vec<(String, Record)> = (0..SCAN_BUDGET + 5)
         .map(|i| (format!("dead{i:06}"), Record::tombstone(version(1))))
@@ -292,7 +338,7 @@ pub async fn scan_stops_at_its_budget(store: &dyn Store) {
 
 /// Records with an expiration come due in order, and expiring them leaves tombstones of the
 /// same version.
-pub async fn expirations_come_due_in_order(store: &dyn Store) {
+pub async fn expirations_come_due_in_order(store: &Store) {
     let id = with_namespace(store, 1);
     store
         .apply(
@@ -333,7 +379,7 @@ pub async fn expirations_come_due_in_order(store: &dyn Store) {
 
 /// Index entries that no longer match their record (overwritten, namespace gone) are dropped
 /// without touching any record.
-pub async fn stale_expiry_entries_change_nothing(store: &dyn Store) {
+pub async fn stale_expiry_entries_change_nothing(store: &Store) {
     let id = with_namespace(store, 1);
     store
         .apply(id, &[("k".into(), live(1, "v", Some(100)))])
@@ -356,7 +402,7 @@ pub async fn stale_expiry_entries_change_nothing(store: &dyn Store) {
 }
 
 /// Many concurrent syncs all complete.
-pub async fn concurrent_syncs_all_return(store: &dyn Store) {
+pub async fn concurrent_syncs_all_return(store: &Store) {
     let id = with_namespace(store, 1);
     let syncs = (0..50).map(|i| {
         store
@@ -370,7 +416,7 @@ pub async fn concurrent_syncs_all_return(store: &dyn Store) {
 }
 
 /// The size on disk accounts for data written and made durable.
-pub async fn size_on_disk_counts_what_was_written(store: &dyn Store) {
+pub async fn size_on_disk_counts_what_was_written(store: &Store) {
     let id = with_namespace(store, 1);
     let value = "v".repeat(64 * 1024);
     for i in 0..32 {
@@ -395,7 +441,7 @@ fn key_change(namespace: NamespaceId, key: &str, record: Record) -> Change {
 }
 
 /// Appended changes are applied, logged under consecutive sequences, and readable back.
-pub async fn appends_are_numbered_without_gaps(store: &dyn Store) {
+pub async fn appends_are_numbered_without_gaps(store: &Store) {
     assert_eq!(
         store.log_bounds().unwrap(),
         LogBounds { oldest: 1, last: 0 }
@@ -440,7 +486,7 @@ pub async fn appends_are_numbered_without_gaps(store: &dyn Store) {
 }
 
 /// Trimming drops old entries; numbering continues after the last sequence.
-pub async fn the_log_can_be_trimmed(store: &dyn Store) {
+pub async fn the_log_can_be_trimmed(store: &Store) {
     let id = NamespaceId([5; 16]);
     store.append(&[Change::Namespace(ns(5))]).unwrap();
     for i in 0..5 {
@@ -469,7 +515,7 @@ pub async fn the_log_can_be_trimmed(store: &dyn Store) {
 
 /// A replica applies entries last-write-wins, records the highest sequence with them, skips
 /// keys of namespaces it does not have, and never moves the sequence back.
-pub async fn replicated_entries_advance_the_applied_sequence(store: &dyn Store) {
+pub async fn replicated_entries_advance_the_applied_sequence(store: &Store) {
     assert_eq!(store.applied_sequence().unwrap(), 0);
     let id = NamespaceId([6; 16]);
     let entries = vec![
@@ -486,26 +532,35 @@ pub async fn replicated_entries_advance_the_applied_sequence(store: &dyn Store) 
             change: key_change(NamespaceId([7; 16]), "k", live(5, "nowhere", None)),
         },
     ];
-    store.apply_replicated(&entries).unwrap();
+    store.apply_replicated(&entries, 3).unwrap();
     assert_eq!(store.applied_sequence().unwrap(), 3);
     assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "new", None)));
     // An older write delivered late, under an older sequence, changes nothing.
     store
-        .apply_replicated(&[LogEntry {
-            sequence: 2,
-            change: key_change(id, "k", live(4, "old", None)),
-        }])
+        .apply_replicated(
+            &[LogEntry {
+                sequence: 2,
+                change: key_change(id, "k", live(4, "old", None)),
+            }],
+            2,
+        )
         .unwrap();
     assert_eq!(store.applied_sequence().unwrap(), 3);
     assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "new", None)));
     store
-        .apply_replicated(&[LogEntry {
-            sequence: 4,
-            change: Change::NamespaceDeleted(id),
-        }])
+        .apply_replicated(
+            &[LogEntry {
+                sequence: 4,
+                change: Change::NamespaceDeleted(id),
+            }],
+            4,
+        )
         .unwrap();
     assert_eq!(store.applied_sequence().unwrap(), 4);
     assert_eq!(store.namespace(id).unwrap(), None);
+    // Entries the caller left out (their records are stored already) still count as applied.
+    store.apply_replicated(&[], 7).unwrap();
+    assert_eq!(store.applied_sequence().unwrap(), 7);
     store.set_applied_sequence(10).unwrap();
     assert_eq!(store.applied_sequence().unwrap(), 10);
     // Applied entries do not land in this node's own log.
@@ -513,7 +568,7 @@ pub async fn replicated_entries_advance_the_applied_sequence(store: &dyn Store) 
 }
 
 /// Snapshot pages carry every stored record, tombstones included, in key order.
-pub async fn snapshot_records_include_tombstones(store: &dyn Store) {
+pub async fn snapshot_records_include_tombstones(store: &Store) {
     let id = with_namespace(store, 8);
     let records: Vec<(String, Record)> = vec![
         ("a".into(), live(1, "a", None)),
@@ -524,4 +579,238 @@ pub async fn snapshot_records_include_tombstones(store: &dyn Store) {
     assert_eq!(store.records(id, None, 10).unwrap(), records);
     assert_eq!(store.records(id, Some("a"), 1).unwrap(), records[1..2]);
     assert!(store.records(id, Some("c"), 10).unwrap().is_empty());
+}
+
+/// Writers merged into one append succeed or fail one by one: a writer naming a missing
+/// namespace is refused whole and takes no sequence; the others are numbered without gaps.
+pub async fn merged_appends_fail_writer_by_writer(store: &Store) {
+    let id = NamespaceId([4; 16]);
+    let create = [Change::Namespace(ns(4))];
+    let a = [
+        key_change(id, "a1", live(2, "a", None)),
+        key_change(id, "a2", live(3, "a", None)),
+    ];
+    let missing = [
+        key_change(id, "m1", live(4, "m", None)),
+        key_change(NamespaceId([9; 16]), "m2", live(4, "m", None)),
+    ];
+    let b = [key_change(id, "b", live(5, "b", Some(4_000_000_000)))];
+    let mixed = [
+        key_change(id, "x", live(6, "x", None)),
+        Change::Namespace(ns(5)),
+    ];
+    let results = store.append_writers(&[&create, &a, &missing, &b, &mixed]);
+    assert_eq!(results[0].clone().unwrap(), 1);
+    assert_eq!(results[1].clone().unwrap(), 3);
+    assert!(matches!(results[2], Err(StoreError::NoSuchNamespace(_))));
+    assert_eq!(results[3].clone().unwrap(), 4);
+    assert!(matches!(results[4], Err(StoreError::Corrupt(_))));
+    assert_eq!(
+        store.get(id, "m1").unwrap(),
+        None,
+        "nothing of a refused writer"
+    );
+    assert_eq!(store.get(id, "x").unwrap(), None);
+    let keys: Vec<(u64, String)> = store
+        .log_entries(1, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.change {
+            Change::Key { key, .. } => Some((e.sequence, key)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, [(2, "a1".into()), (3, "a2".into()), (4, "b".into())]);
+    assert_eq!(store.log_bounds().unwrap().last, 4);
+    assert_eq!(store.due_expirations(u64::MAX / 2, 10).unwrap().len(), 1);
+}
+
+/// The engine's ranges honour their bounds and never reach into another tree.
+pub async fn backend_ranges_stay_in_their_tree(store: &Store) {
+    let backend = store.backend();
+    let mut batch = Batch::new();
+    for tree in Tree::ALL {
+        for key in [&b"\x00"[..], b"a", b"b", b"c", b"\xff"] {
+            batch.put(tree, key.to_vec(), vec![tree.index()]);
+        }
+    }
+    backend.commit(batch).unwrap();
+    let keys = |tree, from, to| -> Vec<Vec<u8>> {
+        backend
+            .range(tree, from, to)
+            .map(|entry| {
+                let (k, v) = entry.unwrap();
+                assert_eq!(v.as_ref(), [tree.index()], "a value of another tree");
+                k.to_vec()
+            })
+            .collect()
+    };
+    for tree in Tree::ALL {
+        let all = keys(tree, Bound::Unbounded, Bound::Unbounded);
+        assert_eq!(all, [&b"\x00"[..], b"a", b"b", b"c", b"\xff"], "{tree:?}");
+        let some = keys(tree, Bound::Excluded(b"a"), Bound::Included(b"c"));
+        assert_eq!(some, [b"b", b"c"], "{tree:?}");
+        let some = keys(tree, Bound::Included(b"a"), Bound::Excluded(b"c"));
+        assert_eq!(some, [b"a", b"b"], "{tree:?}");
+        assert_eq!(
+            backend.get(tree, b"b").unwrap().unwrap().as_ref(),
+            [tree.index()]
+        );
+        assert_eq!(backend.get(tree, b"d").unwrap(), None);
+    }
+    let mut batch = Batch::new();
+    batch.remove(Tree::Log, b"b".to_vec());
+    backend.commit(batch).unwrap();
+    assert_eq!(backend.get(Tree::Log, b"b").unwrap(), None);
+    assert!(backend.get(Tree::Meta, b"b").unwrap().is_some());
+    backend.sync().unwrap();
+}
+
+/// What was written and synced is there after the store is closed and opened again.
+pub async fn data_survives_reopening(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = NamespaceId([1; 16]);
+    {
+        let store = open(dir.path());
+        store.append(&[Change::Namespace(ns(1))]).unwrap();
+        store
+            .apply(id, &[("k".into(), live(5, "v", Some(9)))])
+            .unwrap();
+        store
+            .append(&[key_change(id, "l", live(6, "w", None))])
+            .unwrap();
+        store.set_applied_sequence(12).unwrap();
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.namespaces().unwrap(), vec![ns(1)]);
+    assert_eq!(store.get(id, "k").unwrap(), Some(live(5, "v", Some(9))));
+    assert_eq!(store.get(id, "l").unwrap(), Some(live(6, "w", None)));
+    assert_eq!(
+        store.log_bounds().unwrap(),
+        LogBounds { oldest: 1, last: 2 }
+    );
+    assert_eq!(store.applied_sequence().unwrap(), 12);
+    assert_eq!(store.due_expirations(10_000, 10).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .append(&[key_change(id, "m", live(7, "x", None))])
+            .unwrap(),
+        3
+    );
+}
+
+/// Records left behind by a namespace deletion a crash interrupted are gone after the next
+/// open, and those of live namespaces are kept.
+pub async fn an_interrupted_namespace_deletion_finishes_on_open(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for id in [1, 2, 3] {
+            store.put_namespace(&ns(id)).unwrap();
+            store
+                .apply(NamespaceId([id; 16]), &[("k".into(), live(1, "v", None))])
+                .unwrap();
+        }
+        // As a crash after the namespace record went but before its records did leaves it.
+        let mut batch = Batch::new();
+        batch.remove(Tree::Namespaces, vec![2; 16]);
+        store.backend().commit(batch).unwrap();
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.namespaces().unwrap().len(), 2);
+    let orphan = record_key(NamespaceId([2; 16]), b"k");
+    assert_eq!(store.backend().get(Tree::Records, &orphan).unwrap(), None);
+    for id in [1, 3] {
+        assert!(store.get(NamespaceId([id; 16]), "k").unwrap().is_some());
+    }
+}
+
+/// Log entries over a few keys, with versions that may tie on timestamp, and a way of
+/// replaying them: a permutation with duplicates, cut into batches.
+pub fn replay_strategy() -> impl proptest::strategy::Strategy<Value = Replay> {
+    use proptest::prelude::*;
+    // A version names one write, so the record is a function of it (as in a real log).
+    let change = (0..4u8, 1..20u64, 1..3u64).prop_map(|(key, timestamp, origin)| {
+        let version = Version { timestamp, origin };
+        let record = if (timestamp + origin) % 3 == 0 {
+            Record::tombstone(version)
+        } else {
+            Record {
+                version,
+                live: Some(LiveValue {
+                    value: format!("{timestamp}/{origin}").into_bytes().into(),
+                    metadata: None,
+                    expiration: None,
+                }),
+            }
+        };
+        key_change(NamespaceId([1; 16]), &format!("k{key}"), record)
+    });
+    let entries = prop::collection::vec(change, 1..24).prop_map(|changes| {
+        changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, change)| LogEntry {
+                sequence: i as u64 + 2,
+                change,
+            })
+            .collect::<Vec<_>>()
+    });
+    (
+        entries,
+        prop::collection::vec(any::<prop::sample::Index>(), 0..48),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    )
+        .prop_map(|(entries, order, cuts)| {
+            // Every entry at least once, then duplicates, in a shuffled order.
+            let mut shuffled = entries.clone();
+            shuffled.extend(order.iter().map(|i| i.get(&entries).clone()));
+            let n = shuffled.len();
+            for (i, pick) in order.iter().enumerate() {
+                shuffled.swap(i % n, pick.index(n));
+            }
+            let mut cut_points: Vec<usize> = cuts.iter().map(|c| c.index(n + 1)).collect();
+            cut_points.sort_unstable();
+            let mut batches = Vec::new();
+            let mut start = 0;
+            for cut in cut_points.into_iter().chain([n]) {
+                batches.push(shuffled[start..cut.max(start)].to_vec());
+                start = cut.max(start);
+            }
+            Replay { entries, batches }
+        })
+}
+
+/// Log entries, and the batches a replay applies them in.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    entries: Vec<LogEntry>,
+    batches: Vec<Vec<LogEntry>>,
+}
+
+/// Applying `replay`'s batches leaves what applying its entries once, in order, leaves.
+pub fn permutations_converge(
+    open: Opener,
+    replay: Replay,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let state = |batches: &[Vec<LogEntry>]| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.put_namespace(&ns(1)).unwrap();
+        for batch in batches {
+            let through = batch.iter().map(|e| e.sequence).max().unwrap_or(0);
+            store.apply_replicated(batch, through).unwrap();
+        }
+        (
+            store.records(NamespaceId([1; 16]), None, 100).unwrap(),
+            store.applied_sequence().unwrap(),
+        )
+    };
+    proptest::prop_assert_eq!(
+        state(&replay.batches),
+        state(std::slice::from_ref(&replay.entries))
+    );
+    Ok(())
 }

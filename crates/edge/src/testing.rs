@@ -1,0 +1,104 @@
+//! What the edge's unit tests share: a replica over a real engine that counts what is read and
+//! written, and an edge over it.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use driftkv_engine::SystemClock;
+use driftkv_store::backend::{Batch, Entries, Op, Tree};
+use driftkv_store::{Backend, BackendError, EngineKind, Store};
+
+use crate::{Edge, EdgeOptions, LinkTimeouts};
+
+/// A real engine that counts, per record key, the reads and the writes.
+pub(crate) struct Counting {
+    inner: Arc<dyn Backend>,
+    gets: Mutex<HashMap<Vec<u8>, usize>>,
+    puts: Mutex<HashMap<Vec<u8>, usize>>,
+}
+
+impl Counting {
+    /// Writes per record key.
+    pub(crate) fn puts(&self) -> HashMap<Vec<u8>, usize> {
+        self.puts.lock().unwrap().clone()
+    }
+
+    /// Reads per record key.
+    pub(crate) fn gets(&self) -> HashMap<Vec<u8>, usize> {
+        self.gets.lock().unwrap().clone()
+    }
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
+        if tree == Tree::Records {
+            *self.gets.lock().unwrap().entry(key.to_vec()).or_default() += 1;
+        }
+        self.inner.get(tree, key)
+    }
+
+    fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
+        self.inner.range(tree, from, to)
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+        {
+            let mut puts = self.puts.lock().unwrap();
+            for op in batch.clone().into_ops() {
+                if let Op::Put {
+                    tree: Tree::Records,
+                    key,
+                    ..
+                } = op
+                {
+                    *puts.entry(key).or_default() += 1;
+                }
+            }
+        }
+        self.inner.commit(batch)
+    }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        self.inner.sync()
+    }
+
+    fn size_on_disk(&self) -> Result<u64, BackendError> {
+        self.inner.size_on_disk()
+    }
+}
+
+/// An edge over a counting replica in `dir`, with no central address yet.
+pub(crate) fn edge_over(dir: &Path) -> (Arc<Edge>, Arc<Counting>) {
+    let replica = driftkv_store::open(EngineKind::default(), dir).unwrap();
+    let counting = Arc::new(Counting {
+        inner: replica.backend().clone(),
+        gets: Mutex::default(),
+        puts: Mutex::default(),
+    });
+    drop(replica);
+    let store = Arc::new(Store::open(counting.clone()).unwrap());
+    let options = EdgeOptions {
+        node_id: 2,
+        cache_max_bytes: 1 << 20,
+        min_cache_ttl: Duration::from_secs(1),
+        max_cache_ttl: Duration::from_secs(86_400),
+        default_cache_ttl: Duration::from_secs(60),
+        invalidate_on_replication: false,
+        timeouts: LinkTimeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(5),
+        },
+        stream_silence: Duration::from_secs(5),
+        tls: None,
+    };
+    let edge = Edge::new(store, Arc::new(SystemClock), options).unwrap();
+    (edge, counting)
+}

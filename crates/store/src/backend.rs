@@ -1,0 +1,166 @@
+//! The storage seam: what a storage engine must provide for driftkv to run on it.
+//!
+//! A [`Backend`] is a handful of ordered key-value trees (the fixed set [`Tree`] names), read
+//! with point lookups and forward range scans, written with atomic [`Batch`]es, and made
+//! durable with [`Backend::sync`]. That is the shape of Garage's `db` crate, cut down to what
+//! driftkv uses: [`Store`](crate::Store) holds the single writer lock, so a read followed by a
+//! batch is a transaction without the engine having to provide one, and everything that gives
+//! the bytes meaning (last-write-wins, log sequencing, the expiration index, namespaces) is
+//! written once, above this trait. An engine is an adapter of about a hundred lines: see
+//! `sled_backend.rs` and `fjall_backend.rs`.
+//!
+//! What an engine must guarantee (the conformance suite checks the observable part):
+//! - a committed batch is visible to every later read, all of it or none of it;
+//! - a crash (of the process or the machine) keeps a prefix of the committed batches: never a
+//!   later batch without an earlier one;
+//! - when [`Backend::sync`] returns, every batch committed before it was called is on stable
+//!   storage (through `fsync`/`fdatasync`, or an engine call documented to get there).
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+/// The trees a backend keeps. Keys sort as bytes within each tree; no key is empty, and none
+/// is longer than a namespace id, an expiration and a Workers KV key (540 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tree {
+    /// Namespace id (16 bytes) → encoded namespace.
+    Namespaces,
+    /// Namespace id (16 bytes) followed by the key's bytes → encoded record.
+    Records,
+    /// Expiration (big-endian unix seconds), namespace id, key → nothing.
+    Expiry,
+    /// Sequence (big-endian) → encoded change: the replication log.
+    Log,
+    /// Sequence bookkeeping.
+    Meta,
+}
+
+impl Tree {
+    /// Every tree.
+    pub const ALL: [Tree; 5] = [
+        Tree::Namespaces,
+        Tree::Records,
+        Tree::Expiry,
+        Tree::Log,
+        Tree::Meta,
+    ];
+
+    /// The tree's name, for engines that name their trees.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Namespaces => "namespaces",
+            Tree::Records => "records",
+            Tree::Expiry => "expiry",
+            Tree::Log => "log",
+            Tree::Meta => "meta",
+        }
+    }
+
+    /// A small distinct number, for engines that keep every tree in one key space.
+    pub fn index(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One change of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Store `value` under `key`, replacing what is there.
+    Put {
+        tree: Tree,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove `key` (nothing happens if it is absent).
+    Remove { tree: Tree, key: Vec<u8> },
+}
+
+/// Changes to apply atomically, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put { tree, key, value });
+    }
+
+    /// Adds a removal.
+    pub fn remove(&mut self, tree: Tree, key: Vec<u8>) {
+        self.ops.push(Op::Remove { tree, key });
+    }
+
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// How many changes it holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The changes, in order.
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+}
+
+/// A key and its value, as a scan yields them.
+pub type Entry = (Bytes, Bytes);
+
+/// A forward scan; it may hold engine resources (a snapshot) until dropped.
+pub type Entries<'a> = Box<dyn Iterator<Item = Result<Entry, BackendError>> + Send + 'a>;
+
+/// A failure of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The operating system refused or failed an operation on the database's files (a full
+    /// disk, a failing device, permissions). A node should stop taking writes until it is
+    /// looked at: what the engine holds in memory may no longer match the disk.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The engine failed otherwise (it found its files corrupt, or refuses to go on after an
+    /// earlier failure).
+    #[error("{engine} failed: {source}")]
+    Engine {
+        /// Which engine.
+        engine: &'static str,
+        /// What it reported.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl BackendError {
+    /// Whether the operating system reported an I/O error.
+    pub fn is_io(&self) -> bool {
+        matches!(self, BackendError::Io(_))
+    }
+}
+
+/// An ordered key-value store with the trees of [`Tree`]; see the module documentation for
+/// what an implementation guarantees.
+pub trait Backend: Send + Sync + 'static {
+    /// The engine's name, for logs and errors ("sled", "fjall").
+    fn name(&self) -> &'static str;
+    /// The value stored under `key`.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError>;
+    /// The entries whose keys lie between `from` and `to`, in key order.
+    fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_>;
+    /// Applies `batch` atomically; it is visible to reads when this returns, and durable once
+    /// a later [`Backend::sync`] has returned (or the engine wrote it out by itself).
+    fn commit(&self, batch: Batch) -> Result<(), BackendError>;
+    /// Returns once every batch committed before the call is on stable storage: through
+    /// `fsync`/`fdatasync` of the files it went to, or an engine call documented to get there.
+    fn sync(&self) -> Result<(), BackendError>;
+    /// Bytes the database takes on disk.
+    fn size_on_disk(&self) -> Result<u64, BackendError>;
+}

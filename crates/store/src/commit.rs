@@ -1,0 +1,447 @@
+//! The writes of [`Store`]: last-write-wins, the expiration index, log sequencing, the applied
+//! sequence and namespace bookkeeping, each written once, as [`Batch`]es any backend commits.
+//!
+//! Every write holds the store's writer lock from the first read of a stored version to the
+//! commit of its batch, so a version read is still the stored one when the batch lands. The
+//! expiration index entry of a record goes into the record's own batch; it may later go stale
+//! (the key overwritten, the namespace deleted), which [`Store::expire`] checks for.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView, Version};
+
+use crate::backend::{Batch, Tree};
+use crate::layout::{
+    corrupt, expiry_key, next_namespace, record_key, sequence_bytes, APPLIED_SEQUENCE,
+    LAST_SEQUENCE,
+};
+use crate::store::{stored_version, Store};
+use crate::{DueExpiration, StoreError};
+
+/// Most keys one batch of a long removal (a namespace's records, old log entries) holds, so
+/// that the removal takes memory in proportion to this rather than to what it removes.
+const REMOVAL_CHUNK: usize = 10_000;
+
+/// A batch being built under the writer lock, with the versions it stages, so that two
+/// writes to one key in one batch are compared with each other, not with the stored record.
+#[derive(Default)]
+struct Staging {
+    batch: Batch,
+    versions: HashMap<Vec<u8>, Version>,
+}
+
+/// Writers of a merged append whose key changes are staged and not yet committed.
+#[derive(Default)]
+struct Run {
+    staging: Staging,
+    /// Where their results go.
+    members: Vec<usize>,
+    /// The last sequence before the run: where numbering resumes if the run fails.
+    base: u64,
+}
+
+fn is_key(change: &Change) -> bool {
+    matches!(change, Change::Key { .. })
+}
+
+impl Store {
+    /// Stages `record` for `key` if its version is newer than the stored (or staged) one;
+    /// returns whether it was.
+    fn stage_record(
+        &self,
+        staging: &mut Staging,
+        namespace: NamespaceId,
+        key: &str,
+        record: &Record,
+    ) -> Result<bool, StoreError> {
+        let stored_key = record_key(namespace, key.as_bytes());
+        let current = match staging.versions.get(&stored_key) {
+            Some(version) => Some(*version),
+            None => match self.backend.get(Tree::Records, &stored_key)? {
+                Some(bytes) => Some(stored_version(&bytes)?),
+                None => None,
+            },
+        };
+        if current.is_some_and(|current| current >= record.version) {
+            return Ok(false);
+        }
+        if let Some(expiration) = record.live.as_ref().and_then(|live| live.expiration) {
+            staging.batch.put(
+                Tree::Expiry,
+                expiry_key(expiration, namespace, key),
+                Vec::new(),
+            );
+        }
+        staging
+            .batch
+            .put(Tree::Records, stored_key.clone(), record.encode());
+        staging.versions.insert(stored_key, record.version);
+        Ok(true)
+    }
+
+    /// Applies a namespace change, committing it with `bookkeeping` (its log entry or applied
+    /// sequence). A namespace record replaces the stored one only if its version is newer;
+    /// a deleted namespace's records go after the deletion is committed. Returns whether the
+    /// namespaces changed.
+    fn commit_namespace(
+        &self,
+        change: &Change,
+        mut bookkeeping: Batch,
+    ) -> Result<bool, StoreError> {
+        match change {
+            Change::Namespace(namespace) => {
+                let (newer, known) = {
+                    let namespaces = self.namespaces.read().expect("namespace map lock");
+                    let stored = namespaces.get(&namespace.id);
+                    (
+                        stored.is_none_or(|old| old.version < namespace.version),
+                        stored.is_some(),
+                    )
+                };
+                if newer {
+                    if !known {
+                        // What an interrupted deletion of the same id left must not reappear.
+                        self.purge_records(namespace.id)?;
+                    }
+                    bookkeeping.put(
+                        Tree::Namespaces,
+                        namespace.id.0.to_vec(),
+                        namespace.encode(),
+                    );
+                }
+                self.backend.commit(bookkeeping)?;
+                if newer {
+                    self.namespaces
+                        .write()
+                        .expect("namespace map lock")
+                        .insert(namespace.id, Arc::new(Namespace::clone(namespace)));
+                }
+                Ok(newer)
+            }
+            Change::NamespaceDeleted(id) => {
+                let existed = self.has_namespace(*id);
+                if existed {
+                    bookkeeping.remove(Tree::Namespaces, id.0.to_vec());
+                }
+                self.backend.commit(bookkeeping)?;
+                if existed {
+                    self.namespaces
+                        .write()
+                        .expect("namespace map lock")
+                        .remove(id);
+                    // A crash before this is done leaves records that the next open removes.
+                    self.purge_records(*id)?;
+                }
+                Ok(existed)
+            }
+            Change::Key { .. } => Err(corrupt("a key change taken for a namespace change")),
+        }
+    }
+
+    /// Removes every record of `namespace`, a chunk per batch; returns how many went. The
+    /// caller holds the writer lock.
+    pub(crate) fn purge_records(&self, namespace: NamespaceId) -> Result<usize, StoreError> {
+        let start = record_key(namespace, b"");
+        let end = next_namespace(namespace).map(|next| record_key(next, b""));
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.remove_all(Tree::Records, Bound::Included(&start), end)
+    }
+
+    /// Removes every key of `tree` in a range, a chunk per batch; returns how many went.
+    fn remove_all(
+        &self,
+        tree: Tree,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let mut batch = Batch::new();
+            for entry in self.backend.range(tree, from, to).take(REMOVAL_CHUNK) {
+                batch.remove(tree, entry?.0.to_vec());
+            }
+            if batch.is_empty() {
+                return Ok(removed);
+            }
+            removed += batch.len();
+            self.backend.commit(batch)?;
+        }
+    }
+
+    /// Creates or replaces a namespace record (create and rename) unless the stored one has an
+    /// equal or newer version; returns whether it was stored.
+    pub fn put_namespace(&self, namespace: &Namespace) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        self.commit_namespace(&Change::Namespace(namespace.clone()), Batch::new())
+    }
+
+    /// Removes a namespace and all its records; false if it did not exist.
+    pub fn delete_namespace(&self, id: NamespaceId) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        self.commit_namespace(&Change::NamespaceDeleted(id), Batch::new())
+    }
+
+    /// Applies records last-write-wins: each replaces the stored record of its key only if its
+    /// version is greater. Returns, per record, whether it was applied. Applying the same
+    /// records again, or in another order, leaves the same state.
+    pub fn apply(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        if !self.has_namespace(namespace) {
+            return Err(StoreError::NoSuchNamespace(namespace));
+        }
+        let mut staging = Staging::default();
+        let applied = records
+            .iter()
+            .map(|(key, record)| self.stage_record(&mut staging, namespace, key, record))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !staging.batch.is_empty() {
+            self.backend.commit(staging.batch)?;
+        }
+        Ok(applied)
+    }
+
+    /// The write region's commit of one writer: see [`Store::append_writers`].
+    pub fn append(&self, changes: &[Change]) -> Result<u64, StoreError> {
+        self.append_writers(&[changes])
+            .pop()
+            .expect("one result per writer")
+    }
+
+    /// The write region's commit: applies each writer's changes and appends them to the
+    /// replication log under consecutive sequences, and returns, per writer, the last sequence
+    /// its changes took, or why they were refused. A writer's key changes are committed
+    /// atomically with their log entries, in one batch with the other writers' key changes
+    /// (the point of merging writers); a writer's namespace changes are committed one by one,
+    /// in order. A writer with a key change to a namespace that does not exist is refused
+    /// whole and takes no sequence. Sequences have no gaps.
+    pub fn append_writers(&self, writers: &[&[Change]]) -> Vec<Result<u64, StoreError>> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut last = self.last_sequence.load(Ordering::SeqCst);
+        let mut results = Vec::with_capacity(writers.len());
+        let mut run = Run {
+            base: last,
+            ..Run::default()
+        };
+        for changes in writers {
+            if changes.iter().all(is_key) {
+                let missing = changes.iter().find_map(|change| match change {
+                    Change::Key { namespace, .. } if !self.has_namespace(*namespace) => {
+                        Some(*namespace)
+                    }
+                    _ => None,
+                });
+                if let Some(namespace) = missing {
+                    results.push(Err(StoreError::NoSuchNamespace(namespace)));
+                    continue;
+                }
+                match self.stage_logged(&mut run.staging, changes, &mut last) {
+                    Ok(()) => {
+                        run.members.push(results.len());
+                        results.push(Ok(last));
+                    }
+                    Err(e) => {
+                        // The staged batch is unusable: the run fails whole.
+                        results.push(Err(e.clone()));
+                        self.fail_run(&mut run, &mut results, e, &mut last);
+                    }
+                }
+                continue;
+            }
+            if changes.iter().any(is_key) {
+                results.push(Err(corrupt("a writer mixes key and namespace changes")));
+                continue;
+            }
+            // Namespace changes go one by one, after what is staged.
+            self.commit_run(&mut run, &mut results, &mut last);
+            let mut outcome = Ok(last);
+            for change in changes.iter() {
+                let mut bookkeeping = Batch::new();
+                bookkeeping.put(Tree::Log, sequence_bytes(last + 1), change.encode());
+                bookkeeping.put(Tree::Meta, LAST_SEQUENCE.to_vec(), sequence_bytes(last + 1));
+                if let Err(e) = self.commit_namespace(change, bookkeeping) {
+                    outcome = Err(e);
+                    break;
+                }
+                last += 1;
+                self.last_sequence.store(last, Ordering::SeqCst);
+                outcome = Ok(last);
+            }
+            results.push(outcome);
+            run.base = last;
+        }
+        self.commit_run(&mut run, &mut results, &mut last);
+        results
+    }
+
+    /// Stages key changes with their log entries under the sequences after `last`.
+    fn stage_logged(
+        &self,
+        staging: &mut Staging,
+        changes: &[Change],
+        last: &mut u64,
+    ) -> Result<(), StoreError> {
+        for change in changes {
+            if let Change::Key {
+                namespace,
+                key,
+                record,
+            } = change
+            {
+                self.stage_record(staging, *namespace, key, record)?;
+            }
+            *last += 1;
+            staging
+                .batch
+                .put(Tree::Log, sequence_bytes(*last), change.encode());
+        }
+        Ok(())
+    }
+
+    /// Commits the run's staged changes with the last sequence; on failure its writers get the
+    /// error and numbering resumes where the run began.
+    fn commit_run(&self, run: &mut Run, results: &mut [Result<u64, StoreError>], last: &mut u64) {
+        if run.staging.batch.is_empty() {
+            run.base = *last;
+            return;
+        }
+        let mut staging = std::mem::take(&mut run.staging);
+        staging
+            .batch
+            .put(Tree::Meta, LAST_SEQUENCE.to_vec(), sequence_bytes(*last));
+        match self.backend.commit(staging.batch) {
+            Ok(()) => {
+                self.last_sequence.store(*last, Ordering::SeqCst);
+                run.members.clear();
+                run.base = *last;
+            }
+            Err(e) => self.fail_run(run, results, e.into(), last),
+        }
+    }
+
+    fn fail_run(
+        &self,
+        run: &mut Run,
+        results: &mut [Result<u64, StoreError>],
+        error: StoreError,
+        last: &mut u64,
+    ) {
+        for member in run.members.drain(..) {
+            results[member] = Err(error.clone());
+        }
+        run.staging = Staging::default();
+        *last = run.base;
+    }
+
+    /// A replica's commit: applies log entries last-write-wins (in any order, any number of
+    /// times, with the same outcome) and records the highest sequence applied, at least
+    /// `through`, atomically with them. `through` covers entries the caller left out because
+    /// their records are already stored (committed before this call). Key changes to
+    /// namespaces the replica does not have are skipped.
+    pub fn apply_replicated(&self, entries: &[LogEntry], through: u64) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut applied = self.applied_sequence.load(Ordering::SeqCst);
+        let mut staging = Staging::default();
+        for entry in entries {
+            match &entry.change {
+                Change::Key {
+                    namespace,
+                    key,
+                    record,
+                } => {
+                    if self.has_namespace(*namespace) {
+                        self.stage_record(&mut staging, *namespace, key, record)?;
+                    }
+                }
+                change => {
+                    // What is staged goes first, then the namespace change with its sequence.
+                    self.commit_applied(std::mem::take(&mut staging).batch, applied)?;
+                    let mut bookkeeping = Batch::new();
+                    let sequence = applied.max(entry.sequence);
+                    bookkeeping.put(
+                        Tree::Meta,
+                        APPLIED_SEQUENCE.to_vec(),
+                        sequence_bytes(sequence),
+                    );
+                    self.commit_namespace(change, bookkeeping)?;
+                    self.applied_sequence.store(sequence, Ordering::SeqCst);
+                }
+            }
+            applied = applied.max(entry.sequence);
+        }
+        self.commit_applied(staging.batch, applied.max(through))
+    }
+
+    /// Commits `batch` with the applied sequence, if either changes anything.
+    fn commit_applied(&self, mut batch: Batch, applied: u64) -> Result<(), StoreError> {
+        let moved = applied > self.applied_sequence.load(Ordering::SeqCst);
+        if batch.is_empty() && !moved {
+            return Ok(());
+        }
+        if moved {
+            batch.put(
+                Tree::Meta,
+                APPLIED_SEQUENCE.to_vec(),
+                sequence_bytes(applied),
+            );
+        }
+        self.backend.commit(batch)?;
+        self.applied_sequence.store(applied, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Records that everything up to `sequence` is applied (after installing a snapshot).
+    pub fn set_applied_sequence(&self, sequence: u64) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut batch = Batch::new();
+        batch.put(
+            Tree::Meta,
+            APPLIED_SEQUENCE.to_vec(),
+            sequence_bytes(sequence),
+        );
+        self.backend.commit(batch)?;
+        self.applied_sequence.store(sequence, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Drops log entries older than `before`; returns how many went.
+    pub fn trim_log(&self, before: u64) -> Result<usize, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let end = sequence_bytes(before);
+        self.remove_all(Tree::Log, Bound::Unbounded, Bound::Excluded(&end))
+    }
+
+    /// Turns the record of a due entry into a tombstone (keeping its version) if it still
+    /// carries that expiration, and drops the index entry. Returns whether a record changed.
+    pub fn expire(&self, due: &DueExpiration) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut batch = Batch::new();
+        let mut changed = false;
+        if self.has_namespace(due.namespace) {
+            let stored_key = record_key(due.namespace, due.key.as_bytes());
+            if let Some(bytes) = self.backend.get(Tree::Records, &stored_key)? {
+                let view = RecordView::decode(&bytes).map_err(corrupt)?;
+                if view.value.is_some() && view.expiration == Some(due.expiration) {
+                    batch.put(
+                        Tree::Records,
+                        stored_key,
+                        Record::tombstone(view.version).encode(),
+                    );
+                    changed = true;
+                }
+            }
+        }
+        batch.remove(
+            Tree::Expiry,
+            expiry_key(due.expiration, due.namespace, &due.key),
+        );
+        self.backend.commit(batch)?;
+        Ok(changed)
+    }
+}

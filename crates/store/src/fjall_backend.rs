@@ -1,0 +1,127 @@
+//! The fjall adapter: a keyspace (an LSM tree) per [`Tree`], all under one write-ahead journal,
+//! so a batch over several trees is one atomic fjall batch.
+//!
+//! **Durability.** A committed batch is written to the journal and handed to the operating
+//! system at once (a crash of the process loses nothing); [`Backend::sync`] is fjall's
+//! `persist(PersistMode::SyncAll)`, an `fsync` of the journal, which fjall documents as reaching
+//! stable storage (it also fsyncs the journal's directory when it starts a new journal file).
+//! Values of 1 KiB and more in [`Tree::Records`] are kept apart from the keys (fjall's key-value
+//! separation), so compactions do not rewrite large values over and over.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use bytes::Bytes;
+use fjall::{Database, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+
+use crate::backend::{Backend, BackendError, Batch, Entries, Op, Tree};
+
+const ENGINE: &str = "fjall";
+
+fn error(e: fjall::Error) -> BackendError {
+    match e {
+        fjall::Error::Io(io) => BackendError::Io(io),
+        other => BackendError::Engine {
+            engine: ENGINE,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn owned(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    bound.map(<[u8]>::to_vec)
+}
+
+/// A fjall database holding one node's data.
+pub struct FjallBackend {
+    db: Database,
+    /// One keyspace per tree, in the order of [`Tree::ALL`].
+    trees: Vec<fjall::Keyspace>,
+}
+
+impl FjallBackend {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+        let db = Database::builder(dir).open().map_err(error)?;
+        let trees = Tree::ALL
+            .iter()
+            .map(|tree| {
+                db.keyspace(tree.name(), || {
+                    let options = KeyspaceCreateOptions::default();
+                    if *tree == Tree::Records {
+                        options.with_kv_separation(Some(KvSeparationOptions::default()))
+                    } else {
+                        options
+                    }
+                })
+                .map_err(error)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(FjallBackend { db, trees })
+    }
+
+    /// Whether `dir` holds a fjall database.
+    pub fn holds_database(dir: &Path) -> bool {
+        dir.join("version").is_file() && dir.join("keyspaces").is_dir()
+    }
+
+    fn tree(&self, tree: Tree) -> &fjall::Keyspace {
+        &self.trees[usize::from(tree.index())]
+    }
+}
+
+impl Backend for FjallBackend {
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
+        Ok(self
+            .tree(tree)
+            .get(key)
+            .map_err(error)?
+            .map(Bytes::from_owner))
+    }
+
+    fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
+        Box::new(
+            self.tree(tree)
+                .range::<Vec<u8>, _>((owned(from), owned(to)))
+                .map(|guard| {
+                    let (k, v) = guard.into_inner().map_err(error)?;
+                    Ok((Bytes::from_owner(k), Bytes::from_owner(v)))
+                }),
+        )
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+        let mut fjall_batch = self.db.batch();
+        for op in batch.into_ops() {
+            match op {
+                Op::Put { tree, key, value } => fjall_batch.insert(self.tree(tree), key, value),
+                Op::Remove { tree, key } => fjall_batch.remove(self.tree(tree), key),
+            }
+        }
+        fjall_batch.commit().map_err(error)
+    }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        self.db.persist(PersistMode::SyncAll).map_err(error)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, BackendError> {
+        self.db.disk_space().map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::Store;
+
+    crate::store_suite!(|dir: &Path| {
+        Store::open(Arc::new(FjallBackend::open(dir).expect("open fjall"))).expect("open the store")
+    });
+}

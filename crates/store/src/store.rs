@@ -1,0 +1,302 @@
+//! [`Store`]: driftkv's data over any [`Backend`]. This file holds the state and the reads;
+//! `commit.rs` the writes.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use driftkv_core::{Change, KeyInfo, LogEntry, Namespace, NamespaceId, Record, RecordView};
+
+use crate::backend::{Backend, Tree};
+use crate::layout::{
+    corrupt, key_of, namespace_of, next_namespace, parse_expiry_key, read_sequence, record_key,
+    sequence_bytes, APPLIED_SEQUENCE, LAST_SEQUENCE,
+};
+use crate::{DueExpiration, LogBounds, Scan, StoreError, SCAN_BUDGET};
+
+/// Persistent storage for one node: namespaces, records applied last-write-wins, ordered
+/// listings, an expiration index, the replication log (appended by the write region, applied by
+/// replicas along with their applied sequence), over any [`Backend`].
+///
+/// Writes are visible to reads as soon as the call returns, and durable once a later
+/// [`Store::sync`] (or [`Store::sync_blocking`]) has returned. Every write takes one lock,
+/// so that reading a stored version and writing over it is one atomic step (last-write-wins
+/// needs no transaction from the engine) and log sequences are handed out without gaps.
+pub struct Store {
+    pub(crate) backend: Arc<dyn Backend>,
+    /// Every namespace, mirrored in memory so that the per-request namespace lookup costs no
+    /// storage read. Changed only under `writer`, after the change is committed.
+    pub(crate) namespaces: RwLock<HashMap<NamespaceId, Arc<Namespace>>>,
+    /// Taken by every write.
+    pub(crate) writer: Mutex<()>,
+    /// The last sequence appended to the log (central), mirrored from [`LAST_SEQUENCE`].
+    pub(crate) last_sequence: AtomicU64,
+    /// The highest sequence applied (a replica), mirrored from [`APPLIED_SEQUENCE`].
+    pub(crate) applied_sequence: AtomicU64,
+}
+
+impl Store {
+    /// driftkv's data in `backend`. Finishes a namespace deletion a crash interrupted.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Self, StoreError> {
+        let mut namespaces = HashMap::new();
+        for entry in backend.range(Tree::Namespaces, Bound::Unbounded, Bound::Unbounded) {
+            let (_, bytes) = entry?;
+            let namespace = Namespace::decode(&bytes).map_err(corrupt)?;
+            namespaces.insert(namespace.id, Arc::new(namespace));
+        }
+        let last = read_sequence(backend.get(Tree::Meta, LAST_SEQUENCE)?.as_deref())?;
+        let applied = read_sequence(backend.get(Tree::Meta, APPLIED_SEQUENCE)?.as_deref())?;
+        let store = Store {
+            backend,
+            namespaces: RwLock::new(namespaces),
+            writer: Mutex::new(()),
+            last_sequence: AtomicU64::new(last),
+            applied_sequence: AtomicU64::new(applied),
+        };
+        store.purge_orphans()?;
+        Ok(store)
+    }
+
+    /// The engine underneath.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Removes the records of namespaces that no longer exist: a crash between a namespace's
+    /// deletion and the removal of its records leaves them behind. Visits one key per
+    /// namespace present, jumping from one namespace's range to the next.
+    fn purge_orphans(&self) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let start = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
+            let Some(first) = self
+                .backend
+                .range(Tree::Records, start, Bound::Unbounded)
+                .next()
+            else {
+                return Ok(());
+            };
+            let id = namespace_of(&first?.0)?;
+            if !self.has_namespace(id) {
+                let purged = self.purge_records(id)?;
+                tracing::info!(namespace = %id, records = purged, "removed the records of a deleted namespace");
+            }
+            match next_namespace(id) {
+                Some(next) => from = Some(record_key(next, b"")),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    pub(crate) fn has_namespace(&self, id: NamespaceId) -> bool {
+        self.namespaces
+            .read()
+            .expect("namespace map lock")
+            .contains_key(&id)
+    }
+
+    fn require_namespace(&self, id: NamespaceId) -> Result<(), StoreError> {
+        if self.has_namespace(id) {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchNamespace(id))
+        }
+    }
+
+    /// The range of `namespace`'s record keys that come after `start`.
+    fn namespace_range(
+        &self,
+        namespace: NamespaceId,
+        start: Bound<&[u8]>,
+    ) -> crate::backend::Entries<'_> {
+        let end = next_namespace(namespace).map(|next| record_key(next, b""));
+        self.backend.range(
+            Tree::Records,
+            start,
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        )
+    }
+
+    /// Every namespace, of every account.
+    pub fn namespaces(&self) -> Result<Vec<Namespace>, StoreError> {
+        let namespaces = self.namespaces.read().expect("namespace map lock");
+        Ok(namespaces.values().map(|ns| Namespace::clone(ns)).collect())
+    }
+
+    /// One namespace; shared, since it is looked up on every request.
+    pub fn namespace(&self, id: NamespaceId) -> Result<Option<Arc<Namespace>>, StoreError> {
+        let namespaces = self.namespaces.read().expect("namespace map lock");
+        Ok(namespaces.get(&id).cloned())
+    }
+
+    /// The highest log sequence this replica has applied; 0 for none.
+    pub fn applied_sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.applied_sequence.load(Ordering::SeqCst))
+    }
+
+    /// What the replication log holds.
+    pub fn log_bounds(&self) -> Result<LogBounds, StoreError> {
+        let last = self.last_sequence.load(Ordering::SeqCst);
+        let oldest = match self
+            .backend
+            .range(Tree::Log, Bound::Unbounded, Bound::Unbounded)
+            .next()
+        {
+            Some(entry) => read_sequence(Some(&entry?.0))?,
+            None => last + 1,
+        };
+        Ok(LogBounds { oldest, last })
+    }
+
+    /// Up to `max` log entries from sequence `from` on, in order.
+    pub fn log_entries(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let start = sequence_bytes(from);
+        let mut entries = Vec::new();
+        for entry in self
+            .backend
+            .range(Tree::Log, Bound::Included(&start), Bound::Unbounded)
+            .take(max)
+        {
+            let (k, v) = entry?;
+            entries.push(LogEntry {
+                sequence: read_sequence(Some(&k))?,
+                change: Change::decode(&v).map_err(corrupt)?,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Up to `max` stored records of a namespace after key `after`, tombstones and expired
+    /// values included, in key order: what a snapshot carries.
+    pub fn records(
+        &self,
+        namespace: NamespaceId,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Record)>, StoreError> {
+        self.require_namespace(namespace)?;
+        let start = record_key(namespace, after.unwrap_or_default().as_bytes());
+        let start = match after {
+            Some(_) => Bound::Excluded(start.as_slice()),
+            None => Bound::Included(start.as_slice()),
+        };
+        let mut records = Vec::new();
+        for entry in self.namespace_range(namespace, start).take(max) {
+            let (k, v) = entry?;
+            records.push((key_of(&k)?, Record::decode(v).map_err(corrupt)?));
+        }
+        Ok(records)
+    }
+
+    /// The stored record of a key, tombstones and expired values included.
+    pub fn get(&self, namespace: NamespaceId, key: &str) -> Result<Option<Record>, StoreError> {
+        self.require_namespace(namespace)?;
+        match self
+            .backend
+            .get(Tree::Records, &record_key(namespace, key.as_bytes()))?
+        {
+            Some(bytes) => Ok(Some(Record::decode(bytes).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` keys that start with `prefix`, come strictly after `after`, and are live at
+    /// `now_ms`, in byte order. Examines at most [`SCAN_BUDGET`] records.
+    pub fn scan(
+        &self,
+        namespace: NamespaceId,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Scan, StoreError> {
+        self.require_namespace(namespace)?;
+        let full_prefix = record_key(namespace, prefix.as_bytes());
+        let resume;
+        let start = match after {
+            Some(after) if after >= prefix => {
+                resume = record_key(namespace, after.as_bytes());
+                Bound::Excluded(resume.as_slice())
+            }
+            _ => Bound::Included(full_prefix.as_slice()),
+        };
+        let mut iter = self.namespace_range(namespace, start);
+        let mut scan = Scan::default();
+        let mut examined = 0;
+        while let Some(entry) = iter.next() {
+            let (k, v) = entry?;
+            if !k.starts_with(&full_prefix) {
+                return Ok(scan);
+            }
+            examined += 1;
+            let view = RecordView::decode(&v).map_err(corrupt)?;
+            if view.is_live(now_ms) {
+                scan.keys.push(KeyInfo {
+                    name: key_of(&k)?,
+                    expiration: view.expiration,
+                    metadata: view.metadata.map(str::to_owned),
+                });
+            }
+            if scan.keys.len() == limit || examined == SCAN_BUDGET {
+                // Only hand out a cursor when something with the prefix follows, so the last
+                // page says it is the last.
+                let more = match iter.next() {
+                    Some(next) => next?.0.starts_with(&full_prefix),
+                    None => false,
+                };
+                if more {
+                    scan.resume_after = Some(key_of(&k)?);
+                }
+                return Ok(scan);
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Up to `max` entries of the expiration index due at `now_ms`, earliest first.
+    pub fn due_expirations(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<DueExpiration>, StoreError> {
+        let end = (now_ms / 1000 + 1).to_be_bytes();
+        let mut due = Vec::new();
+        for entry in self
+            .backend
+            .range(Tree::Expiry, Bound::Unbounded, Bound::Excluded(&end))
+            .take(max)
+        {
+            due.push(parse_expiry_key(&entry?.0)?);
+        }
+        Ok(due)
+    }
+
+    /// Returns once every write made before the call is durable on disk (see
+    /// [`Backend::sync`]), off the async threads.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || backend.sync())
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the sync task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// [`Store::sync`] on the calling thread: for a thread of its own, such as the write
+    /// region's commit thread.
+    pub fn sync_blocking(&self) -> Result<(), StoreError> {
+        Ok(self.backend.sync()?)
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.backend.size_on_disk()?)
+    }
+}
+
+/// The version of a stored record, read without decoding its value.
+pub(crate) fn stored_version(bytes: &Bytes) -> Result<driftkv_core::Version, StoreError> {
+    Ok(RecordView::decode(bytes).map_err(corrupt)?.version)
+}
