@@ -366,6 +366,9 @@ mod tests {
         assert_eq!(edge.store.applied_sequence().unwrap(), 7);
         assert_eq!(edge.status.borrow().applied, 7);
         // Sequences past the batch are kept for a later one.
-        assert_eq!(*edge.applied_here.lock().unwrap(), [9].into());
+        assert_eq!(edge.applied_here.lock().unwrap().sequences, [9].into());
+        // Sequences the follower has passed are not noted any more.
+        edge.applied_here(&[3]);
+        assert_eq!(edge.applied_here.lock().unwrap().sequences, [9].into());
     }
 }

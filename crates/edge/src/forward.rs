@@ -360,6 +360,6 @@ mod tests {
             writes.values().all(|n| *n == 1),
             "records stored more than once: {writes:?}"
         );
-        assert!(edge.applied_here.lock().unwrap().is_empty());
+        assert!(edge.applied_here.lock().unwrap().sequences.is_empty());
     }
 }

@@ -80,6 +80,15 @@ pub struct ReplicationStatus {
     pub connected: bool,
 }
 
+/// Sequences of an edge's own writes applied when acknowledged, and how far the follower has
+/// come.
+#[derive(Debug, Default)]
+struct AppliedHere {
+    sequences: BTreeSet<u64>,
+    /// The follower has applied (or skipped) every entry up to this one.
+    passed: u64,
+}
+
 /// An edge node's KV service.
 pub struct Edge {
     store: Arc<Store>,
@@ -102,7 +111,7 @@ pub struct Edge {
     this: std::sync::Weak<Edge>,
     /// Log sequences of this edge's own writes, applied to the replica when central
     /// acknowledged them, that the follower has not reached yet: it skips their entries.
-    applied_here: Mutex<BTreeSet<u64>>,
+    applied_here: Mutex<AppliedHere>,
 }
 
 impl Edge {
@@ -129,7 +138,7 @@ impl Edge {
             faults: Faults::default(),
             writes: forward::start(edge.clone()),
             this: edge.clone(),
-            applied_here: Mutex::new(BTreeSet::new()),
+            applied_here: Mutex::default(),
             store,
             wall,
             options,
@@ -151,26 +160,28 @@ impl Edge {
         &self.store
     }
 
-    /// Notes that the records of these log sequences are in the replica already.
+    /// Notes that the records of these log sequences are in the replica already, unless the
+    /// follower has passed them (it applied them first).
     fn applied_here(&self, sequences: &[u64]) {
-        self.applied_here
-            .lock()
-            .expect("applied-here lock")
-            .extend(sequences.iter().copied());
+        let mut here = self.applied_here.lock().expect("applied-here lock");
+        let passed = here.passed;
+        here.sequences
+            .extend(sequences.iter().copied().filter(|s| *s > passed));
     }
 
     /// The entries among `entries` whose records are not in the replica yet; forgets the
     /// sequences up to `through`, which replication has now passed.
     fn not_applied_here(&self, entries: Vec<LogEntry>, through: u64) -> Vec<LogEntry> {
         let mut here = self.applied_here.lock().expect("applied-here lock");
-        if here.is_empty() {
+        here.passed = here.passed.max(through);
+        if here.sequences.is_empty() {
             return entries;
         }
         let rest = entries
             .into_iter()
-            .filter(|entry| !here.contains(&entry.sequence))
+            .filter(|entry| !here.sequences.contains(&entry.sequence))
             .collect();
-        *here = here.split_off(&through.saturating_add(1));
+        here.sequences = here.sequences.split_off(&through.saturating_add(1));
         rest
     }
 

@@ -18,6 +18,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use driftkv_core::NamespaceId;
@@ -51,6 +52,26 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// How long an open waits for the database's lock: a handle of this process just dropped
+/// holds it until sled's background threads have stopped.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn open_db(dir: &Path) -> Result<sled::Db, BackendError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            // sled reports a held lock as an `Other` I/O error with this message.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.map_err(error),
+        }
+    }
+}
+
 /// A sled database holding one node's data.
 pub struct SledBackend {
     db: sled::Db,
@@ -68,7 +89,7 @@ impl SledBackend {
     /// per namespace) into this one.
     pub fn open(dir: &Path) -> Result<Self, BackendError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).open().map_err(error)?;
+        let db = open_db(dir)?;
         let tree = db.open_tree(TREE).map_err(error)?;
         let backend = SledBackend {
             data_file: File::open(dir.join("db"))?,
