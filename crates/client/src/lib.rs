@@ -14,6 +14,7 @@
 
 mod bulk;
 mod error;
+pub mod export;
 mod retry;
 mod types;
 
@@ -29,6 +30,10 @@ pub use error::{Error, Result};
 pub use retry::RetryPolicy;
 use retry::{Repeat, Retries};
 pub use types::{BulkItem, BulkResult, Key, KeyPage, Namespace, PutOptions, ValueWithMetadata};
+
+/// The account the CLI uses, and the console opens on, when none is given: any account id
+/// works with a dev server.
+pub const DEFAULT_ACCOUNT: &str = "dev";
 
 /// Most keys one bulk read may ask for.
 pub const MAX_BULK_GET_KEYS: usize = 100;

@@ -2,32 +2,25 @@
 //! import, and `driftkv cluster status`. They talk to any driftkv edge (or Cloudflare's API)
 //! through `driftkv-client`.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use base64::Engine as _;
 use clap::{Args, Subcommand};
+use driftkv_client::export;
 use driftkv_client::{
-    BulkItem, BulkReport, Client, ClientOptions, Key, Namespace, Progress, PutOptions, RetryPolicy,
+    BulkItem, BulkReport, Client, ClientOptions, Progress, PutOptions, RetryPolicy,
 };
 use figment::providers::{Format as _, Toml};
-use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The dev server, when nothing else is configured.
 const DEFAULT_URL: &str = "http://127.0.0.1:8787";
-/// Any account id works with a dev server; this one is used when none is given.
-pub const DEFAULT_ACCOUNT: &str = "dev";
 /// How long a request is retried when nothing else is configured.
 const DEFAULT_RETRY_SECS: u64 = 30;
-/// Values fetched at once while exporting.
-const EXPORT_CONCURRENCY: usize = 16;
-/// The first line of an export file names the format.
-const EXPORT_FORMAT: u64 = 1;
 
 /// Where the commands send their requests, and how they print.
 #[derive(Args, Clone, Debug)]
@@ -149,7 +142,7 @@ impl Target {
             .clone()
             .or_else(|| env("DRIFTKV_ACCOUNT_ID"))
             .or(file.account_id)
-            .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
+            .unwrap_or_else(|| driftkv_client::DEFAULT_ACCOUNT.to_owned());
         let retry_secs = match self.retry_secs {
             Some(secs) => secs,
             None => match env("DRIFTKV_RETRY_SECS") {
@@ -560,98 +553,30 @@ async fn bulk(client: &Client, json: bool, command: BulkCommand) -> anyhow::Resu
     }
 }
 
-/// The first line of an export.
-#[derive(Serialize, Deserialize)]
-struct ExportHeader {
-    driftkv_export: u64,
-    namespace: Namespace,
-}
-
-/// One key of an export.
-#[derive(Serialize, Deserialize)]
-struct ExportedKey {
-    key: String,
-    /// The value's bytes, base64.
-    value: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    metadata: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expiration: Option<u64>,
-}
-
-/// Streams a namespace to `path`: one page of keys at a time, its values fetched a few at a
-/// time, so memory stays bounded whatever the namespace's size.
+/// `driftkv kv export`: the namespace to `path`, in [`driftkv_client::export`]'s format.
 async fn export(
     client: &Client,
     namespace_id: &str,
     path: &Path,
     json: bool,
 ) -> anyhow::Result<()> {
-    let namespace = client.namespace(namespace_id).await?;
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    serde_json::to_writer(
-        &mut out,
-        &ExportHeader {
-            driftkv_export: EXPORT_FORMAT,
-            namespace,
-        },
-    )?;
-    out.write_all(b"\n")?;
     let bar = Bar::new(None, "exporting");
-    let (mut exported, mut vanished) = (0u64, 0u64);
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = client
-            .list_keys(namespace_id, None, cursor.as_deref(), None)
-            .await?;
-        let values: Vec<(Key, Option<bytes::Bytes>)> = futures::stream::iter(page.keys)
-            .map(|key| async move {
-                let value = client.get(namespace_id, &key.name).await?;
-                anyhow::Ok((key, value))
-            })
-            .buffered(EXPORT_CONCURRENCY)
-            .try_collect()
-            .await?;
-        for (key, value) in values {
-            // Deleted or expired between the listing and the read.
-            let Some(value) = value else {
-                vanished += 1;
-                continue;
-            };
-            serde_json::to_writer(
-                &mut out,
-                &ExportedKey {
-                    key: key.name,
-                    value: base64::engine::general_purpose::STANDARD.encode(&value),
-                    metadata: key.metadata,
-                    expiration: key.expiration,
-                },
-            )?;
-            out.write_all(b"\n")?;
-            exported += 1;
-            bar.advance(1);
-        }
-        match page.cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    out.flush()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let done = export::export(client, namespace_id, &mut out, &bar)
+        .await
+        .with_context(|| format!("exporting to {}", path.display()))?;
     drop(bar);
     if json {
-        print_json(&json!({ "exported": exported, "vanished": vanished }))
+        print_json(&json!({ "exported": done.exported, "vanished": done.vanished }))
     } else {
-        eprintln!("Exported {exported} keys to {}", path.display());
+        eprintln!("Exported {} keys to {}", done.exported, path.display());
         Ok(())
     }
 }
 
-/// Loads an export, streaming its lines into API-sized bulk writes. Keys whose expiration is
-/// too close for the API to take (less than 60 s ahead) are skipped and counted: they would be
-/// gone by the time anyone read them.
+/// `driftkv kv import`: an export from `path`, into `namespace_id` or a new namespace.
 async fn import(
     client: &Client,
     namespace_id: Option<String>,
@@ -660,82 +585,25 @@ async fn import(
 ) -> anyhow::Result<()> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut lines = std::io::BufReader::new(file).lines();
-    let header_line = lines
-        .next()
-        .transpose()?
-        .with_context(|| format!("{} is empty", path.display()))?;
-    let header: ExportHeader = serde_json::from_str(&header_line)
-        .with_context(|| format!("{} is not a driftkv export", path.display()))?;
-    if header.driftkv_export != EXPORT_FORMAT {
-        bail!(
-            "{} is export format {}; this driftkv reads format {EXPORT_FORMAT}",
-            path.display(),
-            header.driftkv_export
-        );
-    }
-    let namespace_id = match namespace_id {
-        Some(id) => id,
-        None => client.create_namespace(&header.namespace.title).await?.id,
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    // The items are produced as the bulk writer asks for them; a bad line stops the stream and
-    // is reported after.
-    let mut failure: Option<anyhow::Error> = None;
-    let mut skipped = 0u64;
-    let mut line_number = 1;
-    let items = std::iter::from_fn(|| loop {
-        if failure.is_some() {
-            return None;
-        }
-        line_number += 1;
-        let line = match lines.next()? {
-            Ok(line) => line,
-            Err(e) => {
-                failure =
-                    Some(anyhow::Error::new(e).context(format!("cannot read {}", path.display())));
-                return None;
-            }
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let entry: ExportedKey = match serde_json::from_str(&line) {
-            Ok(entry) => entry,
-            Err(e) => {
-                failure = Some(anyhow::anyhow!(
-                    "{} line {line_number}: {e}",
-                    path.display()
-                ));
-                return None;
-            }
-        };
-        if entry.expiration.is_some_and(|at| at < now + 60) {
-            skipped += 1;
-            continue;
-        }
-        return Some(BulkItem {
-            key: entry.key,
-            value: entry.value,
-            base64: true,
-            expiration: entry.expiration,
-            expiration_ttl: None,
-            metadata: entry.metadata,
-        });
-    });
     let bar = Bar::new(None, "importing");
-    let report = client.bulk_put_all(&namespace_id, items, &bar).await;
+    let imported = export::import(
+        client,
+        namespace_id,
+        std::io::BufReader::new(file),
+        now,
+        &bar,
+    )
+    .await
+    .with_context(|| format!("importing {}", path.display()))?;
     drop(bar);
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let report = report?;
+    let (report, skipped) = (&imported.report, imported.skipped_expiring);
     if json {
         print_json(&json!({
-            "namespace_id": namespace_id,
+            "namespace_id": imported.namespace_id,
             "imported": report.succeeded,
             "skipped_expiring": skipped,
             "failed_keys": report.failed_keys,
@@ -743,8 +611,9 @@ async fn import(
         }))?;
     } else if report.failed_keys.is_empty() {
         eprintln!(
-            "Imported {} keys into namespace {namespace_id}{}",
+            "Imported {} keys into namespace {}{}",
             report.succeeded,
+            imported.namespace_id,
             if skipped > 0 {
                 format!(" ({skipped} skipped: expiring within 60 s)")
             } else {
@@ -752,7 +621,7 @@ async fn import(
             }
         );
     }
-    bulk_failures(&report)
+    bulk_failures(report)
 }
 
 /// Runs `driftkv cluster status`.

@@ -1,19 +1,10 @@
 //! The `driftkv` binary: every role of a driftkv deployment behind one command line.
 
-mod admin;
-mod binding;
 mod certs;
 mod cli;
-mod config;
-mod experiments;
-mod membership;
-mod node;
-mod ops;
-mod run;
-mod security;
 mod telemetry;
 mod testbed;
-mod tokens;
+mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,10 +40,10 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn load(self) -> anyhow::Result<config::Config> {
-        config::Config::load(
+    fn load(self) -> anyhow::Result<driftkv_node::Config> {
+        driftkv_node::Config::load(
             self.config.as_deref(),
-            config::Overrides {
+            driftkv_node::Overrides {
                 data_dir: self.data_dir,
                 listen: self.listen,
             },
@@ -134,7 +125,7 @@ enum Command {
 enum TokenCommand {
     /// Print a new random API token and the [[tokens]] entry (its SHA-256, accounts and
     /// permission) that grants it in an api_tokens_file.
-    Create(tokens::CreateArgs),
+    Create(token::CreateArgs),
 }
 
 /// `driftkv health`.
@@ -173,7 +164,7 @@ fn client_outcome(outcome: anyhow::Result<()>) -> anyhow::Result<()> {
 /// flushing the traces at the end. `run` is told what to record of each HTTP request.
 async fn serve<F, Fut>(role: &str, node: NodeArgs, run: F) -> anyhow::Result<()>
 where
-    F: FnOnce(config::Config, driftkv_http::RequestTracing) -> Fut,
+    F: FnOnce(driftkv_node::Config, driftkv_http::RequestTracing) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let config = node.load()?;
@@ -206,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Certs { command } => client_outcome(certs::run(command)),
         Command::Token {
             command: TokenCommand::Create(args),
-        } => client_outcome(tokens::create(args)),
+        } => client_outcome(token::create(args)),
         Command::Health {
             url,
             timeout_secs,
@@ -221,11 +212,21 @@ async fn main() -> anyhow::Result<()> {
         ),
         Command::Dev { node, edges } => client_outcome(
             serve("dev", node, |config, tracing| {
-                run::run_dev(config, edges, tracing)
+                driftkv_node::run_dev(config, edges, tracing, driftkv_node::signal())
             })
             .await,
         ),
-        Command::Central { node } => client_outcome(serve("central", node, run::run_central).await),
-        Command::Edge { node } => client_outcome(serve("edge", node, run::run_edge).await),
+        Command::Central { node } => client_outcome(
+            serve("central", node, |config, tracing| {
+                driftkv_node::run_central(config, tracing, driftkv_node::signal())
+            })
+            .await,
+        ),
+        Command::Edge { node } => client_outcome(
+            serve("edge", node, |config, tracing| {
+                driftkv_node::run_edge(config, tracing, driftkv_node::signal())
+            })
+            .await,
+        ),
     }
 }

@@ -243,7 +243,7 @@ mod tests {
                 ("k8s/central.toml", Runs::Central),
                 ("k8s/edge.toml", Runs::Edge),
             ] {
-                let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+                let path = format!("{}/../../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
                 let config = Config::load(
                     Some(std::path::Path::new(&path)),
                     crate::config::Overrides::default(),

@@ -22,7 +22,7 @@ use crate::binding::BindingListener;
 use crate::config::Config;
 use crate::membership;
 use crate::security::Security;
-use crate::{admin, cli, experiments, ops};
+use crate::{admin, experiments, ops};
 use driftkv_core::cluster::NodeRole;
 use driftkv_gossip::{keys, Gossip};
 
@@ -537,7 +537,7 @@ fn console(role: NodeRole, node_id: u64) -> axum::Router {
     driftkv_console::router(driftkv_console::Options {
         role,
         node_id: node_id.to_string(),
-        default_account: cli::DEFAULT_ACCOUNT.to_owned(),
+        default_account: driftkv_client::DEFAULT_ACCOUNT.to_owned(),
     })
 }
 

@@ -546,7 +546,7 @@ mod tests {
     fn the_example_configs_load() {
         // Inside a jail, so that the environment other tests set cannot leak in.
         figment::Jail::expect_with(|_| {
-            let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/dev.toml");
+            let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev.toml");
             let config =
                 Config::load(Some(Path::new(dev)), Overrides::default()).expect("dev.toml loads");
             // dev.toml documents the defaults, so it must say exactly what they are.
@@ -564,7 +564,7 @@ mod tests {
                 "k8s/central.toml",
                 "k8s/edge.toml",
             ] {
-                let path = format!("{}/deploy/{example}", env!("CARGO_MANIFEST_DIR"));
+                let path = format!("{}/../../deploy/{example}", env!("CARGO_MANIFEST_DIR"));
                 Config::load(Some(Path::new(&path)), Overrides::default())
                     .unwrap_or_else(|e| panic!("{example} does not load: {e:#}"));
             }
@@ -585,7 +585,7 @@ mod tests {
 
     #[test]
     fn dev_toml_names_every_field_the_config_accepts() {
-        let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/dev.toml");
+        let dev = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev.toml");
         // The file alone, without the defaults under it.
         let written: serde_json::Value = Figment::from(Toml::file_exact(dev))
             .extract()

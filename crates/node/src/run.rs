@@ -1,5 +1,6 @@
-//! `driftkv dev`, `driftkv central`, `driftkv edge`: running the roles until a signal.
+//! `driftkv dev`, `driftkv central`, `driftkv edge`: running the roles until told to stop.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use driftkv_http::{Auth, RequestTracing, ServerOptions};
 
 use crate::config::Config;
 use crate::node::{
-    announce, private_dir, require_tokens_beyond_loopback, shutdown, signal, CentralNode, EdgeNode,
+    announce, private_dir, require_tokens_beyond_loopback, shutdown, CentralNode, EdgeNode,
     EdgeSite, GossipPlace, Process,
 };
 use crate::security::{Runs, Security};
@@ -78,8 +79,14 @@ fn binding_listen(listen: Option<SocketAddr>, index: usize) -> Option<SocketAddr
     })
 }
 
-/// Runs central plus `edges` edges in one process until SIGINT or SIGTERM.
-pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> anyhow::Result<()> {
+/// Runs central plus `edges` edges in one process until `until` resolves (the binary: SIGINT or
+/// SIGTERM, see [`signal`](crate::signal)).
+pub async fn run_dev(
+    config: Config,
+    edges: usize,
+    tracing: RequestTracing,
+    until: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
     let process = process(&config, Runs::Dev, tracing)?;
     let (trigger, stop) = shutdown();
@@ -171,7 +178,7 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
         process.scheme(),
         nodes[0].http_addr
     ))?;
-    signal().await;
+    until.await;
     trigger.fire();
     for node in nodes {
         node.stopped().await?;
@@ -181,8 +188,12 @@ pub async fn run_dev(config: Config, edges: usize, tracing: RequestTracing) -> a
     Ok(())
 }
 
-/// Runs a write region until SIGINT or SIGTERM.
-pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Result<()> {
+/// Runs a write region until `until` resolves.
+pub async fn run_central(
+    config: Config,
+    tracing: RequestTracing,
+    until: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let process = process(&config, Runs::Central, tracing)?;
     let (trigger, stop) = shutdown();
     let central = CentralNode::start(
@@ -210,13 +221,17 @@ pub async fn run_central(config: Config, tracing: RequestTracing) -> anyhow::Res
         "driftkv central listening on {grpc}://{}",
         central.grpc_addr
     ))?;
-    signal().await;
+    until.await;
     trigger.fire();
     central.stopped().await
 }
 
-/// Runs an edge until SIGINT or SIGTERM.
-pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result<()> {
+/// Runs an edge until `until` resolves.
+pub async fn run_edge(
+    config: Config,
+    tracing: RequestTracing,
+    until: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let process = process(&config, Runs::Edge, tracing)?;
     let (trigger, stop) = shutdown();
     let site = EdgeSite {
@@ -239,7 +254,7 @@ pub async fn run_edge(config: Config, tracing: RequestTracing) -> anyhow::Result
             process.scheme()
         ))?;
     }
-    signal().await;
+    until.await;
     trigger.fire();
     edge.stopped().await
 }
