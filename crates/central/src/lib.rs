@@ -1,14 +1,16 @@
-//! The write region's gRPC service.
+//! The write region.
 //!
-//! [`CentralService`] puts the [`Engine`] on the wire: edges forward writes and namespace
-//! changes to it, read through it while they bootstrap, and follow its replication log with
-//! `Subscribe` (or rebuild from a `Snapshot` when they are further behind than the log
-//! reaches). Streams only ever carry entries the engine has made durable.
+//! [`Central`] is the write region as edges use it, the [`Upstream`] contract over the
+//! [`Engine`]: edges forward writes and namespace changes to it, read through it while they
+//! bootstrap, and follow its replication log (or rebuild from a snapshot when they are further
+//! behind than the log reaches). Streams only ever carry entries the engine has made durable.
+//! An edge in the same process (the simulation) uses it directly; [`CentralService`] puts it on
+//! the wire as the `driftkv.v1.Central` gRPC service, which [`serve`] runs.
 //!
-//! With TLS ([`serve`] given a configuration), every caller presents a certificate from the
-//! cluster CA and its role decides what it may call: edges everything, tools (the load
-//! generator) writes and reads but not the log or snapshots. Without TLS central serves only
-//! on loopback (the node assembly refuses anything else), where every caller is local.
+//! With TLS, every gRPC caller presents a certificate from the cluster CA and its role decides
+//! what it may call: edges everything, tools (the load generator) writes and reads but not the
+//! log or snapshots. Without TLS central serves only on loopback (the node assembly refuses
+//! anything else), where every caller is local.
 //!
 //! Snapshots (a full copy of every account) are limited to a few at once; replication streams
 //! end when central shuts down, so it stops promptly with edges subscribed.
@@ -19,18 +21,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use driftkv_core::change::record_size;
-use driftkv_core::{KvError, KvService, LogEntry};
+use driftkv_core::upstream::{
+    BatchOutcome, EventStream, ReplicationEvent, SnapshotChunk, SnapshotStream, Upstream,
+    WriteRequest,
+};
+use driftkv_core::{KvError, KvService, LiveValue, LogEntry, Namespace, NamespaceId};
 use driftkv_engine::reads::blocking;
-use driftkv_engine::{spawn_maintenance, Engine, WriteRequest};
+use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
-use driftkv_proto::pb::central_server::{Central, CentralServer};
-use driftkv_proto::pb::{self, subscribe_reply::Event};
+use driftkv_proto::pb;
+use driftkv_proto::pb::central_server::{Central as CentralRpc, CentralServer};
 use driftkv_proto::tls::{allowed, caller_role, Access};
 use driftkv_proto::trace::continue_trace;
 use driftkv_proto::{
-    key_change, namespace_id, status_from_error, BATCH_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
+    namespace_id, status_from_error, BATCH_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
 };
 use driftkv_store::Store;
 use tokio::net::TcpListener;
@@ -47,7 +54,7 @@ const BATCH_ENTRIES: usize = 1024;
 /// Most records per snapshot chunk.
 const SNAPSHOT_RECORDS: usize = 1024;
 
-/// Tunables of the service.
+/// Tunables of the write region.
 #[derive(Clone, Debug)]
 pub struct CentralOptions {
     /// How often an idle subscription hears from central; edges treat a stream silent for a
@@ -55,8 +62,6 @@ pub struct CentralOptions {
     pub heartbeat: Duration,
     /// Most snapshots streamed at once; an edge asking for one more is told to retry later.
     pub max_snapshots: usize,
-    /// Require a cluster certificate of every caller and decide by its role (TLS is on).
-    pub authenticate: bool,
 }
 
 impl Default for CentralOptions {
@@ -64,13 +69,12 @@ impl Default for CentralOptions {
         CentralOptions {
             heartbeat: Duration::from_secs(1),
             max_snapshots: 2,
-            authenticate: false,
         }
     }
 }
 
-/// The `driftkv.v1.Central` service over an engine.
-pub struct CentralService {
+/// The write region over an engine.
+pub struct Central {
     engine: Arc<Engine>,
     options: CentralOptions,
     /// Write latency and snapshots served (metrics, resolved once).
@@ -82,6 +86,128 @@ pub struct CentralService {
     stopping: CancellationToken,
 }
 
+impl Central {
+    /// The write region over `engine`.
+    pub fn new(engine: Arc<Engine>, options: CentralOptions) -> Arc<Self> {
+        let node = engine.node_id().to_string();
+        Arc::new(Central {
+            write_seconds: CENTRAL_WRITE_SECONDS.with_label_values(&[&node]),
+            snapshots_served: SNAPSHOTS.with_label_values(&[&node, "served"]),
+            snapshot_slots: Arc::new(Semaphore::new(options.max_snapshots.max(1))),
+            stopping: CancellationToken::new(),
+            engine,
+            options,
+        })
+    }
+
+    /// The engine writes go to.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Ends every replication and snapshot stream, now and from now on: central is shutting
+    /// down, and subscribers reconnect elsewhere or later.
+    pub fn stop_streams(&self) {
+        self.stopping.cancel();
+    }
+}
+
+/// Runs `stream` (which sends into `tx`) until it ends or central stops; a failure is sent to
+/// the subscriber, if it is still there.
+fn spawn_stream<T, F>(stopping: CancellationToken, tx: Sender<T>, what: &'static str, stream: F)
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<(), KvError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let streamed = tokio::select! {
+            streamed = stream => streamed,
+            () = stopping.cancelled() => Ok(()),
+        };
+        if let Err(e) = streamed {
+            // An error with nobody listening (the subscriber went away) needs no report.
+            if !tx.is_closed() {
+                tracing::warn!(error = %e, "{what} failed");
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+    });
+}
+
+#[async_trait]
+impl Upstream for Central {
+    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError> {
+        let _timer = self.write_seconds.start_timer();
+        Ok(self.engine.write_batch(requests).await)
+    }
+
+    async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
+        self.engine.create_namespace(account_id, title).await
+    }
+
+    async fn rename_namespace(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        title: &str,
+    ) -> Result<Namespace, KvError> {
+        self.engine.rename_namespace(account_id, id, title).await
+    }
+
+    async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
+        self.engine.delete_namespace(account_id, id).await
+    }
+
+    async fn get(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        key: &str,
+    ) -> Result<Option<LiveValue>, KvError> {
+        self.engine.get(account_id, id, key, None).await
+    }
+
+    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError> {
+        tracing::info!(subscriber = node_id, from, "replica subscribed");
+        let (tx, rx) = mpsc::channel(4);
+        let stream = stream_log(
+            self.engine.clone(),
+            from.max(1),
+            self.options.heartbeat,
+            tx.clone(),
+        );
+        spawn_stream(self.stopping.clone(), tx, "replication stream", stream);
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn snapshot(&self, node_id: u64) -> Result<SnapshotStream, KvError> {
+        let Ok(slot) = self.snapshot_slots.clone().try_acquire_owned() else {
+            return Err(KvError::Unavailable(format!(
+                "{} snapshots are being streamed already; try again shortly",
+                self.options.max_snapshots
+            )));
+        };
+        tracing::info!(subscriber = node_id, "replica takes a snapshot");
+        self.snapshots_served.inc();
+        let (tx, rx) = mpsc::channel(2);
+        let engine = self.engine.clone();
+        let sender = tx.clone();
+        let stream = async move {
+            let _slot = slot;
+            stream_snapshot(engine, &sender).await
+        };
+        spawn_stream(self.stopping.clone(), tx, "snapshot stream", stream);
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// The `driftkv.v1.Central` gRPC service: [`Central`] on the wire.
+pub struct CentralService {
+    central: Arc<Central>,
+    /// Require a cluster certificate of every caller and decide by its role (TLS is on).
+    authenticate: bool,
+}
+
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn to_status(error: KvError) -> Status {
@@ -89,16 +215,12 @@ fn to_status(error: KvError) -> Status {
 }
 
 impl CentralService {
-    /// The service over `engine`.
-    pub fn new(engine: Arc<Engine>, options: CentralOptions) -> Self {
-        let node = engine.node_id().to_string();
+    /// The service over `central`; with `authenticate`, callers are checked by the role in
+    /// their certificate.
+    pub fn new(central: Arc<Central>, authenticate: bool) -> Self {
         CentralService {
-            write_seconds: CENTRAL_WRITE_SECONDS.with_label_values(&[&node]),
-            snapshots_served: SNAPSHOTS.with_label_values(&[&node, "served"]),
-            snapshot_slots: Arc::new(Semaphore::new(options.max_snapshots.max(1))),
-            stopping: CancellationToken::new(),
-            engine,
-            options,
+            central,
+            authenticate,
         }
     }
 
@@ -112,7 +234,7 @@ impl CentralService {
 
     /// Refuses a call the caller's certificate does not allow.
     fn authorize<T>(&self, request: &Request<T>, access: Access) -> Result<(), Status> {
-        if !self.options.authenticate {
+        if !self.authenticate {
             return Ok(());
         }
         allowed(caller_role(request), access)
@@ -127,10 +249,10 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let stopping = service.stopping.clone();
+    let central = service.central.clone();
     let signal = async move {
         shutdown.await;
-        stopping.cancel();
+        central.stop_streams();
     };
     let mut builder =
         tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(5)));
@@ -155,27 +277,39 @@ fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<tokio::
     })
 }
 
+/// A domain stream as a gRPC stream.
+fn on_the_wire<T, W>(stream: Pin<Box<dyn Stream<Item = Result<T, KvError>> + Send>>) -> Stream_<W>
+where
+    T: Into<W> + 'static,
+    W: Send + 'static,
+{
+    Box::pin(stream.map(|item| item.map(Into::into).map_err(to_status)))
+}
+
 #[tonic::async_trait]
-impl Central for CentralService {
+impl CentralRpc for CentralService {
     async fn write(
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
         self.authorize(&request, Access::Use)?;
-        let _timer = self.write_seconds.start_timer();
         let span = tracing::info_span!("central write", writes = request.get_ref().writes.len());
         continue_trace(&span, request.metadata());
-        let request = request.into_inner();
-        let id = namespace_id(&request.namespace_id).map_err(to_status)?;
-        let writes = request.writes.into_iter().map(Into::into).collect();
-        let results = self
-            .engine
-            .write_results(&request.account_id, id, writes)
+        let request = WriteRequest::try_from(request.into_inner()).map_err(to_status)?;
+        let outcome = self
+            .central
+            .write_batch(vec![request])
             .instrument(span)
             .await
             .map_err(to_status)?;
-        let results = results.into_iter().map(Into::into).collect();
-        Ok(Response::new(pb::WriteReply { results }))
+        let results = outcome
+            .into_iter()
+            .next()
+            .expect("one outcome per request")
+            .map_err(to_status)?;
+        Ok(Response::new(pb::WriteReply {
+            results: results.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn write_batch(
@@ -183,42 +317,31 @@ impl Central for CentralService {
         request: Request<pb::WriteBatchRequest>,
     ) -> Result<Response<pb::WriteBatchReply>, Status> {
         self.authorize(&request, Access::Use)?;
-        let _timer = self.write_seconds.start_timer();
         let span = tracing::info_span!("central write", writers = request.get_ref().writes.len());
         continue_trace(&span, request.metadata());
         // A malformed request fails alone, like a Write of its own would.
         let mut outcomes: Vec<Option<pb::WriteBatchOutcome>> = Vec::new();
         let mut requests = Vec::new();
         for request in request.into_inner().writes {
-            match namespace_id(&request.namespace_id) {
-                Ok(namespace) => {
+            match WriteRequest::try_from(request) {
+                Ok(request) => {
                     outcomes.push(None);
-                    requests.push(WriteRequest {
-                        account_id: request.account_id,
-                        namespace,
-                        writes: request.writes.into_iter().map(Into::into).collect(),
-                    });
+                    requests.push(request);
                 }
-                Err(e) => outcomes.push(Some(failed(&e))),
+                Err(e) => outcomes.push(Some(Err(e).into())),
             }
         }
         let mut results = self
-            .engine
+            .central
             .write_batch(requests)
             .instrument(span)
             .await
+            .map_err(to_status)?
             .into_iter();
         let outcomes = outcomes
             .into_iter()
             .map(|outcome| {
-                outcome.unwrap_or_else(|| match results.next().expect("one result per request") {
-                    Ok(results) => pb::WriteBatchOutcome {
-                        outcome: Some(pb::write_batch_outcome::Outcome::Applied(pb::WriteReply {
-                            results: results.into_iter().map(Into::into).collect(),
-                        })),
-                    },
-                    Err(e) => failed(&e),
-                })
+                outcome.unwrap_or_else(|| results.next().expect("one result per request").into())
             })
             .collect();
         Ok(Response::new(pb::WriteBatchReply { outcomes }))
@@ -231,7 +354,7 @@ impl Central for CentralService {
         self.authorize(&request, Access::Use)?;
         let request = request.into_inner();
         let namespace = self
-            .engine
+            .central
             .create_namespace(&request.account_id, &request.title)
             .await
             .map_err(to_status)?;
@@ -248,7 +371,7 @@ impl Central for CentralService {
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         let namespace = self
-            .engine
+            .central
             .rename_namespace(&request.account_id, id, &request.title)
             .await
             .map_err(to_status)?;
@@ -264,7 +387,7 @@ impl Central for CentralService {
         self.authorize(&request, Access::Use)?;
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
-        self.engine
+        self.central
             .delete_namespace(&request.account_id, id)
             .await
             .map_err(to_status)?;
@@ -279,8 +402,8 @@ impl Central for CentralService {
         let request = request.into_inner();
         let id = namespace_id(&request.namespace_id).map_err(to_status)?;
         let live = self
-            .engine
-            .get(&request.account_id, id, &request.key, None)
+            .central
+            .get(&request.account_id, id, &request.key)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::GetReply {
@@ -296,33 +419,14 @@ impl Central for CentralService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.authorize(&request, Access::Replicate)?;
         let request = request.into_inner();
-        tracing::info!(
-            subscriber = %request.node_id,
-            from = request.from_sequence,
-            "replica subscribed"
-        );
-        let (tx, rx) = mpsc::channel(4);
-        let engine = self.engine.clone();
-        let heartbeat = self.options.heartbeat;
-        let stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let from = request.from_sequence.max(1);
-            let streamed = tokio::select! {
-                streamed = stream_log(engine, from, heartbeat, &tx) => streamed,
-                // Central is shutting down: the stream ends, the edge reconnects elsewhere
-                // or later.
-                () = stopping.cancelled() => Ok(()),
-            };
-            if let Err(e) = streamed {
-                // The subscriber sees the error and reconnects; an error with nobody listening
-                // (the subscriber went away) needs no report.
-                if !tx.is_closed() {
-                    tracing::warn!(subscriber = %request.node_id, error = %e, "replication stream failed");
-                    let _ = tx.send(Err(to_status(e))).await;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The node id is only for logs: a malformed one is not worth refusing the stream for.
+        let node_id = request.node_id.parse().unwrap_or_default();
+        let events = self
+            .central
+            .subscribe(node_id, request.from_sequence)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(on_the_wire(events)))
     }
 
     type SnapshotStream = Stream_<pb::SnapshotChunk>;
@@ -332,46 +436,17 @@ impl Central for CentralService {
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.authorize(&request, Access::Replicate)?;
-        let Ok(slot) = self.snapshot_slots.clone().try_acquire_owned() else {
-            return Err(status_from_error(&KvError::Unavailable(format!(
-                "{} snapshots are being streamed already; try again shortly",
-                self.options.max_snapshots
-            ))));
-        };
-        tracing::info!(subscriber = %request.get_ref().node_id, "replica takes a snapshot");
-        self.snapshots_served.inc();
-        let (tx, rx) = mpsc::channel(2);
-        let engine = self.engine.clone();
-        let stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let streamed = tokio::select! {
-                streamed = stream_snapshot(engine, &tx) => streamed,
-                () = stopping.cancelled() => Ok(()),
-            };
-            if let Err(e) = streamed {
-                if !tx.is_closed() {
-                    tracing::warn!(error = %e, "snapshot stream failed");
-                    let _ = tx.send(Err(to_status(e))).await;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let node_id = request.get_ref().node_id.parse().unwrap_or_default();
+        let chunks = self.central.snapshot(node_id).await.map_err(to_status)?;
+        Ok(Response::new(on_the_wire(chunks)))
     }
 }
 
-/// A writer's writes refused whole, in a batch reply.
-fn failed(error: &KvError) -> pb::WriteBatchOutcome {
-    pb::WriteBatchOutcome {
-        outcome: Some(pb::write_batch_outcome::Outcome::Failed(error.into())),
-    }
-}
+type Sender<T> = mpsc::Sender<Result<T, KvError>>;
 
-type Sender<T> = mpsc::Sender<Result<T, Status>>;
-
-/// Sends `reply`; false once the subscriber has gone.
-async fn send<T>(tx: &Sender<T>, reply: T) -> bool {
-    tx.send(Ok(reply)).await.is_ok()
+/// Sends `item`; false once the subscriber has gone.
+async fn send<T>(tx: &Sender<T>, item: T) -> bool {
+    tx.send(Ok(item)).await.is_ok()
 }
 
 /// Streams the log from `next` on: every durable entry, then new ones as they become durable,
@@ -380,7 +455,7 @@ async fn stream_log(
     engine: Arc<Engine>,
     mut next: u64,
     heartbeat: Duration,
-    tx: &Sender<pb::SubscribeReply>,
+    tx: Sender<ReplicationEvent>,
 ) -> Result<(), KvError> {
     let store = engine.store().clone();
     let mut durable = engine.durable_sequence();
@@ -388,28 +463,27 @@ async fn stream_log(
         let head = *durable.borrow_and_update();
         // Ahead of everything central has: central lost data the subscriber applied.
         if next > head + 1 {
-            return snapshot_needed(&store, tx).await;
+            return snapshot_needed(&store, &tx).await;
         }
         if next <= head {
             let max = BATCH_ENTRIES.min((head - next + 1) as usize);
             let entries = engine.log_entries(next, max).await?;
             // Everything up to `head` was logged, so a missing `next` has been trimmed away.
             if entries.first().map(|e| e.sequence) != Some(next) {
-                return snapshot_needed(&store, tx).await;
+                return snapshot_needed(&store, &tx).await;
             }
             for batch in cut(entries) {
                 next = batch.last().map_or(next, |e| e.sequence + 1);
-                let entries = batch.into_iter().map(Into::into).collect();
-                if !send(tx, reply(Event::Entries(pb::LogBatch { entries }))).await {
+                if !send(&tx, ReplicationEvent::Entries(batch)).await {
                     return Ok(());
                 }
             }
             continue;
         }
-        let beat = pb::Heartbeat {
+        let beat = ReplicationEvent::Heartbeat {
             durable_sequence: head,
         };
-        if !send(tx, reply(Event::Heartbeat(beat))).await {
+        if !send(&tx, beat).await {
             return Ok(());
         }
         tokio::select! {
@@ -426,19 +500,12 @@ async fn stream_log(
 }
 
 /// Tells the subscriber that only a snapshot can bring it back in line with the log.
-async fn snapshot_needed(
-    store: &Arc<Store>,
-    tx: &Sender<pb::SubscribeReply>,
-) -> Result<(), KvError> {
-    let needed = pb::SnapshotNeeded {
+async fn snapshot_needed(store: &Arc<Store>, tx: &Sender<ReplicationEvent>) -> Result<(), KvError> {
+    let needed = ReplicationEvent::SnapshotNeeded {
         oldest_retained: store.log_bounds()?.oldest,
     };
-    send(tx, reply(Event::SnapshotNeeded(needed))).await;
+    send(tx, needed).await;
     Ok(())
-}
-
-fn reply(event: Event) -> pb::SubscribeReply {
-    pb::SubscribeReply { event: Some(event) }
 }
 
 /// Cuts consecutive entries into batches of about [`BATCH_BYTES`].
@@ -461,15 +528,12 @@ fn cut(entries: Vec<LogEntry>) -> Vec<Vec<LogEntry>> {
 /// Streams every namespace, then every record and tombstone, then the sequence the snapshot
 /// covers. The sequence is read first: everything durable up to it is in the snapshot, and
 /// later writes that slip in are harmless to apply again.
-async fn stream_snapshot(
-    engine: Arc<Engine>,
-    tx: &Sender<pb::SnapshotChunk>,
-) -> Result<(), KvError> {
+async fn stream_snapshot(engine: Arc<Engine>, tx: &Sender<SnapshotChunk>) -> Result<(), KvError> {
     let store = engine.store().clone();
     let sequence = *engine.durable_sequence().borrow();
     let namespaces = store.namespaces()?;
-    let first = pb::SnapshotChunk {
-        namespaces: namespaces.iter().map(Into::into).collect(),
+    let first = SnapshotChunk {
+        namespaces: namespaces.clone(),
         ..Default::default()
     };
     if !send(tx, first).await {
@@ -491,11 +555,11 @@ async fn stream_snapshot(
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             let full = page.len() == SNAPSHOT_RECORDS;
-            let mut chunk = pb::SnapshotChunk::default();
+            let mut chunk = SnapshotChunk::default();
             let mut bytes = 0;
             for (key, record) in page {
                 bytes += record_size(&key, &record);
-                chunk.records.push(key_change(id, key, record));
+                chunk.records.push((id, key, record));
                 if bytes > BATCH_BYTES {
                     if !send(tx, std::mem::take(&mut chunk)).await {
                         return Ok(());
@@ -511,7 +575,7 @@ async fn stream_snapshot(
             }
         }
     }
-    let last = pb::SnapshotChunk {
+    let last = SnapshotChunk {
         complete: true,
         sequence,
         ..Default::default()

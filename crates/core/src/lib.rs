@@ -15,6 +15,7 @@ pub mod namespace;
 pub mod record;
 pub mod service;
 pub mod time;
+pub mod upstream;
 
 pub use change::{Change, LogEntry};
 pub use cursor::ListCursor;

@@ -7,18 +7,14 @@
 //! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
 //! network cut) ends the attempt; the follower reconnects with backoff, by itself.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use driftkv_core::upstream::ReplicationEvent;
 use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
 use driftkv_engine::reads::blocking;
-use driftkv_proto::error_from_status;
-use driftkv_proto::pb::{self, subscribe_reply::Event};
-use driftkv_proto::trace::TracedClient;
-use tokio::sync::watch;
-use tokio::time::Instant;
+use futures::StreamExt as _;
 
 use crate::Edge;
 
@@ -33,10 +29,8 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         let mut was_connected = false;
-        let mut resyncs = edge.faults.watch_resyncs();
         loop {
-            let (address, mut client) = edge.link.streams().await;
-            let outcome = follow(&edge, &mut client, &mut resyncs).await;
+            let outcome = follow(&edge).await;
             let connected = edge.status.borrow().connected;
             if connected {
                 backoff = BACKOFF_MIN;
@@ -45,9 +39,9 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
                 Ok(()) => continue,
                 // Log a lost connection once, not on every retry.
                 Err(e) if connected || !was_connected => {
-                    tracing::warn!(central = %address, error = %e, "replication stream down; reconnecting")
+                    tracing::warn!(error = %e, "replication stream down; reconnecting")
                 }
-                Err(e) => tracing::debug!(central = %address, error = %e, "reconnect failed"),
+                Err(e) => tracing::debug!(error = %e, "reconnect failed"),
             }
             was_connected = connected;
             edge.status.send_modify(|s| s.connected = false);
@@ -59,91 +53,28 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
 
 /// One subscription, until it fails. Returns `Ok` after installing a snapshot, to subscribe
 /// again from the snapshot's sequence.
-///
-/// Injected faults (see [`crate::faults`]) act here: a delayed batch waits in `held` until it
-/// is due (in arrival order), a pause stops reading and applying, a resync drops the stream for
-/// a snapshot.
-async fn follow(
-    edge: &Arc<Edge>,
-    client: &mut TracedClient,
-    resyncs: &mut watch::Receiver<u64>,
-) -> Result<(), KvError> {
+async fn follow(edge: &Arc<Edge>) -> Result<(), KvError> {
     let from = edge.store.applied_sequence()? + 1;
-    let mut stream = client
-        .subscribe(pb::SubscribeRequest {
-            from_sequence: from,
-            node_id: edge.options.node_id.to_string(),
-        })
-        .await
-        .map_err(|s| error_from_status(&s))?
-        .into_inner();
-    let mut settings = edge.faults.watch_settings();
-    let mut held: VecDeque<(Instant, pb::LogBatch)> = VecDeque::new();
+    let mut stream = edge.upstream.subscribe(edge.options.node_id, from).await?;
     loop {
-        let faults = settings.borrow_and_update().clone();
-        if faults.paused {
-            tokio::select! {
-                changed = settings.changed() => changed.map_err(|_| stopped())?,
-                changed = resyncs.changed() => {
-                    changed.map_err(|_| stopped())?;
-                    drop(stream);
-                    return install_snapshot(edge, client).await;
-                }
-            }
-            continue;
-        }
-        let due = held.front().map(|(at, _)| *at);
-        tokio::select! {
-            message = tokio::time::timeout(edge.options.stream_silence, stream.message()) => {
-                let message = message
-                    .map_err(|_| KvError::Unavailable("central went silent".into()))?
-                    .map_err(|s| error_from_status(&s))?
-                    .ok_or_else(|| KvError::Unavailable("central ended the stream".into()))?;
-                match message.event {
-                    Some(Event::Entries(batch)) => {
-                        let delay = faults.sample_delay();
-                        if delay.is_zero() && held.is_empty() {
-                            apply(edge, batch).await?;
-                        } else {
-                            // Never before the batch ahead of it: the log applies in order.
-                            let at = held
-                                .back()
-                                .map_or(Instant::now() + delay, |(ahead, _)| {
-                                    (*ahead).max(Instant::now() + delay)
-                                });
-                            held.push_back((at, batch));
-                        }
-                    }
-                    Some(Event::Heartbeat(beat)) => heartbeat(edge, beat.durable_sequence),
-                    Some(Event::SnapshotNeeded(needed)) => {
-                        tracing::info!(
-                            from,
-                            oldest_retained = needed.oldest_retained,
-                            "the replica is behind the retained log; installing a snapshot"
-                        );
-                        drop(stream);
-                        return install_snapshot(edge, client).await;
-                    }
-                    None => return Err(KvError::Internal("central sent an empty event".into())),
-                }
-            }
-            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                let (_, batch) = held.pop_front().expect("a held batch");
-                apply(edge, batch).await?;
-            }
-            changed = settings.changed() => changed.map_err(|_| stopped())?,
-            changed = resyncs.changed() => {
-                changed.map_err(|_| stopped())?;
-                tracing::info!("resynchronising from a snapshot, as the testbed asked");
+        let event = tokio::time::timeout(edge.options.stream_silence, stream.next())
+            .await
+            .map_err(|_| KvError::Unavailable("central went silent".into()))?
+            .ok_or_else(|| KvError::Unavailable("central ended the stream".into()))??;
+        match event {
+            ReplicationEvent::Entries(entries) => apply(edge, entries).await?,
+            ReplicationEvent::Heartbeat { durable_sequence } => heartbeat(edge, durable_sequence),
+            ReplicationEvent::SnapshotNeeded { oldest_retained } => {
+                tracing::info!(
+                    from,
+                    oldest_retained,
+                    "the replica needs a snapshot (it is behind the retained log, or was asked to resynchronise)"
+                );
                 drop(stream);
-                return install_snapshot(edge, client).await;
+                return install_snapshot(edge).await;
             }
         }
     }
-}
-
-fn stopped() -> KvError {
-    KvError::Internal("the edge is shutting down".into())
 }
 
 /// Notes central's durable sequence; the edge is caught up when it has applied that far.
@@ -167,13 +98,8 @@ const INLINE_APPLY_BYTES: usize = 256 * 1024;
 
 /// Applies a batch of log entries to the replica, except those of this edge's own writes that
 /// it applied already when central acknowledged them.
-#[tracing::instrument(name = "apply replicated batch", skip_all, fields(entries = batch.entries.len()))]
-async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
-    let entries = batch
-        .entries
-        .into_iter()
-        .map(LogEntry::try_from)
-        .collect::<Result<Vec<_>, _>>()?;
+#[tracing::instrument(name = "apply replicated batch", skip_all, fields(entries = entries.len()))]
+async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> {
     let Some(last) = entries.iter().map(|e| e.sequence).max() else {
         return Ok(());
     };
@@ -206,28 +132,17 @@ async fn apply(edge: &Arc<Edge>, batch: pb::LogBatch) -> Result<(), KvError> {
 /// Rebuilds the replica from a snapshot: namespaces central no longer has go, everything in
 /// the snapshot is applied last-write-wins, and the applied sequence becomes the snapshot's.
 #[tracing::instrument(name = "install snapshot", skip_all)]
-async fn install_snapshot(edge: &Arc<Edge>, client: &mut TracedClient) -> Result<(), KvError> {
-    let mut stream = client
-        .snapshot(pb::SnapshotRequest {
-            node_id: edge.options.node_id.to_string(),
-        })
-        .await
-        .map_err(|s| error_from_status(&s))?
-        .into_inner();
+async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
+    let mut stream = edge.upstream.snapshot(edge.options.node_id).await?;
     let mut first = true;
     loop {
-        let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.message())
+        let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.next())
             .await
             .map_err(|_| KvError::Unavailable("the snapshot stream went silent".into()))?
-            .map_err(|s| error_from_status(&s))?
-            .ok_or_else(|| KvError::Unavailable("the snapshot ended early".into()))?;
+            .ok_or_else(|| KvError::Unavailable("the snapshot ended early".into()))??;
         if first {
             first = false;
-            let namespaces = chunk
-                .namespaces
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<Vec<driftkv_core::Namespace>, _>>()?;
+            let namespaces = chunk.namespaces;
             blocking(&edge.store, move |store| {
                 for local in store.namespaces()? {
                     if !namespaces.iter().any(|ns| ns.id == local.id) {
@@ -243,15 +158,7 @@ async fn install_snapshot(edge: &Arc<Edge>, client: &mut TracedClient) -> Result
         }
         // Records arrive namespace by namespace; apply each namespace's run as one batch.
         let mut groups: Vec<(NamespaceId, Vec<(String, Record)>)> = Vec::new();
-        for change in chunk.records {
-            let Change::Key {
-                namespace,
-                key,
-                record,
-            } = Change::try_from(change)?
-            else {
-                unreachable!("a key change converts to Change::Key")
-            };
+        for (namespace, key, record) in chunk.records {
             match groups.last_mut() {
                 Some((id, batch)) if *id == namespace => batch.push((key, record)),
                 _ => groups.push((namespace, vec![(key, record)])),
@@ -292,7 +199,7 @@ mod tests {
     use driftkv_core::{LiveValue, Namespace, Version};
 
     use super::*;
-    use crate::testing::edge_over;
+    use crate::testing::{central_in, edge_over};
 
     fn entry(sequence: u64, key: &str) -> LogEntry {
         LogEntry {
@@ -320,7 +227,10 @@ mod tests {
     #[tokio::test]
     async fn entries_applied_here_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let (edge, counting) = edge_over(dir.path());
+        let (edge, counting) = edge_over(
+            &dir.path().join("edge"),
+            central_in(&dir.path().join("central")),
+        );
         edge.store
             .put_namespace(&Namespace {
                 id: NamespaceId([1; 16]),
@@ -342,12 +252,7 @@ mod tests {
                 .unwrap();
         }
         edge.applied_here(&[5, 6, 9]);
-        let batch = pb::LogBatch {
-            entries: [mine[0].clone(), entry(7, "theirs"), mine[1].clone()]
-                .into_iter()
-                .map(Into::into)
-                .collect(),
-        };
+        let batch = vec![mine[0].clone(), entry(7, "theirs"), mine[1].clone()];
         apply(&edge, batch).await.unwrap();
         let key = |k: &str| [&[1u8; 16][..], k.as_bytes()].concat();
         let (gets, puts) = (counting.gets(), counting.puts());

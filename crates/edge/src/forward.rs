@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use driftkv_core::upstream::{BatchOutcome, WriteRequest};
 use driftkv_core::{KvError, NamespaceId, Record, Write, WriteResult};
-use driftkv_proto::pb;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,7 +112,7 @@ fn gather(
     batch
 }
 
-type Reply = Result<pb::WriteBatchReply, KvError>;
+type Reply = Result<BatchOutcome, KvError>;
 
 /// Sends one large writer's writes to central in a call of its own, from the caller's task,
 /// then applies and answers them as a batch of one.
@@ -123,60 +123,23 @@ pub(crate) async fn forward_alone(edge: Arc<Edge>, queued: Queued) {
 
 /// Sends `batch` to central as one call.
 async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> (Vec<Queued>, Reply) {
-    let payload = batch.iter().map(|q| q.payload).sum();
-    let request = pb::WriteBatchRequest {
-        writes: batch
-            .iter()
-            .map(|queued| pb::WriteRequest {
-                account_id: queued.account_id.clone(),
-                namespace_id: queued.namespace.0.to_vec(),
-                // Values are reference-counted `Bytes`: cloning them copies no data.
-                writes: queued.writes.iter().cloned().map(Into::into).collect(),
-            })
-            .collect(),
-    };
-    let reply = edge
-        .link
-        .call(payload, |mut central| async move {
-            central.write_batch(request).await
+    let requests = batch
+        .iter()
+        .map(|queued| WriteRequest {
+            account_id: queued.account_id.clone(),
+            namespace: queued.namespace,
+            // Values are reference-counted `Bytes`: cloning them copies no data.
+            writes: queued.writes.clone(),
         })
-        .await;
+        .collect();
+    let reply = edge.upstream.write_batch(requests).await;
     (batch, reply)
-}
-
-/// One writer's results from central's reply.
-fn results(
-    queued: &Queued,
-    outcome: Option<pb::WriteBatchOutcome>,
-) -> Result<Vec<WriteResult>, KvError> {
-    use pb::write_batch_outcome::Outcome;
-    let reply = match outcome.and_then(|o| o.outcome) {
-        Some(Outcome::Applied(reply)) => reply,
-        Some(Outcome::Failed(failure)) => return Err(failure.into()),
-        None => {
-            return Err(KvError::Internal(
-                "central answered a write without its outcome".into(),
-            ))
-        }
-    };
-    if reply.results.len() != queued.writes.len() {
-        return Err(KvError::Internal(format!(
-            "central answered {} results for {} writes",
-            reply.results.len(),
-            queued.writes.len()
-        )));
-    }
-    reply
-        .results
-        .into_iter()
-        .map(WriteResult::try_from)
-        .collect()
 }
 
 /// Applies what central acknowledged to the replica and the cache, and answers each writer.
 async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
     let mut outcomes = match reply {
-        Ok(reply) => reply.outcomes.into_iter(),
+        Ok(outcomes) => outcomes.into_iter(),
         Err(e) => {
             for queued in batch {
                 let _ = queued.done.send(Err(e.clone()));
@@ -188,7 +151,11 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
     let mut acknowledged: Acknowledged = HashMap::new();
     let mut bytes = 0;
     for queued in batch {
-        let result = results(&queued, outcomes.next());
+        let result = outcomes.next().unwrap_or_else(|| {
+            Err(KvError::Internal(
+                "central answered fewer outcomes than writers".into(),
+            ))
+        });
         if let Ok(results) = &result {
             let (records, sequences) = acknowledged.entry(queued.namespace).or_default();
             for (write, result) in queued.writes.into_iter().zip(results) {
@@ -262,41 +229,19 @@ pub(crate) fn deadline(request_timeout: Duration, payload: usize) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroU64;
-
     use bytes::Bytes;
-    use driftkv_central::{CentralOptions, CentralService};
     use driftkv_core::service::put;
     use driftkv_core::{KvService, LiveValue};
-    use driftkv_engine::{Engine, RateLimiter, SystemClock};
-    use driftkv_store::EngineKind;
 
     use super::*;
     use crate::spawn_follower;
-    use crate::testing::{edge_over, Counting};
+    use crate::testing::{central_in, edge_over, Counting};
 
-    /// A central on an ephemeral loopback port and an edge following it, whose replica counts
-    /// its record writes.
+    /// A central in this process and an edge following it, whose replica counts its record
+    /// writes.
     async fn cluster(dir: &std::path::Path) -> (Arc<Edge>, Arc<Counting>) {
-        let store = driftkv_store::open(EngineKind::default(), &dir.join("central")).unwrap();
-        let engine = Engine::new(
-            Arc::new(store),
-            NonZeroU64::new(1).unwrap(),
-            Arc::new(SystemClock),
-            RateLimiter::per_second(0),
-        )
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        let service = CentralService::new(Arc::new(engine), CentralOptions::default());
-        tokio::spawn(driftkv_central::serve(
-            service,
-            listener,
-            None,
-            std::future::pending(),
-        ));
-        let (edge, counting) = edge_over(&dir.join("edge"));
-        edge.link().set_address(&address).unwrap();
+        let central = central_in(&dir.join("central"));
+        let (edge, counting) = edge_over(&dir.join("edge"), central);
         spawn_follower(edge.clone());
         assert!(edge.wait_caught_up(Duration::from_secs(10)).await);
         (edge, counting)

@@ -2,8 +2,9 @@
 //! every write to the write region.
 //!
 //! Reads look in the read cache first, then in the replica (or, while a fresh edge has not
-//! caught up for the first time, read through to central). Writes go to central over gRPC,
-//! those arriving together in one call (see `forward.rs`); once central acknowledges them
+//! caught up for the first time, read through to central). Writes go to central through the
+//! edge's [`Upstream`] (gRPC in a deployment: [`CentralLink`]), those arriving together in one
+//! call (see `forward.rs`); once central acknowledges them
 //! (durable, stamped), the edge applies the same records to its replica and cache, so a write
 //! is visible at once where it was made. Everything else arrives through [`spawn_follower`],
 //! which applies central's replication log, skipping the entries of this edge's own writes
@@ -26,18 +27,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::key::validate_key;
+use driftkv_core::upstream::Upstream;
 use driftkv_core::{
     KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId, Write,
     WriteOutcome,
 };
 use driftkv_engine::reads;
 use driftkv_engine::WallClock;
-use driftkv_proto::pb;
 use driftkv_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use cache::ReadCache;
-pub use faults::{FaultSettings, Faults};
+pub use faults::{FaultSettings, Faults, FaultyUpstream};
 pub use follower::spawn_follower;
 pub use link::{CentralLink, LinkTimeouts};
 
@@ -59,12 +60,11 @@ pub struct EdgeOptions {
     /// Drop a key's cached result when replication brings a change to it, instead of serving
     /// it until its TTL runs out. Off by default, as in Workers KV.
     pub invalidate_on_replication: bool,
-    /// Timeouts towards central.
-    pub timeouts: LinkTimeouts,
+    /// How long central may take to answer a write, before the time its payload takes to
+    /// send (see `forward::deadline`).
+    pub request_timeout: Duration,
     /// How long the replication stream may stay silent before the edge reconnects.
     pub stream_silence: Duration,
-    /// Mutual TLS towards central; `None`: plain text, to a central on loopback only.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// How far this edge's replica has come.
@@ -94,14 +94,12 @@ pub struct Edge {
     store: Arc<Store>,
     wall: Arc<dyn WallClock>,
     cache: ReadCache,
-    link: CentralLink,
+    upstream: Arc<dyn Upstream>,
     options: EdgeOptions,
     status: watch::Sender<ReplicationStatus>,
     /// True until the replica has caught up with central once, if it started empty: until
     /// then, reads go through to central.
     bootstrapping: AtomicBool,
-    /// Replication faults the testbed injects.
-    faults: Faults,
     /// Replicated entries applied and snapshots installed (metrics, resolved once).
     entries_applied: IntCounter,
     snapshots_installed: IntCounter,
@@ -115,12 +113,13 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// An edge over its replica `store`. Point its link at central with
-    /// [`CentralLink::set_address`] and start [`spawn_follower`].
-    /// Starts the task that forwards writes, so it must be called within a tokio runtime.
+    /// An edge over its replica `store`, talking to central through `upstream`; start
+    /// [`spawn_follower`] to replicate. Starts the task that forwards writes, so it must be
+    /// called within a tokio runtime.
     pub fn new(
         store: Arc<Store>,
         wall: Arc<dyn WallClock>,
+        upstream: Arc<dyn Upstream>,
         options: EdgeOptions,
     ) -> Result<Arc<Self>, KvError> {
         let applied = store.applied_sequence()?;
@@ -129,13 +128,12 @@ impl Edge {
             cache: ReadCache::new(options.cache_max_bytes, &node),
             entries_applied: REPLICATION_ENTRIES_APPLIED.with_label_values(&[&node]),
             snapshots_installed: SNAPSHOTS.with_label_values(&[&node, "installed"]),
-            link: CentralLink::new(options.timeouts, options.tls.clone()),
+            upstream,
             status: watch::Sender::new(ReplicationStatus {
                 applied,
                 ..Default::default()
             }),
             bootstrapping: AtomicBool::new(applied == 0),
-            faults: Faults::default(),
             writes: forward::start(edge.clone()),
             this: edge.clone(),
             applied_here: Mutex::default(),
@@ -143,16 +141,6 @@ impl Edge {
             wall,
             options,
         }))
-    }
-
-    /// The connection to central.
-    pub fn link(&self) -> &CentralLink {
-        &self.link
-    }
-
-    /// The replication faults in force (the testbed's switches).
-    pub fn faults(&self) -> &Faults {
-        &self.faults
     }
 
     /// The replica.
@@ -218,31 +206,8 @@ impl Edge {
         Ok(ttl.min(self.options.max_cache_ttl))
     }
 
-    /// Reads a key from central: the replica has not caught up once yet.
-    async fn read_through(
-        &self,
-        account_id: &str,
-        id: NamespaceId,
-        key: &str,
-    ) -> Result<Option<LiveValue>, KvError> {
-        let request = pb::GetRequest {
-            account_id: account_id.into(),
-            namespace_id: id.0.to_vec(),
-            key: key.into(),
-        };
-        let reply = self
-            .link
-            .call(0, |mut central| async move { central.get(request).await })
-            .await?;
-        Ok(reply.live.map(Into::into))
-    }
-
     /// Applies a namespace central has acknowledged to the replica at once.
-    fn adopt_namespace(&self, reply: pb::NamespaceReply) -> Result<Namespace, KvError> {
-        let namespace: Namespace = reply
-            .namespace
-            .ok_or_else(|| KvError::Internal("central answered without the namespace".into()))?
-            .try_into()?;
+    fn adopt_namespace(&self, namespace: Namespace) -> Result<Namespace, KvError> {
         self.store.put_namespace(&namespace)?;
         Ok(namespace)
     }
@@ -251,17 +216,8 @@ impl Edge {
 #[async_trait]
 impl KvService for Edge {
     async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
-        let request = pb::CreateNamespaceRequest {
-            account_id: account_id.into(),
-            title: title.into(),
-        };
-        let reply = self
-            .link
-            .call(0, |mut central| async move {
-                central.create_namespace(request).await
-            })
-            .await?;
-        self.adopt_namespace(reply)
+        let namespace = self.upstream.create_namespace(account_id, title).await?;
+        self.adopt_namespace(namespace)
     }
 
     async fn list_namespaces(&self, account_id: &str) -> Result<Vec<Namespace>, KvError> {
@@ -282,30 +238,15 @@ impl KvService for Edge {
         id: NamespaceId,
         title: &str,
     ) -> Result<Namespace, KvError> {
-        let request = pb::RenameNamespaceRequest {
-            account_id: account_id.into(),
-            namespace_id: id.0.to_vec(),
-            title: title.into(),
-        };
-        let reply = self
-            .link
-            .call(0, |mut central| async move {
-                central.rename_namespace(request).await
-            })
+        let namespace = self
+            .upstream
+            .rename_namespace(account_id, id, title)
             .await?;
-        self.adopt_namespace(reply)
+        self.adopt_namespace(namespace)
     }
 
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
-        let request = pb::DeleteNamespaceRequest {
-            account_id: account_id.into(),
-            namespace_id: id.0.to_vec(),
-        };
-        self.link
-            .call(0, |mut central| async move {
-                central.delete_namespace(request).await
-            })
-            .await?;
+        self.upstream.delete_namespace(account_id, id).await?;
         reads::blocking(&self.store, move |store| Ok(store.delete_namespace(id)?)).await?;
         Ok(())
     }
@@ -338,7 +279,7 @@ impl KvService for Edge {
         } else {
             self.writes.send(queued).map_err(|_| stopped())?;
         }
-        let deadline = forward::deadline(self.options.timeouts.request, payload);
+        let deadline = forward::deadline(self.options.request_timeout, payload);
         let results = match tokio::time::timeout(deadline, results).await {
             Ok(results) => results.map_err(|_| stopped())??,
             Err(_) => {
@@ -370,7 +311,7 @@ impl KvService for Edge {
             return Ok(live_now(&hit.value));
         }
         let value = if bootstrapping {
-            match self.read_through(account_id, id, key).await {
+            match self.upstream.get(account_id, id, key).await {
                 Ok(value) => value,
                 // Central is out of reach: the replica is the best there is.
                 Err(KvError::Unavailable(_)) => {

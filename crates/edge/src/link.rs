@@ -1,10 +1,11 @@
-//! The edge's connection to the write region.
+//! The edge's connection to the write region over gRPC: the [`Upstream`] an edge uses in a
+//! real deployment.
 //!
 //! The address of central may be configured or learned from gossip, and may change (central
 //! moved, or restarted elsewhere). [`CentralLink`] holds two clients for the current address:
-//! one for writes and read-through, whose calls go through [`CentralLink::call`] with a
-//! deadline so that a write fails fast when central cannot answer; and one for the long-lived
-//! replication streams, which rely on HTTP/2 keepalives and central's heartbeats instead.
+//! one for writes and read-through, whose calls have a deadline so that a write fails fast when
+//! central cannot answer; and one for the long-lived replication streams, which rely on HTTP/2
+//! keepalives and central's heartbeats instead.
 //!
 //! With TLS the link dials `https://` and accepts only a certificate the cluster CA issued for
 //! central (see [`driftkv_proto::tls`]), whatever the address. Without TLS it dials only
@@ -13,9 +14,16 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
-use driftkv_core::KvError;
+use async_trait::async_trait;
+use driftkv_core::upstream::{
+    BatchOutcome, EventStream, ReplicationEvent, SnapshotChunk, SnapshotStream, Upstream,
+    WriteRequest,
+};
+use driftkv_core::{KvError, LiveValue, Namespace, NamespaceId, WriteResult};
+use driftkv_proto::pb;
 use driftkv_proto::trace::{traced_client, TracedClient};
 use driftkv_proto::{error_from_status, MAX_REPLY_BYTES, MAX_REQUEST_BYTES};
+use futures::StreamExt as _;
 use tokio::sync::watch;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use tracing::Instrument as _;
@@ -34,7 +42,6 @@ pub const MIN_THROUGHPUT: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 struct Clients {
-    address: String,
     requests: TracedClient,
     streams: TracedClient,
 }
@@ -135,7 +142,6 @@ impl CentralLink {
         }
         let endpoint = self.endpoint(address)?;
         let clients = Clients {
-            address: address.to_owned(),
             requests: client(endpoint.clone()),
             streams: client(
                 endpoint
@@ -154,7 +160,7 @@ impl CentralLink {
     /// `payload_bytes` at no less than [`MIN_THROUGHPUT`] (a 25 MiB value must not fail for
     /// taking longer to send than a small one). Past the deadline, or without an address,
     /// the call fails with 503.
-    pub async fn call<T, F>(
+    async fn call<T, F>(
         &self,
         payload_bytes: usize,
         request: impl FnOnce(TracedClient) -> F,
@@ -178,12 +184,12 @@ impl CentralLink {
         }
     }
 
-    /// The client for replication streams and its address, once an address is known.
-    pub async fn streams(&self) -> (String, TracedClient) {
+    /// The client for replication streams, once an address is known.
+    async fn streams(&self) -> TracedClient {
         let mut address = self.address.subscribe();
         loop {
             if let Ok(clients) = self.current() {
-                return (clients.address, clients.streams);
+                return clients.streams;
             }
             if address.changed().await.is_err() {
                 std::future::pending::<()>().await;
@@ -202,6 +208,149 @@ impl CentralLink {
                         .into(),
                 )
             })
+    }
+}
+
+fn status_error(status: tonic::Status) -> KvError {
+    error_from_status(&status)
+}
+
+fn namespace_reply(reply: pb::NamespaceReply) -> Result<Namespace, KvError> {
+    reply
+        .namespace
+        .ok_or_else(|| KvError::Internal("central answered without the namespace".into()))?
+        .try_into()
+}
+
+#[async_trait]
+impl Upstream for CentralLink {
+    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError> {
+        let payload = requests.iter().map(WriteRequest::payload_bytes).sum();
+        let counts: Vec<usize> = requests.iter().map(|r| r.writes.len()).collect();
+        let request = pb::WriteBatchRequest {
+            writes: requests.into_iter().map(Into::into).collect(),
+        };
+        let reply = self
+            .call(payload, |mut central| async move {
+                central.write_batch(request).await
+            })
+            .await?;
+        if reply.outcomes.len() != counts.len() {
+            return Err(KvError::Internal(format!(
+                "central answered {} outcomes for {} writers",
+                reply.outcomes.len(),
+                counts.len()
+            )));
+        }
+        reply
+            .outcomes
+            .into_iter()
+            .zip(counts)
+            .map(|(outcome, count)| {
+                let outcome = Result::<Vec<WriteResult>, KvError>::try_from(outcome)?;
+                match &outcome {
+                    Ok(results) if results.len() != count => Err(KvError::Internal(format!(
+                        "central answered {} results for {count} writes",
+                        results.len()
+                    ))),
+                    _ => Ok(outcome),
+                }
+            })
+            .collect()
+    }
+
+    async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
+        let request = pb::CreateNamespaceRequest {
+            account_id: account_id.into(),
+            title: title.into(),
+        };
+        let reply = self
+            .call(0, |mut central| async move {
+                central.create_namespace(request).await
+            })
+            .await?;
+        namespace_reply(reply)
+    }
+
+    async fn rename_namespace(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        title: &str,
+    ) -> Result<Namespace, KvError> {
+        let request = pb::RenameNamespaceRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+            title: title.into(),
+        };
+        let reply = self
+            .call(0, |mut central| async move {
+                central.rename_namespace(request).await
+            })
+            .await?;
+        namespace_reply(reply)
+    }
+
+    async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
+        let request = pb::DeleteNamespaceRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+        };
+        self.call(0, |mut central| async move {
+            central.delete_namespace(request).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        account_id: &str,
+        id: NamespaceId,
+        key: &str,
+    ) -> Result<Option<LiveValue>, KvError> {
+        let request = pb::GetRequest {
+            account_id: account_id.into(),
+            namespace_id: id.0.to_vec(),
+            key: key.into(),
+        };
+        let reply = self
+            .call(0, |mut central| async move { central.get(request).await })
+            .await?;
+        Ok(reply.live.map(Into::into))
+    }
+
+    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError> {
+        let mut client = self.streams().await;
+        let stream = client
+            .subscribe(pb::SubscribeRequest {
+                from_sequence: from,
+                node_id: node_id.to_string(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok(Box::pin(stream.map(|reply| {
+            reply
+                .map_err(status_error)
+                .and_then(ReplicationEvent::try_from)
+        })))
+    }
+
+    async fn snapshot(&self, node_id: u64) -> Result<SnapshotStream, KvError> {
+        let mut client = self.streams().await;
+        let stream = client
+            .snapshot(pb::SnapshotRequest {
+                node_id: node_id.to_string(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok(Box::pin(stream.map(|chunk| {
+            chunk
+                .map_err(status_error)
+                .and_then(SnapshotChunk::try_from)
+        })))
     }
 }
 

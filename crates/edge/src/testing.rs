@@ -1,5 +1,5 @@
-//! What the edge's unit tests share: a replica over a real engine that counts what is read and
-//! written, and an edge over it.
+//! What the edge's unit tests share: a central in the same process, a replica over a real
+//! engine that counts what is read and written, and an edge over it following that central.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -7,12 +7,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::num::NonZeroU64;
+
 use bytes::Bytes;
-use driftkv_engine::SystemClock;
+use driftkv_central::{Central, CentralOptions};
+use driftkv_engine::{Engine, RateLimiter, SystemClock};
 use driftkv_store::backend::{Batch, Entries, Op, Tree};
 use driftkv_store::{Backend, BackendError, EngineKind, Store};
 
-use crate::{Edge, EdgeOptions, LinkTimeouts};
+use crate::{Edge, EdgeOptions};
 
 /// A real engine that counts, per record key, the reads and the writes.
 pub(crate) struct Counting {
@@ -75,8 +78,21 @@ impl Backend for Counting {
     }
 }
 
-/// An edge over a counting replica in `dir`, with no central address yet.
-pub(crate) fn edge_over(dir: &Path) -> (Arc<Edge>, Arc<Counting>) {
+/// A central over a store in `dir`, in this process, with no rate limit.
+pub(crate) fn central_in(dir: &Path) -> Arc<Central> {
+    let store = driftkv_store::open(EngineKind::default(), dir).unwrap();
+    let engine = Engine::new(
+        Arc::new(store),
+        NonZeroU64::new(1).unwrap(),
+        Arc::new(SystemClock),
+        RateLimiter::per_second(0),
+    )
+    .unwrap();
+    Central::new(Arc::new(engine), CentralOptions::default())
+}
+
+/// An edge over a counting replica in `dir`, talking to `central` directly.
+pub(crate) fn edge_over(dir: &Path, central: Arc<Central>) -> (Arc<Edge>, Arc<Counting>) {
     let replica = driftkv_store::open(EngineKind::default(), dir).unwrap();
     let counting = Arc::new(Counting {
         inner: replica.backend().clone(),
@@ -92,13 +108,9 @@ pub(crate) fn edge_over(dir: &Path) -> (Arc<Edge>, Arc<Counting>) {
         max_cache_ttl: Duration::from_secs(86_400),
         default_cache_ttl: Duration::from_secs(60),
         invalidate_on_replication: false,
-        timeouts: LinkTimeouts {
-            connect: Duration::from_secs(2),
-            request: Duration::from_secs(5),
-        },
+        request_timeout: Duration::from_secs(5),
         stream_silence: Duration::from_secs(5),
-        tls: None,
     };
-    let edge = Edge::new(store, Arc::new(SystemClock), options).unwrap();
+    let edge = Edge::new(store, Arc::new(SystemClock), central, options).unwrap();
     (edge, counting)
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::namespace::{validate_account_id, validate_title};
+pub use driftkv_core::upstream::WriteRequest;
 use driftkv_core::{
     Change, KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId,
     Version, Write, WriteOutcome, WriteResult,
@@ -33,7 +34,8 @@ use driftkv_metrics::CENTRAL_WRITES;
 use driftkv_store::Store;
 use tokio::sync::{watch, Mutex};
 
-pub use clock::{hlc_skew_ms, set_hlc_skew_ms, ManualClock, SystemClock, WallClock};
+use clock::VersionClock;
+pub use clock::{ManualClock, SkewedClock, SystemClock, WallClock};
 use commit::Committer;
 pub use rate_limit::RateLimiter;
 use recent::{RecentLog, RECENT_LOG_BYTES};
@@ -41,7 +43,7 @@ use recent::{RecentLog, RECENT_LOG_BYTES};
 /// The single-writer engine over one store.
 pub struct Engine {
     store: Arc<Store>,
-    hlc: uhlc::HLC,
+    versions: VersionClock,
     origin: u64,
     wall: Arc<dyn WallClock>,
     rate_limit: RateLimiter,
@@ -71,10 +73,6 @@ impl Engine {
         wall: Arc<dyn WallClock>,
         rate_limit: RateLimiter,
     ) -> Result<Self, KvError> {
-        let hlc = uhlc::HLCBuilder::new()
-            .with_id(uhlc::ID::from(node_id))
-            .with_clock(clock::skewed_clock)
-            .build();
         // Whatever the store holds when it opens has survived, so it counts as durable.
         let last = store.log_bounds()?.last;
         let (durable_tx, durable) = watch::channel(last);
@@ -86,7 +84,7 @@ impl Engine {
             committer: Committer::start(store.clone(), recent.clone(), durable_tx, &node)?,
             recent,
             store,
-            hlc,
+            versions: VersionClock::new(wall.clone()),
             origin: node_id.get(),
             wall,
             rate_limit,
@@ -128,7 +126,7 @@ impl Engine {
 
     fn stamp(&self) -> Version {
         Version {
-            timestamp: self.hlc.new_timestamp().get_time().as_u64(),
+            timestamp: self.versions.next(),
             origin: self.origin,
         }
     }
@@ -237,14 +235,6 @@ impl Engine {
         }
         results
     }
-}
-
-/// One writer's writes to one namespace, as [`Engine::write_batch`] takes them.
-#[derive(Clone, Debug)]
-pub struct WriteRequest {
-    pub account_id: String,
-    pub namespace: NamespaceId,
-    pub writes: Vec<Write>,
 }
 
 /// A writer's writes checked and stamped: per write its version or how long the rate limit

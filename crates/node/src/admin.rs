@@ -7,8 +7,10 @@
 //!   while `paused`. `{}` clears them.
 //! - `POST /admin/testbed/resync` (edges): drop the replication stream and rebuild the replica
 //!   from a snapshot.
-//! - `PUT /admin/testbed/clock-skew`: `{"skew_ms": N}` skews the clock write versions are
-//!   stamped from, on the node that stamps them (central; in `dev`, the one process).
+//! - `PUT /admin/testbed/clock-skew`: `{"skew_ms": N}` skews the clock of the node that stamps
+//!   write versions (central, on its own endpoint; in `dev`, on any edge's, as central runs in
+//!   the same process). Every node has a clock of its own, so a skew moves only that node's
+//!   versions and expirations.
 
 use std::sync::Arc;
 
@@ -17,8 +19,8 @@ use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use driftkv_core::KvError;
-use driftkv_edge::{Edge, FaultSettings};
-use driftkv_engine::{hlc_skew_ms, set_hlc_skew_ms};
+use driftkv_edge::{FaultSettings, Faults};
+use driftkv_engine::SkewedClock;
 use driftkv_http::{ApiError, Auth};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -26,31 +28,39 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 
-/// The endpoint's routes for a node (with its edge, on an edge), or none when the testbed is
-/// off.
-pub fn routes(config: &Config, edge: Option<Arc<Edge>>) -> Router {
+/// What the endpoint switches on a node.
+#[derive(Clone, Default)]
+pub struct Switches {
+    /// An edge's replication faults.
+    pub faults: Option<Arc<Faults>>,
+    /// The clock write versions are stamped from, when it is in this process.
+    pub version_clock: Option<Arc<SkewedClock>>,
+}
+
+impl Switches {
+    fn state(&self) -> Value {
+        json!({
+            "replication": self.faults.as_ref().map(|f| f.settings()),
+            "hlc_skew_ms": self.version_clock.as_ref().map(|c| c.skew_ms()),
+        })
+    }
+}
+
+/// The endpoint's routes for a node, or none when the testbed is off.
+pub fn routes(config: &Config, switches: Switches) -> Router {
     if !config.testbed.enabled {
         return Router::new();
     }
-    let mut routes = Router::new().route("/admin/testbed/clock-skew", put(clock_skew));
-    if let Some(edge) = edge {
-        routes = routes.merge(
-            Router::new()
-                .route("/admin/testbed/faults", get(faults).put(set_faults))
-                .route("/admin/testbed/resync", post(resync))
-                .with_state(edge),
-        );
-    } else {
-        routes = routes.route(
-            "/admin/testbed/faults",
-            get(|| async { Json(json!({ "hlc_skew_ms": hlc_skew_ms() })) }),
-        );
-    }
+    let routes = Router::new()
+        .route("/admin/testbed/faults", get(faults).put(set_faults))
+        .route("/admin/testbed/resync", post(resync))
+        .route("/admin/testbed/clock-skew", put(clock_skew))
+        .with_state(switches);
     driftkv_http::guarded(routes, Auth::tokens([&config.testbed.admin_token]))
 }
 
-async fn faults(State(edge): State<Arc<Edge>>) -> Json<Value> {
-    Json(json!({ "replication": edge.faults().settings(), "hlc_skew_ms": hlc_skew_ms() }))
+async fn faults(State(switches): State<Switches>) -> Json<Value> {
+    Json(switches.state())
 }
 
 /// A JSON body, or a Cloudflare-style 400 (code 10001) saying what is wrong with it.
@@ -59,17 +69,29 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError(KvError::BadRequest(format!("malformed request body: {e}"))))
 }
 
-async fn set_faults(State(edge): State<Arc<Edge>>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let settings: FaultSettings = parse(&body)?;
-    tracing::warn!(?settings, "testbed: replication faults set");
-    edge.faults().set(settings);
-    Ok(faults(State(edge)).await)
+/// The edge's faults, or a 409 on a node that replicates nothing.
+fn edge_faults(switches: &Switches) -> Result<&Arc<Faults>, ApiError> {
+    switches.faults.as_ref().ok_or_else(|| {
+        ApiError(KvError::Conflict(
+            "this node is central: replication faults are set on edges".into(),
+        ))
+    })
 }
 
-async fn resync(State(edge): State<Arc<Edge>>) -> Json<Value> {
+async fn set_faults(
+    State(switches): State<Switches>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let settings: FaultSettings = parse(&body)?;
+    tracing::warn!(?settings, "testbed: replication faults set");
+    edge_faults(&switches)?.set(settings);
+    Ok(Json(switches.state()))
+}
+
+async fn resync(State(switches): State<Switches>) -> Result<Json<Value>, ApiError> {
     tracing::warn!("testbed: replica resynchronisation requested");
-    edge.faults().resync();
-    Json(json!({ "resync": "requested" }))
+    edge_faults(&switches)?.resync();
+    Ok(Json(json!({ "resync": "requested" })))
 }
 
 #[derive(Deserialize)]
@@ -78,9 +100,18 @@ struct Skew {
     skew_ms: i64,
 }
 
-async fn clock_skew(body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn clock_skew(
+    State(switches): State<Switches>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let skew: Skew = parse(&body)?;
+    let clock = switches.version_clock.as_ref().ok_or_else(|| {
+        ApiError(KvError::Conflict(
+            "write versions are stamped at central: set the clock skew on central's endpoint"
+                .into(),
+        ))
+    })?;
     tracing::warn!(skew_ms = skew.skew_ms, "testbed: version clock skewed");
-    set_hlc_skew_ms(skew.skew_ms);
-    Ok(Json(json!({ "hlc_skew_ms": hlc_skew_ms() })))
+    clock.set_skew_ms(skew.skew_ms);
+    Ok(Json(switches.state()))
 }

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use driftkv_core::cluster::{self, ClusterView, MemberStatus, NodeRole};
 use driftkv_core::time::unix_now_ms;
-use driftkv_edge::Edge;
+use driftkv_edge::{CentralLink, Edge};
 use driftkv_gossip::{keys, Gossip, GossipConfig, Member};
 use driftkv_store::Store;
 use tokio::sync::watch;
@@ -91,8 +91,8 @@ pub fn publish_central(
     })
 }
 
-/// Every `every`: publishes the edge's replication progress and, when `discover` is set,
-/// points the edge at a live central gossip knows of.
+/// Every `every`: publishes the edge's replication progress and, when given the edge's `link`
+/// to discover central with, points it at a live central gossip knows of.
 ///
 /// Gossip only proposes: the edge keeps the central it has while gossip shows it live, and
 /// moves to another only after dialling it (with TLS, that is a handshake in which the node
@@ -101,7 +101,7 @@ pub fn publish_central(
 pub fn publish_edge(
     gossip: Arc<Gossip>,
     edge: Arc<Edge>,
-    discover: bool,
+    discover: Option<Arc<CentralLink>>,
     every: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -116,8 +116,8 @@ pub fn publish_edge(
             }
             let members = gossip.members().await;
             record(&gossip, &members);
-            if discover {
-                discover_central(&edge, &members, &mut refused).await;
+            if let Some(link) = &discover {
+                discover_central(link, &members, &mut refused).await;
             }
         }
     })
@@ -125,20 +125,20 @@ pub fn publish_edge(
 
 /// Points the edge at a live central from gossip, unless the one it has is still live.
 /// `refused` holds the addresses already reported as unusable, so that each is logged once.
-async fn discover_central(edge: &Edge, members: &[Member], refused: &mut HashSet<String>) {
+async fn discover_central(link: &CentralLink, members: &[Member], refused: &mut HashSet<String>) {
     let centrals: Vec<&str> = members
         .iter()
         .filter(|m| m.live && m.fact(keys::ROLE) == Some(NodeRole::Central.as_str()))
         .filter_map(|m| m.fact(keys::GRPC))
         .collect();
-    let current = edge.link().address();
+    let current = link.address();
     if current.as_deref().is_some_and(|c| centrals.contains(&c)) {
         return;
     }
     for candidate in centrals {
-        match edge.link().probe(candidate).await {
+        match link.probe(candidate).await {
             Ok(()) => {
-                if let Err(e) = edge.link().set_address(candidate) {
+                if let Err(e) = link.set_address(candidate) {
                     tracing::warn!(error = %e, "central gossiped an unusable address");
                 }
                 return;

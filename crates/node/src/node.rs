@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use driftkv_central::{spawn_log_trimmer, CentralOptions, CentralService};
-use driftkv_edge::{spawn_follower, Edge, EdgeOptions, LinkTimeouts};
-use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SystemClock, WallClock};
+use driftkv_central::{spawn_log_trimmer, Central, CentralOptions, CentralService};
+use driftkv_core::upstream::Upstream;
+use driftkv_edge::{
+    spawn_follower, CentralLink, Edge, EdgeOptions, Faults, FaultyUpstream, LinkTimeouts,
+};
+use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SkewedClock, SystemClock, WallClock};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 use driftkv_proto::tls;
 use driftkv_store::Store;
@@ -188,6 +191,8 @@ pub struct CentralNode {
     pub http_addr: Option<SocketAddr>,
     /// Its membership.
     pub gossip: Arc<Gossip>,
+    /// The clock its write versions are stamped from (the testbed skews it).
+    pub clock: Arc<SkewedClock>,
     store: Arc<Store>,
     servers: Vec<JoinHandle<anyhow::Result<()>>>,
     background: Vec<JoinHandle<()>>,
@@ -207,7 +212,8 @@ impl CentralNode {
     ) -> anyhow::Result<Self> {
         let http_auth = http.map(|addr| process.auth_for(addr)).transpose()?;
         let store = open_store(config, data_dir)?;
-        let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
+        let clock = Arc::new(SkewedClock::new(Arc::new(SystemClock)));
+        let wall: Arc<dyn WallClock> = clock.clone();
         let engine = Arc::new(
             Engine::new(
                 store.clone(),
@@ -253,14 +259,14 @@ impl CentralNode {
                 Duration::from_millis(config.gossip.interval_ms),
             ),
         ];
-        let service = CentralService::new(
+        let central = Central::new(
             engine,
             CentralOptions {
                 heartbeat: Duration::from_millis(config.replication.heartbeat_ms),
                 max_snapshots: config.grpc.max_snapshot_streams,
-                authenticate: process.security.cluster.is_some(),
             },
         );
+        let service = CentralService::new(central, process.security.cluster.is_some());
         let mut http_addr = None;
         let mut servers = Vec::new();
         if let (Some(addr), Some(auth)) = (http, http_auth) {
@@ -280,7 +286,13 @@ impl CentralNode {
                 auth,
                 &config.node_id.to_string(),
                 ops::central_ready()
-                    .merge(admin::routes(config, None))
+                    .merge(admin::routes(
+                        config,
+                        admin::Switches {
+                            faults: None,
+                            version_clock: Some(clock.clone()),
+                        },
+                    ))
                     .merge(console(NodeRole::Central, config.node_id)),
                 membership::routes(gossip.clone()),
                 process.tracing,
@@ -304,6 +316,7 @@ impl CentralNode {
             grpc_addr,
             http_addr,
             gossip,
+            clock,
             store,
             servers,
             background,
@@ -356,6 +369,9 @@ pub struct EdgeSite<'a> {
     pub central: &'a str,
     /// Its gossip address and seeds.
     pub gossip: GossipPlace,
+    /// The clock write versions are stamped from, when central runs in the same process
+    /// (`dev`): the testbed's clock-skew switch on this edge moves it.
+    pub version_clock: Option<Arc<SkewedClock>>,
 }
 
 impl EdgeNode {
@@ -374,6 +390,7 @@ impl EdgeNode {
             workerd,
             central,
             gossip: place,
+            version_clock,
         } = site;
         let auth = process.auth_for(listen)?;
         let binding = match workerd {
@@ -390,19 +407,27 @@ impl EdgeNode {
             default_cache_ttl: Duration::from_secs(config.cache.default_ttl_secs),
             max_cache_ttl: Duration::from_secs(config.cache.max_ttl_secs),
             invalidate_on_replication: config.cache.invalidate_on_replication,
-            timeouts: LinkTimeouts {
+            request_timeout: Duration::from_millis(config.central.request_timeout_ms),
+            stream_silence: Duration::from_millis(config.replication.stream_silence_ms),
+        };
+        let link = Arc::new(CentralLink::new(
+            LinkTimeouts {
                 connect: Duration::from_millis(config.central.connect_timeout_ms),
                 request: Duration::from_millis(config.central.request_timeout_ms),
             },
-            stream_silence: Duration::from_millis(config.replication.stream_silence_ms),
-            tls: process.security.cluster.as_ref().map(tls::client_config),
-        };
-        let edge = Edge::new(store.clone(), wall.clone(), options)?;
+            process.security.cluster.as_ref().map(tls::client_config),
+        ));
         if !central.is_empty() {
-            edge.link()
-                .set_address(central)
-                .context("central.address")?;
+            link.set_address(central).context("central.address")?;
         }
+        // The testbed's replication faults act at the upstream seam.
+        let faults = Arc::new(Faults::default());
+        let upstream: Arc<dyn Upstream> = if config.testbed.enabled {
+            Arc::new(FaultyUpstream::new(link.clone(), faults.clone()))
+        } else {
+            link.clone()
+        };
+        let edge = Edge::new(store.clone(), wall.clone(), upstream, options)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -438,7 +463,7 @@ impl EdgeNode {
             membership::publish_edge(
                 gossip.clone(),
                 edge.clone(),
-                central.is_empty(),
+                central.is_empty().then_some(link),
                 Duration::from_millis(config.gossip.interval_ms),
             ),
         ];
@@ -455,7 +480,13 @@ impl EdgeNode {
             auth,
             &node_id.to_string(),
             ops::edge_ready(edge.clone())
-                .merge(admin::routes(config, Some(edge.clone())))
+                .merge(admin::routes(
+                    config,
+                    admin::Switches {
+                        faults: Some(faults),
+                        version_clock,
+                    },
+                ))
                 .merge(lab)
                 .merge(console(NodeRole::Edge, node_id)),
             membership::routes(gossip.clone()),

@@ -121,6 +121,7 @@ pub async fn run_dev(
                 listen: any_port,
                 seeds: seeds.clone(),
             },
+            version_clock: Some(central.clock.clone()),
         };
         let node = EdgeNode::start(&config, site, &process, stop.clone()).await?;
         nodes.push(node);
@@ -241,6 +242,7 @@ pub async fn run_edge(
         workerd: config.workerd.listen,
         central: &config.central.address,
         gossip: GossipPlace::configured(&config),
+        version_clock: None,
     };
     let edge = EdgeNode::start(&config, site, &process, stop).await?;
     announce(&format!(

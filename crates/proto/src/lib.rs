@@ -8,6 +8,7 @@
 use driftkv_core::limits::{
     MAX_BULK_BODY_BYTES, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_VALUE_BYTES,
 };
+use driftkv_core::upstream::{ReplicationEvent, SnapshotChunk, WriteRequest};
 use driftkv_core::{
     Change, KvError, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version, Write, WriteOp,
     WriteResult,
@@ -276,6 +277,142 @@ impl From<pb::WriteFailure> for KvError {
             code: failure.code,
             message: failure.message,
         }
+    }
+}
+
+impl From<WriteRequest> for pb::WriteRequest {
+    fn from(request: WriteRequest) -> Self {
+        pb::WriteRequest {
+            account_id: request.account_id,
+            namespace_id: request.namespace.0.to_vec(),
+            writes: request.writes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::WriteRequest> for WriteRequest {
+    type Error = KvError;
+
+    fn try_from(request: pb::WriteRequest) -> Result<Self, KvError> {
+        Ok(WriteRequest {
+            account_id: request.account_id,
+            namespace: namespace_id(&request.namespace_id)?,
+            writes: request.writes.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+impl From<Result<Vec<WriteResult>, KvError>> for pb::WriteBatchOutcome {
+    fn from(outcome: Result<Vec<WriteResult>, KvError>) -> Self {
+        use pb::write_batch_outcome::Outcome;
+        let outcome = match outcome {
+            Ok(results) => Outcome::Applied(pb::WriteReply {
+                results: results.into_iter().map(Into::into).collect(),
+            }),
+            Err(e) => Outcome::Failed((&e).into()),
+        };
+        pb::WriteBatchOutcome {
+            outcome: Some(outcome),
+        }
+    }
+}
+
+impl TryFrom<pb::WriteBatchOutcome> for Result<Vec<WriteResult>, KvError> {
+    type Error = KvError;
+
+    fn try_from(outcome: pb::WriteBatchOutcome) -> Result<Self, KvError> {
+        use pb::write_batch_outcome::Outcome;
+        match outcome.outcome.ok_or_else(|| missing("outcome"))? {
+            Outcome::Applied(reply) => Ok(Ok(reply
+                .results
+                .into_iter()
+                .map(WriteResult::try_from)
+                .collect::<Result<_, _>>()?)),
+            Outcome::Failed(failure) => Ok(Err(failure.into())),
+        }
+    }
+}
+
+impl From<ReplicationEvent> for pb::SubscribeReply {
+    fn from(event: ReplicationEvent) -> Self {
+        use pb::subscribe_reply::Event;
+        let event = match event {
+            ReplicationEvent::Entries(entries) => Event::Entries(pb::LogBatch {
+                entries: entries.into_iter().map(Into::into).collect(),
+            }),
+            ReplicationEvent::Heartbeat { durable_sequence } => {
+                Event::Heartbeat(pb::Heartbeat { durable_sequence })
+            }
+            ReplicationEvent::SnapshotNeeded { oldest_retained } => {
+                Event::SnapshotNeeded(pb::SnapshotNeeded { oldest_retained })
+            }
+        };
+        pb::SubscribeReply { event: Some(event) }
+    }
+}
+
+impl TryFrom<pb::SubscribeReply> for ReplicationEvent {
+    type Error = KvError;
+
+    fn try_from(reply: pb::SubscribeReply) -> Result<Self, KvError> {
+        use pb::subscribe_reply::Event;
+        Ok(match reply.event.ok_or_else(|| missing("event"))? {
+            Event::Entries(batch) => ReplicationEvent::Entries(
+                batch
+                    .entries
+                    .into_iter()
+                    .map(LogEntry::try_from)
+                    .collect::<Result<_, _>>()?,
+            ),
+            Event::Heartbeat(beat) => ReplicationEvent::Heartbeat {
+                durable_sequence: beat.durable_sequence,
+            },
+            Event::SnapshotNeeded(needed) => ReplicationEvent::SnapshotNeeded {
+                oldest_retained: needed.oldest_retained,
+            },
+        })
+    }
+}
+
+impl From<SnapshotChunk> for pb::SnapshotChunk {
+    fn from(chunk: SnapshotChunk) -> Self {
+        pb::SnapshotChunk {
+            namespaces: chunk.namespaces.iter().map(Into::into).collect(),
+            records: chunk
+                .records
+                .into_iter()
+                .map(|(namespace, key, record)| key_change(namespace, key, record))
+                .collect(),
+            complete: chunk.complete,
+            sequence: chunk.sequence,
+        }
+    }
+}
+
+impl TryFrom<pb::SnapshotChunk> for SnapshotChunk {
+    type Error = KvError;
+
+    fn try_from(chunk: pb::SnapshotChunk) -> Result<Self, KvError> {
+        Ok(SnapshotChunk {
+            namespaces: chunk
+                .namespaces
+                .into_iter()
+                .map(Namespace::try_from)
+                .collect::<Result<_, _>>()?,
+            records: chunk
+                .records
+                .into_iter()
+                .map(|change| {
+                    Ok((
+                        namespace_id(&change.namespace_id)?,
+                        change.key,
+                        change.record.ok_or_else(|| missing("record"))?.try_into()?,
+                    ))
+                })
+                .collect::<Result<_, KvError>>()?,
+            complete: chunk.complete,
+            sequence: chunk.sequence,
+        })
     }
 }
 
