@@ -17,6 +17,7 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use chitchat::transport::ChannelTransport;
 use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
@@ -80,6 +81,29 @@ pub struct GossipConfig {
     /// Cluster keys sealing every packet, the first one sealing what this node sends; empty:
     /// plain UDP.
     pub keys: Vec<GossipKey>,
+    /// How packets travel.
+    pub transport: GossipTransport,
+}
+
+/// How gossip packets travel between members.
+#[derive(Clone, Default)]
+pub enum GossipTransport {
+    /// UDP, sealed with the cluster keys when there are some.
+    #[default]
+    Udp,
+    /// Channels between members in this process (chitchat's in-memory transport), whose links
+    /// a test can cut and restore ([`ChannelTransport::remove_link`]) to simulate partitions.
+    /// Addresses are names only: no socket is opened.
+    InProcess(ChannelTransport),
+}
+
+impl std::fmt::Debug for GossipTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GossipTransport::Udp => "Udp",
+            GossipTransport::InProcess(_) => "InProcess",
+        })
+    }
 }
 
 /// One member as gossip knows it.
@@ -123,7 +147,10 @@ impl Gossip {
         config: GossipConfig,
         facts: Vec<(String, String)>,
     ) -> Result<Gossip, GossipError> {
-        let listen = resolve_port(config.listen)?;
+        let listen = match config.transport {
+            GossipTransport::Udp => resolve_port(config.listen)?,
+            GossipTransport::InProcess(_) => config.listen,
+        };
         let advertise = advertise_addr(listen, config.advertise_host.as_deref())?;
         // The generation tells a restarted node from its previous life.
         let generation = SystemTime::now()
@@ -148,13 +175,15 @@ impl Gossip {
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let sealed;
-        let transport: &dyn Transport = if config.keys.is_empty() {
-            &UdpTransport
-        } else {
-            sealed = sealed::SealedTransport {
-                sealer: sealed::Sealer::new(&config.keys, &config.node_id),
-            };
-            &sealed
+        let transport: &dyn Transport = match &config.transport {
+            GossipTransport::InProcess(channels) => channels,
+            GossipTransport::Udp if config.keys.is_empty() => &UdpTransport,
+            GossipTransport::Udp => {
+                sealed = sealed::SealedTransport {
+                    sealer: sealed::Sealer::new(&config.keys, &config.node_id),
+                };
+                &sealed
+            }
         };
         let handle = spawn_chitchat(chitchat_config, facts, transport)
             .await
@@ -277,6 +306,7 @@ mod tests {
             interval: Duration::from_millis(50),
             dead_node_grace_period: Duration::from_secs(3600),
             keys: Vec::new(),
+            transport: GossipTransport::Udp,
         }
     }
 
@@ -358,6 +388,49 @@ mod tests {
                 .with_label_values(&["a", "malformed"])
                 .get();
         assert!(rejected > 0, "the outsiders' packets were counted");
+    }
+
+    /// Over the in-process transport, on tokio's paused clock: a member cut off from the
+    /// others is judged dead by them, and live again once the links are restored.
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_in_process_is_seen_and_heals() {
+        let channels = ChannelTransport::default();
+        let at = |port: u16| SocketAddr::from(([10, 0, 0, 1], port));
+        let member = |id: &str, port: u16| GossipConfig {
+            listen: at(port),
+            seeds: vec![at(1).to_string()],
+            transport: GossipTransport::InProcess(channels.clone()),
+            ..config(id, vec![])
+        };
+        let a = Gossip::start(member("a", 1), vec![]).await.unwrap();
+        let b = Gossip::start(member("b", 2), vec![]).await.unwrap();
+        let c = Gossip::start(member("c", 3), vec![]).await.unwrap();
+        let status = async |observer: &Gossip, id: &str| {
+            let members = observer.members().await;
+            members.iter().find(|m| m.node_id == id).map(|m| m.live)
+        };
+        wait_until("everyone to see everyone", async || {
+            let members = a.members().await;
+            members.len() == 3 && members.iter().all(|m| m.live)
+        })
+        .await;
+        for other in [at(1), at(2)] {
+            channels.remove_link(at(3), other).await;
+        }
+        wait_until("c and the others to see each other dead", async || {
+            status(&a, "c").await == Some(false)
+                && status(&b, "c").await == Some(false)
+                && status(&c, "a").await == Some(false)
+        })
+        .await;
+        assert_eq!(status(&a, "b").await, Some(true), "a and b still talk");
+        for other in [at(1), at(2)] {
+            channels.add_link(at(3), other).await;
+        }
+        wait_until("c to be seen live again", async || {
+            status(&a, "c").await == Some(true) && status(&b, "c").await == Some(true)
+        })
+        .await;
     }
 
     #[tokio::test]

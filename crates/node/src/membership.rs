@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use driftkv_core::cluster::{self, ClusterView, MemberStatus, NodeRole};
 use driftkv_core::time::unix_now_ms;
 use driftkv_edge::{CentralLink, Edge};
-use driftkv_gossip::{keys, Gossip, GossipConfig, Member};
+use driftkv_gossip::{keys, Gossip, GossipConfig, GossipTransport, Member};
 use driftkv_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,6 +55,7 @@ pub async fn join(
             interval: Duration::from_millis(config.gossip.interval_ms),
             dead_node_grace_period: Duration::from_secs(config.gossip.dead_node_grace_secs),
             keys: security.gossip_keys.clone(),
+            transport: GossipTransport::Udp,
         },
         vec![
             (keys::ROLE.into(), role.as_str().into()),
