@@ -102,6 +102,11 @@ impl VersionClock {
         }
     }
 
+    /// Makes every later version greater than `timestamp` (one already given out).
+    pub(crate) fn resume_after(&self, timestamp: u64) {
+        self.last.fetch_max(timestamp, Ordering::SeqCst);
+    }
+
     /// The next version timestamp.
     pub(crate) fn next(&self) -> u64 {
         let physical = uhlc::NTP64::from(Duration::from_millis(self.wall.now_ms())).as_u64();
@@ -151,5 +156,9 @@ mod tests {
         // The wall clock moves on past them: versions follow it again.
         wall.set(9_000);
         assert_eq!(ms(clock.next()), 9_000);
+        // A restart resumes after the newest version given before it.
+        let restarted = VersionClock::new(Arc::new(ManualClock::new(1_000)));
+        restarted.resume_after(first + 5);
+        assert_eq!(restarted.next(), first + 6);
     }
 }
