@@ -28,7 +28,6 @@ use driftkv_core::upstream::{
     WriteRequest,
 };
 use driftkv_core::{KvError, KvService, LiveValue, LogEntry, Namespace, NamespaceId};
-use driftkv_engine::reads::blocking;
 use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
@@ -39,6 +38,7 @@ use driftkv_proto::trace::continue_trace;
 use driftkv_proto::{
     namespace_id, status_from_error, BATCH_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
 };
+use driftkv_store::reads::blocking;
 use driftkv_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use driftkv_core::upstream::ReplicationEvent;
 use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
-use driftkv_engine::reads::blocking;
+use driftkv_store::reads::blocking;
 use futures::StreamExt as _;
 
 use crate::Edge;

@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::key::validate_key;
+use driftkv_core::time::WallClock;
 use driftkv_core::upstream::Upstream;
 use driftkv_core::{
     KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId, Write,
     WriteOutcome,
 };
-use driftkv_engine::reads;
-use driftkv_engine::WallClock;
+use driftkv_store::reads;
 use driftkv_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 

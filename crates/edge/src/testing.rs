@@ -11,7 +11,8 @@ use std::num::NonZeroU64;
 
 use bytes::Bytes;
 use driftkv_central::{Central, CentralOptions};
-use driftkv_engine::{Engine, RateLimiter, SystemClock};
+use driftkv_core::time::SystemClock;
+use driftkv_engine::{Engine, RateLimiter};
 use driftkv_store::backend::{Batch, Entries, Op, Tree};
 use driftkv_store::{Backend, BackendError, EngineKind, Store};
 

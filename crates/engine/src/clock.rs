@@ -1,89 +1,11 @@
-//! The clocks of a node: the wall clock that expiration is judged by, behind a trait so tests
-//! and clock-skew experiments can move time, per node, without waiting for it; and the hybrid
-//! logical clock write versions are stamped from, built on it.
+//! The hybrid logical clock write versions are stamped from, built on the node's wall clock
+//! ([`driftkv_core::time::WallClock`]).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A source of wall-clock time in unix milliseconds.
-pub trait WallClock: Send + Sync + 'static {
-    /// Milliseconds since the unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl WallClock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        driftkv_core::time::unix_now_ms()
-    }
-}
-
-/// A clock that only moves when told to, for tests.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock reading `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        ManualClock(AtomicU64::new(now_ms))
-    }
-
-    /// Moves the clock to `now_ms`.
-    pub fn set(&self, now_ms: u64) {
-        self.0.store(now_ms, Ordering::SeqCst);
-    }
-}
-
-impl WallClock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// A node's clock off by a settable skew: the testbed's clock-skew fault, per node. Zero unless
-/// an experiment sets it.
-pub struct SkewedClock {
-    inner: Arc<dyn WallClock>,
-    skew_ms: AtomicI64,
-}
-
-impl std::fmt::Debug for SkewedClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SkewedClock")
-            .field("skew_ms", &self.skew_ms())
-            .finish()
-    }
-}
-
-impl SkewedClock {
-    /// `inner`, not skewed yet.
-    pub fn new(inner: Arc<dyn WallClock>) -> Self {
-        SkewedClock {
-            inner,
-            skew_ms: AtomicI64::new(0),
-        }
-    }
-
-    /// Moves the clock `skew_ms` ahead of `inner` (behind, when negative); 0 restores it.
-    pub fn set_skew_ms(&self, skew_ms: i64) {
-        self.skew_ms.store(skew_ms, Ordering::SeqCst);
-    }
-
-    /// The skew in force, in milliseconds.
-    pub fn skew_ms(&self) -> i64 {
-        self.skew_ms.load(Ordering::SeqCst)
-    }
-}
-
-impl WallClock for SkewedClock {
-    fn now_ms(&self) -> u64 {
-        self.inner.now_ms().saturating_add_signed(self.skew_ms())
-    }
-}
+use driftkv_core::time::WallClock;
 
 /// The hybrid logical clock write versions are stamped from: the node's wall clock (in NTP64
 /// form, seconds and binary fractions, as versions have always been), but never less than one
@@ -127,18 +49,7 @@ impl VersionClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_skew_moves_the_clock_both_ways() {
-        let base = Arc::new(ManualClock::new(1_000_000));
-        let clock = SkewedClock::new(base.clone());
-        clock.set_skew_ms(60_000);
-        assert_eq!(clock.now_ms(), 1_060_000);
-        clock.set_skew_ms(-60_000);
-        assert_eq!(clock.now_ms(), 940_000);
-        clock.set_skew_ms(0);
-        assert_eq!(clock.now_ms(), 1_000_000);
-    }
+    use driftkv_core::time::ManualClock;
 
     #[test]
     fn versions_follow_the_wall_clock_and_never_step_back() {

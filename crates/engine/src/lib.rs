@@ -8,14 +8,13 @@
 //! ([`Engine::durable_sequence`]), which is what replication streams up to: a replica never
 //! receives an entry the write region could still lose in a crash.
 //!
-//! [`reads`] holds the read path (namespace ownership, reads filtered by expiration at read
-//! time, listings) shared with the replicas at the edges. [`spawn_sweeper`] turns expired
-//! records into tombstones in the background so that their values stop taking space.
+//! Its reads go through the read path the replicas at the edges share
+//! ([`driftkv_store::reads`]). [`spawn_sweeper`] turns expired records into tombstones in the
+//! background so that their values stop taking space.
 
 mod clock;
 mod commit;
 mod rate_limit;
-pub mod reads;
 mod recent;
 
 use std::num::NonZeroU64;
@@ -24,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::namespace::{validate_account_id, validate_title};
+use driftkv_core::time::WallClock;
 pub use driftkv_core::upstream::WriteRequest;
 use driftkv_core::{
     Change, KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId,
@@ -31,11 +31,11 @@ use driftkv_core::{
 };
 use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::CENTRAL_WRITES;
+use driftkv_store::reads;
 use driftkv_store::Store;
 use tokio::sync::{watch, Mutex};
 
 use clock::VersionClock;
-pub use clock::{ManualClock, SkewedClock, SystemClock, WallClock};
 use commit::Committer;
 pub use rate_limit::RateLimiter;
 use recent::{RecentLog, RECENT_LOG_BYTES};

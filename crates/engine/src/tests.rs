@@ -8,6 +8,7 @@ use driftkv_store::EngineKind;
 use proptest::prelude::*;
 
 use super::*;
+use driftkv_core::time::ManualClock;
 
 const T0_MS: u64 = 1_700_000_000_000;
 

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use driftkv_central::{spawn_log_trimmer, Central, CentralOptions, CentralService};
+use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
 use driftkv_core::upstream::Upstream;
 use driftkv_edge::{
     spawn_follower, CentralLink, Edge, EdgeOptions, Faults, FaultyUpstream, LinkTimeouts,
 };
-use driftkv_engine::{spawn_sweeper, Engine, RateLimiter, SkewedClock, SystemClock, WallClock};
+use driftkv_engine::{spawn_sweeper, Engine, RateLimiter};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 use driftkv_proto::tls;
 use driftkv_store::Store;

@@ -15,6 +15,7 @@ pub mod backend;
 mod commit;
 mod fjall_backend;
 mod layout;
+pub mod reads;
 mod sled_backend;
 mod store;
 #[cfg(any(test, feature = "suite"))]

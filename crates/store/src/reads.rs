@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::Store;
 use driftkv_core::key::validate_key;
 use driftkv_core::limits::MAX_LIST_LIMIT;
 use driftkv_core::namespace::validate_account_id;
 use driftkv_core::{KvError, ListCursor, ListPage, ListRequest, LiveValue, Namespace, NamespaceId};
-use driftkv_store::Store;
 
 /// The namespace, if it exists and belongs to the account. Another account's namespace is
 /// reported as not found, so ids cannot be probed across accounts.
