@@ -658,13 +658,22 @@ async fn writes_cross_between_the_binding_and_the_rest_api() {
     ))
     .await
     .assert_ok_empty();
-    let value = wait_for(
+    // Waits on the replica's listing, which is never cached: a read before the write arrived
+    // would cache the absence for the default cacheTtl.
+    wait_for(
         Duration::from_secs(10),
-        "the binding's write at edge 1",
-        || async { rest_get(&http, edge1, &ns, "from binding/é", None).await },
+        "the binding's write in edge 1's replica",
+        || async {
+            rest_keys(&http, edge1, &ns)
+                .await
+                .iter()
+                .any(|k| k == "from binding/é")
+                .then_some(())
+        },
     )
     .await;
-    assert_eq!(value, b"bound value");
+    let value = rest_get(&http, edge1, &ns, "from binding/é", None).await;
+    assert_eq!(value.as_deref(), Some(b"bound value".as_slice()));
     let metadata = send_ok(http.get(format!(
         "{}/{ns}/metadata/{}",
         api_at(edge1),
@@ -684,16 +693,26 @@ async fn writes_cross_between_the_binding_and_the_rest_api() {
         .body("rest value"),
     )
     .await;
-    let got = wait_for(
+    // Wait on edge 0's replica (its listing is never cached), not on the binding: a binding
+    // read that came before the write arrived would cache the absence for the default 60 s
+    // cacheTtl, as Workers KV does.
+    wait_for(
         Duration::from_secs(10),
-        "the REST write at edge 0's binding",
+        "the REST write in edge 0's replica",
         || async {
-            let got = kv0.send(&kv0.get("from rest+1", None)).await;
-            (got.status == 200).then_some(got)
+            rest_keys(&http, edge0, &ns)
+                .await
+                .iter()
+                .any(|k| k == "from rest+1")
+                .then_some(())
         },
     )
     .await;
-    assert_eq!(got.body, b"rest value");
+    let got = kv0.send(&kv0.get("from rest+1", None)).await;
+    assert_eq!(
+        (got.status, got.body.as_slice()),
+        (200, b"rest value".as_slice())
+    );
     assert!(got.header("cf-expiration").is_some());
 
     // Read-your-writes through the binding: a cached absence at edge 1 gives way to edge 1's

@@ -9,6 +9,7 @@ pub mod change;
 pub mod cluster;
 pub mod cursor;
 pub mod error;
+pub mod faults;
 pub mod key;
 pub mod limits;
 pub mod namespace;

@@ -6,11 +6,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use driftkv_client::{Client, MemberStatus, NodeRole};
+use driftkv_core::faults::FaultSettings;
 use driftkv_core::time::unix_now_ms;
+use driftkv_testbed::faults::FaultClient;
 use driftkv_testbed::staleness;
 use driftkv_testbed::visibility::{self, Plan, ReadPattern};
 use driftkv_testbed::{check, report, Described, History, Rule};
-use serde_json::json;
 
 use crate::cli::{Bar, Target};
 use driftkv_client::Progress as _;
@@ -188,44 +189,23 @@ pub async fn run(command: TestbedCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Sends one request to the testbed admin endpoint (`/admin/testbed/{path}`) of each of
-/// `edges`.
-async fn admin_all(
-    edges: &[String],
-    token: Option<&str>,
-    method: reqwest::Method,
-    path: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<()> {
+/// The client for the nodes' fault switches, with the experiment's admin token and the
+/// target's CA.
+fn fault_client(target: &Target, token: Option<&str>) -> anyhow::Result<FaultClient> {
     let token = token.context("--admin-token is needed to inject faults")?;
-    let http = reqwest::Client::new();
-    for edge in edges {
-        let response = http
-            .request(method.clone(), format!("{edge}/admin/testbed/{path}"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {edge}"))?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "{edge} refused the fault (HTTP {}): is testbed.enabled set there, with this admin token?",
-            response.status()
-        );
-    }
-    Ok(())
+    Ok(FaultClient::new(
+        token,
+        target.resolve()?.ca_pem.as_deref(),
+    )?)
 }
 
-/// Sets (or, with zeros, clears) the replication delay, and the pause, at `edges`.
-async fn set_faults(
-    edges: &[String],
-    token: Option<&str>,
-    delay_ms: u64,
-    jitter_ms: u64,
-    paused: bool,
-) -> anyhow::Result<()> {
-    let body = json!({ "delay_ms": delay_ms, "jitter_ms": jitter_ms, "paused": paused });
-    admin_all(edges, token, reqwest::Method::PUT, "faults", body).await
+/// Replication delayed by `delay_ms` plus up to `jitter_ms`, and paused or not.
+fn delayed(delay_ms: u64, jitter_ms: u64, paused: bool) -> FaultSettings {
+    FaultSettings {
+        delay_ms,
+        jitter_ms,
+        paused,
+    }
 }
 
 /// How long the experiments wait for the edges they need to show in /cluster.
@@ -290,16 +270,13 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
         .create_namespace(&format!("testbed-visibility-{}", unix_now_ms()))
         .await?
         .id;
-    let delayed = args.delay_ms > 0 || args.jitter_ms > 0;
-    if delayed {
-        set_faults(
-            &readers,
-            args.admin_token.as_deref(),
-            args.delay_ms,
-            args.jitter_ms,
-            false,
-        )
-        .await?;
+    let faults = (args.delay_ms > 0 || args.jitter_ms > 0)
+        .then(|| fault_client(&args.target, args.admin_token.as_deref()))
+        .transpose()?;
+    if let Some(faults) = &faults {
+        faults
+            .set(&readers, &delayed(args.delay_ms, args.jitter_ms, false))
+            .await?;
     }
     let plan = Plan {
         edges,
@@ -323,7 +300,7 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
         max_offset.as_millis(),
         args.cache_ttl,
         args.pattern,
-        if delayed {
+        if faults.is_some() {
             format!(", injected replication delay {} + up to {} ms", args.delay_ms, args.jitter_ms)
         } else {
             String::new()
@@ -333,8 +310,8 @@ async fn visibility(args: VisibilityArgs) -> anyhow::Result<()> {
     let outcome = visibility::run(&plan, &|| bar.advance(1)).await;
     drop(bar);
     // Restore the edges whatever happened.
-    if delayed {
-        set_faults(&readers, args.admin_token.as_deref(), 0, 0, false).await?;
+    if let Some(faults) = &faults {
+        faults.set(&readers, &FaultSettings::default()).await?;
     }
     let outcome = outcome?;
     std::fs::create_dir_all(&args.out)
@@ -391,11 +368,13 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
         args.resync_at_s.is_none_or(|at| at < args.duration_s),
         "the resync must happen within the run"
     );
-    let token = args.admin_token.as_deref();
     let faulty = args.delay_ms > 0
         || args.jitter_ms > 0
         || args.pause_at_s.is_some()
         || args.resync_at_s.is_some();
+    let faults = (faulty || args.clock_skew_ms.is_some())
+        .then(|| fault_client(&args.target, args.admin_token.as_deref()))
+        .transpose()?;
     // Where versions are stamped: central's HTTP endpoint, else (dev) the first edge's process.
     let stamper = match args.clock_skew_ms {
         Some(_) => {
@@ -409,36 +388,39 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
-    let skew = |ms: i64| {
-        admin_all(
-            &stamper,
-            token,
-            reqwest::Method::PUT,
-            "clock-skew",
-            json!({ "skew_ms": ms }),
-        )
-    };
-    if let Some(ms) = args.clock_skew_ms {
-        skew(ms).await?;
-    }
-    if args.delay_ms > 0 || args.jitter_ms > 0 {
-        set_faults(&others, token, args.delay_ms, args.jitter_ms, false).await?;
+    let (delay_ms, jitter_ms) = (args.delay_ms, args.jitter_ms);
+    if let Some(faults) = &faults {
+        if let Some(ms) = args.clock_skew_ms {
+            faults.skew(&stamper, ms).await?;
+        }
+        if delay_ms > 0 || jitter_ms > 0 {
+            faults
+                .set(&others, &delayed(delay_ms, jitter_ms, false))
+                .await?;
+        }
     }
     // The faults scheduled during the run, at the edges other than the first.
     let schedule = async {
+        let Some(faults) = &faults else {
+            return anyhow::Ok(());
+        };
         let pause = async {
             if let (Some(at), Some(length)) = (args.pause_at_s, args.pause_for_s) {
                 tokio::time::sleep(Duration::from_secs(at)).await;
-                set_faults(&others, token, args.delay_ms, args.jitter_ms, true).await?;
+                faults
+                    .set(&others, &delayed(delay_ms, jitter_ms, true))
+                    .await?;
                 tokio::time::sleep(Duration::from_secs(length)).await;
-                set_faults(&others, token, args.delay_ms, args.jitter_ms, false).await?;
+                faults
+                    .set(&others, &delayed(delay_ms, jitter_ms, false))
+                    .await?;
             }
             anyhow::Ok(())
         };
         let resync = async {
             if let Some(at) = args.resync_at_s {
                 tokio::time::sleep(Duration::from_secs(at)).await;
-                admin_all(&others, token, reqwest::Method::POST, "resync", json!({})).await?;
+                faults.resync(&others).await?;
             }
             anyhow::Ok(())
         };
@@ -484,11 +466,13 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
     ticking.abort();
     drop(bar);
     // Restore the nodes whatever happened.
-    if faulty {
-        set_faults(&others, token, 0, 0, false).await?;
-    }
-    if args.clock_skew_ms.is_some() {
-        skew(0).await?;
+    if let Some(faults) = &faults {
+        if faulty {
+            faults.set(&others, &FaultSettings::default()).await?;
+        }
+        if args.clock_skew_ms.is_some() {
+            faults.skew(&stamper, 0).await?;
+        }
     }
     scheduled?;
     let outcome = outcome?;
@@ -503,30 +487,6 @@ async fn staleness(args: StalenessArgs) -> anyhow::Result<()> {
         &seconds,
     )
     .map_err(|e| anyhow::anyhow!("cannot plot: {e}"))?;
-    let reads = &outcome.reads;
-    let stale: Vec<&staleness::Read> = reads.iter().filter(|r| r.versions_behind > 0).collect();
-    let mut stale_ms: Vec<u64> = stale.iter().map(|r| r.stale_ms).collect();
-    stale_ms.sort_unstable();
-    let quantile = |q: f64| {
-        stale_ms
-            .get(((stale_ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .map_or_else(|| "-".to_owned(), |v| v.to_string())
-    };
-    println!(
-        "\n{} reads, {} stale ({:.2}%); versions behind: mean {:.3}, max {}",
-        reads.len(),
-        stale.len(),
-        100.0 * stale.len() as f64 / reads.len().max(1) as f64,
-        reads.iter().map(|r| r.versions_behind as f64).sum::<f64>() / reads.len().max(1) as f64,
-        reads.iter().map(|r| r.versions_behind).max().unwrap_or(0)
-    );
-    println!(
-        "staleness of stale reads: p50 {} ms, p99 {} ms, max {} ms",
-        quantile(0.5),
-        quantile(0.99),
-        stale_ms
-            .last()
-            .map_or_else(|| "-".to_owned(), |v| v.to_string())
-    );
+    println!("\n{}", staleness::Summary::of(&outcome.reads));
     finish(&args.out, &outcome.history)
 }

@@ -10,43 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use driftkv_core::faults::FaultSettings;
 use driftkv_core::upstream::{
     BatchOutcome, EventStream, ReplicationEvent, SnapshotStream, Upstream, WriteRequest,
 };
 use driftkv_core::{KvError, LiveValue, Namespace, NamespaceId};
 use futures::StreamExt as _;
-use rand::Rng as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-
-/// The faults in force.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FaultSettings {
-    /// Every replicated batch waits at least this long after it arrives, in milliseconds.
-    #[serde(default)]
-    pub delay_ms: u64,
-    /// ... plus a uniformly random extra of up to this many milliseconds.
-    #[serde(default)]
-    pub jitter_ms: u64,
-    /// Replication stops (nothing is read or applied) until this is cleared.
-    #[serde(default)]
-    pub paused: bool,
-}
-
-impl FaultSettings {
-    /// How long the next batch waits.
-    pub fn sample_delay(&self) -> Duration {
-        let jitter = if self.jitter_ms == 0 {
-            0
-        } else {
-            rand::thread_rng().gen_range(0..=self.jitter_ms)
-        };
-        Duration::from_millis(self.delay_ms + jitter)
-    }
-}
 
 /// An edge's fault switches, shared by the admin endpoint and the [`FaultyUpstream`].
 #[derive(Debug, Default)]

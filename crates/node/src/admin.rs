@@ -18,12 +18,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use driftkv_core::faults::{ClockSkew, FaultSettings, FaultState};
 use driftkv_core::time::SkewedClock;
 use driftkv_core::KvError;
-use driftkv_edge::{FaultSettings, Faults};
+use driftkv_edge::Faults;
 use driftkv_http::{ApiError, Auth};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -38,11 +38,11 @@ pub struct Switches {
 }
 
 impl Switches {
-    fn state(&self) -> Value {
-        json!({
-            "replication": self.faults.as_ref().map(|f| f.settings()),
-            "hlc_skew_ms": self.version_clock.as_ref().map(|c| c.skew_ms()),
-        })
+    fn state(&self) -> FaultState {
+        FaultState {
+            replication: self.faults.as_ref().map(|f| f.settings()),
+            hlc_skew_ms: self.version_clock.as_ref().map(|c| c.skew_ms()),
+        }
     }
 }
 
@@ -59,7 +59,7 @@ pub fn routes(config: &Config, switches: Switches) -> Router {
     driftkv_http::guarded(routes, Auth::tokens([&config.testbed.admin_token]))
 }
 
-async fn faults(State(switches): State<Switches>) -> Json<Value> {
+async fn faults(State(switches): State<Switches>) -> Json<FaultState> {
     Json(switches.state())
 }
 
@@ -81,7 +81,7 @@ fn edge_faults(switches: &Switches) -> Result<&Arc<Faults>, ApiError> {
 async fn set_faults(
     State(switches): State<Switches>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FaultState>, ApiError> {
     let settings: FaultSettings = parse(&body)?;
     tracing::warn!(?settings, "testbed: replication faults set");
     edge_faults(&switches)?.set(settings);
@@ -94,17 +94,11 @@ async fn resync(State(switches): State<Switches>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "resync": "requested" })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Skew {
-    skew_ms: i64,
-}
-
 async fn clock_skew(
     State(switches): State<Switches>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let skew: Skew = parse(&body)?;
+) -> Result<Json<FaultState>, ApiError> {
+    let skew: ClockSkew = parse(&body)?;
     let clock = switches.version_clock.as_ref().ok_or_else(|| {
         ApiError(KvError::Conflict(
             "write versions are stamped at central: set the clock skew on central's endpoint"

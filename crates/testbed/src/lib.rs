@@ -4,6 +4,7 @@
 //! convergence).
 
 pub mod check;
+pub mod faults;
 pub mod history;
 pub mod report;
 pub mod staleness;

@@ -55,6 +55,66 @@ pub struct Read {
     pub stale_ms: u64,
 }
 
+/// How stale a run's reads were.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Reads judged.
+    pub reads: usize,
+    /// Reads that returned a superseded version.
+    pub stale: usize,
+    /// Versions behind, averaged over every read.
+    pub mean_versions_behind: f64,
+    /// The most versions a read was behind.
+    pub max_versions_behind: u64,
+    /// How long the values stale reads returned had been superseded, in ms: p50, p99 and
+    /// max; `None` with no stale read.
+    pub stale_ms: Option<(u64, u64, u64)>,
+}
+
+impl Summary {
+    /// The summary of `reads`.
+    pub fn of(reads: &[Read]) -> Self {
+        let mut stale_ms: Vec<u64> = reads
+            .iter()
+            .filter(|r| r.versions_behind > 0)
+            .map(|r| r.stale_ms)
+            .collect();
+        stale_ms.sort_unstable();
+        let quantile =
+            |q: f64| stale_ms[((stale_ms.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+        Summary {
+            reads: reads.len(),
+            stale: stale_ms.len(),
+            mean_versions_behind: reads.iter().map(|r| r.versions_behind as f64).sum::<f64>()
+                / reads.len().max(1) as f64,
+            max_versions_behind: reads.iter().map(|r| r.versions_behind).max().unwrap_or(0),
+            stale_ms: (!stale_ms.is_empty())
+                .then(|| (quantile(0.5), quantile(0.99), stale_ms[stale_ms.len() - 1])),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} reads, {} stale ({:.2}%); versions behind: mean {:.3}, max {}",
+            self.reads,
+            self.stale,
+            100.0 * self.stale as f64 / self.reads.max(1) as f64,
+            self.mean_versions_behind,
+            self.max_versions_behind
+        )?;
+        match self.stale_ms {
+            Some((p50, p99, max)) => write!(
+                f,
+                "staleness of stale reads: p50 {p50} ms, p99 {p99} ms, max {max} ms"
+            ),
+            None => write!(f, "staleness of stale reads: p50 - ms, p99 - ms, max - ms"),
+        }
+    }
+}
+
 /// The outcome: every judged read, and the history.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -303,6 +363,27 @@ pub fn timeline(reads: &[Read]) -> Vec<Second> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_counts_stale_reads_and_their_quantiles() {
+        let read = |versions_behind, stale_ms| Read {
+            at_ms: 0,
+            edge: 0,
+            versions_behind,
+            stale_ms,
+        };
+        let mut reads: Vec<Read> = (1..=100).map(|ms| read(1, ms)).collect();
+        reads.extend((0..100).map(|_| read(0, 0)));
+        reads.push(read(3, 500));
+        let summary = Summary::of(&reads);
+        assert_eq!((summary.reads, summary.stale), (201, 101));
+        assert_eq!(summary.max_versions_behind, 3);
+        assert_eq!(summary.stale_ms, Some((51, 100, 500)));
+        assert!(summary
+            .to_string()
+            .starts_with("201 reads, 101 stale (50.25%)"));
+        assert_eq!(Summary::of(&[]).stale_ms, None);
+    }
 
     fn read(at_ms: u64, behind: u64, stale_ms: u64) -> Read {
         Read {
