@@ -19,17 +19,21 @@ pub struct BindingListener {
     auth: Auth,
 }
 
+/// The authentication of a binding listener on `addr`: refused, naming the setting, when it
+/// would be beyond loopback without API tokens. Callers check before they bind, so that a
+/// refused address is never bound.
+pub fn admit(process: &Process, addr: SocketAddr) -> anyhow::Result<Auth> {
+    // One line, naming the setting: the refusal alone would not say which listener.
+    process
+        .auth_for(addr)
+        .map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))
+}
+
 impl BindingListener {
-    /// Binds `listen`, with the API's authentication: a non-loopback address without API
-    /// tokens is refused.
-    pub async fn bind(process: &Process, listen: SocketAddr) -> anyhow::Result<Self> {
-        // One line, naming the setting: the refusal alone would not say which listener.
-        let auth = process
-            .auth_for(listen)
-            .map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen for the workerd binding on {listen}"))?;
+    /// The binding on `listener`, with the API's authentication: a non-loopback address
+    /// without API tokens is refused.
+    pub fn new(process: &Process, listener: TcpListener) -> anyhow::Result<Self> {
+        let auth = admit(process, listener.local_addr()?)?;
         Ok(BindingListener { listener, auth })
     }
 

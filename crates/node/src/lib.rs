@@ -27,7 +27,7 @@ pub mod tokens;
 
 pub use config::{Config, Overrides};
 pub use node::{
-    announce, private_dir, require_tokens_beyond_loopback, shutdown, signal, CentralNode, EdgeNode,
-    EdgeSite, GossipPlace, Process, Shutdown, ShutdownTrigger,
+    announce, listen, private_dir, require_tokens_beyond_loopback, shutdown, signal, CentralNode,
+    EdgeNode, EdgeSite, GossipPlace, Process, Shutdown, ShutdownTrigger,
 };
 pub use run::{run_central, run_dev, run_edge};

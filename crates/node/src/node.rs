@@ -19,6 +19,7 @@ use driftkv_engine::{spawn_sweeper, Engine, RateLimiter};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 use driftkv_proto::tls;
 use driftkv_store::Store;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,6 +30,14 @@ use crate::security::Security;
 use crate::{admin, experiments, ops};
 use driftkv_core::cluster::NodeRole;
 use driftkv_gossip::{keys, Gossip};
+
+/// Binds a TCP listener on `addr` for `what` (named in the error): what a node's `start` takes,
+/// so that a caller may bind port 0 and learn the port before the node runs.
+pub async fn listen(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
 
 /// A signal every server of the process stops on.
 #[derive(Clone)]
@@ -200,18 +209,21 @@ pub struct CentralNode {
 }
 
 impl CentralNode {
-    /// Opens the store in `data_dir`, serves gRPC on `listen` and, when `http` is given, the
+    /// Opens the store in `data_dir`, serves gRPC on `grpc` and, when `http` is given, the
     /// operator endpoints there, and joins gossip, until `shutdown`.
     pub async fn start(
         config: &Config,
         data_dir: &Path,
-        listen: SocketAddr,
-        http: Option<SocketAddr>,
+        grpc: TcpListener,
+        http: Option<TcpListener>,
         place: GossipPlace,
         process: &Process,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let http_auth = http.map(|addr| process.auth_for(addr)).transpose()?;
+        let http_auth = match &http {
+            Some(listener) => Some(process.auth_for(listener.local_addr()?)?),
+            None => None,
+        };
         let store = open_store(config, data_dir)?;
         let clock = Arc::new(SkewedClock::new(Arc::new(SystemClock)));
         let wall: Arc<dyn WallClock> = clock.clone();
@@ -224,10 +236,7 @@ impl CentralNode {
             )?
             .with_namespace_quota(config.limits.namespaces_per_account),
         );
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
-        let grpc_addr = listener.local_addr()?;
+        let grpc_addr = grpc.local_addr()?;
         let gossip = membership::join(
             config,
             config.node_id,
@@ -270,10 +279,7 @@ impl CentralNode {
         let service = CentralService::new(central, process.security.cluster.is_some());
         let mut http_addr = None;
         let mut servers = Vec::new();
-        if let (Some(addr), Some(auth)) = (http, http_auth) {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        if let (Some(listener), Some(auth)) = (http, http_auth) {
             let bound = listener.local_addr()?;
             http_addr = Some(bound);
             // Operators and the testbed find central's endpoints through /cluster.
@@ -308,7 +314,7 @@ impl CentralNode {
         }
         let tls = process.security.cluster.as_ref().map(tls::server_config);
         servers.push(tokio::spawn(async move {
-            driftkv_central::serve(service, listener, tls, shutdown.wait())
+            driftkv_central::serve(service, grpc, tls, shutdown.wait())
                 .await
                 .context("gRPC server failed")
         }));
@@ -363,9 +369,9 @@ pub struct EdgeSite<'a> {
     /// Where its replica lives.
     pub data_dir: &'a Path,
     /// Where it serves HTTP.
-    pub listen: SocketAddr,
+    pub listener: TcpListener,
     /// Where it serves the workerd binding, if it does.
-    pub workerd: Option<SocketAddr>,
+    pub workerd: Option<TcpListener>,
     /// Central's gRPC address; empty: the central gossip finds.
     pub central: &'a str,
     /// Its gossip address and seeds.
@@ -387,17 +393,17 @@ impl EdgeNode {
         let EdgeSite {
             node_id,
             data_dir,
-            listen,
+            listener,
             workerd,
             central,
             gossip: place,
             version_clock,
         } = site;
-        let auth = process.auth_for(listen)?;
-        let binding = match workerd {
-            Some(listen) => Some(BindingListener::bind(process, listen).await?),
-            None => None,
-        };
+        let http_addr = listener.local_addr()?;
+        let auth = process.auth_for(http_addr)?;
+        let binding = workerd
+            .map(|listener| BindingListener::new(process, listener))
+            .transpose()?;
         let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
         let store = open_store(config, data_dir)?;
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
@@ -429,10 +435,6 @@ impl EdgeNode {
             link.clone()
         };
         let edge = Edge::new(store.clone(), wall.clone(), upstream, options)?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let http_addr = listener.local_addr()?;
         let gossip = membership::join(
             config,
             node_id,

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 
+use crate::binding;
 use crate::config::Config;
 use crate::node::{
-    announce, private_dir, require_tokens_beyond_loopback, shutdown, CentralNode, EdgeNode,
+    announce, listen, private_dir, require_tokens_beyond_loopback, shutdown, CentralNode, EdgeNode,
     EdgeSite, GossipPlace, Process,
 };
 use crate::security::{Runs, Security};
@@ -20,39 +21,43 @@ const DEV_CATCH_UP: Duration = Duration::from_secs(30);
 /// How long `dev` waits for every edge to see every member live in gossip.
 const DEV_GOSSIP: Duration = Duration::from_secs(30);
 
-/// Loads the process's TLS material and keys (refusing to start when a listener beyond
-/// loopback would be open) and starts reloading the HTTPS certificate when its files change.
-fn process(config: &Config, runs: Runs, tracing: RequestTracing) -> anyhow::Result<Process> {
-    private_dir(&config.data_dir)?;
-    let grants = tokens::grants(config)?;
-    let auth = if grants.is_empty() {
-        Auth::open()
-    } else {
-        Auth::grants(grants)
-    };
-    // Before the TLS checks: without tokens, HTTPS would not make a public listener safe.
-    require_tokens_beyond_loopback(&auth, config.listen)?;
-    let security = Security::load(config, runs)?;
-    if let Some(https) = &security.https {
-        // Lives as long as the process.
-        https.clone().watch(HTTPS_RELOAD_CHECK);
+impl Process {
+    /// What a process running `runs` with `config` gives its nodes: loads its TLS material and
+    /// keys (refusing to start when a listener beyond loopback would be open), its API tokens
+    /// (reloaded while it runs) and its HTTP limits, and starts reloading the HTTPS
+    /// certificate when its files change. Needs a tokio runtime.
+    pub fn new(config: &Config, runs: Runs, tracing: RequestTracing) -> anyhow::Result<Process> {
+        private_dir(&config.data_dir)?;
+        let grants = tokens::grants(config)?;
+        let auth = if grants.is_empty() {
+            Auth::open()
+        } else {
+            Auth::grants(grants)
+        };
+        // Before the TLS checks: without tokens, HTTPS would not make a public listener safe.
+        require_tokens_beyond_loopback(&auth, config.listen)?;
+        let security = Security::load(config, runs)?;
+        if let Some(https) = &security.https {
+            // Lives as long as the process.
+            https.clone().watch(HTTPS_RELOAD_CHECK);
+        }
+        tokens::watch(auth.clone(), config);
+        let http = &config.http;
+        let limits = ServerOptions {
+            header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(http.idle_timeout_ms),
+            max_connections: http.max_connections,
+            max_in_flight: http.max_in_flight,
+            request_timeout: Duration::from_millis(http.request_timeout_ms),
+            ..ServerOptions::default()
+        };
+        Ok(Process {
+            security,
+            auth,
+            tracing,
+            limits,
+        })
     }
-    tokens::watch(auth.clone(), config);
-    let http = &config.http;
-    let limits = ServerOptions {
-        header_read_timeout: Duration::from_millis(http.header_read_timeout_ms),
-        idle_timeout: Duration::from_millis(http.idle_timeout_ms),
-        max_connections: http.max_connections,
-        max_in_flight: http.max_in_flight,
-        request_timeout: Duration::from_millis(http.request_timeout_ms),
-        ..ServerOptions::default()
-    };
-    Ok(Process {
-        security,
-        auth,
-        tracing,
-        limits,
-    })
 }
 
 /// How often the HTTPS certificate's files are checked for a change.
@@ -88,14 +93,14 @@ pub async fn run_dev(
     until: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "dev needs at least one edge");
-    let process = process(&config, Runs::Dev, tracing)?;
+    let process = Process::new(&config, Runs::Dev, tracing)?;
     let (trigger, stop) = shutdown();
     // Everything on loopback, on free ports: only the edges' HTTP ports are the user's.
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let central = CentralNode::start(
         &config,
         &config.data_dir.join("central"),
-        any_port,
+        listen(any_port, "gRPC").await?,
         // The edges serve /healthz and /cluster; dev's central needs no port of its own.
         None,
         GossipPlace {
@@ -114,8 +119,14 @@ pub async fn run_dev(
         let site = EdgeSite {
             node_id: config.node_id + 1 + index as u64,
             data_dir: &data_dir,
-            listen: edge_listen(config.listen, index)?,
-            workerd: binding_listen(config.workerd.listen, index),
+            listener: listen(edge_listen(config.listen, index)?, "HTTP").await?,
+            workerd: match binding_listen(config.workerd.listen, index) {
+                Some(addr) => {
+                    binding::admit(&process, addr)?;
+                    Some(listen(addr, "the workerd binding").await?)
+                }
+                None => None,
+            },
             central: &central_url,
             gossip: GossipPlace {
                 listen: any_port,
@@ -195,13 +206,13 @@ pub async fn run_central(
     tracing: RequestTracing,
     until: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let process = process(&config, Runs::Central, tracing)?;
+    let process = Process::new(&config, Runs::Central, tracing)?;
     let (trigger, stop) = shutdown();
     let central = CentralNode::start(
         &config,
         &config.data_dir,
-        config.grpc.listen,
-        Some(config.listen),
+        listen(config.grpc.listen, "gRPC").await?,
+        Some(listen(config.listen, "HTTP").await?),
         GossipPlace::configured(&config),
         &process,
         stop,
@@ -233,13 +244,19 @@ pub async fn run_edge(
     tracing: RequestTracing,
     until: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let process = process(&config, Runs::Edge, tracing)?;
+    let process = Process::new(&config, Runs::Edge, tracing)?;
     let (trigger, stop) = shutdown();
     let site = EdgeSite {
         node_id: config.node_id,
         data_dir: &config.data_dir,
-        listen: config.listen,
-        workerd: config.workerd.listen,
+        listener: listen(config.listen, "HTTP").await?,
+        workerd: match config.workerd.listen {
+            Some(addr) => {
+                binding::admit(&process, addr)?;
+                Some(listen(addr, "the workerd binding").await?)
+            }
+            None => None,
+        },
         central: &config.central.address,
         gossip: GossipPlace::configured(&config),
         version_clock: None,
