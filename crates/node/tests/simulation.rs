@@ -19,10 +19,13 @@
 //! the clock from jumping ahead while a commit is under way (see [`inhibited`]).
 //!
 //! `DRIFTKV_SIM_SEEDS` (default 100) sets how many seeds run; `DRIFTKV_SIM_SEED=N` runs seed
-//! N alone. A failing seed is printed with the command that runs it again: the same schedule of
-//! operations and faults at the same virtual times. (The interleaving of work done on real
-//! threads, the commit thread's and the storage engine's, is not under the simulation's
-//! control, so a replay repeats the run's events but not necessarily every interleaving.)
+//! N alone. A failing seed is printed with the command that runs it again, and a replay is the
+//! same run: node clocks follow tokio's paused clock from a fixed epoch, and central's commit
+//! thread runs while tokio's clock is held still, so every operation gets the same answer at
+//! the same virtual time and every node ends with the same records and versions
+//! ([`a_seed_replays_exactly`] checks it on a digest of both, printed for every seed). What the
+//! digest leaves out: namespace ids (random, so namespaces are compared by title) and the
+//! storage engines' background work (flushes and compactions, which change no answer).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -35,7 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use driftkv_central::{spawn_log_trimmer, Central, CentralOptions};
 use driftkv_core::service::put;
-use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
+use driftkv_core::time::{SkewedClock, WallClock};
 use driftkv_core::upstream::{BatchOutcome, EventStream, SnapshotStream, Upstream, WriteRequest};
 use driftkv_core::{KvError, KvService, LiveValue, Namespace, NamespaceId, Record, Write, WriteOp};
 use driftkv_edge::{spawn_follower, Edge, EdgeOptions};
@@ -375,6 +378,21 @@ async fn released<T>(what: Weak<T>, name: &str) {
     }
 }
 
+/// Wall time that follows tokio's paused clock from a fixed epoch, so that a seed stamps the
+/// same versions and expirations every time it runs.
+struct VirtualClock {
+    started: Instant,
+}
+
+/// The virtual epoch: 2026-01-01T00:00:00Z.
+const EPOCH_MS: u64 = 1_767_225_600_000;
+
+impl WallClock for VirtualClock {
+    fn now_ms(&self) -> u64 {
+        EPOCH_MS + self.started.elapsed().as_millis() as u64
+    }
+}
+
 impl Cluster {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -402,7 +420,9 @@ impl Cluster {
 
     async fn start_central(&self, skew_ms: i64) {
         let store = open(&store_dir(&self.dir, 0));
-        let clock = Arc::new(SkewedClock::new(Arc::new(SystemClock)));
+        let clock = Arc::new(SkewedClock::new(Arc::new(VirtualClock {
+            started: self.started,
+        })));
         clock.set_skew_ms(skew_ms);
         let engine = Engine::new(
             store.clone(),
@@ -459,7 +479,9 @@ impl Cluster {
     async fn start_edge(&self, edge: usize, skew_ms: i64) {
         let node = edge + 1;
         let store = open(&store_dir(&self.dir, node));
-        let clock = Arc::new(SkewedClock::new(Arc::new(SystemClock)));
+        let clock = Arc::new(SkewedClock::new(Arc::new(VirtualClock {
+            started: self.started,
+        })));
         clock.set_skew_ms(skew_ms);
         let link = Link {
             slot: self.slot.clone(),
@@ -636,6 +658,9 @@ fn state_of(store: &Store) -> State {
 
 /// What a run did, for its line in the output.
 struct Summary {
+    /// A digest of the run's history and of every node's final state: equal for two runs of
+    /// one seed that did the same.
+    fingerprint: u64,
     edges: usize,
     writes: usize,
     acknowledged: usize,
@@ -784,9 +809,11 @@ async fn run(seed: u64) -> Result<Summary, String> {
     }
     converge(&cluster).await?;
     verify(&cluster).await?;
+    let fingerprint = fingerprint(&cluster);
     let ops = cluster.ops.lock().unwrap();
     let writes = ops.iter().filter(|op| op.kind == Kind::Write);
     Ok(Summary {
+        fingerprint,
         edges,
         writes: writes.clone().count(),
         acknowledged: writes.filter(|op| op.ok).count(),
@@ -939,6 +966,40 @@ async fn verify(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// The digest of a run: its history, operation by operation, and the final state of central
+/// and of every edge. Namespaces are named by title, since their ids are random.
+fn fingerprint(cluster: &Cluster) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    // Fixed keys: the same digest in every process.
+    let mut digest = std::hash::DefaultHasher::new();
+    for op in cluster.ops.lock().unwrap().iter() {
+        format!("{op:?}").hash(&mut digest);
+    }
+    let central = {
+        let central = cluster.central.lock().unwrap();
+        central.as_ref().unwrap().central.engine().store().clone()
+    };
+    let mut stores = vec![central];
+    for edge in 0..cluster.edges {
+        stores.push(cluster.edge(edge).unwrap().0.store().clone());
+    }
+    for store in &stores {
+        let titles: BTreeMap<NamespaceId, String> = store
+            .namespaces()
+            .unwrap()
+            .into_iter()
+            .map(|ns| (ns.id, ns.title))
+            .collect();
+        let by_title: BTreeMap<&String, _> = state_of(store)
+            .1
+            .into_iter()
+            .map(|(id, records)| (&titles[&id], records))
+            .collect();
+        format!("{by_title:?}").hash(&mut digest);
+    }
+    digest.finish()
+}
+
 /// The seeds this run covers.
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("DRIFTKV_SIM_SEED")
@@ -954,28 +1015,34 @@ fn seeds() -> Vec<u64> {
     (1..=count).collect()
 }
 
+/// Runs `seed` on a fresh runtime with tokio's clock paused.
+fn simulate(seed: u64) -> Result<Summary, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let outcome = runtime.block_on(run(seed));
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    outcome
+}
+
 #[test]
 fn seeded_simulations_keep_every_acknowledged_write_and_converge() {
     let mut failed = Vec::new();
     for seed in seeds() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
         let started = std::time::Instant::now();
-        let outcome = runtime.block_on(run(seed));
-        runtime.shutdown_timeout(Duration::from_secs(10));
-        match outcome {
+        match simulate(seed) {
             Ok(summary) => eprintln!(
-                "seed {seed}: ok in {:.1} s: {} edges, {} writes ({} acknowledged), {} reads, {} snapshots installed so far, {:?}",
+                "seed {seed}: ok in {:.1} s: {} edges, {} writes ({} acknowledged), {} reads, {} snapshots installed so far, {:?}; run {:016x}",
                 started.elapsed().as_secs_f64(),
                 summary.edges,
                 summary.writes,
                 summary.acknowledged,
                 summary.reads,
                 summary.snapshots,
-                summary.faults
+                summary.faults,
+                summary.fingerprint
             ),
             Err(e) => {
                 eprintln!(
@@ -986,4 +1053,16 @@ fn seeded_simulations_keep_every_acknowledged_write_and_converge() {
         }
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+/// A seed replays exactly: run twice, it gives the same history, operation by operation with
+/// the same virtual times and answers, and the same final state on every node, versions
+/// included. This is what makes a failing seed worth printing.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [1, 2, 3] {
+        let first = simulate(seed).map(|s| s.fingerprint);
+        let second = simulate(seed).map(|s| s.fingerprint);
+        assert_eq!(first, second, "seed {seed} ran differently the second time");
+    }
 }
