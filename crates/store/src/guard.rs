@@ -1,0 +1,313 @@
+//! Storage faults made visible and survivable: [`Guarded`] wraps any [`Backend`] and
+//! - refuses every batch while the free space of the data directory's filesystem is under a
+//!   threshold (`storage.min_free_bytes`), with an error that says so, before the engine ever
+//!   meets a full disk half-way through a write (an engine that hits `ENOSPC` in its journal
+//!   may refuse all further writes until it is reopened); once space is back, the next batch
+//!   goes through, no restart needed;
+//! - remembers the last I/O error the engine reported, so that readiness can say why the node
+//!   is not ready;
+//! - writes and syncs a canary record on [`StorageGuard::probe`], the health probe: a probe
+//!   that succeeds after an I/O error shows the engine takes writes again and clears it.
+//!
+//! The guard is shared ([`StorageGuard`]) between the wrapper the store writes through and the
+//! readiness endpoint that reports it.
+
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::backend::{Backend, BackendError, Batch, Entries, Tree};
+
+/// [`Tree::Meta`] key of the health probe's canary record.
+const CANARY: &[u8] = b"health_canary";
+
+/// What the guard knows about its storage, for readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// Whether the node may take writes: enough free space, and no I/O error since the last
+    /// probe that succeeded.
+    pub ready: bool,
+    /// Why (not) ready, for an operator.
+    pub reason: String,
+    /// Free bytes on the data directory's filesystem (available to the process), if known.
+    pub free_bytes: Option<u64>,
+    /// The configured threshold under which writes are refused.
+    pub min_free_bytes: u64,
+}
+
+/// The storage state one node's [`Guarded`] backend and its readiness endpoint share.
+pub struct StorageGuard {
+    dir: PathBuf,
+    min_free_bytes: u64,
+    /// The last I/O error the engine reported, until a probe succeeds.
+    failure: Mutex<Option<String>>,
+}
+
+impl StorageGuard {
+    /// A guard of the data directory `dir`, refusing writes while its filesystem has less than
+    /// `min_free_bytes` free (0 turns the check off).
+    pub fn new(dir: &Path, min_free_bytes: u64) -> Arc<Self> {
+        Arc::new(StorageGuard {
+            dir: dir.to_owned(),
+            min_free_bytes,
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// Bytes free for the process on the data directory's filesystem.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Refuses a write while free space is under the threshold. Space that cannot be measured
+    /// is not a reason to refuse: the engine's own errors still tell.
+    fn check_space(&self) -> Result<(), BackendError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        match self.free_bytes() {
+            Ok(free) if free < self.min_free_bytes => Err(BackendError::Io(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{} has {free} bytes free, under storage.min_free_bytes ({}); writes resume \
+                     once space is freed",
+                    self.dir.display(),
+                    self.min_free_bytes
+                ),
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, dir = %self.dir.display(), "cannot measure free space");
+                Ok(())
+            }
+        }
+    }
+
+    /// Notes an engine's I/O error, for readiness.
+    fn observe<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
+        if let Err(e @ BackendError::Io(_)) = &result {
+            let mut failure = self.failure.lock().expect("storage failure lock");
+            if failure.is_none() {
+                tracing::error!(error = %e, dir = %self.dir.display(), "storage I/O failed; the node reports not ready until a health probe succeeds");
+            }
+            *failure = Some(e.to_string());
+        }
+        result
+    }
+
+    /// The state as last observed, with free space measured now (no write).
+    pub fn health(&self) -> StorageHealth {
+        let free = self.free_bytes().ok();
+        let failure = self.failure.lock().expect("storage failure lock").clone();
+        let low = free.is_some_and(|free| free < self.min_free_bytes);
+        let (ready, reason) = match (failure, low) {
+            (Some(error), _) => (
+                false,
+                format!("{error} (the health probe retries; writes may fail until it succeeds)"),
+            ),
+            (None, true) => (
+                false,
+                format!(
+                    "{} has {} bytes free, under storage.min_free_bytes ({}): writes are refused",
+                    self.dir.display(),
+                    free.unwrap_or_default(),
+                    self.min_free_bytes
+                ),
+            ),
+            (None, false) => (true, "storage takes writes".to_owned()),
+        };
+        StorageHealth {
+            ready,
+            reason,
+            free_bytes: free,
+            min_free_bytes: self.min_free_bytes,
+        }
+    }
+}
+
+/// A [`Backend`] whose writes pass through a [`StorageGuard`].
+pub struct Guarded {
+    inner: Arc<dyn Backend>,
+    guard: Arc<StorageGuard>,
+}
+
+impl Guarded {
+    /// `inner`, guarded by `guard`.
+    pub fn new(inner: Arc<dyn Backend>, guard: Arc<StorageGuard>) -> Self {
+        Guarded { inner, guard }
+    }
+
+    /// The health probe: writes and syncs a canary record (unless free space is under the
+    /// threshold, when a write would be refused anyway); a success clears a remembered I/O
+    /// error. Blocks on the sync: run it off the async threads.
+    pub fn probe(&self) -> StorageHealth {
+        if self.guard.check_space().is_ok() {
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut batch = Batch::new();
+            batch.put(Tree::Meta, CANARY.to_vec(), stamp.to_be_bytes().to_vec());
+            let written = self
+                .guard
+                .observe(self.inner.commit(batch))
+                .and_then(|()| self.guard.observe(self.inner.sync()));
+            match written {
+                Ok(()) => {
+                    let cleared = self
+                        .guard
+                        .failure
+                        .lock()
+                        .expect("storage failure lock")
+                        .take();
+                    if let Some(error) = cleared {
+                        tracing::info!(%error, "storage takes writes again");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the storage health probe failed"),
+            }
+        }
+        self.guard.health()
+    }
+
+    /// The guard.
+    pub fn guard(&self) -> &Arc<StorageGuard> {
+        &self.guard
+    }
+}
+
+impl Backend for Guarded {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
+        self.inner.get(tree, key)
+    }
+
+    fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
+        self.inner.range(tree, from, to)
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+        self.guard.check_space()?;
+        self.guard.observe(self.inner.commit(batch))
+    }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        self.guard.observe(self.inner.sync())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, BackendError> {
+        self.inner.size_on_disk()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::FjallBackend;
+
+    /// A backend over a real engine whose writes fail with an I/O error while `broken`.
+    struct Failing {
+        inner: FjallBackend,
+        broken: AtomicBool,
+    }
+
+    impl Failing {
+        fn fail(&self) -> Result<(), BackendError> {
+            if self.broken.load(Ordering::SeqCst) {
+                Err(BackendError::Io(io::Error::other("device failed")))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Backend for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
+            self.inner.get(tree, key)
+        }
+        fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
+            self.inner.range(tree, from, to)
+        }
+        fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+            self.fail()?;
+            self.inner.commit(batch)
+        }
+        fn sync(&self) -> Result<(), BackendError> {
+            self.fail()?;
+            self.inner.sync()
+        }
+        fn size_on_disk(&self) -> Result<u64, BackendError> {
+            self.inner.size_on_disk()
+        }
+    }
+
+    fn put(key: &[u8]) -> Batch {
+        let mut batch = Batch::new();
+        batch.put(Tree::Records, key.to_vec(), b"v".to_vec());
+        batch
+    }
+
+    #[test]
+    fn an_io_error_makes_the_node_unready_until_a_probe_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(Failing {
+            inner: FjallBackend::open(dir.path()).unwrap(),
+            broken: AtomicBool::new(false),
+        });
+        let guard = StorageGuard::new(dir.path(), 0);
+        let guarded = Guarded::new(failing.clone(), guard.clone());
+        guarded.commit(put(b"a")).unwrap();
+        assert!(guarded.probe().ready);
+
+        failing.broken.store(true, Ordering::SeqCst);
+        assert!(guarded.commit(put(b"b")).unwrap_err().is_io());
+        let health = guard.health();
+        assert!(!health.ready);
+        assert!(health.reason.contains("device failed"), "{health:?}");
+        // A probe while the device still fails leaves it so.
+        assert!(!guarded.probe().ready);
+        // Reads go on meanwhile.
+        assert!(guarded.get(Tree::Records, b"a").unwrap().is_some());
+
+        failing.broken.store(false, Ordering::SeqCst);
+        // A write that gets through is not enough: only the probe's write and sync clear it.
+        guarded.commit(put(b"c")).unwrap();
+        assert!(!guard.health().ready);
+        let health = guarded.probe();
+        assert!(health.ready, "{health:?}");
+        assert!(guarded.get(Tree::Meta, CANARY).unwrap().is_some());
+    }
+
+    #[test]
+    fn writes_are_refused_under_the_free_space_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(FjallBackend::open(dir.path()).unwrap());
+        // More than any test machine has free.
+        let guard = StorageGuard::new(dir.path(), u64::MAX);
+        let guarded = Guarded::new(engine, guard.clone());
+        let refused = guarded.commit(put(b"a")).unwrap_err();
+        let BackendError::Io(io) = &refused else {
+            panic!("{refused}")
+        };
+        assert_eq!(io.kind(), io::ErrorKind::StorageFull);
+        assert!(refused.to_string().contains("storage.min_free_bytes"));
+        assert!(guarded.get(Tree::Records, b"a").unwrap().is_none());
+        let health = guarded.probe();
+        assert!(!health.ready);
+        assert!(health.reason.contains("writes are refused"), "{health:?}");
+        // Refusing for want of space is not an I/O error of the engine.
+        assert!(guard.failure.lock().unwrap().is_none());
+    }
+}
