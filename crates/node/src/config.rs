@@ -61,6 +61,12 @@ pub struct StorageConfig {
     /// The storage engine: `fjall` (the default) or `sled`. A data directory stays with the
     /// engine that created it; a node refuses to open another engine's database.
     pub engine: StorageEngine,
+    /// Writes are refused (507, code 10054) while the data directory's filesystem has fewer
+    /// free bytes than this, so that the engine never meets a full disk in the middle of a
+    /// write; they resume once space is freed. 0 turns the check off.
+    pub min_free_bytes: u64,
+    /// How often the storage health probe writes and syncs a canary record, in milliseconds.
+    pub probe_interval_ms: u64,
 }
 
 /// The storage engines a node can run on.
@@ -346,6 +352,8 @@ impl Default for Config {
             },
             storage: StorageConfig {
                 engine: StorageEngine::Fjall,
+                min_free_bytes: 256 * 1024 * 1024,
+                probe_interval_ms: 10_000,
             },
         }
     }
@@ -449,6 +457,10 @@ impl Config {
         anyhow::ensure!(
             self.limits.namespaces_per_account > 0,
             "limits.namespaces_per_account must be greater than 0"
+        );
+        anyhow::ensure!(
+            self.storage.probe_interval_ms > 0,
+            "storage.probe_interval_ms must be greater than 0"
         );
         anyhow::ensure!(
             self.grpc.max_snapshot_streams > 0,

@@ -18,6 +18,7 @@ use driftkv_edge::{
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 use driftkv_proto::tls;
+use driftkv_store::guard::{Guarded, StorageGuard};
 use driftkv_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -57,18 +58,25 @@ impl Shutdown {
     }
 }
 
-/// Opens the node's database in `dir` with the configured engine (`storage.engine`).
-fn open_store(config: &Config, dir: &Path) -> anyhow::Result<Arc<Store>> {
+/// Opens the node's database in `dir` with the configured engine (`storage.engine`), its
+/// writes guarded by the free-space threshold and its I/O errors noted for readiness
+/// (`storage.min_free_bytes`, see [`driftkv_store::guard`]).
+fn open_store(config: &Config, dir: &Path) -> anyhow::Result<(Arc<Store>, Arc<Guarded>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let engine = config.storage.engine.into();
-    let store = driftkv_store::open(engine, dir).with_context(|| {
+    let opened = driftkv_store::open_backend(engine, dir).and_then(|backend| {
+        let guard = StorageGuard::new(dir, config.storage.min_free_bytes);
+        let guarded = Arc::new(Guarded::new(backend, guard));
+        Ok((Store::open(guarded.clone())?, guarded))
+    });
+    let (store, guarded) = opened.with_context(|| {
         format!(
             "cannot open the {} database in {}",
             engine.name(),
             dir.display()
         )
     })?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), guarded))
 }
 
 /// Creates `dir` if missing and makes it, and everything in it, its owner's alone: data
@@ -212,7 +220,7 @@ impl CentralNode {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let http_auth = http.map(|addr| process.auth_for(addr)).transpose()?;
-        let store = open_store(config, data_dir)?;
+        let (store, guarded) = open_store(config, data_dir)?;
         let clock = Arc::new(SkewedClock::new(Arc::new(SystemClock)));
         let wall: Arc<dyn WallClock> = clock.clone();
         let engine = Arc::new(
@@ -242,7 +250,12 @@ impl CentralNode {
         .await?;
         ops::watch_store(config.node_id, &store);
         ops::watch_durable(config.node_id, engine.durable_sequence());
+        let storage = guarded.guard().clone();
         let background = vec![
+            ops::spawn_storage_probe(
+                guarded,
+                Duration::from_millis(config.storage.probe_interval_ms),
+            ),
             spawn_sweeper(
                 &store,
                 wall,
@@ -286,7 +299,7 @@ impl CentralNode {
             let router = driftkv_http::operator_router(
                 auth,
                 &config.node_id.to_string(),
-                ops::central_ready()
+                ops::central_ready(storage)
                     .merge(admin::routes(
                         config,
                         admin::Switches {
@@ -399,7 +412,8 @@ impl EdgeNode {
             None => None,
         };
         let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
-        let store = open_store(config, data_dir)?;
+        let (store, guarded) = open_store(config, data_dir)?;
+        let storage = guarded.guard().clone();
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let options = EdgeOptions {
             node_id,
@@ -455,6 +469,10 @@ impl EdgeNode {
                 .await;
         }
         let background = vec![
+            ops::spawn_storage_probe(
+                guarded,
+                Duration::from_millis(config.storage.probe_interval_ms),
+            ),
             spawn_follower(edge.clone()),
             spawn_sweeper(
                 &store,
@@ -480,7 +498,7 @@ impl EdgeNode {
             edge.clone(),
             auth,
             &node_id.to_string(),
-            ops::edge_ready(edge.clone())
+            ops::edge_ready(edge.clone(), storage)
                 .merge(admin::routes(
                     config,
                     admin::Switches {
