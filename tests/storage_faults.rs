@@ -45,7 +45,9 @@ impl Tmpfs {
                 .is_ok_and(|out| out.status.success()),
         };
         if !mounted {
-            eprintln!("cannot mount a tmpfs here (needs root or sudo -n): storage fault tests skipped");
+            eprintln!(
+                "cannot mount a tmpfs here (needs root or sudo -n): storage fault tests skipped"
+            );
             return None;
         }
         Some(Tmpfs { dir })
@@ -68,7 +70,10 @@ impl Drop for Tmpfs {
                 .arg(&path)
                 .status()
                 .is_ok_and(|s| s.success());
-        assert!(unmounted || std::thread::panicking(), "cannot unmount {path:?}");
+        assert!(
+            unmounted || std::thread::panicking(),
+            "cannot unmount {path:?}"
+        );
     }
 }
 
@@ -120,17 +125,17 @@ async fn readyz(http: &reqwest::Client, base: &str) -> (u16, Value) {
 
 /// Writes `key` = `value`, expecting success.
 async fn put(http: &reqwest::Client, ns: &str, key: &str, value: &str) {
-    send_ok(http.put(format!("{ns}/values/{key}")).body(value.to_owned())).await;
+    send_ok(
+        http.put(format!("{ns}/values/{key}"))
+            .body(value.to_owned()),
+    )
+    .await;
 }
 
 /// Every acknowledged write reads back with its value.
 async fn assert_all_there(http: &reqwest::Client, ns: &str, acknowledged: &[(String, String)]) {
     for (key, value) in acknowledged {
-        let response = http
-            .get(format!("{ns}/values/{key}"))
-            .send()
-            .await
-            .unwrap();
+        let response = http.get(format!("{ns}/values/{key}")).send().await.unwrap();
         assert_eq!(response.status(), 200, "acknowledged {key} is gone");
         assert_eq!(&response.text().await.unwrap(), value, "{key}");
     }
@@ -263,10 +268,17 @@ async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns
     assert_all_there(&http, &ns, &acknowledged).await;
 
     std::fs::remove_file(filler).unwrap();
-    wait_for(Duration::from_secs(20), "/readyz ready again", || async {
-        (readyz(&http, &server.base).await.0 == 200).then_some(())
-    })
+    let last = std::sync::Mutex::new(Value::Null);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(20),
+        wait_for(Duration::from_secs(30), "/readyz ready again", || async {
+            let (status, body) = readyz(&http, &server.base).await;
+            *last.lock().unwrap() = body;
+            (status == 200).then_some(())
+        }),
+    )
     .await;
+    assert!(waited.is_ok(), "not ready again: {}", last.lock().unwrap());
     put(&http, &ns, "after", "after").await;
     acknowledged.push(("after".into(), "after".into()));
     assert_all_there(&http, &ns, &acknowledged).await;

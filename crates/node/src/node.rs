@@ -60,15 +60,20 @@ impl Shutdown {
 
 /// Opens the node's database in `dir` with the configured engine (`storage.engine`), its
 /// writes guarded by the free-space threshold and its I/O errors noted for readiness
-/// (`storage.min_free_bytes`, see [`driftkv_store::guard`]).
+/// (`storage.min_free_bytes`, see [`driftkv_store::guard`]); the health probe opens the engine
+/// again if it keeps failing after an error.
 fn open_store(config: &Config, dir: &Path) -> anyhow::Result<(Arc<Store>, Arc<Guarded>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let engine = config.storage.engine.into();
-    let opened = driftkv_store::open_backend(engine, dir).and_then(|backend| {
-        let guard = StorageGuard::new(dir, config.storage.min_free_bytes);
-        let guarded = Arc::new(Guarded::new(backend, guard));
-        Ok((Store::open(guarded.clone())?, guarded))
-    });
+    let opened =
+        driftkv_store::open_backend(engine, dir).and_then(|backend| {
+            let guard = StorageGuard::new(dir, config.storage.min_free_bytes);
+            let reopen_dir = dir.to_owned();
+            let guarded = Arc::new(Guarded::new(backend, guard).reopening_with(Box::new(
+                move || driftkv_store::open_backend(engine, &reopen_dir),
+            )));
+            Ok((Store::open(guarded.clone())?, guarded))
+        });
     let (store, guarded) = opened.with_context(|| {
         format!(
             "cannot open the {} database in {}",

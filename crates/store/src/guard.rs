@@ -6,8 +6,11 @@
 //!   goes through, no restart needed;
 //! - remembers the last I/O error the engine reported, so that readiness can say why the node
 //!   is not ready;
-//! - writes and syncs a canary record on [`StorageGuard::probe`], the health probe: a probe
-//!   that succeeds after an I/O error shows the engine takes writes again and clears it.
+//! - writes and syncs a canary record on [`Guarded::probe`], the health probe: a probe that
+//!   succeeds after an I/O error shows the engine takes writes again and clears it. An engine
+//!   that refuses all writes after one failed (fjall poisons its database when its journal
+//!   cannot be written) is closed and opened again by the probe once there is space, which
+//!   is what a restart would do, without one.
 //!
 //! The guard is shared ([`StorageGuard`]) between the wrapper the store writes through and the
 //! readiness endpoint that reports it.
@@ -15,12 +18,42 @@
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::backend::{Backend, BackendError, Batch, Entries, Tree};
+use crate::StoreError;
+
+/// How long a reopen waits for the reads and writes under way on the old engine to finish.
+const REOPEN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Free bytes a reopen needs at the least (opening replays the journal, and may write).
+const REOPEN_MIN_FREE: u64 = 1024 * 1024;
+
+/// Opens the engine again, for [`Guarded::reopening_with`].
+pub type Opener = Box<dyn Fn() -> Result<Arc<dyn Backend>, StoreError> + Send + Sync>;
+
+type EntriesOf<'a> = Entries<'a>;
+
+self_cell::self_cell!(
+    /// A scan together with the engine it reads, so that a reopen never closes an engine a
+    /// scan still reads.
+    struct OwnedEntries {
+        owner: Arc<dyn Backend>,
+        #[covariant]
+        dependent: EntriesOf,
+    }
+);
+
+impl Iterator for OwnedEntries {
+    type Item = Result<(Bytes, Bytes), BackendError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.with_dependent_mut(|_, entries| entries.next())
+    }
+}
 
 /// [`Tree::Meta`] key of the health probe's canary record.
 const CANARY: &[u8] = b"health_canary";
@@ -88,9 +121,9 @@ impl StorageGuard {
         }
     }
 
-    /// Notes an engine's I/O error, for readiness.
+    /// Notes an engine's failure to write, for readiness.
     fn observe<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
-        if let Err(e @ BackendError::Io(_)) = &result {
+        if let Err(e) = &result {
             let mut failure = self.failure.lock().expect("storage failure lock");
             if failure.is_none() {
                 tracing::error!(error = %e, dir = %self.dir.display(), "storage I/O failed; the node reports not ready until a health probe succeeds");
@@ -130,80 +163,162 @@ impl StorageGuard {
     }
 }
 
-/// A [`Backend`] whose writes pass through a [`StorageGuard`].
+/// A [`Backend`] whose writes pass through a [`StorageGuard`], and whose engine the health
+/// probe may close and open again.
 pub struct Guarded {
-    inner: Arc<dyn Backend>,
+    /// The engine; `None` only between closing it and opening it again, when that failed.
+    inner: RwLock<Option<Arc<dyn Backend>>>,
+    name: &'static str,
     guard: Arc<StorageGuard>,
+    reopen: Option<Opener>,
 }
 
 impl Guarded {
     /// `inner`, guarded by `guard`.
     pub fn new(inner: Arc<dyn Backend>, guard: Arc<StorageGuard>) -> Self {
-        Guarded { inner, guard }
+        Guarded {
+            name: inner.name(),
+            inner: RwLock::new(Some(inner)),
+            guard,
+            reopen: None,
+        }
     }
 
-    /// The health probe: writes and syncs a canary record (unless free space is under the
-    /// threshold, when a write would be refused anyway); a success clears a remembered I/O
-    /// error. Blocks on the sync: run it off the async threads.
-    pub fn probe(&self) -> StorageHealth {
-        if self.guard.check_space().is_ok() {
-            let stamp = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let mut batch = Batch::new();
-            batch.put(Tree::Meta, CANARY.to_vec(), stamp.to_be_bytes().to_vec());
-            let written = self
-                .guard
-                .observe(self.inner.commit(batch))
-                .and_then(|()| self.guard.observe(self.inner.sync()));
-            match written {
-                Ok(()) => {
-                    let cleared = self
-                        .guard
-                        .failure
-                        .lock()
-                        .expect("storage failure lock")
-                        .take();
-                    if let Some(error) = cleared {
-                        tracing::info!(%error, "storage takes writes again");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "the storage health probe failed"),
-            }
-        }
-        self.guard.health()
+    /// Lets the probe open the engine again with `open` when it still fails after an error.
+    pub fn reopening_with(mut self, open: Opener) -> Self {
+        self.reopen = Some(open);
+        self
     }
 
     /// The guard.
     pub fn guard(&self) -> &Arc<StorageGuard> {
         &self.guard
     }
+
+    /// The engine, held for one call (a reopen waits for it).
+    fn engine(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        self.inner
+            .read()
+            .expect("engine lock")
+            .clone()
+            .ok_or_else(|| {
+                BackendError::Io(io::Error::other(
+                    "the storage engine is closed after a failure; the health probe is opening it again",
+                ))
+            })
+    }
+
+    /// The health probe: writes and syncs a canary record (unless free space is under the
+    /// threshold, when a write would be refused anyway). A success clears a remembered I/O
+    /// error; a failure with room on the disk reopens the engine (when it may) and tries once
+    /// more. Blocks on the sync and the reopen: run it off the async threads.
+    pub fn probe(&self) -> StorageHealth {
+        if self.guard.check_space().is_err() {
+            return self.guard.health();
+        }
+        let mut written = self.write_canary();
+        if written.is_err() && self.reopen.is_some() {
+            let room = self
+                .guard
+                .free_bytes()
+                .is_ok_and(|free| free >= REOPEN_MIN_FREE.max(self.guard.min_free_bytes));
+            if room {
+                written = self.reopen().and_then(|()| self.write_canary());
+            }
+        }
+        match written {
+            Ok(()) => {
+                let cleared = self
+                    .guard
+                    .failure
+                    .lock()
+                    .expect("storage failure lock")
+                    .take();
+                if let Some(error) = cleared {
+                    tracing::info!(%error, "storage takes writes again");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the storage health probe failed"),
+        }
+        self.guard.health()
+    }
+
+    fn write_canary(&self) -> Result<(), BackendError> {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut batch = Batch::new();
+        batch.put(Tree::Meta, CANARY.to_vec(), stamp.to_be_bytes().to_vec());
+        let engine = self.guard.observe(self.engine())?;
+        self.guard.observe(engine.commit(batch))?;
+        self.guard.observe(engine.sync())
+    }
+
+    /// Closes the engine, once no call or scan uses it any more, and opens it again: what it
+    /// holds on disk is every batch it acknowledged (its journal is replayed), and nothing of
+    /// a batch that failed.
+    fn reopen(&self) -> Result<(), BackendError> {
+        let Some(open) = &self.reopen else {
+            return Ok(());
+        };
+        let mut slot = self.inner.write().expect("engine lock");
+        if let Some(old) = slot.take() {
+            let deadline = Instant::now() + REOPEN_DRAIN;
+            while Arc::strong_count(&old) > 1 {
+                if Instant::now() >= deadline {
+                    *slot = Some(old);
+                    return Err(BackendError::Io(io::Error::other(
+                        "the storage engine is still in use; reopening it later",
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(old);
+        }
+        tracing::warn!(dir = %self.guard.dir.display(), "reopening the storage engine after a failure");
+        match open() {
+            Ok(engine) => {
+                *slot = Some(engine);
+                Ok(())
+            }
+            Err(e) => Err(BackendError::Io(io::Error::other(format!(
+                "reopening the storage engine failed: {e}"
+            )))),
+        }
+    }
 }
 
 impl Backend for Guarded {
     fn name(&self) -> &'static str {
-        self.inner.name()
+        self.name
     }
 
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
-        self.inner.get(tree, key)
+        self.engine()?.get(tree, key)
     }
 
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
-        self.inner.range(tree, from, to)
+        match self.engine() {
+            Ok(engine) => Box::new(OwnedEntries::new(engine, |engine| {
+                engine.range(tree, from, to)
+            })),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
         self.guard.check_space()?;
-        self.guard.observe(self.inner.commit(batch))
+        let engine = self.engine()?;
+        self.guard.observe(engine.commit(batch))
     }
 
     fn sync(&self) -> Result<(), BackendError> {
-        self.guard.observe(self.inner.sync())
+        let engine = self.engine()?;
+        self.guard.observe(engine.sync())
     }
 
     fn size_on_disk(&self) -> Result<u64, BackendError> {
-        self.inner.size_on_disk()
+        self.engine()?.size_on_disk()
     }
 }
 
