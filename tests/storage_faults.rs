@@ -141,9 +141,10 @@ async fn assert_all_there(http: &reqwest::Client, ns: &str, acknowledged: &[(Str
     }
 }
 
-async fn start(data: &Path, min_free: u64) -> (Server, reqwest::Client, String) {
+async fn start(data: &Path, engine: &str, min_free: u64) -> (Server, reqwest::Client, String) {
     let min_free = min_free.to_string();
     let env = [
+        ("DRIFTKV_STORAGE__ENGINE", engine),
         ("DRIFTKV_STORAGE__MIN_FREE_BYTES", min_free.as_str()),
         ("DRIFTKV_STORAGE__PROBE_INTERVAL_MS", "100"),
     ];
@@ -154,15 +155,22 @@ async fn start(data: &Path, min_free: u64) -> (Server, reqwest::Client, String) 
 }
 
 /// Free space under the threshold: writes refused with 507 before the engine meets a full
-/// disk, `/readyz` not ready saying why, reads go on; space freed, writes resume.
+/// disk, `/readyz` not ready saying why, reads go on; space freed, writes resume. On each
+/// engine.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_are_refused_under_the_free_space_threshold_and_resume_when_space_returns() {
+    for engine in ["fjall", "sled"] {
+        under_threshold(engine).await;
+    }
+}
+
+async fn under_threshold(engine: &str) {
     let Some(tmpfs) = Tmpfs::mount(96) else {
         return;
     };
     let data = tmpfs.path().join("data");
     let min_free: u64 = 32 * 1024 * 1024;
-    let (server, http, ns) = start(&data, min_free).await;
+    let (server, http, ns) = start(&data, engine, min_free).await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let (key, value) = (format!("k{i}"), format!("value {i}"));
@@ -199,11 +207,12 @@ async fn writes_are_refused_under_the_free_space_threshold_and_resume_when_space
     assert!(reason.contains("storage.min_free_bytes"), "{body}");
     assert!(body["storage"]["free_bytes"].as_u64().unwrap() < min_free);
     assert_all_there(&http, &ns, &acknowledged).await;
-    let (missing, _) = (
-        http.get(format!("{ns}/values/late")).send().await.unwrap(),
-        (),
+    let missing = http.get(format!("{ns}/values/late")).send().await.unwrap();
+    assert_eq!(
+        missing.status(),
+        404,
+        "{engine}: a refused write was stored"
     );
-    assert_eq!(missing.status(), 404, "a refused write was stored");
 
     std::fs::remove_file(filler).unwrap();
     wait_for(Duration::from_secs(10), "/readyz ready again", || async {
@@ -219,14 +228,16 @@ async fn writes_are_refused_under_the_free_space_threshold_and_resume_when_space
 /// A filesystem that is really full, with the threshold off: the engine's `ENOSPC` comes back
 /// as 507, `/readyz` reports the I/O error, acknowledged writes stay; once space is back the
 /// health probe's canary gets through and the node is ready and takes writes again, no
-/// restart.
+/// restart. fjall only: sled 0.34 blocks for good in its flush once a write has met a full
+/// disk (the write times out), which `storage.min_free_bytes` exists to keep it from.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns() {
+    let engine = "fjall";
     let Some(tmpfs) = Tmpfs::mount(64) else {
         return;
     };
     let data = tmpfs.path().join("data");
-    let (server, http, ns) = start(&data, 0).await;
+    let (server, http, ns) = start(&data, engine, 0).await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let (key, value) = (format!("k{i}"), format!("value {i}"));
@@ -256,7 +267,7 @@ async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns
         }
     }
     let (status, body) = refused.expect("a write to a full disk failed");
-    assert_eq!(status, 507, "{body}");
+    assert_eq!(status, 507, "{engine}: {body}");
     assert_eq!(body["errors"][0]["code"], 10054, "{body}");
     let body = wait_for(Duration::from_secs(10), "/readyz not ready", || async {
         let (status, body) = readyz(&http, &server.base).await;
@@ -264,7 +275,7 @@ async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns
     })
     .await;
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("storage I/O failed"), "{body}");
+    assert!(reason.contains("storage I/O failed"), "{engine}: {body}");
     assert_all_there(&http, &ns, &acknowledged).await;
 
     std::fs::remove_file(filler).unwrap();
@@ -278,7 +289,11 @@ async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns
         }),
     )
     .await;
-    assert!(waited.is_ok(), "not ready again: {}", last.lock().unwrap());
+    assert!(
+        waited.is_ok(),
+        "{engine}: not ready again: {}",
+        last.lock().unwrap()
+    );
     put(&http, &ns, "after", "after").await;
     acknowledged.push(("after".into(), "after".into()));
     assert_all_there(&http, &ns, &acknowledged).await;

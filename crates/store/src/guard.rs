@@ -332,10 +332,17 @@ mod tests {
     /// A backend over a real engine whose writes fail with an I/O error while `broken`.
     struct Failing {
         inner: FjallBackend,
-        broken: AtomicBool,
+        broken: Arc<AtomicBool>,
     }
 
     impl Failing {
+        fn open(dir: &Path, broken: &Arc<AtomicBool>) -> Arc<Self> {
+            Arc::new(Failing {
+                inner: FjallBackend::open(dir).unwrap(),
+                broken: broken.clone(),
+            })
+        }
+
         fn fail(&self) -> Result<(), BackendError> {
             if self.broken.load(Ordering::SeqCst) {
                 Err(BackendError::Io(io::Error::other("device failed")))
@@ -377,16 +384,14 @@ mod tests {
     #[test]
     fn an_io_error_makes_the_node_unready_until_a_probe_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let failing = Arc::new(Failing {
-            inner: FjallBackend::open(dir.path()).unwrap(),
-            broken: AtomicBool::new(false),
-        });
+        let broken = Arc::new(AtomicBool::new(false));
+        let failing = Failing::open(dir.path(), &broken);
         let guard = StorageGuard::new(dir.path(), 0);
         let guarded = Guarded::new(failing.clone(), guard.clone());
         guarded.commit(put(b"a")).unwrap();
         assert!(guarded.probe().ready);
 
-        failing.broken.store(true, Ordering::SeqCst);
+        broken.store(true, Ordering::SeqCst);
         assert!(guarded.commit(put(b"b")).unwrap_err().is_io());
         let health = guard.health();
         assert!(!health.ready);
@@ -396,13 +401,47 @@ mod tests {
         // Reads go on meanwhile.
         assert!(guarded.get(Tree::Records, b"a").unwrap().is_some());
 
-        failing.broken.store(false, Ordering::SeqCst);
+        broken.store(false, Ordering::SeqCst);
         // A write that gets through is not enough: only the probe's write and sync clear it.
         guarded.commit(put(b"c")).unwrap();
         assert!(!guard.health().ready);
         let health = guarded.probe();
         assert!(health.ready, "{health:?}");
         assert!(guarded.get(Tree::Meta, CANARY).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_engine_that_keeps_failing_is_opened_again_and_keeps_what_it_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stays broken until the engine is opened again, as a poisoned fjall database does.
+        let broken = Arc::new(AtomicBool::new(false));
+        let guard = StorageGuard::new(dir.path(), 0);
+        let reopen = {
+            let (dir, broken) = (dir.path().to_owned(), broken.clone());
+            Box::new(move || {
+                broken.store(false, Ordering::SeqCst);
+                Ok(Failing::open(&dir, &broken) as Arc<dyn Backend>)
+            })
+        };
+        let guarded =
+            Guarded::new(Failing::open(dir.path(), &broken), guard.clone()).reopening_with(reopen);
+        guarded.commit(put(b"kept")).unwrap();
+        guarded.sync().unwrap();
+        broken.store(true, Ordering::SeqCst);
+        assert!(guarded.commit(put(b"lost")).is_err());
+        // A scan holds the engine it reads; the reopen waits for it to end.
+        let mut scan = guarded.range(Tree::Records, Bound::Unbounded, Bound::Unbounded);
+        let health = {
+            let first = scan.next().unwrap().unwrap();
+            assert_eq!(&first.0[..], b"kept");
+            drop(scan);
+            guarded.probe()
+        };
+        assert!(health.ready, "{health:?}");
+        assert!(guarded.get(Tree::Records, b"kept").unwrap().is_some());
+        assert!(guarded.get(Tree::Records, b"lost").unwrap().is_none());
+        guarded.commit(put(b"after")).unwrap();
+        assert!(guarded.get(Tree::Records, b"after").unwrap().is_some());
     }
 
     #[test]
