@@ -527,6 +527,68 @@ async fn namespaces_stop_at_the_account_quota() {
     .await;
 }
 
+/// `limits.keys_per_namespace`: a write that would bring a namespace past it is refused whole
+/// (403, 10053); rewriting a key adds none; a deleted key frees its room at the next count
+/// (within 10 s); other namespaces have their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_stop_at_the_namespace_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[("DRIFTKV_LIMITS__KEYS_PER_NAMESPACE", "3")])
+        .expect("starts");
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "keys").await;
+    for key in ["a", "b", "c"] {
+        send_ok(http.put(format!("{ns}/values/{key}")).body("v")).await;
+    }
+    let refused = send_err(http.put(format!("{ns}/values/d")).body("v"), 403, 10053).await;
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys_per_namespace"),
+        "{refused}"
+    );
+    // A bulk write that adds a key is refused whole; one that only rewrites goes through.
+    send_err(
+        http.put(format!("{ns}/bulk")).json(&json!([
+            {"key": "a", "value": "2"},
+            {"key": "e", "value": "2"},
+        ])),
+        403,
+        10053,
+    )
+    .await;
+    send_ok(
+        http.put(format!("{ns}/bulk"))
+            .json(&json!([{"key": "a", "value": "3"}])),
+    )
+    .await;
+    let read = http.get(format!("{ns}/values/e")).send().await.unwrap();
+    assert_eq!(read.status(), 404, "a refused bulk write was stored");
+    // Another namespace has room of its own.
+    let other = common::namespace_url(&http, &server, "other").await;
+    send_ok(http.put(format!("{other}/values/d")).body("v")).await;
+    // A deleted key's room comes back once the namespace is counted again.
+    send_ok(http.delete(format!("{ns}/values/b"))).await;
+    wait_for(
+        Duration::from_secs(20),
+        "room for a key after a delete",
+        || {
+            let request = http.put(format!("{ns}/values/d")).body("v");
+            async move {
+                let response = request.send().await.unwrap();
+                match response.status().as_u16() {
+                    200 => Some(()),
+                    403 => None,
+                    other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+                }
+            }
+        },
+    )
+    .await;
+    send_err(http.put(format!("{ns}/values/f")).body("v"), 403, 10053).await;
+}
+
 #[cfg(unix)]
 #[test]
 fn a_nodes_files_are_its_owners_alone() {

@@ -124,6 +124,9 @@ impl TlsConfig {
 pub struct LimitsConfig {
     /// Most namespaces one account may have (Workers KV's default: 1,000).
     pub namespaces_per_account: usize,
+    /// Most live keys one namespace may hold; 0 (the default) for no limit, as Workers KV.
+    /// Enforced by the write region; deleted and expired keys free room within 10 s.
+    pub keys_per_namespace: u64,
 }
 
 /// How the HTTP listeners (REST API, workerd binding) treat connections and requests, so that
@@ -339,6 +342,7 @@ impl Default for Config {
             https: HttpsConfig::default(),
             limits: LimitsConfig {
                 namespaces_per_account: 1000,
+                keys_per_namespace: 0,
             },
             http: HttpConfig {
                 header_read_timeout_ms: 10_000,

@@ -235,7 +235,8 @@ impl CentralNode {
                 wall.clone(),
                 RateLimiter::per_second(config.rate_limit.writes_per_key_per_second),
             )?
-            .with_namespace_quota(config.limits.namespaces_per_account),
+            .with_namespace_quota(config.limits.namespaces_per_account)
+            .with_key_quota(config.limits.keys_per_namespace),
         );
         let listener = tokio::net::TcpListener::bind(listen)
             .await
