@@ -451,6 +451,122 @@ fn trickling_idle_and_flooding_clients_are_cut_off() {
     }
 }
 
+/// Reads `stream` until the server ends it (end of stream or a reset); returns the bytes read
+/// and whether it ended before `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (usize, bool) {
+    let deadline = Instant::now() + within;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0; 64 * 1024];
+    let mut total = 0;
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (total, true),
+            Ok(n) => total += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (total, true),
+        }
+    }
+    (total, false)
+}
+
+/// A client trickling a request body is cut off at the request deadline; one that stops
+/// reading its answer, or sends an HTTP/2 preface and nothing more, is dropped once its
+/// connection stays stalled past the idle timeout. A slow answer is not a stalled client.
+#[tokio::test(flavor = "multi_thread")]
+async fn trickled_bodies_stalled_readers_and_bare_http2_prefaces_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &[
+            ("DRIFTKV_HTTP__IDLE_TIMEOUT_MS", "1000"),
+            // Long enough for a debug build to store the answer below.
+            ("DRIFTKV_HTTP__REQUEST_TIMEOUT_MS", "6000"),
+        ],
+    )
+    .expect("starts");
+    let addr = server.addr();
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "stalls").await;
+    // More than loopback's socket buffers hold.
+    let size = 16 * 1024 * 1024;
+    send_ok(http.put(format!("{ns}/values/big")).body(vec![b'x'; size])).await;
+    let path = ns.trim_start_matches(&server.base).to_owned();
+
+    // A body trickled a byte every 200 ms: busy enough never to look idle, cut at the deadline.
+    let mut trickle = TcpStream::connect(&addr).unwrap();
+    trickle
+        .write_all(
+            format!("PUT {path}/values/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let started = Instant::now();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    while started.elapsed() < Duration::from_secs(15) {
+        if trickle.write_all(b"x").is_err() {
+            break;
+        }
+        match trickle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A reader that stops reading a 16 MiB answer after its first bytes.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(format!("GET {path}/values/big HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = [0; 16];
+    stalled.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_secs(5));
+    let (read, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    assert!(closed, "a stalled reader kept its connection");
+    assert!(read < size, "the whole answer was sent: {read} bytes");
+
+    // An HTTP/2 client that sends its preface and nothing more.
+    let mut bare = TcpStream::connect(&addr).unwrap();
+    bare.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut bare, Duration::from_secs(10));
+    assert!(closed, "a bare HTTP/2 preface kept its connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The server still serves.
+    send_ok(http.get(format!("{ns}/keys"))).await;
+}
+
 /// A `cache_ttl` of ten years is cut to `cache.max_ttl_secs`: the value (and an absence) an
 /// edge cached is replaced once that has passed.
 #[tokio::test(flavor = "multi_thread")]

@@ -6,10 +6,12 @@
 //! - HTTPS, with a certificate that can change while serving;
 //! - a deadline for a client to send its request headers (and finish a TLS handshake): a
 //!   client trickling header bytes would otherwise hold a connection forever;
-//! - an idle timeout, closing connections that carried nothing for a while;
+//! - an idle timeout, closing connections that carried nothing for a while, and dropping
+//!   those that stay stalled after that (a client that stopped reading its answer, an HTTP/2
+//!   client that sent its preface and nothing more);
 //! - a cap on open connections (more are answered 503 and closed);
 //! - a cap on requests in flight, past which requests are shed at once with 503 and
-//!   `Retry-After` rather than queued until everything is slow;
+//!   `Retry-After` rather than queued until everything is slow (health probes excepted);
 //! - a deadline for a whole request, body included.
 
 use std::convert::Infallible;
@@ -17,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -85,6 +87,9 @@ impl std::fmt::Debug for ServerOptions {
     }
 }
 
+/// Most HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
 /// What a connection over the cap is told before it is closed (plain HTTP only: a TLS client
 /// would first need a handshake, which is what the cap saves).
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 131\r\nConnection: close\r\n\r\n{\"success\":false,\"errors\":[{\"code\":10050,\"message\":\"service unavailable: too many open connections\"}],\"messages\":[],\"result\":null}\n";
@@ -106,10 +111,14 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
+    // HTTP/2: a peer that stops answering pings is dropped, and one connection may not open
+    // more streams at once than a client needs (each also takes an in-flight slot).
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20));
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let requests = Limits {
@@ -205,9 +214,22 @@ impl Connection {
             inner: io,
             active: active.clone(),
         };
-        let hyper_service = TowerToHyperService::new(
-            service.map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
-        );
+        // Requests whose answer is still being worked out: the connection is quiet because of
+        // the server then, not the client, and it is not idle.
+        let working = Arc::new(AtomicUsize::new(0));
+        let counted = {
+            let working = working.clone();
+            tower::service_fn(move |request: hyper::Request<Incoming>| {
+                let busy = Busy::enter(&working);
+                let answer = service.clone().oneshot(request.map(Body::new));
+                async move {
+                    let answered = answer.await;
+                    drop(busy);
+                    answered
+                }
+            })
+        };
+        let hyper_service = TowerToHyperService::new(counted);
         let mut connection = pin!(self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), hyper_service));
@@ -229,10 +251,19 @@ impl Connection {
                     }
                     return;
                 }
-                () = tokio::time::sleep_until(check_at), if !closing => {
+                () = tokio::time::sleep_until(check_at) => {
                     check_at += half;
-                    quiet_checks = if active.swap(false, Ordering::Relaxed) { 0 } else { quiet_checks + 1 };
-                    if quiet_checks >= 2 {
+                    let busy = working.load(Ordering::Relaxed) > 0;
+                    quiet_checks = if active.swap(false, Ordering::Relaxed) || busy { 0 } else { quiet_checks + 1 };
+                    if quiet_checks >= 4 {
+                        // A graceful close waits for the answer in flight to be sent: a client
+                        // that stopped reading it (or sent an HTTP/2 preface and nothing more)
+                        // would hold the connection for good. Still no bytes either way for
+                        // another idle timeout: it goes.
+                        tracing::debug!(peer = %self.peer, "dropping a connection that stays stalled");
+                        return;
+                    }
+                    if quiet_checks >= 2 && !closing {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
                         connection.as_mut().graceful_shutdown();
                         closing = true;
@@ -246,6 +277,22 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// A request being worked on, counted while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(working: &Arc<AtomicUsize>) -> Self {
+        working.fetch_add(1, Ordering::Relaxed);
+        Busy(working.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -344,12 +391,18 @@ where
         let limits = limits.clone();
         let answer: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> =
             Box::pin(async move {
-                let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+                // Health probes are never shed: an orchestrator that reads a busy node's 503
+                // as dead would restart it, or take it out just when it is needed. They cost
+                // next to nothing.
+                let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+                let permit = limits.in_flight.clone().try_acquire_owned();
+                if permit.is_err() && !probe {
                     return Ok(ApiError(KvError::Overloaded {
                         limit: limits.max_in_flight,
                     })
                     .into_response());
-                };
+                }
+                let _permit = permit.ok();
                 // Most answers (a cached read) are ready the first time they are polled; only
                 // one that has to wait arms the deadline's timer.
                 let mut answer = pin!(service.oneshot(request));
@@ -437,6 +490,12 @@ mod tests {
         let shed = service.clone().oneshot(request()).await.unwrap();
         assert_eq!(shed.status(), 503);
         assert_eq!(shed.headers()["retry-after"], "1");
+        // Health probes still get through.
+        for probe in ["/healthz", "/readyz"] {
+            let request = Request::get(probe).body(Body::empty()).unwrap();
+            let answer = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(answer.status(), 200, "{probe}");
+        }
         assert_eq!(first.await.unwrap().unwrap().status(), 200);
         assert_eq!(second.await.unwrap().unwrap().status(), 200);
         // Room again once they are done.
