@@ -236,6 +236,26 @@ fn a_tokenless_server_answers_only_its_own_host() {
     // What DNS rebinding sends: a loopback address under a foreign name.
     assert!(get("attacker.example").contains(" 403 "));
     assert!(get("attacker.example:8787").contains(" 403 "));
+    // Ports are numbers; anything else after the name is refused.
+    assert!(get("localhost:evil").contains(" 403 "));
+    assert!(get("[::1]junk").contains(" 403 "));
+    // Two Host headers, the second foreign, and a foreign absolute-form target.
+    let twice = raw_status(
+        &addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(
+        twice.contains(" 403 ") || twice.contains(" 400 "),
+        "{twice}"
+    );
+    let absolute = raw_status(
+        &addr,
+        &format!("GET http://attacker.example{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(
+        absolute.contains(" 403 ") || absolute.contains(" 400 "),
+        "{absolute}"
+    );
     // A cross-site form post (text/plain needs no preflight).
     let body = r#"{"title":"csrf"}"#;
     let post = |origin: &str| {

@@ -95,7 +95,8 @@ fn authorize(
     account: Option<&str>,
     access: Access,
 ) -> Result<(), KvError> {
-    auth.check(headers, Scope { account, access })
+    // workerd speaks HTTP/1.1 in origin form: its Host header names the host.
+    auth.check(headers, None, Scope { account, access })
         .inspect_err(|e| {
             tracing::debug!(account, ?access, error = %e, "binding request refused");
         })
