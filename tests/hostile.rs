@@ -587,6 +587,48 @@ async fn trickled_bodies_stalled_readers_and_bare_http2_prefaces_are_cut_off() {
     send_ok(http.get(format!("{ns}/keys"))).await;
 }
 
+/// Expirations past the year 9999, or that overflow, are refused with Cloudflare's 400 / 10037
+/// on every write route; the latest allowed one is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_expirations_are_refused() {
+    let server = Server::start();
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "expirations").await;
+    let latest = 253_402_300_799u64;
+    for query in [
+        format!("expiration={}", latest + 1),
+        format!("expiration={}", u64::MAX),
+        format!("expiration_ttl={}", u64::MAX),
+        format!("expiration_ttl={latest}"),
+        "expiration=18446744073709551616".to_owned(),
+    ] {
+        let refused = send_err(
+            http.put(format!("{ns}/values/k?{query}")).body("v"),
+            400,
+            10037,
+        )
+        .await;
+        assert!(
+            refused.to_string().contains("expiration"),
+            "{query}: {refused}"
+        );
+    }
+    send_err(
+        http.put(format!("{ns}/bulk"))
+            .json(&json!([{"key": "b", "value": "v", "expiration": latest + 1}])),
+        400,
+        10037,
+    )
+    .await;
+    send_ok(
+        http.put(format!("{ns}/values/k?expiration={latest}"))
+            .body("v"),
+    )
+    .await;
+    let keys = send_ok(http.get(format!("{ns}/keys"))).await;
+    assert_eq!(keys["result"][0]["expiration"], latest, "{keys}");
+}
+
 /// A `cache_ttl` of ten years is cut to `cache.max_ttl_secs`: the value (and an absence) an
 /// edge cached is replaced once that has passed.
 #[tokio::test(flavor = "multi_thread")]
