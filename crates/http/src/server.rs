@@ -57,6 +57,36 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// Longest shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
+    /// How the listener's own refusals (overloaded, timed out, too many connections) read.
+    pub refusals: Refusals,
+}
+
+/// The protocol a listener's own refusals are written in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refusals {
+    /// Cloudflare's JSON envelope, with its error code (the REST API).
+    #[default]
+    Rest,
+    /// A status whose reason phrase says what happened (the workerd binding: workerd shows
+    /// the Worker only the status line).
+    Binding,
+}
+
+impl Refusals {
+    fn answer(self, error: KvError) -> Response {
+        match self {
+            Refusals::Rest => ApiError(error).into_response(),
+            Refusals::Binding => crate::workerd::Refusal::from(error).into_response(),
+        }
+    }
+
+    /// What a connection over the cap is told.
+    fn over_capacity(self) -> &'static [u8] {
+        match self {
+            Refusals::Rest => OVER_CAPACITY,
+            Refusals::Binding => OVER_CAPACITY_BINDING,
+        }
+    }
 }
 
 impl Default for ServerOptions {
@@ -69,6 +99,7 @@ impl Default for ServerOptions {
             max_in_flight: 1024,
             request_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(15),
+            refusals: Refusals::Rest,
         }
     }
 }
@@ -83,6 +114,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_in_flight", &self.max_in_flight)
             .field("request_timeout", &self.request_timeout)
             .field("drain_timeout", &self.drain_timeout)
+            .field("refusals", &self.refusals)
             .finish()
     }
 }
@@ -93,6 +125,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// What a connection over the cap is told before it is closed (plain HTTP only: a TLS client
 /// would first need a handshake, which is what the cap saves).
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 131\r\nConnection: close\r\n\r\n{\"success\":false,\"errors\":[{\"code\":10050,\"message\":\"service unavailable: too many open connections\"}],\"messages\":[],\"result\":null}\n";
+
+/// [`OVER_CAPACITY`] for the workerd binding.
+const OVER_CAPACITY_BINDING: &[u8] = b"HTTP/1.1 503 Service unavailable: too many open connections\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 47\r\nConnection: close\r\n\r\nService unavailable: too many open connections\n";
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (up to the drain timeout) and returns.
@@ -125,6 +160,7 @@ where
         in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
         max_in_flight: options.max_in_flight,
         timeout: options.request_timeout,
+        refusals: options.refusals,
     };
     let (stopping, stop) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -142,7 +178,8 @@ where
             () = &mut shutdown => break,
         };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, acceptor.is_none()));
+            let answer = acceptor.is_none().then(|| options.refusals.over_capacity());
+            tokio::spawn(refuse(stream, answer));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -367,6 +404,7 @@ struct Limits {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     timeout: Duration,
+    refusals: Refusals,
 }
 
 /// `service` with the request limits: shed when too many are in flight, cut off when one takes
@@ -397,10 +435,9 @@ where
                 let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
                 let permit = limits.in_flight.clone().try_acquire_owned();
                 if permit.is_err() && !probe {
-                    return Ok(ApiError(KvError::Overloaded {
+                    return Ok(limits.refusals.answer(KvError::Overloaded {
                         limit: limits.max_in_flight,
-                    })
-                    .into_response());
+                    }));
                 }
                 let _permit = permit.ok();
                 // Most answers (a cached read) are ready the first time they are polled; only
@@ -413,32 +450,50 @@ where
                 }
                 match tokio::time::timeout(limits.timeout, answer).await {
                     Ok(answered) => answered,
-                    Err(_) => Ok(ApiError(KvError::RequestTimeout {
+                    Err(_) => Ok(limits.refusals.answer(KvError::RequestTimeout {
                         secs: limits.timeout.as_secs(),
-                    })
-                    .into_response()),
+                    })),
                 }
             });
         answer
     })
 }
 
-/// Answers a connection over the cap with a 503 (plain HTTP) and closes it.
-async fn refuse(mut stream: TcpStream, plain: bool) {
+/// Closes a connection over the cap, after answering it `answer` (a 503, plain HTTP only).
+async fn refuse(mut stream: TcpStream, answer: Option<&'static [u8]>) {
     tracing::debug!("refusing a connection over the connection cap");
-    if plain {
-        let _ = tokio::time::timeout(Duration::from_secs(1), answer(&mut stream)).await;
+    if let Some(answer) = answer {
+        let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut stream, answer)).await;
     }
 }
 
-async fn answer<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T) -> io::Result<()> {
-    stream.write_all(OVER_CAPACITY).await?;
+async fn send<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T, answer: &[u8]) -> io::Result<()> {
+    stream.write_all(answer).await?;
     stream.shutdown().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_binding_over_capacity_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVER_CAPACITY_BINDING).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), length);
+        let status = head.lines().next().unwrap();
+        assert_eq!(
+            status,
+            format!("HTTP/1.1 503 {}", body.trim_end()),
+            "the reason phrase says it all"
+        );
+    }
 
     #[test]
     fn the_over_capacity_answer_is_well_formed() {
@@ -482,6 +537,7 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(2)),
             max_in_flight: 2,
             timeout: Duration::from_secs(60),
+            refusals: Refusals::Rest,
         };
         let service = limited(slow(Duration::from_secs(1)), limits);
         let first = tokio::spawn(service.clone().oneshot(request()));
@@ -508,6 +564,7 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(8)),
             max_in_flight: 8,
             timeout: Duration::from_secs(5),
+            refusals: Refusals::Rest,
         };
         let answer = limited(slow(Duration::from_secs(10)), limits.clone())
             .oneshot(request())
@@ -515,5 +572,37 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status(), 408);
         assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_binding_listener_refuses_in_its_own_words() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(1)),
+            max_in_flight: 1,
+            timeout: Duration::from_secs(5),
+            refusals: Refusals::Binding,
+        };
+        let service = limited(slow(Duration::from_secs(10)), limits);
+        let first = tokio::spawn(service.clone().oneshot(request()));
+        tokio::task::yield_now().await;
+        let shed = service.oneshot(request()).await.unwrap();
+        assert_eq!(shed.status(), 503);
+        let phrase = shed.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert!(
+            std::str::from_utf8(phrase.as_bytes())
+                .unwrap()
+                .starts_with("Service unavailable: overloaded"),
+            "{phrase:?}"
+        );
+        let timed_out = first.await.unwrap().unwrap();
+        assert_eq!(timed_out.status(), 408);
+        let phrase = timed_out
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .unwrap();
+        assert!(
+            phrase.as_bytes().starts_with(b"Request timeout"),
+            "{phrase:?}"
+        );
     }
 }
