@@ -12,14 +12,14 @@
 //! - a cap on open connections (more are answered 503 and closed);
 //! - a cap on requests in flight, past which requests are shed at once with 503 and
 //!   `Retry-After` rather than queued until everything is slow (health probes excepted);
-//! - a deadline for a whole request, body included.
+//! - a deadline for a whole request, body included, and a floor on the pace of its body.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,8 +27,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use driftkv_core::KvError;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -55,6 +56,10 @@ pub struct ServerOptions {
     pub max_in_flight: usize,
     /// Longest a request may take, from its headers to its answer (its body included).
     pub request_timeout: Duration,
+    /// Slowest a request body may arrive, in bytes a second on average once the header read
+    /// timeout has passed (a client trickling a body would otherwise hold a connection and an
+    /// in-flight slot until the request timeout); 0 for no such floor. Past it: 408.
+    pub min_body_rate: u64,
     /// Longest shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
     /// How the listener's own refusals (overloaded, timed out, too many connections) read.
@@ -98,6 +103,7 @@ impl Default for ServerOptions {
             max_connections: 4096,
             max_in_flight: 1024,
             request_timeout: Duration::from_secs(300),
+            min_body_rate: 1024,
             drain_timeout: Duration::from_secs(15),
             refusals: Refusals::Rest,
         }
@@ -113,11 +119,15 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_connections", &self.max_connections)
             .field("max_in_flight", &self.max_in_flight)
             .field("request_timeout", &self.request_timeout)
+            .field("min_body_rate", &self.min_body_rate)
             .field("drain_timeout", &self.drain_timeout)
             .field("refusals", &self.refusals)
             .finish()
     }
 }
+
+/// How often the pace of a request body on its way is looked at.
+const BODY_CHECK: Duration = Duration::from_secs(1);
 
 /// Most HTTP/2 streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
@@ -160,6 +170,8 @@ where
         in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
         max_in_flight: options.max_in_flight,
         timeout: options.request_timeout,
+        body_grace: options.header_read_timeout,
+        min_body_rate: options.min_body_rate,
         refusals: options.refusals,
     };
     let (stopping, stop) = watch::channel(false);
@@ -404,7 +416,69 @@ struct Limits {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     timeout: Duration,
+    /// How long a body may take before [`Limits::min_body_rate`] applies.
+    body_grace: Duration,
+    min_body_rate: u64,
     refusals: Refusals,
+}
+
+/// How much of a request body has arrived, and whether all of it has.
+#[derive(Default)]
+struct BodyProgress {
+    received: AtomicU64,
+    done: AtomicBool,
+}
+
+/// A request body that reports its progress.
+struct Tracked {
+    inner: Body,
+    progress: Arc<BodyProgress>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.progress
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => self.progress.done.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Limits {
+    /// Whether a body of which `progress` has arrived `elapsed` after the request began is
+    /// arriving slower than the floor allows.
+    fn body_too_slow(&self, progress: &BodyProgress, elapsed: Duration) -> bool {
+        if self.min_body_rate == 0 || progress.done.load(Ordering::Relaxed) {
+            return false;
+        }
+        let received = progress.received.load(Ordering::Relaxed);
+        let allowed =
+            self.body_grace + Duration::from_secs_f64(received as f64 / self.min_body_rate as f64);
+        elapsed > allowed
+    }
 }
 
 /// `service` with the request limits: shed when too many are in flight, cut off when one takes
@@ -440,6 +514,22 @@ where
                     }));
                 }
                 let _permit = permit.ok();
+                let started = Instant::now();
+                // Only a request with a body to wait for has its progress followed (a GET
+                // costs nothing more).
+                let (request, progress) = if request.body().is_end_stream() {
+                    (request, None)
+                } else {
+                    let progress = Arc::new(BodyProgress::default());
+                    let tracked = progress.clone();
+                    let request = request.map(|inner| {
+                        Body::new(Tracked {
+                            inner,
+                            progress: tracked,
+                        })
+                    });
+                    (request, Some(progress))
+                };
                 // Most answers (a cached read) are ready the first time they are polled; only
                 // one that has to wait arms the deadline's timer.
                 let mut answer = pin!(service.oneshot(request));
@@ -448,11 +538,32 @@ where
                 {
                     return answered;
                 }
-                match tokio::time::timeout(limits.timeout, answer).await {
-                    Ok(answered) => answered,
-                    Err(_) => Ok(limits.refusals.answer(KvError::RequestTimeout {
-                        secs: limits.timeout.as_secs(),
-                    })),
+                let deadline = started + limits.timeout;
+                loop {
+                    // With a body on its way, its pace is looked at every second.
+                    let check = match progress {
+                        Some(_) => deadline.min(Instant::now() + BODY_CHECK),
+                        None => deadline,
+                    };
+                    tokio::select! {
+                        answered = answer.as_mut() => return answered,
+                        () = tokio::time::sleep_until(check) => {}
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(limits.refusals.answer(KvError::RequestTimeout {
+                            secs: limits.timeout.as_secs(),
+                        }));
+                    }
+                    if let Some(progress) = &progress {
+                        if limits.body_too_slow(progress, now - started) {
+                            return Ok(limits.refusals.answer(KvError::BodyTooSlow {
+                                received: progress.received.load(Ordering::Relaxed),
+                                secs: (now - started).as_secs(),
+                                min_rate: limits.min_body_rate,
+                            }));
+                        }
+                    }
                 }
             });
         answer
@@ -475,6 +586,7 @@ async fn send<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T, answer: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn the_binding_over_capacity_answer_is_well_formed() {
@@ -537,6 +649,8 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(2)),
             max_in_flight: 2,
             timeout: Duration::from_secs(60),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
         let service = limited(slow(Duration::from_secs(1)), limits);
@@ -564,6 +678,8 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(8)),
             max_in_flight: 8,
             timeout: Duration::from_secs(5),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
         let answer = limited(slow(Duration::from_secs(10)), limits.clone())
@@ -574,12 +690,81 @@ mod tests {
         assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
     }
 
+    /// A service that reads the whole body, then answers.
+    fn reading() -> impl tower::Service<
+        Request,
+        Response = Response,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response, Infallible>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|request: Request| async move {
+            let body = axum::body::to_bytes(request.into_body(), usize::MAX).await;
+            Ok::<_, Infallible>(match body {
+                Ok(bytes) => format!("{} bytes", bytes.len()).into_response(),
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            })
+        })
+    }
+
+    /// A request whose body is `chunks` bytes, one every `every`.
+    fn trickled(chunks: usize, size: usize, every: Duration) -> Request {
+        let stream = futures::stream::unfold(0, move |sent| async move {
+            if sent == chunks {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok::<_, Infallible>(Bytes::from(vec![b'x'; size])), sent + 1))
+        });
+        Request::put("/").body(Body::from_stream(stream)).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_the_floor_is_cut_off_and_a_steady_one_is_not() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(8)),
+            max_in_flight: 8,
+            timeout: Duration::from_secs(300),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
+            refusals: Refusals::Rest,
+        };
+        let service = limited(reading(), limits.clone());
+        // A byte every 2 s: cut soon after the grace, long before the request timeout.
+        let started = Instant::now();
+        let answer = service
+            .clone()
+            .oneshot(trickled(1000, 1, Duration::from_secs(2)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 408);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited <= Duration::from_secs(12),
+            "{waited:?}"
+        );
+        assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
+        // 4 KiB a second for 30 s: above the floor all along, so it is read whole.
+        let answer = service
+            .oneshot(trickled(30, 4096, Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let body = axum::body::to_bytes(answer.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], format!("{} bytes", 30 * 4096).as_bytes());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_binding_listener_refuses_in_its_own_words() {
         let limits = Limits {
             in_flight: Arc::new(Semaphore::new(1)),
             max_in_flight: 1,
             timeout: Duration::from_secs(5),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
             refusals: Refusals::Binding,
         };
         let service = limited(slow(Duration::from_secs(10)), limits);

@@ -144,6 +144,9 @@ pub struct HttpConfig {
     pub max_in_flight: usize,
     /// Longest a request may take, its body included, in ms; past it the answer is 408.
     pub request_timeout_ms: u64,
+    /// Slowest a request body may arrive once `header_read_timeout_ms` has passed, in bytes a
+    /// second on average; slower is answered 408. 0 turns the floor off.
+    pub min_body_rate_bytes_per_sec: u64,
 }
 
 /// HTTPS for the node's HTTP listener (the REST API, `/cluster`, `/metrics`): a certificate
@@ -350,6 +353,7 @@ impl Default for Config {
                 max_connections: 4096,
                 max_in_flight: 1024,
                 request_timeout_ms: 300_000,
+                min_body_rate_bytes_per_sec: 1024,
             },
             workerd: WorkerdConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 8786))),
