@@ -204,6 +204,41 @@ async fn tokens_are_scoped_to_accounts_and_permissions_and_reloaded() {
     }
 }
 
+/// An empty token file never means an open API: a node refuses to start on one, and a file
+/// emptied while running leaves the tokens in force (no request without one gets through).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_token_file_never_opens_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(&file, "# no tokens yet\n").unwrap();
+    let env = [("DRIFTKV_API_TOKENS_FILE", file.to_str().unwrap())];
+    let refused = Server::start_in(&dir.path().join("a"), &env)
+        .err()
+        .expect("a node refuses to start on an empty token file");
+    assert!(refused.contains("lists no token"), "{refused}");
+
+    let (token, entry) = token_create(&["--all-accounts", "--read"]);
+    std::fs::write(&file, entry).unwrap();
+    let server = Server::start_in(&dir.path().join("b"), &env).expect("starts");
+    let http = client();
+    let api = api_of(&server.base, "acme");
+    send_ok(http.get(&api).bearer_auth(&token)).await;
+    std::fs::write(&file, "").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Whatever the reload makes of it, no request without a token gets through, and the
+    // token in force keeps working.
+    for _ in 0..10 {
+        let status = http.get(&api).send().await.unwrap().status();
+        assert!(matches!(status.as_u16(), 401 | 403), "{status}");
+        send_ok(http.get(&api).bearer_auth(&token)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends a raw HTTP/1.1 request; returns the status line.
 fn raw_status(addr: &str, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
