@@ -166,7 +166,7 @@ impl StorageGuard {
 /// A [`Backend`] whose writes pass through a [`StorageGuard`], and whose engine the health
 /// probe may close and open again.
 pub struct Guarded {
-    /// The engine; `None` only between closing it and opening it again, when that failed.
+    /// The engine; `None` while the probe reopens it, and after a reopen that failed.
     inner: RwLock<Option<Arc<dyn Backend>>>,
     name: &'static str,
     guard: Arc<StorageGuard>,
@@ -256,17 +256,18 @@ impl Guarded {
 
     /// Closes the engine, once no call or scan uses it any more, and opens it again: what it
     /// holds on disk is every batch it acknowledged (its journal is replayed), and nothing of
-    /// a batch that failed.
+    /// a batch that failed. Calls made meanwhile fail at once (rather than block a thread)
+    /// with an error that says the engine is being reopened.
     fn reopen(&self) -> Result<(), BackendError> {
         let Some(open) = &self.reopen else {
             return Ok(());
         };
-        let mut slot = self.inner.write().expect("engine lock");
-        if let Some(old) = slot.take() {
+        let old = self.inner.write().expect("engine lock").take();
+        if let Some(old) = old {
             let deadline = Instant::now() + REOPEN_DRAIN;
             while Arc::strong_count(&old) > 1 {
                 if Instant::now() >= deadline {
-                    *slot = Some(old);
+                    *self.inner.write().expect("engine lock") = Some(old);
                     return Err(BackendError::Io(io::Error::other(
                         "the storage engine is still in use; reopening it later",
                     )));
@@ -276,15 +277,13 @@ impl Guarded {
             drop(old);
         }
         tracing::warn!(dir = %self.guard.dir.display(), "reopening the storage engine after a failure");
-        match open() {
-            Ok(engine) => {
-                *slot = Some(engine);
-                Ok(())
-            }
-            Err(e) => Err(BackendError::Io(io::Error::other(format!(
+        let engine = open().map_err(|e| {
+            BackendError::Io(io::Error::other(format!(
                 "reopening the storage engine failed: {e}"
-            )))),
-        }
+            )))
+        })?;
+        *self.inner.write().expect("engine lock") = Some(engine);
+        Ok(())
     }
 }
 
