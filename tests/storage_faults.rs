@@ -26,14 +26,13 @@ impl Tmpfs {
     fn mount(mib: u64) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().to_str().expect("a UTF-8 path").to_owned();
-        let args = [
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={mib}m,mode=0700"),
-            "tmpfs",
-            &path,
-        ];
+        // Owned by this user even when mounted through sudo, so the node can write to it.
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().expect("id runs");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let options = format!("size={mib}m,mode=0700,uid={},gid={}", id("-u"), id("-g"));
+        let args = ["-t", "tmpfs", "-o", &options, "tmpfs", &path];
         let direct = Command::new("mount").args(args).output();
         let mounted = match direct {
             Ok(out) if out.status.success() => true,
