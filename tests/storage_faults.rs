@@ -122,6 +122,22 @@ async fn readyz(http: &reqwest::Client, base: &str) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
+/// The `driftkv_store_ready` series of `GET /metrics`: each node's value.
+async fn store_ready(http: &reqwest::Client, base: &str) -> Vec<u8> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("driftkv_store_ready{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 /// Writes `key` = `value`, expecting success.
 async fn put(http: &reqwest::Client, ns: &str, key: &str, value: &str) {
     send_ok(
@@ -205,6 +221,11 @@ async fn under_threshold(engine: &str) {
     let reason = body["reason"].as_str().unwrap();
     assert!(reason.contains("storage.min_free_bytes"), "{body}");
     assert!(body["storage"]["free_bytes"].as_u64().unwrap() < min_free);
+    let ready = store_ready(&http, &server.base).await;
+    assert!(
+        !ready.is_empty() && ready.iter().all(|r| *r == 0),
+        "{ready:?}"
+    );
     assert_all_there(&http, &ns, &acknowledged).await;
     let missing = http.get(format!("{ns}/values/late")).send().await.unwrap();
     assert_eq!(
@@ -220,6 +241,11 @@ async fn under_threshold(engine: &str) {
     .await;
     put(&http, &ns, "late", "late").await;
     acknowledged.push(("late".into(), "late".into()));
+    let ready = store_ready(&http, &server.base).await;
+    assert!(
+        !ready.is_empty() && ready.iter().all(|r| *r == 1),
+        "{ready:?}"
+    );
     assert_all_there(&http, &ns, &acknowledged).await;
     server.stop();
 }

@@ -254,9 +254,9 @@ impl CentralNode {
             ),
         )
         .await?;
-        ops::watch_store(config.node_id, &store);
-        ops::watch_durable(config.node_id, engine.durable_sequence());
         let storage = guarded.guard().clone();
+        ops::watch_store(config.node_id, &store, &storage);
+        ops::watch_durable(config.node_id, engine.durable_sequence());
         let background = vec![
             ops::spawn_storage_probe(
                 guarded,
@@ -492,7 +492,7 @@ impl EdgeNode {
                 Duration::from_millis(config.gossip.interval_ms),
             ),
         ];
-        ops::watch_store(node_id, &store);
+        ops::watch_store(node_id, &store, &storage);
         ops::watch_edge(node_id, &edge);
         let lab = experiments::routes(
             config,

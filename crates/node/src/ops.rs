@@ -15,7 +15,7 @@ use driftkv_metrics::prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use driftkv_metrics::prometheus::proto::Metric;
 use driftkv_metrics::{
     CACHE_BYTES, GOSSIP_MEMBERS, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS,
-    STORE_DISK_BYTES,
+    STORE_DISK_BYTES, STORE_FREE_BYTES, STORE_READY,
 };
 use driftkv_store::guard::{Guarded, StorageGuard, StorageHealth};
 use driftkv_store::Store;
@@ -24,13 +24,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-/// Reports the store's size on disk at every scrape, for as long as the store is open.
-pub fn watch_store(node: u64, store: &Arc<Store>) {
-    let gauge = STORE_DISK_BYTES.with_label_values(&[&node.to_string()]);
+/// Reports the store's size on disk, the free space of its filesystem and whether it takes
+/// writes at every scrape, for as long as the store is open.
+pub fn watch_store(node: u64, store: &Arc<Store>, storage: &Arc<StorageGuard>) {
+    let node = node.to_string();
+    let gauge = STORE_DISK_BYTES.with_label_values(&[&node]);
+    let free = STORE_FREE_BYTES.with_label_values(&[&node]);
+    let ready = STORE_READY.with_label_values(&[&node]);
     let store: Weak<Store> = Arc::downgrade(store);
+    let storage = Arc::downgrade(storage);
     driftkv_metrics::on_scrape(move || {
         if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
             gauge.set(saturate(bytes));
+        }
+        if let Some(health) = storage.upgrade().map(|s| s.health()) {
+            if let Some(bytes) = health.free_bytes {
+                free.set(saturate(bytes));
+            }
+            ready.set(i64::from(health.ready));
         }
     });
 }
