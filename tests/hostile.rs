@@ -204,6 +204,41 @@ async fn tokens_are_scoped_to_accounts_and_permissions_and_reloaded() {
     }
 }
 
+/// An empty token file never means an open API: a node refuses to start on one, and a file
+/// emptied while running leaves the tokens in force (no request without one gets through).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_token_file_never_opens_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(&file, "# no tokens yet\n").unwrap();
+    let env = [("DRIFTKV_API_TOKENS_FILE", file.to_str().unwrap())];
+    let refused = Server::start_in(&dir.path().join("a"), &env)
+        .err()
+        .expect("a node refuses to start on an empty token file");
+    assert!(refused.contains("lists no token"), "{refused}");
+
+    let (token, entry) = token_create(&["--all-accounts", "--read"]);
+    std::fs::write(&file, entry).unwrap();
+    let server = Server::start_in(&dir.path().join("b"), &env).expect("starts");
+    let http = client();
+    let api = api_of(&server.base, "acme");
+    send_ok(http.get(&api).bearer_auth(&token)).await;
+    std::fs::write(&file, "").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Whatever the reload makes of it, no request without a token gets through, and the
+    // token in force keeps working.
+    for _ in 0..10 {
+        let status = http.get(&api).send().await.unwrap().status();
+        assert!(matches!(status.as_u16(), 401 | 403), "{status}");
+        send_ok(http.get(&api).bearer_auth(&token)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends a raw HTTP/1.1 request; returns the status line.
 fn raw_status(addr: &str, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -236,6 +271,26 @@ fn a_tokenless_server_answers_only_its_own_host() {
     // What DNS rebinding sends: a loopback address under a foreign name.
     assert!(get("attacker.example").contains(" 403 "));
     assert!(get("attacker.example:8787").contains(" 403 "));
+    // Ports are numbers; anything else after the name is refused.
+    assert!(get("localhost:evil").contains(" 403 "));
+    assert!(get("[::1]junk").contains(" 403 "));
+    // Two Host headers, the second foreign, and a foreign absolute-form target.
+    let twice = raw_status(
+        &addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(
+        twice.contains(" 403 ") || twice.contains(" 400 "),
+        "{twice}"
+    );
+    let absolute = raw_status(
+        &addr,
+        &format!("GET http://attacker.example{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(
+        absolute.contains(" 403 ") || absolute.contains(" 400 "),
+        "{absolute}"
+    );
     // A cross-site form post (text/plain needs no preflight).
     let body = r#"{"title":"csrf"}"#;
     let post = |origin: &str| {
@@ -451,6 +506,167 @@ fn trickling_idle_and_flooding_clients_are_cut_off() {
     }
 }
 
+/// Reads `stream` until the server ends it (end of stream or a reset); returns the bytes read
+/// and whether it ended before `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (usize, bool) {
+    let deadline = Instant::now() + within;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0; 64 * 1024];
+    let mut total = 0;
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (total, true),
+            Ok(n) => total += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (total, true),
+        }
+    }
+    (total, false)
+}
+
+/// A client trickling a request body is cut off once it falls below the body pace floor; one
+/// that stops
+/// reading its answer, or sends an HTTP/2 preface and nothing more, is dropped once its
+/// connection stays stalled past the idle timeout. A slow answer is not a stalled client.
+#[tokio::test(flavor = "multi_thread")]
+async fn trickled_bodies_stalled_readers_and_bare_http2_prefaces_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &[
+            ("DRIFTKV_HTTP__IDLE_TIMEOUT_MS", "1000"),
+            // Also the grace before the body pace floor (1 KiB/s by default) applies.
+            ("DRIFTKV_HTTP__HEADER_READ_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .expect("starts");
+    let addr = server.addr();
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "stalls").await;
+    // More than loopback's socket buffers hold.
+    let size = 16 * 1024 * 1024;
+    send_ok(http.put(format!("{ns}/values/big")).body(vec![b'x'; size])).await;
+    let path = ns.trim_start_matches(&server.base).to_owned();
+
+    // A body trickled a byte every 200 ms: busy enough never to look idle, and far below the
+    // pace floor, so cut soon after the grace rather than at the request timeout (5 min).
+    let mut trickle = TcpStream::connect(&addr).unwrap();
+    trickle
+        .write_all(
+            format!("PUT {path}/values/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let started = Instant::now();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    while started.elapsed() < Duration::from_secs(15) {
+        if trickle.write_all(b"x").is_err() {
+            break;
+        }
+        match trickle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("bytes a second"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A reader that stops reading a 16 MiB answer after its first bytes.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(format!("GET {path}/values/big HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = [0; 16];
+    stalled.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_secs(5));
+    let (read, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    assert!(closed, "a stalled reader kept its connection");
+    assert!(read < size, "the whole answer was sent: {read} bytes");
+
+    // An HTTP/2 client that sends its preface and nothing more.
+    let mut bare = TcpStream::connect(&addr).unwrap();
+    bare.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut bare, Duration::from_secs(10));
+    assert!(closed, "a bare HTTP/2 preface kept its connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The server still serves.
+    send_ok(http.get(format!("{ns}/keys"))).await;
+}
+
+/// Expirations past the year 9999, or that overflow, are refused with Cloudflare's 400 / 10037
+/// on every write route; the latest allowed one is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_expirations_are_refused() {
+    let server = Server::start();
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "expirations").await;
+    let latest = 253_402_300_799u64;
+    for query in [
+        format!("expiration={}", latest + 1),
+        format!("expiration={}", u64::MAX),
+        format!("expiration_ttl={}", u64::MAX),
+        format!("expiration_ttl={latest}"),
+        "expiration=18446744073709551616".to_owned(),
+    ] {
+        let refused = send_err(
+            http.put(format!("{ns}/values/k?{query}")).body("v"),
+            400,
+            10037,
+        )
+        .await;
+        assert!(
+            refused.to_string().contains("expiration"),
+            "{query}: {refused}"
+        );
+    }
+    send_err(
+        http.put(format!("{ns}/bulk"))
+            .json(&json!([{"key": "b", "value": "v", "expiration": latest + 1}])),
+        400,
+        10037,
+    )
+    .await;
+    send_ok(
+        http.put(format!("{ns}/values/k?expiration={latest}"))
+            .body("v"),
+    )
+    .await;
+    let keys = send_ok(http.get(format!("{ns}/keys"))).await;
+    assert_eq!(keys["result"][0]["expiration"], latest, "{keys}");
+}
+
 /// A `cache_ttl` of ten years is cut to `cache.max_ttl_secs`: the value (and an absence) an
 /// edge cached is replaced once that has passed.
 #[tokio::test(flavor = "multi_thread")]
@@ -525,6 +741,68 @@ async fn namespaces_stop_at_the_account_quota() {
             .json(&json!({"title": "n0"})),
     )
     .await;
+}
+
+/// `limits.keys_per_namespace`: a write that would bring a namespace past it is refused whole
+/// (403, 10053); rewriting a key adds none; a deleted key frees its room at the next count
+/// (within 10 s); other namespaces have their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_stop_at_the_namespace_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[("DRIFTKV_LIMITS__KEYS_PER_NAMESPACE", "3")])
+        .expect("starts");
+    let http = client();
+    let ns = common::namespace_url(&http, &server, "keys").await;
+    for key in ["a", "b", "c"] {
+        send_ok(http.put(format!("{ns}/values/{key}")).body("v")).await;
+    }
+    let refused = send_err(http.put(format!("{ns}/values/d")).body("v"), 403, 10053).await;
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys_per_namespace"),
+        "{refused}"
+    );
+    // A bulk write that adds a key is refused whole; one that only rewrites goes through.
+    send_err(
+        http.put(format!("{ns}/bulk")).json(&json!([
+            {"key": "a", "value": "2"},
+            {"key": "e", "value": "2"},
+        ])),
+        403,
+        10053,
+    )
+    .await;
+    send_ok(
+        http.put(format!("{ns}/bulk"))
+            .json(&json!([{"key": "a", "value": "3"}])),
+    )
+    .await;
+    let read = http.get(format!("{ns}/values/e")).send().await.unwrap();
+    assert_eq!(read.status(), 404, "a refused bulk write was stored");
+    // Another namespace has room of its own.
+    let other = common::namespace_url(&http, &server, "other").await;
+    send_ok(http.put(format!("{other}/values/d")).body("v")).await;
+    // A deleted key's room comes back once the namespace is counted again.
+    send_ok(http.delete(format!("{ns}/values/b"))).await;
+    wait_for(
+        Duration::from_secs(20),
+        "room for a key after a delete",
+        || {
+            let request = http.put(format!("{ns}/values/d")).body("v");
+            async move {
+                let response = request.send().await.unwrap();
+                match response.status().as_u16() {
+                    200 => Some(()),
+                    403 => None,
+                    other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+                }
+            }
+        },
+    )
+    .await;
+    send_err(http.put(format!("{ns}/values/f")).body("v"), 403, 10053).await;
 }
 
 #[cfg(unix)]

@@ -108,6 +108,13 @@ pub enum KvError {
     /// The request took longer than the node allows one to (408).
     #[error("request timeout: the request took longer than {secs} s")]
     RequestTimeout { secs: u64 },
+    /// The request body arrived slower than the node allows (408).
+    #[error("request timeout: {received} bytes of the body arrived in {secs} s, slower than the {min_rate} bytes a second allowed")]
+    BodyTooSlow {
+        received: u64,
+        secs: u64,
+        min_rate: u64,
+    },
     /// An account or namespace is at its configured quota (403, as Cloudflare answers an
     /// account limit).
     #[error("quota exceeded: {0}")]
@@ -199,7 +206,7 @@ impl KvError {
             KvError::RateLimited { .. } => 10049,
             KvError::Conflict(_) => 10051,
             KvError::Overloaded { .. } => 10050,
-            KvError::RequestTimeout { .. } => 10052,
+            KvError::RequestTimeout { .. } | KvError::BodyTooSlow { .. } => 10052,
             KvError::QuotaExceeded(_) => 10053,
             KvError::InsufficientStorage(_) => 10054,
             KvError::Remote { code, .. } => *code,
@@ -221,7 +228,7 @@ impl KvError {
             KvError::Internal(_) => 500,
             KvError::BulkItem { source, .. } => source.status(),
             KvError::Unavailable(_) | KvError::Overloaded { .. } => 503,
-            KvError::RequestTimeout { .. } => 408,
+            KvError::RequestTimeout { .. } | KvError::BodyTooSlow { .. } => 408,
             KvError::QuotaExceeded(_) => 403,
             KvError::InsufficientStorage(_) => 507,
             KvError::RateLimited { .. } => 429,

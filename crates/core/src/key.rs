@@ -1,7 +1,9 @@
 //! Key, metadata and expiration validation shared by every layer that accepts a write.
 
 use crate::error::KvError;
-use crate::limits::{MAX_KEY_BYTES, MAX_METADATA_BYTES, MIN_EXPIRATION_TTL_SECS};
+use crate::limits::{
+    MAX_EXPIRATION_SECS, MAX_KEY_BYTES, MAX_METADATA_BYTES, MIN_EXPIRATION_TTL_SECS,
+};
 
 /// Checks a key name: 1..=512 bytes of UTF-8 (guaranteed by `&str`), and not `.` or `..`,
 /// which cannot be addressed in a URL path.
@@ -72,9 +74,14 @@ pub fn resolve_expiration(
                 "expiration_ttl of {ttl} is less than the minimum of {MIN_EXPIRATION_TTL_SECS} seconds"
             )));
         }
-        let at = now_secs.checked_add(ttl).ok_or_else(|| {
-            KvError::InvalidExpiration(format!("expiration_ttl of {ttl} is too large"))
-        })?;
+        let at = now_secs
+            .checked_add(ttl)
+            .filter(|at| *at <= MAX_EXPIRATION_SECS)
+            .ok_or_else(|| {
+                KvError::InvalidExpiration(format!(
+                    "expiration_ttl of {ttl} is too large: it puts the expiration past {MAX_EXPIRATION_SECS} (the end of the year 9999)"
+                ))
+            })?;
         return Ok(Some(at));
     }
     if let Some(at) = expiration {
@@ -84,9 +91,20 @@ pub fn resolve_expiration(
                 "expiration of {at} must be at least {MIN_EXPIRATION_TTL_SECS} seconds in the future (now is {now_secs})"
             )));
         }
+        check_expiration_bound(at)?;
         return Ok(Some(at));
     }
     Ok(None)
+}
+
+/// Refuses an expiration past [`MAX_EXPIRATION_SECS`].
+pub fn check_expiration_bound(at: u64) -> Result<(), KvError> {
+    if at > MAX_EXPIRATION_SECS {
+        return Err(KvError::InvalidExpiration(format!(
+            "expiration of {at} is too far in the future: the latest is {MAX_EXPIRATION_SECS} (the end of the year 9999)"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses an expiration parameter (`expiration` or `expiration_ttl`) given as text.
@@ -168,6 +186,15 @@ mod tests {
             Some(now + 120)
         );
         assert!(resolve_expiration(None, Some(u64::MAX), now).is_err());
+        // Far-future expirations are refused, whichever way they are given.
+        let max = crate::limits::MAX_EXPIRATION_SECS;
+        assert_eq!(resolve_expiration(Some(max), None, now).unwrap(), Some(max));
+        assert!(matches!(
+            resolve_expiration(Some(max + 1), None, now),
+            Err(KvError::InvalidExpiration(_))
+        ));
+        assert!(resolve_expiration(Some(u64::MAX), None, now).is_err());
+        assert!(resolve_expiration(None, Some(max - now + 1), now).is_err());
         assert_eq!(
             parse_expiration_param("expiration_ttl", "300").unwrap(),
             300

@@ -8,6 +8,10 @@ pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
 pub const MAX_METADATA_BYTES: usize = 1024;
 /// Shortest `expiration_ttl`, and how far in the future an absolute `expiration` must be.
 pub const MIN_EXPIRATION_TTL_SECS: u64 = 60;
+/// Latest expiration a write may carry (unix seconds): the last second of the year 9999. Past
+/// it a time no longer prints as a four-digit year, and a number past 2^53 no longer survives
+/// JavaScript clients; an expiration that far away is a mistake or an attack, never a need.
+pub const MAX_EXPIRATION_SECS: u64 = 253_402_300_799;
 /// Smallest page size a REST key listing accepts.
 pub const MIN_LIST_LIMIT: usize = 10;
 /// Largest (and default) page size of a key listing.

@@ -42,6 +42,9 @@ impl Write {
                     });
                 }
             }
+            if let Some(at) = value.expiration {
+                crate::key::check_expiration_bound(at)?;
+            }
             if value.is_expired(now_ms) {
                 return Err(KvError::InvalidExpiration(format!(
                     "expiration {} for key {:?} is in the past",

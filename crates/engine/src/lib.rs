@@ -14,6 +14,7 @@
 
 mod clock;
 mod commit;
+mod key_quota;
 mod rate_limit;
 mod recent;
 
@@ -37,6 +38,7 @@ use tokio::sync::{watch, Mutex};
 
 use clock::VersionClock;
 use commit::Committer;
+use key_quota::KeyQuota;
 pub use rate_limit::RateLimiter;
 use recent::{RecentLog, RECENT_LOG_BYTES};
 
@@ -49,6 +51,8 @@ pub struct Engine {
     rate_limit: RateLimiter,
     /// Most namespaces one account may have (Workers KV's default account limit is 1,000).
     namespaces_per_account: usize,
+    /// Most live keys a namespace may hold (`limits.keys_per_namespace`; off by default).
+    keys_per_namespace: KeyQuota,
     /// Serializes namespace creation and renames so title uniqueness is checked and enforced
     /// atomically. Namespace changes are rare; key writes never take this lock.
     namespace_changes: Mutex<()>,
@@ -91,6 +95,7 @@ impl Engine {
             wall,
             rate_limit,
             namespaces_per_account: DEFAULT_NAMESPACES_PER_ACCOUNT,
+            keys_per_namespace: KeyQuota::new(0),
             namespace_changes: Mutex::new(()),
             durable,
         })
@@ -99,6 +104,12 @@ impl Engine {
     /// The same engine, allowing each account at most `limit` namespaces.
     pub fn with_namespace_quota(mut self, limit: usize) -> Self {
         self.namespaces_per_account = limit;
+        self
+    }
+
+    /// The same engine, allowing each namespace at most `limit` live keys (0: no limit).
+    pub fn with_key_quota(mut self, limit: u64) -> Self {
+        self.keys_per_namespace = KeyQuota::new(limit);
         self
     }
 
@@ -164,6 +175,8 @@ impl Engine {
         for write in &writes {
             write.validate(now_ms)?;
         }
+        self.keys_per_namespace
+            .admit(&self.store, id, &writes, now_ms)?;
         let admitted = self.rate_limit.admit(id, &writes, now_ms);
         let mut changes = Vec::with_capacity(writes.len());
         let mut versions = Vec::with_capacity(writes.len());
@@ -356,6 +369,7 @@ impl KvService for Engine {
         let _guard = self.namespace_changes.lock().await;
         reads::owned(self.store.as_ref(), account_id, id)?;
         self.commit(vec![Change::NamespaceDeleted(id)]).await?;
+        self.keys_per_namespace.forget(id);
         tracing::info!(namespace = %id, "namespace deleted");
         Ok(())
     }

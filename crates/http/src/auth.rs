@@ -279,10 +279,16 @@ impl Auth {
 
     /// Checks a request's credentials against what it does: `Authorization: Bearer <token>`,
     /// or the legacy `X-Auth-Email` + `X-Auth-Key` pair, whose key is checked as a token.
-    /// Without tokens, checks that the request can only have come from this host.
-    pub fn check(&self, headers: &HeaderMap, scope: Scope<'_>) -> Result<(), KvError> {
+    /// Without tokens, checks that the request can only have come from this host: its `Host`
+    /// header and `authority` (the request URI's, HTTP/2's `:authority`) must be loopback.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+        scope: Scope<'_>,
+    ) -> Result<(), KvError> {
         let Some(grants) = self.current() else {
-            return loopback_only(headers, self.also_host);
+            return loopback_only(headers, authority, self.also_host);
         };
         let presented = bearer(headers).or_else(|| {
             headers
@@ -327,17 +333,27 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Whether `host` (a `Host` header or the authority of an `Origin`, with or without a port)
-/// names this host: `localhost` (or a name under it), or a loopback address.
+/// Whether `host` (a `Host` header, a request's authority or the authority of an `Origin`,
+/// with or without a port) names this host: `localhost` (or a name under it), or a loopback
+/// address. A port must be a number a port can be; anything else after the name refuses.
 pub fn is_loopback_host(host: &str) -> bool {
     // Checked on every request of a tokenless server, so it allocates nothing.
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [::1] or [::1]:port
-        rest.split_once(']').map_or("", |(name, _)| name)
+        match rest.split_once(']') {
+            Some((name, "")) => name,
+            Some((name, port)) if port.strip_prefix(':').is_some_and(is_port) => name,
+            _ => return false,
+        }
     } else {
         // name, name:port, or a bare IPv6 address (several colons)
         match host.rsplit_once(':') {
-            Some((name, _)) if !name.contains(':') => name,
+            Some((name, port)) if !name.contains(':') => {
+                if !is_port(port) {
+                    return false;
+                }
+                name
+            }
             _ => host,
         }
     };
@@ -355,14 +371,37 @@ pub fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `port` is a port number: 1 to 5 digits, at most 65535.
+fn is_port(port: &str) -> bool {
+    (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok()
+}
+
 /// The open API's guard: only requests that name a loopback host, and that no foreign web
-/// page sent, get through.
-fn loopback_only(headers: &HeaderMap, also: Option<&str>) -> Result<(), KvError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !is_loopback_host(host) && also != Some(host) {
+/// page sent, get through. The host a request names is its `Host` header (HTTP/1.1) and its
+/// URI's authority (HTTP/2's `:authority`, or an absolute-form HTTP/1.1 target); each given
+/// must be loopback, and a request with two `Host` headers is refused.
+fn loopback_only(
+    headers: &HeaderMap,
+    authority: Option<&str>,
+    also: Option<&str>,
+) -> Result<(), KvError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(KvError::Forbidden(
+            "a request with more than one Host header is refused".into(),
+        ));
+    }
+    let host = host.map(|h| h.to_str().unwrap_or_default());
+    let allowed = |name: &str| is_loopback_host(name) || also == Some(name);
+    let named: [Option<&str>; 2] = [host, authority];
+    let refused = match named {
+        [None, None] => Some(""),
+        _ => named.into_iter().flatten().find(|name| !allowed(name)),
+    };
+    if let Some(host) = refused {
         return Err(KvError::Forbidden(format!(
             "this server has no API tokens, so it answers only requests addressed to a loopback host, not {host:?}; configure api_tokens to serve other names"
         )));
@@ -406,7 +445,8 @@ pub async fn require(State(auth): State<Auth>, request: Request, next: Next) -> 
         account: account.as_deref(),
         access,
     };
-    match auth.check(request.headers(), scope) {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    match auth.check(request.headers(), authority, scope) {
         Ok(()) => next.run(request).await,
         Err(e) => ApiError(e).into_response(),
     }
@@ -443,6 +483,14 @@ mod tests {
             "[::2]:8787",
             "127.0.0.1.nip.io",
             "[::1",
+            "localhost:evil",
+            "localhost:",
+            "localhost:99999",
+            "localhost:+80",
+            "127.0.0.1:80:80",
+            "[::1]junk",
+            "[::1]:",
+            "[::1]:8787x",
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }
@@ -480,7 +528,7 @@ mod tests {
             "[::1]:8787",
             "app.localhost",
         ] {
-            open.check(&headers(&[("host", host)]), read("a"))
+            open.check(&headers(&[("host", host)]), None, read("a"))
                 .unwrap_or_else(|e| panic!("{host}: {e}"));
         }
         for host in [
@@ -491,7 +539,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    open.check(&headers(&[("host", host)]), read("a")),
+                    open.check(&headers(&[("host", host)]), None, read("a")),
                     Err(KvError::Forbidden(_))
                 ),
                 "{host}"
@@ -501,53 +549,90 @@ mod tests {
             ("host", "127.0.0.1:8787"),
             ("origin", "http://localhost:3000"),
         ]);
-        open.check(&local, edit("a")).unwrap();
+        open.check(&local, None, edit("a")).unwrap();
         let foreign = headers(&[
             ("host", "127.0.0.1:8787"),
             ("origin", "https://evil.example"),
         ]);
-        assert!(open.check(&foreign, edit("a")).is_err());
+        assert!(open.check(&foreign, None, edit("a")).is_err());
         let opaque = headers(&[("host", "127.0.0.1:8787"), ("origin", "null")]);
-        assert!(open.check(&opaque, edit("a")).is_err());
+        assert!(open.check(&opaque, None, edit("a")).is_err());
         let binding = open.also_answering("fake-host");
         binding
-            .check(&headers(&[("host", "fake-host")]), read("a"))
+            .check(&headers(&[("host", "fake-host")]), None, read("a"))
             .unwrap();
         assert!(open
-            .check(&headers(&[("host", "fake-host")]), read("a"))
+            .check(&headers(&[("host", "fake-host")]), None, read("a"))
             .is_err());
+        // HTTP/2 names its host in :authority, which must be loopback too.
+        open.check(&HeaderMap::new(), Some("localhost:8787"), read("a"))
+            .unwrap();
+        assert!(open
+            .check(&HeaderMap::new(), Some("attacker.example"), read("a"))
+            .is_err());
+        assert!(open
+            .check(
+                &headers(&[("host", "localhost")]),
+                Some("attacker.example"),
+                read("a")
+            )
+            .is_err());
+        assert!(open.check(&HeaderMap::new(), None, read("a")).is_err());
+        // Two Host headers: refused, whatever the first says.
+        let mut twice = headers(&[("host", "localhost")]);
+        twice.append("host", HeaderValue::from_static("attacker.example"));
+        assert!(open.check(&twice, None, read("a")).is_err());
+        let mut both_local = headers(&[("host", "localhost")]);
+        both_local.append("host", HeaderValue::from_static("localhost"));
+        assert!(open.check(&both_local, None, read("a")).is_err());
         // Tokens that are all empty leave nothing open: every request is refused.
         let empty = Auth::tokens([""]);
         assert!(empty.required());
         let with = headers(&[("authorization", "Bearer "), ("host", "localhost")]);
-        assert!(empty.check(&with, read("a")).is_err());
+        assert!(empty.check(&with, None, read("a")).is_err());
     }
 
     #[test]
     fn tokens_are_checked() {
         let auth = Auth::tokens(["alpha", "beta"]);
         assert!(auth
-            .check(&headers(&[("authorization", "Bearer beta")]), edit("x"))
+            .check(
+                &headers(&[("authorization", "Bearer beta")]),
+                None,
+                edit("x")
+            )
             .is_ok());
         assert!(auth
-            .check(&headers(&[("authorization", "bearer alpha")]), read("x"))
+            .check(
+                &headers(&[("authorization", "bearer alpha")]),
+                None,
+                read("x")
+            )
             .is_ok());
         assert!(matches!(
-            auth.check(&HeaderMap::new(), read("x")),
+            auth.check(&HeaderMap::new(), None, read("x")),
             Err(KvError::Unauthenticated(_))
         ));
         assert!(matches!(
-            auth.check(&headers(&[("authorization", "Bearer gamma")]), read("x")),
+            auth.check(
+                &headers(&[("authorization", "Bearer gamma")]),
+                None,
+                read("x")
+            ),
             Err(KvError::Forbidden(_))
         ));
         assert!(matches!(
-            auth.check(&headers(&[("authorization", "Basic alpha")]), read("x")),
+            auth.check(
+                &headers(&[("authorization", "Basic alpha")]),
+                None,
+                read("x")
+            ),
             Err(KvError::Unauthenticated(_))
         ));
         let legacy = headers(&[("x-auth-email", "me@example.com"), ("x-auth-key", "alpha")]);
-        assert!(auth.check(&legacy, edit("x")).is_ok());
+        assert!(auth.check(&legacy, None, edit("x")).is_ok());
         assert!(matches!(
-            auth.check(&headers(&[("x-auth-key", "alpha")]), read("x")),
+            auth.check(&headers(&[("x-auth-key", "alpha")]), None, read("x")),
             Err(KvError::Unauthenticated(_))
         ));
     }
@@ -562,10 +647,12 @@ mod tests {
         .unwrap();
         let auth = Auth::grants(vec![reader, Grant::full("admin")]);
         let with = |token: &str| headers(&[("authorization", &format!("Bearer {token}"))]);
-        auth.check(&with("reader"), read("acme")).unwrap();
-        let refused = auth.check(&with("reader"), edit("acme")).unwrap_err();
+        auth.check(&with("reader"), None, read("acme")).unwrap();
+        let refused = auth.check(&with("reader"), None, edit("acme")).unwrap_err();
         assert!(refused.to_string().contains("may only read"), "{refused}");
-        let refused = auth.check(&with("reader"), read("other")).unwrap_err();
+        let refused = auth
+            .check(&with("reader"), None, read("other"))
+            .unwrap_err();
         assert!(
             refused.to_string().contains("account \"other\""),
             "{refused}"
@@ -573,17 +660,18 @@ mod tests {
         // No account named (an operator route): any valid token reads.
         auth.check(
             &with("reader"),
+            None,
             Scope {
                 account: None,
                 access: Access::Read,
             },
         )
         .unwrap();
-        auth.check(&with("admin"), edit("other")).unwrap();
+        auth.check(&with("admin"), None, edit("other")).unwrap();
         // Replaced for every clone at once.
         let clone = auth.clone();
         auth.replace(vec![Grant::full("admin")]);
-        assert!(clone.check(&with("reader"), read("acme")).is_err());
+        assert!(clone.check(&with("reader"), None, read("acme")).is_err());
     }
 
     #[test]

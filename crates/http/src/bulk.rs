@@ -26,7 +26,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::body::{parse_json, read_body, read_json, Bounded};
-use crate::bulk_answer::{self, Shape, ValueKind};
+use crate::bulk_answer::{self, Gathered, Shape, ValueKind};
 use crate::envelope::{ok, ApiResult};
 use crate::extract::NamespacePath;
 use crate::Service;
@@ -163,10 +163,10 @@ pub async fn get(
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
     let keys: BTreeSet<String> = keys.into_iter().collect();
-    let mut entries = Vec::with_capacity(keys.len());
+    let mut entries = Gathered::with_capacity(keys.len());
     for key in keys {
         let found = service.get(&path.account, path.id, &key, None).await?;
-        entries.push((key, found));
+        entries.push(key, found)?;
     }
     let shape = Shape {
         envelope: true,

@@ -4,8 +4,8 @@
 //! Rendering a value can make it much larger (a text value of control characters becomes six
 //! bytes of `\u00XX` for each), so the answer is never built in memory: values are written out
 //! in slices of [`SLICE`] bytes as the client reads. What is checked first: the values come to
-//! at most 25 MiB together (Workers KV's cap, refused with 413 as Miniflare does), and with
-//! `type=json` each value is valid JSON — checked without building it (a 25 MiB `[0,0,...]`
+//! at most 25 MiB together (Workers KV's cap, refused with 413 as Miniflare does, as soon as the
+//! values read pass it: see [`Gathered`]), and with `type=json` each value is valid JSON — checked without building it (a 25 MiB `[0,0,...]`
 //! would otherwise become a tree many times its size) and then sent as stored.
 
 use axum::body::Body;
@@ -122,23 +122,41 @@ fn is_char_boundary(text: &[u8], at: usize) -> bool {
     at == text.len() || (text[at] as i8) >= -0x40
 }
 
-/// The bulk-get answer for `entries` (each key asked for, with its value if it has one), its
-/// body streamed and its length given: after checking the values fit the cap and, for
-/// `type=json`, are JSON.
-pub(crate) fn answer(
+/// The entries of a bulk get (each key asked for, with its value if it has one), gathered as
+/// they are read and refused as soon as their values pass 25 MiB together, so that a request
+/// whose answer would be refused makes the node read no more than the cap (and one value).
+#[derive(Default)]
+pub(crate) struct Gathered {
     entries: Vec<(String, Option<LiveValue>)>,
-    shape: Shape,
-) -> Result<Response, KvError> {
-    let total: usize = entries
-        .iter()
-        .filter_map(|(_, v)| v.as_ref())
-        .map(|v| v.value.len())
-        .sum();
-    if total > MAX_VALUE_BYTES {
-        return Err(KvError::PayloadTooLarge(format!(
-            "the values come to {total} bytes; a bulk get answers at most {MAX_VALUE_BYTES} (ask for fewer keys)"
-        )));
+    total: usize,
+}
+
+impl Gathered {
+    /// Room for `keys` entries.
+    pub(crate) fn with_capacity(keys: usize) -> Self {
+        Gathered {
+            entries: Vec::with_capacity(keys),
+            total: 0,
+        }
     }
+
+    /// Adds the next entry; refuses (413) once the values pass the cap.
+    pub(crate) fn push(&mut self, key: String, found: Option<LiveValue>) -> Result<(), KvError> {
+        self.total += found.as_ref().map_or(0, |v| v.value.len());
+        if self.total > MAX_VALUE_BYTES {
+            return Err(KvError::PayloadTooLarge(format!(
+                "the values come to more than {MAX_VALUE_BYTES} bytes; a bulk get answers at most that (ask for fewer keys)"
+            )));
+        }
+        self.entries.push((key, found));
+        Ok(())
+    }
+}
+
+/// The bulk-get answer for the `gathered` entries, its body streamed and its length given:
+/// after checking, for `type=json`, that the values are JSON.
+pub(crate) fn answer(gathered: Gathered, shape: Shape) -> Result<Response, KvError> {
+    let entries = gathered.entries;
     let mut pieces = vec![Piece::Ready(Bytes::from_static(if shape.envelope {
         br#"{"success":true,"errors":[],"messages":[],"result":{"values":{"#
     } else {
@@ -267,8 +285,14 @@ mod tests {
             ("gone".to_owned(), None),
             ("bad utf8".to_owned(), live(b"\xff\xfeok", None, None)),
         ];
-        let rest =
-            text_of(answer(entries.clone(), shape(true, true, ValueKind::Text)).unwrap()).await;
+        let rest = text_of(
+            answer(
+                gathered(entries.clone()),
+                shape(true, true, ValueKind::Text),
+            )
+            .unwrap(),
+        )
+        .await;
         let rest: Value = serde_json::from_str(&rest).unwrap();
         assert_eq!(
             rest,
@@ -278,7 +302,8 @@ mod tests {
                 "bad utf8": {"value": "\u{fffd}\u{fffd}ok", "metadata": null},
             }}})
         );
-        let bare = text_of(answer(entries, shape(false, false, ValueKind::Text)).unwrap()).await;
+        let bare =
+            text_of(answer(gathered(entries), shape(false, false, ValueKind::Text)).unwrap()).await;
         assert_eq!(
             serde_json::from_str::<Value>(&bare).unwrap(),
             json!({"t": "café \"q\" \n\u{1}", "gone": null, "bad utf8": "\u{fffd}\u{fffd}ok"})
@@ -290,7 +315,8 @@ mod tests {
         // Multi-byte characters and escapes straddling every slice boundary.
         let text: String = "é\u{1}\"€x".repeat(SLICE / 3);
         let entries = vec![("k".to_owned(), live(text.as_bytes(), None, None))];
-        let body = text_of(answer(entries, shape(false, false, ValueKind::Text)).unwrap()).await;
+        let body =
+            text_of(answer(gathered(entries), shape(false, false, ValueKind::Text)).unwrap()).await;
         let parsed: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed["k"], Value::String(text.clone()));
         assert_eq!(body, serde_json::to_string(&json!({"k": text})).unwrap());
@@ -299,25 +325,35 @@ mod tests {
     #[tokio::test]
     async fn json_values_are_checked_without_being_built_and_sent_as_stored() {
         let entries = vec![("j".to_owned(), live(br#"{ "b": [1, 2.50] }"#, None, None))];
-        let body = text_of(answer(entries, shape(false, false, ValueKind::Json)).unwrap()).await;
+        let body =
+            text_of(answer(gathered(entries), shape(false, false, ValueKind::Json)).unwrap()).await;
         assert_eq!(body, r#"{"j":{ "b": [1, 2.50] }}"#);
         let entries = vec![("j".to_owned(), live(b"not json", None, None))];
         assert!(matches!(
-            answer(entries, shape(true, false, ValueKind::Json)),
+            answer(gathered(entries), shape(true, false, ValueKind::Json)),
             Err(KvError::InvalidParameter(_))
         ));
     }
 
     #[test]
-    fn values_over_the_cap_together_are_refused_before_anything_is_sent() {
-        let half = vec![b'x'; MAX_VALUE_BYTES / 2 + 1];
-        let entries = vec![
-            ("a".to_owned(), live(&half, None, None)),
-            ("b".to_owned(), live(&half, None, None)),
-        ];
+    fn values_over_the_cap_together_are_refused_as_soon_as_they_pass_it() {
+        let half = vec![b'x'; MAX_VALUE_BYTES / 2];
+        let mut gathered = Gathered::with_capacity(3);
+        gathered.push("a".into(), live(&half, None, None)).unwrap();
+        gathered.push("b".into(), live(&half, None, None)).unwrap();
+        gathered.push("c".into(), None).unwrap();
         assert!(matches!(
-            answer(entries, shape(true, false, ValueKind::Text)),
+            gathered.push("d".into(), live(b"x", None, None)),
             Err(KvError::PayloadTooLarge(_))
         ));
+    }
+
+    /// `entries` gathered, all within the cap.
+    fn gathered(entries: Vec<(String, Option<LiveValue>)>) -> Gathered {
+        let mut gathered = Gathered::with_capacity(entries.len());
+        for (key, found) in entries {
+            gathered.push(key, found).unwrap();
+        }
+        gathered
     }
 }

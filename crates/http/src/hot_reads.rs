@@ -125,7 +125,8 @@ impl ValueRead {
             account: Some(&path.account),
             access: Access::Read,
         };
-        auth.check(request.headers(), scope).ok()?;
+        let authority = request.uri().authority().map(|a| a.as_str());
+        auth.check(request.headers(), authority, scope).ok()?;
         // Timed from here, as the router's metrics time a request from its route on.
         Some(ValueRead {
             path,

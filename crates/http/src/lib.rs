@@ -34,7 +34,7 @@ use tracing::{Level, Span};
 pub use auth::{parse_token_file, token_digest, Access, Accounts, Auth, Grant, TokenFileError};
 pub use envelope::ApiError;
 pub use hot_reads::Api;
-pub use server::{serve, ServerOptions};
+pub use server::{serve, Refusals, ServerOptions};
 pub use workerd::workerd_binding;
 
 /// The service handlers run against.

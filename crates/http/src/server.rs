@@ -6,18 +6,20 @@
 //! - HTTPS, with a certificate that can change while serving;
 //! - a deadline for a client to send its request headers (and finish a TLS handshake): a
 //!   client trickling header bytes would otherwise hold a connection forever;
-//! - an idle timeout, closing connections that carried nothing for a while;
+//! - an idle timeout, closing connections that carried nothing for a while, and dropping
+//!   those that stay stalled after that (a client that stopped reading its answer, an HTTP/2
+//!   client that sent its preface and nothing more);
 //! - a cap on open connections (more are answered 503 and closed);
 //! - a cap on requests in flight, past which requests are shed at once with 503 and
-//!   `Retry-After` rather than queued until everything is slow;
-//! - a deadline for a whole request, body included.
+//!   `Retry-After` rather than queued until everything is slow (health probes excepted);
+//! - a deadline for a whole request, body included, and a floor on the pace of its body.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,8 +27,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use driftkv_core::KvError;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -53,8 +56,42 @@ pub struct ServerOptions {
     pub max_in_flight: usize,
     /// Longest a request may take, from its headers to its answer (its body included).
     pub request_timeout: Duration,
+    /// Slowest a request body may arrive, in bytes a second on average once the header read
+    /// timeout has passed (a client trickling a body would otherwise hold a connection and an
+    /// in-flight slot until the request timeout); 0 for no such floor. Past it: 408.
+    pub min_body_rate: u64,
     /// Longest shutdown waits for in-flight requests before closing their connections.
     pub drain_timeout: Duration,
+    /// How the listener's own refusals (overloaded, timed out, too many connections) read.
+    pub refusals: Refusals,
+}
+
+/// The protocol a listener's own refusals are written in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refusals {
+    /// Cloudflare's JSON envelope, with its error code (the REST API).
+    #[default]
+    Rest,
+    /// A status whose reason phrase says what happened (the workerd binding: workerd shows
+    /// the Worker only the status line).
+    Binding,
+}
+
+impl Refusals {
+    fn answer(self, error: KvError) -> Response {
+        match self {
+            Refusals::Rest => ApiError(error).into_response(),
+            Refusals::Binding => crate::workerd::Refusal::from(error).into_response(),
+        }
+    }
+
+    /// What a connection over the cap is told.
+    fn over_capacity(self) -> &'static [u8] {
+        match self {
+            Refusals::Rest => OVER_CAPACITY,
+            Refusals::Binding => OVER_CAPACITY_BINDING,
+        }
+    }
 }
 
 impl Default for ServerOptions {
@@ -66,7 +103,9 @@ impl Default for ServerOptions {
             max_connections: 4096,
             max_in_flight: 1024,
             request_timeout: Duration::from_secs(300),
+            min_body_rate: 1024,
             drain_timeout: Duration::from_secs(15),
+            refusals: Refusals::Rest,
         }
     }
 }
@@ -80,14 +119,25 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_connections", &self.max_connections)
             .field("max_in_flight", &self.max_in_flight)
             .field("request_timeout", &self.request_timeout)
+            .field("min_body_rate", &self.min_body_rate)
             .field("drain_timeout", &self.drain_timeout)
+            .field("refusals", &self.refusals)
             .finish()
     }
 }
 
+/// How often the pace of a request body on its way is looked at.
+const BODY_CHECK: Duration = Duration::from_secs(1);
+
+/// Most HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
 /// What a connection over the cap is told before it is closed (plain HTTP only: a TLS client
 /// would first need a handshake, which is what the cap saves).
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 131\r\nConnection: close\r\n\r\n{\"success\":false,\"errors\":[{\"code\":10050,\"message\":\"service unavailable: too many open connections\"}],\"messages\":[],\"result\":null}\n";
+
+/// [`OVER_CAPACITY`] for the workerd binding.
+const OVER_CAPACITY_BINDING: &[u8] = b"HTTP/1.1 503 Service unavailable: too many open connections\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 47\r\nConnection: close\r\n\r\nService unavailable: too many open connections\n";
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (up to the drain timeout) and returns.
@@ -106,16 +156,23 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
+    // HTTP/2: a peer that stops answering pings is dropped, and one connection may not open
+    // more streams at once than a client needs (each also takes an in-flight slot).
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20));
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let requests = Limits {
         in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
         max_in_flight: options.max_in_flight,
         timeout: options.request_timeout,
+        body_grace: options.header_read_timeout,
+        min_body_rate: options.min_body_rate,
+        refusals: options.refusals,
     };
     let (stopping, stop) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -133,7 +190,8 @@ where
             () = &mut shutdown => break,
         };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, acceptor.is_none()));
+            let answer = acceptor.is_none().then(|| options.refusals.over_capacity());
+            tokio::spawn(refuse(stream, answer));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -205,9 +263,22 @@ impl Connection {
             inner: io,
             active: active.clone(),
         };
-        let hyper_service = TowerToHyperService::new(
-            service.map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
-        );
+        // Requests whose answer is still being worked out: the connection is quiet because of
+        // the server then, not the client, and it is not idle.
+        let working = Arc::new(AtomicUsize::new(0));
+        let counted = {
+            let working = working.clone();
+            tower::service_fn(move |request: hyper::Request<Incoming>| {
+                let busy = Busy::enter(&working);
+                let answer = service.clone().oneshot(request.map(Body::new));
+                async move {
+                    let answered = answer.await;
+                    drop(busy);
+                    answered
+                }
+            })
+        };
+        let hyper_service = TowerToHyperService::new(counted);
         let mut connection = pin!(self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), hyper_service));
@@ -229,10 +300,19 @@ impl Connection {
                     }
                     return;
                 }
-                () = tokio::time::sleep_until(check_at), if !closing => {
+                () = tokio::time::sleep_until(check_at) => {
                     check_at += half;
-                    quiet_checks = if active.swap(false, Ordering::Relaxed) { 0 } else { quiet_checks + 1 };
-                    if quiet_checks >= 2 {
+                    let busy = working.load(Ordering::Relaxed) > 0;
+                    quiet_checks = if active.swap(false, Ordering::Relaxed) || busy { 0 } else { quiet_checks + 1 };
+                    if quiet_checks >= 4 {
+                        // A graceful close waits for the answer in flight to be sent: a client
+                        // that stopped reading it (or sent an HTTP/2 preface and nothing more)
+                        // would hold the connection for good. Still no bytes either way for
+                        // another idle timeout: it goes.
+                        tracing::debug!(peer = %self.peer, "dropping a connection that stays stalled");
+                        return;
+                    }
+                    if quiet_checks >= 2 && !closing {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
                         connection.as_mut().graceful_shutdown();
                         closing = true;
@@ -246,6 +326,22 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// A request being worked on, counted while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(working: &Arc<AtomicUsize>) -> Self {
+        working.fetch_add(1, Ordering::Relaxed);
+        Busy(working.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -320,6 +416,69 @@ struct Limits {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     timeout: Duration,
+    /// How long a body may take before [`Limits::min_body_rate`] applies.
+    body_grace: Duration,
+    min_body_rate: u64,
+    refusals: Refusals,
+}
+
+/// How much of a request body has arrived, and whether all of it has.
+#[derive(Default)]
+struct BodyProgress {
+    received: AtomicU64,
+    done: AtomicBool,
+}
+
+/// A request body that reports its progress.
+struct Tracked {
+    inner: Body,
+    progress: Arc<BodyProgress>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.progress
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => self.progress.done.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Limits {
+    /// Whether a body of which `progress` has arrived `elapsed` after the request began is
+    /// arriving slower than the floor allows.
+    fn body_too_slow(&self, progress: &BodyProgress, elapsed: Duration) -> bool {
+        if self.min_body_rate == 0 || progress.done.load(Ordering::Relaxed) {
+            return false;
+        }
+        let received = progress.received.load(Ordering::Relaxed);
+        let allowed =
+            self.body_grace + Duration::from_secs_f64(received as f64 / self.min_body_rate as f64);
+        elapsed > allowed
+    }
 }
 
 /// `service` with the request limits: shed when too many are in flight, cut off when one takes
@@ -344,11 +503,32 @@ where
         let limits = limits.clone();
         let answer: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> =
             Box::pin(async move {
-                let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
-                    return Ok(ApiError(KvError::Overloaded {
+                // Health probes are never shed: an orchestrator that reads a busy node's 503
+                // as dead would restart it, or take it out just when it is needed. They cost
+                // next to nothing.
+                let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+                let permit = limits.in_flight.clone().try_acquire_owned();
+                if permit.is_err() && !probe {
+                    return Ok(limits.refusals.answer(KvError::Overloaded {
                         limit: limits.max_in_flight,
-                    })
-                    .into_response());
+                    }));
+                }
+                let _permit = permit.ok();
+                let started = Instant::now();
+                // Only a request with a body to wait for has its progress followed (a GET
+                // costs nothing more).
+                let (request, progress) = if request.body().is_end_stream() {
+                    (request, None)
+                } else {
+                    let progress = Arc::new(BodyProgress::default());
+                    let tracked = progress.clone();
+                    let request = request.map(|inner| {
+                        Body::new(Tracked {
+                            inner,
+                            progress: tracked,
+                        })
+                    });
+                    (request, Some(progress))
                 };
                 // Most answers (a cached read) are ready the first time they are polled; only
                 // one that has to wait arms the deadline's timer.
@@ -358,34 +538,74 @@ where
                 {
                     return answered;
                 }
-                match tokio::time::timeout(limits.timeout, answer).await {
-                    Ok(answered) => answered,
-                    Err(_) => Ok(ApiError(KvError::RequestTimeout {
-                        secs: limits.timeout.as_secs(),
-                    })
-                    .into_response()),
+                let deadline = started + limits.timeout;
+                loop {
+                    // With a body on its way, its pace is looked at every second.
+                    let check = match progress {
+                        Some(_) => deadline.min(Instant::now() + BODY_CHECK),
+                        None => deadline,
+                    };
+                    tokio::select! {
+                        answered = answer.as_mut() => return answered,
+                        () = tokio::time::sleep_until(check) => {}
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(limits.refusals.answer(KvError::RequestTimeout {
+                            secs: limits.timeout.as_secs(),
+                        }));
+                    }
+                    if let Some(progress) = &progress {
+                        if limits.body_too_slow(progress, now - started) {
+                            return Ok(limits.refusals.answer(KvError::BodyTooSlow {
+                                received: progress.received.load(Ordering::Relaxed),
+                                secs: (now - started).as_secs(),
+                                min_rate: limits.min_body_rate,
+                            }));
+                        }
+                    }
                 }
             });
         answer
     })
 }
 
-/// Answers a connection over the cap with a 503 (plain HTTP) and closes it.
-async fn refuse(mut stream: TcpStream, plain: bool) {
+/// Closes a connection over the cap, after answering it `answer` (a 503, plain HTTP only).
+async fn refuse(mut stream: TcpStream, answer: Option<&'static [u8]>) {
     tracing::debug!("refusing a connection over the connection cap");
-    if plain {
-        let _ = tokio::time::timeout(Duration::from_secs(1), answer(&mut stream)).await;
+    if let Some(answer) = answer {
+        let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut stream, answer)).await;
     }
 }
 
-async fn answer<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T) -> io::Result<()> {
-    stream.write_all(OVER_CAPACITY).await?;
+async fn send<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T, answer: &[u8]) -> io::Result<()> {
+    stream.write_all(answer).await?;
     stream.shutdown().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn the_binding_over_capacity_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVER_CAPACITY_BINDING).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), length);
+        let status = head.lines().next().unwrap();
+        assert_eq!(
+            status,
+            format!("HTTP/1.1 503 {}", body.trim_end()),
+            "the reason phrase says it all"
+        );
+    }
 
     #[test]
     fn the_over_capacity_answer_is_well_formed() {
@@ -429,6 +649,9 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(2)),
             max_in_flight: 2,
             timeout: Duration::from_secs(60),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
+            refusals: Refusals::Rest,
         };
         let service = limited(slow(Duration::from_secs(1)), limits);
         let first = tokio::spawn(service.clone().oneshot(request()));
@@ -437,6 +660,12 @@ mod tests {
         let shed = service.clone().oneshot(request()).await.unwrap();
         assert_eq!(shed.status(), 503);
         assert_eq!(shed.headers()["retry-after"], "1");
+        // Health probes still get through.
+        for probe in ["/healthz", "/readyz"] {
+            let request = Request::get(probe).body(Body::empty()).unwrap();
+            let answer = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(answer.status(), 200, "{probe}");
+        }
         assert_eq!(first.await.unwrap().unwrap().status(), 200);
         assert_eq!(second.await.unwrap().unwrap().status(), 200);
         // Room again once they are done.
@@ -449,6 +678,9 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(8)),
             max_in_flight: 8,
             timeout: Duration::from_secs(5),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
+            refusals: Refusals::Rest,
         };
         let answer = limited(slow(Duration::from_secs(10)), limits.clone())
             .oneshot(request())
@@ -456,5 +688,106 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status(), 408);
         assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
+    }
+
+    /// A service that reads the whole body, then answers.
+    fn reading() -> impl tower::Service<
+        Request,
+        Response = Response,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response, Infallible>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|request: Request| async move {
+            let body = axum::body::to_bytes(request.into_body(), usize::MAX).await;
+            Ok::<_, Infallible>(match body {
+                Ok(bytes) => format!("{} bytes", bytes.len()).into_response(),
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            })
+        })
+    }
+
+    /// A request whose body is `chunks` bytes, one every `every`.
+    fn trickled(chunks: usize, size: usize, every: Duration) -> Request {
+        let stream = futures::stream::unfold(0, move |sent| async move {
+            if sent == chunks {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok::<_, Infallible>(Bytes::from(vec![b'x'; size])), sent + 1))
+        });
+        Request::put("/").body(Body::from_stream(stream)).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_the_floor_is_cut_off_and_a_steady_one_is_not() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(8)),
+            max_in_flight: 8,
+            timeout: Duration::from_secs(300),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
+            refusals: Refusals::Rest,
+        };
+        let service = limited(reading(), limits.clone());
+        // A byte every 2 s: cut soon after the grace, long before the request timeout.
+        let started = Instant::now();
+        let answer = service
+            .clone()
+            .oneshot(trickled(1000, 1, Duration::from_secs(2)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 408);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited <= Duration::from_secs(12),
+            "{waited:?}"
+        );
+        assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
+        // 4 KiB a second for 30 s: above the floor all along, so it is read whole.
+        let answer = service
+            .oneshot(trickled(30, 4096, Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let body = axum::body::to_bytes(answer.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], format!("{} bytes", 30 * 4096).as_bytes());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_binding_listener_refuses_in_its_own_words() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(1)),
+            max_in_flight: 1,
+            timeout: Duration::from_secs(5),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
+            refusals: Refusals::Binding,
+        };
+        let service = limited(slow(Duration::from_secs(10)), limits);
+        let first = tokio::spawn(service.clone().oneshot(request()));
+        tokio::task::yield_now().await;
+        let shed = service.oneshot(request()).await.unwrap();
+        assert_eq!(shed.status(), 503);
+        let phrase = shed.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert!(
+            std::str::from_utf8(phrase.as_bytes())
+                .unwrap()
+                .starts_with("Service unavailable: overloaded"),
+            "{phrase:?}"
+        );
+        let timed_out = first.await.unwrap().unwrap();
+        assert_eq!(timed_out.status(), 408);
+        let phrase = timed_out
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .unwrap();
+        assert!(
+            phrase.as_bytes().starts_with(b"Request timeout"),
+            "{phrase:?}"
+        );
     }
 }

@@ -207,6 +207,25 @@ pub static STORE_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Free bytes on the filesystem of the node's data directory.
+pub static STORE_FREE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_store_free_bytes",
+        "Free bytes on the filesystem of the node's data directory",
+        &["node"],
+    )
+});
+
+/// 1 while the node's storage takes writes, 0 while it refuses them (free space under
+/// storage.min_free_bytes, or an I/O error no health probe has got past since).
+pub static STORE_READY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_store_ready",
+        "1 while the node's storage takes writes, 0 while it refuses them",
+        &["node"],
+    )
+});
+
 type Refresh = Box<dyn Fn() + Send + Sync>;
 
 static REFRESHERS: LazyLock<Mutex<Vec<Refresh>>> = LazyLock::new(Mutex::default);
@@ -239,6 +258,8 @@ fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*GOSSIP_MEMBERS,
         &*GOSSIP_PACKETS_REJECTED,
         &*STORE_DISK_BYTES,
+        &*STORE_FREE_BYTES,
+        &*STORE_READY,
     ]
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use driftkv_core::KvService;
-use driftkv_http::Auth;
+use driftkv_http::{Auth, Refusals, ServerOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -52,7 +52,10 @@ impl BindingListener {
         shutdown: Shutdown,
     ) -> JoinHandle<anyhow::Result<()>> {
         let router = driftkv_http::workerd_binding(service, self.auth, node, process.tracing);
-        let options = process.server_options();
+        let options = ServerOptions {
+            refusals: Refusals::Binding,
+            ..process.server_options()
+        };
         tokio::spawn(async move {
             driftkv_http::serve(self.listener, router, options, shutdown.wait())
                 .await

@@ -61,6 +61,12 @@ pub struct StorageConfig {
     /// The storage engine: `fjall` (the default) or `sled`. A data directory stays with the
     /// engine that created it; a node refuses to open another engine's database.
     pub engine: StorageEngine,
+    /// Writes are refused (507, code 10054) while the data directory's filesystem has fewer
+    /// free bytes than this, so that the engine never meets a full disk in the middle of a
+    /// write; they resume once space is freed. 0 turns the check off.
+    pub min_free_bytes: u64,
+    /// How often the storage health probe writes and syncs a canary record, in milliseconds.
+    pub probe_interval_ms: u64,
 }
 
 /// The storage engines a node can run on.
@@ -118,6 +124,9 @@ impl TlsConfig {
 pub struct LimitsConfig {
     /// Most namespaces one account may have (Workers KV's default: 1,000).
     pub namespaces_per_account: usize,
+    /// Most live keys one namespace may hold; 0 (the default) for no limit, as Workers KV.
+    /// Enforced by the write region; deleted and expired keys free room within 10 s.
+    pub keys_per_namespace: u64,
 }
 
 /// How the HTTP listeners (REST API, workerd binding) treat connections and requests, so that
@@ -135,6 +144,9 @@ pub struct HttpConfig {
     pub max_in_flight: usize,
     /// Longest a request may take, its body included, in ms; past it the answer is 408.
     pub request_timeout_ms: u64,
+    /// Slowest a request body may arrive once `header_read_timeout_ms` has passed, in bytes a
+    /// second on average; slower is answered 408. 0 turns the floor off.
+    pub min_body_rate_bytes_per_sec: u64,
 }
 
 /// HTTPS for the node's HTTP listener (the REST API, `/cluster`, `/metrics`): a certificate
@@ -333,6 +345,7 @@ impl Default for Config {
             https: HttpsConfig::default(),
             limits: LimitsConfig {
                 namespaces_per_account: 1000,
+                keys_per_namespace: 0,
             },
             http: HttpConfig {
                 header_read_timeout_ms: 10_000,
@@ -340,12 +353,15 @@ impl Default for Config {
                 max_connections: 4096,
                 max_in_flight: 1024,
                 request_timeout_ms: 300_000,
+                min_body_rate_bytes_per_sec: 1024,
             },
             workerd: WorkerdConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 8786))),
             },
             storage: StorageConfig {
                 engine: StorageEngine::Fjall,
+                min_free_bytes: 256 * 1024 * 1024,
+                probe_interval_ms: 10_000,
             },
         }
     }
@@ -449,6 +465,10 @@ impl Config {
         anyhow::ensure!(
             self.limits.namespaces_per_account > 0,
             "limits.namespaces_per_account must be greater than 0"
+        );
+        anyhow::ensure!(
+            self.storage.probe_interval_ms > 0,
+            "storage.probe_interval_ms must be greater than 0"
         );
         anyhow::ensure!(
             self.grpc.max_snapshot_streams > 0,

@@ -18,6 +18,7 @@ use driftkv_edge::{
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
 use driftkv_proto::tls;
+use driftkv_store::guard::{Guarded, StorageGuard};
 use driftkv_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -66,18 +67,30 @@ impl Shutdown {
     }
 }
 
-/// Opens the node's database in `dir` with the configured engine (`storage.engine`).
-fn open_store(config: &Config, dir: &Path) -> anyhow::Result<Arc<Store>> {
+/// Opens the node's database in `dir` with the configured engine (`storage.engine`), its
+/// writes guarded by the free-space threshold and its I/O errors noted for readiness
+/// (`storage.min_free_bytes`, see [`driftkv_store::guard`]); the health probe opens the engine
+/// again if it keeps failing after an error.
+fn open_store(config: &Config, dir: &Path) -> anyhow::Result<(Arc<Store>, Arc<Guarded>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let engine = config.storage.engine.into();
-    let store = driftkv_store::open(engine, dir).with_context(|| {
+    let opened =
+        driftkv_store::open_backend(engine, dir).and_then(|backend| {
+            let guard = StorageGuard::new(dir, config.storage.min_free_bytes);
+            let reopen_dir = dir.to_owned();
+            let guarded = Arc::new(Guarded::new(backend, guard).reopening_with(Box::new(
+                move || driftkv_store::open_backend(engine, &reopen_dir),
+            )));
+            Ok((Store::open(guarded.clone())?, guarded))
+        });
+    let (store, guarded) = opened.with_context(|| {
         format!(
             "cannot open the {} database in {}",
             engine.name(),
             dir.display()
         )
     })?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), guarded))
 }
 
 /// Creates `dir` if missing and makes it, and everything in it, its owner's alone: data
@@ -224,7 +237,7 @@ impl CentralNode {
             Some(listener) => Some(process.auth_for(listener.local_addr()?)?),
             None => None,
         };
-        let store = open_store(config, data_dir)?;
+        let (store, guarded) = open_store(config, data_dir)?;
         let clock = Arc::new(SkewedClock::new(Arc::new(SystemClock)));
         let wall: Arc<dyn WallClock> = clock.clone();
         let engine = Arc::new(
@@ -234,7 +247,8 @@ impl CentralNode {
                 wall.clone(),
                 RateLimiter::per_second(config.rate_limit.writes_per_key_per_second),
             )?
-            .with_namespace_quota(config.limits.namespaces_per_account),
+            .with_namespace_quota(config.limits.namespaces_per_account)
+            .with_key_quota(config.limits.keys_per_namespace),
         );
         let grpc_addr = grpc.local_addr()?;
         let gossip = membership::join(
@@ -249,9 +263,14 @@ impl CentralNode {
             ),
         )
         .await?;
-        ops::watch_store(config.node_id, &store);
+        let storage = guarded.guard().clone();
+        ops::watch_store(config.node_id, &store, &storage);
         ops::watch_durable(config.node_id, engine.durable_sequence());
         let background = vec![
+            ops::spawn_storage_probe(
+                guarded,
+                Duration::from_millis(config.storage.probe_interval_ms),
+            ),
             spawn_sweeper(
                 &store,
                 wall,
@@ -292,7 +311,7 @@ impl CentralNode {
             let router = driftkv_http::operator_router(
                 auth,
                 &config.node_id.to_string(),
-                ops::central_ready()
+                ops::central_ready(storage)
                     .merge(admin::routes(
                         config,
                         admin::Switches {
@@ -405,7 +424,8 @@ impl EdgeNode {
             .map(|listener| BindingListener::new(process, listener))
             .transpose()?;
         let binding_addr = binding.as_ref().map(|b| b.local_addr()).transpose()?;
-        let store = open_store(config, data_dir)?;
+        let (store, guarded) = open_store(config, data_dir)?;
+        let storage = guarded.guard().clone();
         let wall: Arc<dyn WallClock> = Arc::new(SystemClock);
         let options = EdgeOptions {
             node_id,
@@ -457,6 +477,10 @@ impl EdgeNode {
                 .await;
         }
         let background = vec![
+            ops::spawn_storage_probe(
+                guarded,
+                Duration::from_millis(config.storage.probe_interval_ms),
+            ),
             spawn_follower(edge.clone()),
             spawn_sweeper(
                 &store,
@@ -470,7 +494,7 @@ impl EdgeNode {
                 Duration::from_millis(config.gossip.interval_ms),
             ),
         ];
-        ops::watch_store(node_id, &store);
+        ops::watch_store(node_id, &store, &storage);
         ops::watch_edge(node_id, &edge);
         let lab = experiments::routes(
             config,
@@ -482,7 +506,7 @@ impl EdgeNode {
             edge.clone(),
             auth,
             &node_id.to_string(),
-            ops::edge_ready(edge.clone())
+            ops::edge_ready(edge.clone(), storage)
                 .merge(admin::routes(
                     config,
                     admin::Switches {

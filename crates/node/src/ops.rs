@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,19 +15,33 @@ use driftkv_metrics::prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use driftkv_metrics::prometheus::proto::Metric;
 use driftkv_metrics::{
     CACHE_BYTES, GOSSIP_MEMBERS, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS,
-    STORE_DISK_BYTES,
+    STORE_DISK_BYTES, STORE_FREE_BYTES, STORE_READY,
 };
+use driftkv_store::guard::{Guarded, StorageGuard, StorageHealth};
 use driftkv_store::Store;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 
-/// Reports the store's size on disk at every scrape, for as long as the store is open.
-pub fn watch_store(node: u64, store: &Arc<Store>) {
-    let gauge = STORE_DISK_BYTES.with_label_values(&[&node.to_string()]);
+/// Reports the store's size on disk, the free space of its filesystem and whether it takes
+/// writes at every scrape, for as long as the store is open.
+pub fn watch_store(node: u64, store: &Arc<Store>, storage: &Arc<StorageGuard>) {
+    let node = node.to_string();
+    let gauge = STORE_DISK_BYTES.with_label_values(&[&node]);
+    let free = STORE_FREE_BYTES.with_label_values(&[&node]);
+    let ready = STORE_READY.with_label_values(&[&node]);
     let store: Weak<Store> = Arc::downgrade(store);
+    let storage = Arc::downgrade(storage);
     driftkv_metrics::on_scrape(move || {
         if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
             gauge.set(saturate(bytes));
+        }
+        if let Some(health) = storage.upgrade().map(|s| s.health()) {
+            if let Some(bytes) = health.free_bytes {
+                free.set(saturate(bytes));
+            }
+            ready.set(i64::from(health.ready));
         }
     });
 }
@@ -123,56 +138,106 @@ fn reported_edges<T: MetricVecBuilder>(metric: &MetricVec<T>, node: &str) -> BTr
         .collect()
 }
 
-/// `GET /readyz` of central: it serves once its storage is open, which is before it listens.
-pub fn central_ready() -> Router {
+/// Runs the storage health probe (a canary record written and synced, see
+/// [`Guarded::probe`]) every `every`, off the async threads.
+pub fn spawn_storage_probe(guarded: Arc<Guarded>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let guarded = guarded.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || guarded.probe()).await {
+                tracing::error!(error = %e, "the storage health probe failed to run");
+            }
+        }
+    })
+}
+
+/// `GET /readyz` of central: it serves once its storage is open, which is before it listens,
+/// for as long as its storage takes writes.
+pub fn central_ready(storage: Arc<StorageGuard>) -> Router {
     Router::new().route(
         "/readyz",
-        get(|| async {
-            Json(json!({ "ready": true, "role": "central", "reason": "storage open" }))
+        get(move || {
+            let storage = storage.clone();
+            async move {
+                let health = storage.health();
+                let (ready, reason) = if health.ready {
+                    (true, "storage open".to_owned())
+                } else {
+                    (false, health.reason.clone())
+                };
+                readiness(
+                    ready,
+                    json!({ "role": "central", "reason": reason, "storage": storage_json(&health) }),
+                )
+            }
         }),
     )
 }
 
-/// `GET /readyz` of an edge: ready once its replica holds data it can serve. With central out
-/// of reach it stays ready, serving its replica stale by design; the body says so.
-pub fn edge_ready(edge: Arc<Edge>) -> Router {
+/// `GET /readyz` of an edge: ready once its replica holds data it can serve, for as long as
+/// its storage takes writes (replication needs them). With central out of reach it stays
+/// ready, serving its replica stale by design; the body says so.
+pub fn edge_ready(edge: Arc<Edge>, storage: Arc<StorageGuard>) -> Router {
     Router::new().route(
         "/readyz",
         get(move || {
             let edge = edge.clone();
-            async move { edge_readiness(&edge) }
+            let storage = storage.clone();
+            async move { edge_readiness(&edge, &storage) }
         }),
     )
 }
 
-fn edge_readiness(edge: &Edge) -> Response {
-    let status = edge.status().borrow().clone();
-    let bootstrapped = status.caught_up_at_ms.is_some() || status.applied > 0;
-    let (ready, reason) = match (bootstrapped, status.connected) {
-        (false, _) => (
-            false,
-            "the replica has not caught up with central yet".to_owned(),
-        ),
-        (true, true) => (true, "replicating from central".to_owned()),
-        (true, false) => (
-            true,
-            "central is out of reach: serving reads from the replica (stale by design); writes fail"
-                .to_owned(),
-        ),
-    };
-    let body = Json(json!({
-        "ready": ready,
-        "role": "edge",
-        "reason": reason,
-        "applied_sequence": status.applied,
-        "central_connected": status.connected,
-    }));
+fn storage_json(health: &StorageHealth) -> serde_json::Value {
+    json!({
+        "ready": health.ready,
+        "reason": health.reason,
+        "free_bytes": health.free_bytes,
+        "min_free_bytes": health.min_free_bytes,
+    })
+}
+
+/// The answer of `/readyz`: 200 when ready, else 503; `body` gets `"ready"` added.
+fn readiness(ready: bool, mut body: serde_json::Value) -> Response {
+    body["ready"] = json!(ready);
     let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, body).into_response()
+    (code, Json(body)).into_response()
+}
+
+fn edge_readiness(edge: &Edge, storage: &StorageGuard) -> Response {
+    let status = edge.status().borrow().clone();
+    let health = storage.health();
+    let bootstrapped = status.caught_up_at_ms.is_some() || status.applied > 0;
+    let (ready, reason) = match (health.ready, bootstrapped, status.connected) {
+        (false, _, _) => (false, health.reason.clone()),
+        (true, false, _) => (
+            false,
+            "the replica has not caught up with central yet".to_owned(),
+        ),
+        (true, true, true) => (true, "replicating from central".to_owned()),
+        (true, true, false) => (
+            true,
+            "central is out of reach: serving reads from the replica (stale by design); writes fail"
+                .to_owned(),
+        ),
+    };
+    readiness(
+        ready,
+        json!({
+            "role": "edge",
+            "reason": reason,
+            "applied_sequence": status.applied,
+            "central_connected": status.connected,
+            "storage": storage_json(&health),
+        }),
+    )
 }
 
 #[cfg(test)]

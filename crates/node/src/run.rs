@@ -49,6 +49,7 @@ impl Process {
             max_connections: http.max_connections,
             max_in_flight: http.max_in_flight,
             request_timeout: Duration::from_millis(http.request_timeout_ms),
+            min_body_rate: http.min_body_rate_bytes_per_sec,
             ..ServerOptions::default()
         };
         Ok(Process {

@@ -14,6 +14,7 @@
 pub mod backend;
 mod commit;
 mod fjall_backend;
+pub mod guard;
 mod layout;
 pub mod reads;
 mod sled_backend;
@@ -68,12 +69,20 @@ impl StoreError {
     pub fn is_io(&self) -> bool {
         matches!(self, StoreError::Backend(e) if e.is_io())
     }
+
+    /// Whether the write failed for want of space: the filesystem is full (or over its quota),
+    /// or free space is under `storage.min_free_bytes` (see [`guard`]).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if matches!(&**e, BackendError::Io(io)
+            if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)))
+    }
 }
 
 impl From<StoreError> for KvError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchNamespace(_) => KvError::NamespaceNotFound,
+            full if full.is_out_of_space() => KvError::InsufficientStorage(full.to_string()),
             other => KvError::Internal(other.to_string()),
         }
     }
@@ -103,7 +112,14 @@ impl EngineKind {
 /// Opens (or creates) a node's database in `dir` with the `engine`. A directory that holds
 /// another engine's database is refused, rather than opened as an empty one beside it.
 pub fn open(engine: EngineKind, dir: &Path) -> Result<Store, StoreError> {
-    let backend: Arc<dyn Backend> = match engine {
+    Store::open(open_backend(engine, dir)?)
+}
+
+/// Opens (or creates) the `engine`'s database in `dir`, for a caller that wraps it (see
+/// [`guard`]) before [`Store::open`]. A directory that holds another engine's database is
+/// refused.
+pub fn open_backend(engine: EngineKind, dir: &Path) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(match engine {
         EngineKind::Sled => {
             refuse_other_engine(dir, engine, EngineKind::Fjall, FjallBackend::holds_database)?;
             Arc::new(SledBackend::open(dir)?)
@@ -112,8 +128,7 @@ pub fn open(engine: EngineKind, dir: &Path) -> Result<Store, StoreError> {
             refuse_other_engine(dir, engine, EngineKind::Sled, SledBackend::holds_database)?;
             Arc::new(FjallBackend::open(dir)?)
         }
-    };
-    Store::open(backend)
+    })
 }
 
 fn refuse_other_engine(

@@ -41,12 +41,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{Access, Auth, Scope};
 use crate::body::{linger, read_capped, read_json, Capped};
-use crate::bulk_answer::{self, Shape, ValueKind};
+use crate::bulk_answer::{self, Gathered, Shape, ValueKind};
 use crate::extract::Params;
 use crate::metered::MeterLayer;
 use crate::values::write_single;
 use crate::Service;
-use refusal::Refusal;
+pub(crate) use refusal::Refusal;
 use wire::{
     key_from_path, metadata_header, BulkGetRequest, ListAnswer, ListedKey, EXPIRATION_HEADER,
     METADATA_HEADER, NAMESPACE_HEADER,
@@ -95,7 +95,8 @@ fn authorize(
     account: Option<&str>,
     access: Access,
 ) -> Result<(), KvError> {
-    auth.check(headers, Scope { account, access })
+    // workerd speaks HTTP/1.1 in origin form: its Host header names the host.
+    auth.check(headers, None, Scope { account, access })
         .inspect_err(|e| {
             tracing::debug!(account, ?access, error = %e, "binding request refused");
         })
@@ -212,22 +213,18 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
     for (index, key) in request.keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
-    let mut entries = Vec::new();
-    let mut total = 0usize;
+    let mut entries = Gathered::with_capacity(count);
     for key in request.distinct_keys() {
         let found = binding
             .service
             .get(&namespace.account_id, namespace.id, key, cache_ttl)
             .await?;
-        // Counted as the values are read, so that an answer over the cap stops there.
-        total += found.as_ref().map_or(0, |v| v.value.len());
-        if total > MAX_VALUE_BYTES {
-            return Err(Refusal::new(
+        entries.push(key.to_owned(), found).map_err(|_| {
+            Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("Total size of the values exceeds the limit of {MAX_VALUE_BYTES} bytes"),
-            ));
-        }
-        entries.push((key.to_owned(), found));
+            )
+        })?;
     }
     // workerd reads the entries in the order asked for, and no expiration in them.
     let shape = Shape {
