@@ -11,19 +11,20 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use driftkv_core::time::hlc_to_unix_ms;
 use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView, Version};
 
 use crate::backend::{Batch, Tree};
 use crate::layout::{
-    corrupt, expiry_key, next_namespace, record_key, sequence_bytes, APPLIED_SEQUENCE,
-    LAST_SEQUENCE,
+    corrupt, expiry_key, next_namespace, record_key, sequence_bytes, tombstone_key,
+    tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE, PENDING_SEQUENCE,
 };
 use crate::store::{stored_version, Store};
 use crate::{DueExpiration, StoreError};
 
 /// Most keys one batch of a long removal (a namespace's records, old log entries) holds, so
 /// that the removal takes memory in proportion to this rather than to what it removes.
-const REMOVAL_CHUNK: usize = 10_000;
+pub(crate) const REMOVAL_CHUNK: usize = 10_000;
 
 /// A batch being built under the writer lock, with the versions it stages, so that two
 /// writes to one key in one batch are compared with each other, not with the stored record.
@@ -49,13 +50,15 @@ fn is_key(change: &Change) -> bool {
 
 impl Store {
     /// Stages `record` for `key` if its version is newer than the stored (or staged) one;
-    /// returns whether it was.
+    /// returns whether it was. A tombstone is indexed under `sequence`, the log sequence of
+    /// its change ([`PENDING_SEQUENCE`] when not known yet), for garbage collection.
     fn stage_record(
         &self,
         staging: &mut Staging,
         namespace: NamespaceId,
         key: &str,
         record: &Record,
+        sequence: u64,
     ) -> Result<bool, StoreError> {
         let stored_key = record_key(namespace, key.as_bytes());
         let current = match staging.versions.get(&stored_key) {
@@ -73,6 +76,13 @@ impl Store {
                 Tree::Expiry,
                 expiry_key(expiration, namespace, key),
                 Vec::new(),
+            );
+        }
+        if record.live.is_none() {
+            staging.batch.put(
+                Tree::Tombstones,
+                tombstone_key(sequence, namespace, key),
+                tombstone_value(hlc_to_unix_ms(record.version.timestamp), record.version),
             );
         }
         staging
@@ -151,7 +161,7 @@ impl Store {
     }
 
     /// Removes every key of `tree` in a range, a chunk per batch; returns how many went.
-    fn remove_all(
+    pub(crate) fn remove_all(
         &self,
         tree: Tree,
         from: Bound<&[u8]>,
@@ -186,11 +196,36 @@ impl Store {
 
     /// Applies records last-write-wins: each replaces the stored record of its key only if its
     /// version is greater. Returns, per record, whether it was applied. Applying the same
-    /// records again, or in another order, leaves the same state.
+    /// records again, or in another order, leaves the same state. Their log sequences are not
+    /// known: tombstones among them are kept from garbage collection until
+    /// [`Store::finish_snapshot`] settles them (see [`Store::apply_logged`] otherwise).
     pub fn apply(
         &self,
         namespace: NamespaceId,
         records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.apply_at(namespace, records, |_| PENDING_SEQUENCE)
+    }
+
+    /// [`Store::apply`] of records whose log sequences are known (`sequences`, one per
+    /// record): a replica's own acknowledged writes.
+    pub fn apply_logged(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+        sequences: &[u64],
+    ) -> Result<Vec<bool>, StoreError> {
+        if sequences.len() != records.len() {
+            return Err(corrupt("a sequence is needed for every record"));
+        }
+        self.apply_at(namespace, records, |i| sequences[i])
+    }
+
+    fn apply_at(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+        sequence: impl Fn(usize) -> u64,
     ) -> Result<Vec<bool>, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         if !self.has_namespace(namespace) {
@@ -199,7 +234,10 @@ impl Store {
         let mut staging = Staging::default();
         let applied = records
             .iter()
-            .map(|(key, record)| self.stage_record(&mut staging, namespace, key, record))
+            .enumerate()
+            .map(|(i, (key, record))| {
+                self.stage_record(&mut staging, namespace, key, record, sequence(i))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if !staging.batch.is_empty() {
             self.backend.commit(staging.batch)?;
@@ -294,7 +332,7 @@ impl Store {
                 record,
             } = change
             {
-                self.stage_record(staging, *namespace, key, record)?;
+                self.stage_record(staging, *namespace, key, record, *last + 1)?;
             }
             *last += 1;
             staging
@@ -343,12 +381,15 @@ impl Store {
     /// times, with the same outcome) and records the highest sequence applied, at least
     /// `through`, atomically with them. `through` covers entries the caller left out because
     /// their records are already stored (committed before this call). Key changes to
-    /// namespaces the replica does not have are skipped.
+    /// namespaces the replica does not have are skipped, and so are entries at or below the
+    /// [garbage-collection floor](Store::gc_floor): they were applied before, and the
+    /// tombstone that made one of them obsolete may be gone.
     pub fn apply_replicated(&self, entries: &[LogEntry], through: u64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         let mut applied = self.applied_sequence.load(Ordering::SeqCst);
+        let floor = self.gc_floor.load(Ordering::SeqCst);
         let mut staging = Staging::default();
-        for entry in entries {
+        for entry in entries.iter().filter(|entry| entry.sequence > floor) {
             match &entry.change {
                 Change::Key {
                     namespace,
@@ -356,7 +397,7 @@ impl Store {
                     record,
                 } => {
                     if self.has_namespace(*namespace) {
-                        self.stage_record(&mut staging, *namespace, key, record)?;
+                        self.stage_record(&mut staging, *namespace, key, record, entry.sequence)?;
                     }
                 }
                 change => {
@@ -419,6 +460,8 @@ impl Store {
 
     /// Turns the record of a due entry into a tombstone (keeping its version) if it still
     /// carries that expiration, and drops the index entry. Returns whether a record changed.
+    /// The tombstone is indexed for garbage collection under this node's position in the log
+    /// (the record's put came at or before it) and the expiration time.
     pub fn expire(&self, due: &DueExpiration) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         let mut batch = Batch::new();
@@ -432,6 +475,11 @@ impl Store {
                         Tree::Records,
                         stored_key,
                         Record::tombstone(view.version).encode(),
+                    );
+                    batch.put(
+                        Tree::Tombstones,
+                        tombstone_key(self.position(), due.namespace, &due.key),
+                        tombstone_value(due.expiration.saturating_mul(1000), view.version),
                     );
                     changed = true;
                 }

@@ -14,6 +14,7 @@
 pub mod backend;
 mod commit;
 mod fjall_backend;
+mod gc;
 mod layout;
 pub mod reads;
 mod sled_backend;

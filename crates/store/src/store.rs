@@ -12,7 +12,7 @@ use driftkv_core::{Change, KeyInfo, LogEntry, Namespace, NamespaceId, Record, Re
 use crate::backend::{Backend, Tree};
 use crate::layout::{
     corrupt, key_of, namespace_of, next_namespace, parse_expiry_key, read_sequence, record_key,
-    sequence_bytes, APPLIED_SEQUENCE, LAST_SEQUENCE,
+    sequence_bytes, APPLIED_SEQUENCE, GC_FLOOR, LAST_SEQUENCE,
 };
 use crate::{DueExpiration, LogBounds, Scan, StoreError, SCAN_BUDGET};
 
@@ -35,6 +35,8 @@ pub struct Store {
     pub(crate) last_sequence: AtomicU64,
     /// The highest sequence applied (a replica), mirrored from [`APPLIED_SEQUENCE`].
     pub(crate) applied_sequence: AtomicU64,
+    /// The garbage-collection floor, mirrored from [`GC_FLOOR`].
+    pub(crate) gc_floor: AtomicU64,
 }
 
 impl Store {
@@ -48,12 +50,14 @@ impl Store {
         }
         let last = read_sequence(backend.get(Tree::Meta, LAST_SEQUENCE)?.as_deref())?;
         let applied = read_sequence(backend.get(Tree::Meta, APPLIED_SEQUENCE)?.as_deref())?;
+        let gc_floor = read_sequence(backend.get(Tree::Meta, GC_FLOOR)?.as_deref())?;
         let store = Store {
             backend,
             namespaces: RwLock::new(namespaces),
             writer: Mutex::new(()),
             last_sequence: AtomicU64::new(last),
             applied_sequence: AtomicU64::new(applied),
+            gc_floor: AtomicU64::new(gc_floor),
         };
         store.purge_orphans()?;
         Ok(store)
@@ -135,6 +139,22 @@ impl Store {
     /// The highest log sequence this replica has applied; 0 for none.
     pub fn applied_sequence(&self) -> Result<u64, StoreError> {
         Ok(self.applied_sequence.load(Ordering::SeqCst))
+    }
+
+    /// The garbage-collection floor: the highest log sequence at or below which tombstones may
+    /// have been purged (or, on a replica, that an installed snapshot covers); 0 for none. A
+    /// replica whose applied sequence is below central's floor can only catch up from a
+    /// snapshot, and a replica ignores replayed entries at or below its own floor.
+    pub fn gc_floor(&self) -> u64 {
+        self.gc_floor.load(Ordering::SeqCst)
+    }
+
+    /// How far this node's data reaches in the log: the last sequence appended (central) or
+    /// applied (a replica).
+    pub(crate) fn position(&self) -> u64 {
+        self.last_sequence
+            .load(Ordering::SeqCst)
+            .max(self.applied_sequence.load(Ordering::SeqCst))
     }
 
     /// What the replication log holds.
