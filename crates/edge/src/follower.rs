@@ -7,6 +7,7 @@
 //! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
 //! network cut) ends the attempt; the follower reconnects with backoff, by itself.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,7 @@ async fn follow(edge: &Arc<Edge>) -> Result<(), KvError> {
         match event {
             ReplicationEvent::Entries(entries) => apply(edge, entries).await?,
             ReplicationEvent::Heartbeat { durable_sequence } => heartbeat(edge, durable_sequence),
+            ReplicationEvent::Horizon { sequence } => collect_garbage(edge, sequence).await?,
             ReplicationEvent::SnapshotNeeded { oldest_retained } => {
                 tracing::info!(
                     from,
@@ -90,6 +92,23 @@ fn heartbeat(edge: &Edge, durable: u64) {
     if edge.status.borrow().caught_up_at_ms.is_some() {
         edge.bootstrapping.store(false, Ordering::Relaxed);
     }
+}
+
+/// Purges the tombstones at or below central's `horizon` (and this replica's applied
+/// sequence) whose grace period has passed: the same rule central purges by.
+async fn collect_garbage(edge: &Arc<Edge>, horizon: u64) -> Result<(), KvError> {
+    let cutoff = edge
+        .wall
+        .now_ms()
+        .saturating_sub(edge.options.tombstone_grace.as_millis() as u64);
+    let purged = blocking(&edge.store, move |store| {
+        Ok(store.purge_tombstones(horizon, cutoff)?)
+    })
+    .await?;
+    if purged > 0 {
+        tracing::debug!(tombstones = purged, horizon, "purged tombstones");
+    }
+    Ok(())
 }
 
 /// Bytes of changes a batch may carry to be applied on the follower's task itself rather than
@@ -129,12 +148,16 @@ async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> 
     Ok(())
 }
 
-/// Rebuilds the replica from a snapshot: namespaces central no longer has go, everything in
-/// the snapshot is applied last-write-wins, and the applied sequence becomes the snapshot's.
+/// Rebuilds the replica from a snapshot: namespaces central no longer has go, every
+/// namespace's records become the snapshot's (local keys the snapshot lacks are removed, so
+/// that a key whose tombstone central purged cannot come back; the rest is applied
+/// last-write-wins), and the applied sequence becomes the snapshot's.
 #[tracing::instrument(name = "install snapshot", skip_all)]
 async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
     let mut stream = edge.upstream.snapshot(edge.options.node_id).await?;
     let mut first = true;
+    // Per namespace of the snapshot, the last key installed (records come in key order).
+    let mut installed: HashMap<NamespaceId, Option<String>> = HashMap::new();
     loop {
         let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.next())
             .await
@@ -143,6 +166,7 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
         if first {
             first = false;
             let namespaces = chunk.namespaces;
+            installed = namespaces.iter().map(|ns| (ns.id, None)).collect();
             blocking(&edge.store, move |store| {
                 for local in store.namespaces()? {
                     if !namespaces.iter().any(|ns| ns.id == local.id) {
@@ -156,17 +180,29 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             })
             .await?;
         }
-        // Records arrive namespace by namespace; apply each namespace's run as one batch.
-        let mut groups: Vec<(NamespaceId, Vec<(String, Record)>)> = Vec::new();
+        // Records arrive namespace by namespace; install each namespace's run as one batch.
+        let mut groups: Vec<(NamespaceId, Option<String>, Vec<(String, Record)>)> = Vec::new();
         for (namespace, key, record) in chunk.records {
             match groups.last_mut() {
-                Some((id, batch)) if *id == namespace => batch.push((key, record)),
-                _ => groups.push((namespace, vec![(key, record)])),
+                Some((id, _, batch)) if *id == namespace => batch.push((key, record)),
+                _ => {
+                    let after = installed.get(&namespace).cloned().flatten();
+                    groups.push((namespace, after, vec![(key, record)]));
+                }
             }
         }
+        for (id, _, batch) in &groups {
+            installed.insert(*id, batch.last().map(|(key, _)| key.clone()));
+        }
+        if chunk.complete {
+            // What follows the last key installed of each namespace is not at central.
+            groups.extend(installed.drain().map(|(id, after)| (id, after, Vec::new())));
+        }
+        let complete = chunk.complete;
         blocking(&edge.store, move |store| {
-            for (id, batch) in &groups {
-                match store.apply(*id, batch) {
+            for (id, after, batch) in &groups {
+                let last = complete && batch.is_empty();
+                match store.install_snapshot_run(*id, after.as_deref(), batch, last) {
                     // Deleted since: its deletion follows in the log.
                     Ok(_) | Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}
                     Err(e) => return Err(e.into()),
@@ -176,13 +212,15 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
         })
         .await?;
         if chunk.complete {
-            let sequence = chunk.sequence;
+            let (sequence, written_through) = (chunk.sequence, chunk.written_through);
             blocking(&edge.store, move |store| {
-                Ok(store.set_applied_sequence(sequence)?)
+                Ok(store.finish_snapshot(sequence, written_through)?)
             })
             .await?;
-            // Entries up to the snapshot's sequence will not come: forget those applied here.
-            edge.not_applied_here(Vec::new(), sequence);
+            // Entries up to the snapshot's sequence will not come, and the install may have
+            // removed a write of this edge's that central logged after the snapshot began:
+            // every later entry is applied again.
+            edge.forget_applied_here(sequence);
             if edge.options.invalidate_on_replication {
                 edge.cache.clear();
             }

@@ -111,6 +111,7 @@ pub(crate) fn edge_over(dir: &Path, central: Arc<Central>) -> (Arc<Edge>, Arc<Co
         invalidate_on_replication: false,
         request_timeout: Duration::from_secs(5),
         stream_silence: Duration::from_secs(5),
+        tombstone_grace: Duration::from_secs(86_400),
     };
     let edge = Edge::new(store, Arc::new(SystemClock), central, options).unwrap();
     (edge, counting)

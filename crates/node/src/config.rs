@@ -61,6 +61,11 @@ pub struct StorageConfig {
     /// The storage engine: `fjall` (the default) or `sled`. A data directory stays with the
     /// engine that created it; a node refuses to open another engine's database.
     pub engine: StorageEngine,
+    /// How long a tombstone (a deleted or expired key) is kept at least, in seconds, once
+    /// every edge has applied past it; then garbage collection purges it (see docs/gc.md).
+    pub tombstone_grace_secs: u64,
+    /// How often garbage collection runs, in milliseconds.
+    pub gc_interval_ms: u64,
 }
 
 /// The storage engines a node can run on.
@@ -346,6 +351,8 @@ impl Default for Config {
             },
             storage: StorageConfig {
                 engine: StorageEngine::Fjall,
+                tombstone_grace_secs: 86_400,
+                gc_interval_ms: 60_000,
             },
         }
     }
@@ -496,6 +503,7 @@ impl Config {
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("http.max_connections", self.http.max_connections as u64),
             ("http.max_in_flight", self.http.max_in_flight as u64),
+            ("storage.gc_interval_ms", self.storage.gc_interval_ms),
         ] {
             anyhow::ensure!(ms > 0, "{name} must be greater than 0");
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use driftkv_central::{spawn_log_trimmer, Central, CentralOptions, CentralService};
+use driftkv_central::{spawn_gc, spawn_log_trimmer, Central, CentralOptions, CentralService};
 use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
 use driftkv_core::upstream::Upstream;
 use driftkv_edge::{
@@ -242,24 +242,6 @@ impl CentralNode {
         .await?;
         ops::watch_store(config.node_id, &store);
         ops::watch_durable(config.node_id, engine.durable_sequence());
-        let background = vec![
-            spawn_sweeper(
-                &store,
-                wall,
-                Duration::from_millis(config.sweep_interval_ms),
-            ),
-            spawn_log_trimmer(
-                &store,
-                config.replication.log_retention_entries,
-                Duration::from_millis(config.replication.trim_interval_ms),
-            ),
-            membership::publish_central(
-                gossip.clone(),
-                store.clone(),
-                engine.durable_sequence(),
-                Duration::from_millis(config.gossip.interval_ms),
-            ),
-        ];
         let central = Central::new(
             engine,
             CentralOptions {
@@ -267,6 +249,29 @@ impl CentralNode {
                 max_snapshots: config.grpc.max_snapshot_streams,
             },
         );
+        let background = vec![
+            spawn_sweeper(
+                &store,
+                wall.clone(),
+                Duration::from_millis(config.sweep_interval_ms),
+            ),
+            spawn_log_trimmer(
+                &store,
+                config.replication.log_retention_entries,
+                Duration::from_millis(config.replication.trim_interval_ms),
+            ),
+            spawn_gc(
+                &central,
+                wall,
+                Duration::from_secs(config.storage.tombstone_grace_secs),
+                Duration::from_millis(config.storage.gc_interval_ms),
+            ),
+            membership::publish_central(
+                gossip.clone(),
+                central.clone(),
+                Duration::from_millis(config.gossip.interval_ms),
+            ),
+        ];
         let service = CentralService::new(central, process.security.cluster.is_some());
         let mut http_addr = None;
         let mut servers = Vec::new();
@@ -410,6 +415,7 @@ impl EdgeNode {
             invalidate_on_replication: config.cache.invalidate_on_replication,
             request_timeout: Duration::from_millis(config.central.request_timeout_ms),
             stream_silence: Duration::from_millis(config.replication.stream_silence_ms),
+            tombstone_grace: Duration::from_secs(config.storage.tombstone_grace_secs),
         };
         let link = Arc::new(CentralLink::new(
             LinkTimeouts {

@@ -424,8 +424,7 @@ impl Cluster {
             spawn_log_trimmer(&store, LOG_RETENTION, Duration::from_millis(200)),
             membership::publish_central(
                 gossip.clone(),
-                store,
-                engine.durable_sequence(),
+                central.clone(),
                 Duration::from_millis(200),
             ),
         ];
@@ -474,6 +473,7 @@ impl Cluster {
             invalidate_on_replication: false,
             request_timeout: Duration::from_secs(2),
             stream_silence: Duration::from_secs(3),
+            tombstone_grace: Duration::from_secs(86_400),
         };
         let wall: Arc<dyn WallClock> = clock.clone();
         let edge_node = Edge::new(store, wall, Arc::new(link), options).expect("the edge starts");

@@ -346,6 +346,7 @@ impl From<ReplicationEvent> for pb::SubscribeReply {
             ReplicationEvent::SnapshotNeeded { oldest_retained } => {
                 Event::SnapshotNeeded(pb::SnapshotNeeded { oldest_retained })
             }
+            ReplicationEvent::Horizon { sequence } => Event::Horizon(pb::Horizon { sequence }),
         };
         pb::SubscribeReply { event: Some(event) }
     }
@@ -370,6 +371,9 @@ impl TryFrom<pb::SubscribeReply> for ReplicationEvent {
             Event::SnapshotNeeded(needed) => ReplicationEvent::SnapshotNeeded {
                 oldest_retained: needed.oldest_retained,
             },
+            Event::Horizon(horizon) => ReplicationEvent::Horizon {
+                sequence: horizon.sequence,
+            },
         })
     }
 }
@@ -385,6 +389,7 @@ impl From<SnapshotChunk> for pb::SnapshotChunk {
                 .collect(),
             complete: chunk.complete,
             sequence: chunk.sequence,
+            written_through: chunk.written_through,
         }
     }
 }
@@ -412,6 +417,7 @@ impl TryFrom<pb::SnapshotChunk> for SnapshotChunk {
                 .collect::<Result<_, KvError>>()?,
             complete: chunk.complete,
             sequence: chunk.sequence,
+            written_through: chunk.written_through,
         })
     }
 }
