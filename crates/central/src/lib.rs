@@ -33,7 +33,7 @@ use driftkv_core::upstream::{
 use driftkv_core::{KvError, KvService, LiveValue, LogEntry, Namespace, NamespaceId};
 use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
-use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
+use driftkv_metrics::{CENTRAL_WRITE_SECONDS, GC_PURGED, SNAPSHOTS};
 use driftkv_proto::pb;
 use driftkv_proto::pb::central_server::{Central as CentralRpc, CentralServer};
 use driftkv_proto::tls::{allowed, caller_role, Access};
@@ -696,14 +696,16 @@ pub fn spawn_log_trimmer(
     })
 }
 
-/// Runs a round of garbage collection every `every` (see [`Central::collect_garbage`]).
-/// Stops once central is dropped.
+/// Runs a round of garbage collection every `every` (see [`Central::collect_garbage`]),
+/// counting what it purged in `driftkv_gc_purged_total{kind="tombstone"}`. Stops once
+/// central is dropped.
 pub fn spawn_gc(
     central: &Arc<Central>,
     wall: Arc<dyn WallClock>,
     grace: Duration,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let purged = GC_PURGED.with_label_values(&[&central.engine.node_id().to_string(), "tombstone"]);
     let central = Arc::downgrade(central);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -715,7 +717,10 @@ pub fn spawn_gc(
             };
             match central.collect_garbage(wall.now_ms(), grace).await {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!(tombstones = n, "purged tombstones"),
+                Ok(n) => {
+                    purged.inc_by(n as u64);
+                    tracing::debug!(tombstones = n, "purged tombstones");
+                }
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
         }

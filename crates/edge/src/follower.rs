@@ -65,7 +65,9 @@ async fn follow(edge: &Arc<Edge>) -> Result<(), KvError> {
         match event {
             ReplicationEvent::Entries(entries) => apply(edge, entries).await?,
             ReplicationEvent::Heartbeat { durable_sequence } => heartbeat(edge, durable_sequence),
-            ReplicationEvent::Horizon { sequence } => collect_garbage(edge, sequence).await?,
+            ReplicationEvent::Horizon { sequence } => {
+                edge.horizon.fetch_max(sequence, Ordering::SeqCst);
+            }
             ReplicationEvent::SnapshotNeeded { oldest_retained } => {
                 tracing::info!(
                     from,
@@ -94,21 +96,45 @@ fn heartbeat(edge: &Edge, durable: u64) {
     }
 }
 
-/// Purges the tombstones at or below central's `horizon` (and this replica's applied
-/// sequence) whose grace period has passed: the same rule central purges by.
-async fn collect_garbage(edge: &Arc<Edge>, horizon: u64) -> Result<(), KvError> {
+/// Every `every`, purges the tombstones at or below central's horizon (as it last said) and
+/// this replica's applied sequence whose grace period has passed: the rule central purges by
+/// (see `docs/gc.md`). Stops once the edge is dropped.
+pub fn spawn_gc(edge: &Arc<Edge>, every: Duration) -> tokio::task::JoinHandle<()> {
+    let purged = driftkv_metrics::GC_PURGED
+        .with_label_values(&[&edge.options.node_id.to_string(), "tombstone"]);
+    let edge = Arc::downgrade(edge);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(edge) = edge.upgrade() else { return };
+            match collect_garbage(&edge).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    purged.inc_by(n as u64);
+                    tracing::debug!(tombstones = n, "purged tombstones");
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    })
+}
+
+/// One round of [`spawn_gc`]; returns how many tombstones went.
+async fn collect_garbage(edge: &Arc<Edge>) -> Result<usize, KvError> {
+    let horizon = edge.horizon.load(Ordering::SeqCst);
+    if horizon == 0 {
+        return Ok(0);
+    }
     let cutoff = edge
         .wall
         .now_ms()
         .saturating_sub(edge.options.tombstone_grace.as_millis() as u64);
-    let purged = blocking(&edge.store, move |store| {
+    blocking(&edge.store, move |store| {
         Ok(store.purge_tombstones(horizon, cutoff)?)
     })
-    .await?;
-    if purged > 0 {
-        tracing::debug!(tombstones = purged, horizon, "purged tombstones");
-    }
-    Ok(())
+    .await
 }
 
 /// Bytes of changes a batch may carry to be applied on the follower's task itself rather than

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use cache::ReadCache;
 pub use faults::{FaultSettings, Faults, FaultyUpstream};
-pub use follower::spawn_follower;
+pub use follower::{spawn_follower, spawn_gc};
 pub use link::{CentralLink, LinkTimeouts};
 
 /// How an edge behaves.
@@ -113,6 +113,8 @@ pub struct Edge {
     /// Log sequences of this edge's own writes, applied to the replica when central
     /// acknowledged them, that the follower has not reached yet: it skips their entries.
     applied_here: Mutex<AppliedHere>,
+    /// Central's garbage-collection horizon, as it last said (0: not heard yet).
+    horizon: std::sync::atomic::AtomicU64,
 }
 
 impl Edge {
@@ -140,6 +142,7 @@ impl Edge {
             writes: forward::start(edge.clone()),
             this: edge.clone(),
             applied_here: Mutex::default(),
+            horizon: std::sync::atomic::AtomicU64::new(0),
             store,
             wall,
             options,

@@ -207,6 +207,42 @@ pub static STORE_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Records the node stores with a value (live, or expired and not swept yet).
+pub static STORE_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_store_records",
+        "Records with a value the node stores, as last counted",
+        &["node"],
+    )
+});
+
+/// Tombstones (deleted or expired keys) the node stores.
+pub static STORE_TOMBSTONES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_store_tombstones",
+        "Tombstones (deleted or expired keys) the node stores, as last counted",
+        &["node"],
+    )
+});
+
+/// Entries the replication log holds (central).
+pub static LOG_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "driftkv_log_entries",
+        "Entries central's replication log holds",
+        &["node"],
+    )
+});
+
+/// What garbage collection removed, by kind: tombstone, log_entry.
+pub static GC_PURGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "driftkv_gc_purged_total",
+        "What garbage collection removed, by kind: tombstone, log_entry",
+        &["node", "kind"],
+    )
+});
+
 type Refresh = Box<dyn Fn() + Send + Sync>;
 
 static REFRESHERS: LazyLock<Mutex<Vec<Refresh>>> = LazyLock::new(Mutex::default);
@@ -239,6 +275,10 @@ fn collectors() -> Vec<&'static dyn prometheus::core::Collector> {
         &*GOSSIP_MEMBERS,
         &*GOSSIP_PACKETS_REJECTED,
         &*STORE_DISK_BYTES,
+        &*STORE_RECORDS,
+        &*STORE_TOMBSTONES,
+        &*LOG_ENTRIES,
+        &*GC_PURGED,
     ]
 }
 

@@ -13,7 +13,8 @@ use driftkv_central::{spawn_gc, spawn_log_trimmer, Central, CentralOptions, Cent
 use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
 use driftkv_core::upstream::Upstream;
 use driftkv_edge::{
-    spawn_follower, CentralLink, Edge, EdgeOptions, Faults, FaultyUpstream, LinkTimeouts,
+    spawn_follower, spawn_gc as spawn_edge_gc, CentralLink, Edge, EdgeOptions, Faults,
+    FaultyUpstream, LinkTimeouts,
 };
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
@@ -240,7 +241,6 @@ impl CentralNode {
             ),
         )
         .await?;
-        ops::watch_store(config.node_id, &store);
         ops::watch_durable(config.node_id, engine.durable_sequence());
         let central = Central::new(
             engine,
@@ -270,6 +270,11 @@ impl CentralNode {
                 gossip.clone(),
                 central.clone(),
                 Duration::from_millis(config.gossip.interval_ms),
+            ),
+            ops::watch_store(
+                config.node_id,
+                &store,
+                Duration::from_millis(config.storage.gc_interval_ms),
             ),
         ];
         let service = CentralService::new(central, process.security.cluster.is_some());
@@ -462,6 +467,7 @@ impl EdgeNode {
         }
         let background = vec![
             spawn_follower(edge.clone()),
+            spawn_edge_gc(&edge, Duration::from_millis(config.storage.gc_interval_ms)),
             spawn_sweeper(
                 &store,
                 wall,
@@ -473,8 +479,12 @@ impl EdgeNode {
                 central.is_empty().then_some(link),
                 Duration::from_millis(config.gossip.interval_ms),
             ),
+            ops::watch_store(
+                node_id,
+                &store,
+                Duration::from_millis(config.storage.gc_interval_ms),
+            ),
         ];
-        ops::watch_store(node_id, &store);
         ops::watch_edge(node_id, &edge);
         let lab = experiments::routes(
             config,

@@ -10,25 +10,45 @@ use axum::routing::get;
 use axum::{Json, Router};
 use driftkv_core::cluster::{ClusterView, MemberStatus, NodeRole};
 use driftkv_edge::Edge;
+use driftkv_engine::spawn_maintenance;
 use driftkv_metrics::prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use driftkv_metrics::prometheus::proto::Metric;
 use driftkv_metrics::{
-    CACHE_BYTES, GOSSIP_MEMBERS, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS,
-    STORE_DISK_BYTES,
+    CACHE_BYTES, GOSSIP_MEMBERS, LOG_ENTRIES, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES,
+    REPLICATION_LAG_SECONDS, STORE_DISK_BYTES, STORE_RECORDS, STORE_TOMBSTONES,
 };
 use driftkv_store::Store;
 use serde_json::json;
-use tokio::sync::watch;
+use std::time::Duration;
 
-/// Reports the store's size on disk at every scrape, for as long as the store is open.
-pub fn watch_store(node: u64, store: &Arc<Store>) {
-    let gauge = STORE_DISK_BYTES.with_label_values(&[&node.to_string()]);
-    let store: Weak<Store> = Arc::downgrade(store);
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Reports the store's size on disk and the log's length at every scrape, for as long as the
+/// store is open, and counts its records and tombstones every `every` (a scan of every
+/// record, too slow for a scrape) on the returned task.
+pub fn watch_store(node: u64, store: &Arc<Store>, every: Duration) -> JoinHandle<()> {
+    let node = node.to_string();
+    let bytes = STORE_DISK_BYTES.with_label_values(&[&node]);
+    let entries = LOG_ENTRIES.with_label_values(&[&node]);
+    let weak: Weak<Store> = Arc::downgrade(store);
     driftkv_metrics::on_scrape(move || {
-        if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
-            gauge.set(saturate(bytes));
+        let Some(store) = weak.upgrade() else { return };
+        if let Ok(size) = store.size_on_disk() {
+            bytes.set(saturate(size));
+        }
+        if let Ok(bounds) = store.log_bounds() {
+            entries.set(saturate((bounds.last + 1).saturating_sub(bounds.oldest)));
         }
     });
+    let records = STORE_RECORDS.with_label_values(&[&node]);
+    let tombstones = STORE_TOMBSTONES.with_label_values(&[&node]);
+    spawn_maintenance(store, every, "counting records", move |store| {
+        let counts = store.count_records()?;
+        records.set(saturate(counts.values));
+        tombstones.set(saturate(counts.tombstones));
+        Ok(0)
+    })
 }
 
 /// Reports the edge's cache size and applied log sequence at every scrape, for as long as the

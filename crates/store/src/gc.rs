@@ -185,4 +185,31 @@ impl Store {
         self.gc_floor.store(floor, Ordering::SeqCst);
         Ok(())
     }
+
+    /// Counts the records stored, with a value or as tombstones: a scan of every record
+    /// (reading only the head of each), for gauges refreshed now and then.
+    pub fn count_records(&self) -> Result<RecordCounts, StoreError> {
+        let mut counts = RecordCounts::default();
+        for entry in self
+            .backend
+            .range(Tree::Records, Bound::Unbounded, Bound::Unbounded)
+        {
+            let (_, v) = entry?;
+            if RecordView::decode(&v).map_err(corrupt)?.value.is_some() {
+                counts.values += 1;
+            } else {
+                counts.tombstones += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// The records a node stores, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records with a value (live, or expired and not swept yet).
+    pub values: u64,
+    /// Tombstones: deleted or expired keys.
+    pub tombstones: u64,
 }

@@ -864,6 +864,8 @@ pub async fn tombstones_are_purged_at_the_horizon_after_their_grace(store: &Stor
     assert_eq!(store.purge_tombstones(4, u64::MAX).unwrap(), 0);
     assert_eq!(store.purge_tombstones(8, 199_999).unwrap(), 0);
     assert_eq!(store.gc_floor(), 0);
+    let counts = |values, tombstones| crate::RecordCounts { values, tombstones };
+    assert_eq!(store.count_records().unwrap(), counts(1, 2));
     // a goes; b's stale index entry goes without touching the live b; c waits its grace.
     assert_eq!(store.purge_tombstones(8, 300_000).unwrap(), 1);
     assert_eq!(store.get(id, "a").unwrap(), None);
@@ -875,6 +877,7 @@ pub async fn tombstones_are_purged_at_the_horizon_after_their_grace(store: &Stor
     assert_eq!(store.gc_floor(), 8);
     assert_eq!(store.purge_tombstones(8, 400_000).unwrap(), 1);
     assert_eq!(store.get(id, "c").unwrap(), None);
+    assert_eq!(store.count_records().unwrap(), counts(1, 0));
     // A key deleted, written and deleted again keeps its tombstone until the last delete is
     // at or below the horizon.
     for (secs, record) in [
