@@ -42,7 +42,7 @@ use driftkv_proto::{
     namespace_id, status_from_error, BATCH_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
 };
 use driftkv_store::reads::blocking;
-use driftkv_store::Store;
+use driftkv_store::{Purged, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -133,13 +133,13 @@ impl Central {
     /// One round of garbage collection at `now_ms`: purges the tombstones at or below the
     /// horizon older than `grace`, and announces the horizon to subscribers. Returns how
     /// many tombstones went.
-    pub async fn collect_garbage(&self, now_ms: u64, grace: Duration) -> Result<usize, KvError> {
+    pub async fn collect_garbage(&self, now_ms: u64, grace: Duration) -> Result<Purged, KvError> {
         let Some(horizon) = self.gc_horizon() else {
-            return Ok(0);
+            return Ok(Purged::default());
         };
         let cutoff = now_ms.saturating_sub(grace.as_millis() as u64);
         let purged = blocking(self.engine.store(), move |store| {
-            Ok(store.purge_tombstones(horizon, cutoff)?)
+            Ok(store.collect_garbage(horizon, cutoff)?)
         })
         .await?;
         self.horizon.send_if_modified(|h| {
@@ -697,7 +697,7 @@ pub fn spawn_log_trimmer(
 }
 
 /// Runs a round of garbage collection every `every` (see [`Central::collect_garbage`]),
-/// counting what it purged in `driftkv_gc_purged_total{kind="tombstone"}`. Stops once
+/// counting what it purged in `driftkv_gc_purged_total{kind="tombstone"|"namespace"}`. Stops once
 /// central is dropped.
 pub fn spawn_gc(
     central: &Arc<Central>,
@@ -705,7 +705,9 @@ pub fn spawn_gc(
     grace: Duration,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let purged = GC_PURGED.with_label_values(&[&central.engine.node_id().to_string(), "tombstone"]);
+    let node = central.engine.node_id().to_string();
+    let purged = GC_PURGED.with_label_values(&[&node, "tombstone"]);
+    let purged_namespaces = GC_PURGED.with_label_values(&[&node, "namespace"]);
     let central = Arc::downgrade(central);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -716,10 +718,12 @@ pub fn spawn_gc(
                 return;
             };
             match central.collect_garbage(wall.now_ms(), grace).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    purged.inc_by(n as u64);
-                    tracing::debug!(tombstones = n, "purged tombstones");
+                Ok(done) => {
+                    purged.inc_by(done.tombstones as u64);
+                    purged_namespaces.inc_by(done.namespaces as u64);
+                    if done != Purged::default() {
+                        tracing::debug!(?done, "purged tombstones");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use driftkv_core::upstream::ReplicationEvent;
 use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
 use driftkv_store::reads::blocking;
+use driftkv_store::Purged;
 use futures::StreamExt as _;
 
 use crate::Edge;
@@ -100,8 +101,9 @@ fn heartbeat(edge: &Edge, durable: u64) {
 /// this replica's applied sequence whose grace period has passed: the rule central purges by
 /// (see `docs/gc.md`). Stops once the edge is dropped.
 pub fn spawn_gc(edge: &Arc<Edge>, every: Duration) -> tokio::task::JoinHandle<()> {
-    let purged = driftkv_metrics::GC_PURGED
-        .with_label_values(&[&edge.options.node_id.to_string(), "tombstone"]);
+    let node = edge.options.node_id.to_string();
+    let purged = driftkv_metrics::GC_PURGED.with_label_values(&[&node, "tombstone"]);
+    let purged_namespaces = driftkv_metrics::GC_PURGED.with_label_values(&[&node, "namespace"]);
     let edge = Arc::downgrade(edge);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -110,10 +112,12 @@ pub fn spawn_gc(edge: &Arc<Edge>, every: Duration) -> tokio::task::JoinHandle<()
             ticks.tick().await;
             let Some(edge) = edge.upgrade() else { return };
             match collect_garbage(&edge).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    purged.inc_by(n as u64);
-                    tracing::debug!(tombstones = n, "purged tombstones");
+                Ok(done) => {
+                    purged.inc_by(done.tombstones as u64);
+                    purged_namespaces.inc_by(done.namespaces as u64);
+                    if done != Purged::default() {
+                        tracing::debug!(?done, "purged tombstones");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
@@ -121,18 +125,18 @@ pub fn spawn_gc(edge: &Arc<Edge>, every: Duration) -> tokio::task::JoinHandle<()
     })
 }
 
-/// One round of [`spawn_gc`]; returns how many tombstones went.
-async fn collect_garbage(edge: &Arc<Edge>) -> Result<usize, KvError> {
+/// One round of [`spawn_gc`].
+async fn collect_garbage(edge: &Arc<Edge>) -> Result<Purged, KvError> {
     let horizon = edge.horizon.load(Ordering::SeqCst);
     if horizon == 0 {
-        return Ok(0);
+        return Ok(Purged::default());
     }
     let cutoff = edge
         .wall
         .now_ms()
         .saturating_sub(edge.options.tombstone_grace.as_millis() as u64);
     blocking(&edge.store, move |store| {
-        Ok(store.purge_tombstones(horizon, cutoff)?)
+        Ok(store.collect_garbage(horizon, cutoff)?)
     })
     .await
 }

@@ -254,11 +254,7 @@ fn newest_version(store: &Store, last: u64) -> Result<u64, KvError> {
     let entries = store.log_entries(from, VERSION_WINDOW as usize)?;
     Ok(entries
         .iter()
-        .filter_map(|entry| match &entry.change {
-            Change::Key { record, .. } => Some(record.version.timestamp),
-            Change::Namespace(namespace) => Some(namespace.version.timestamp),
-            Change::NamespaceDeleted(_) => None,
-        })
+        .filter_map(|entry| entry.change.timestamp())
         .max()
         .unwrap_or(0))
 }
@@ -355,7 +351,9 @@ impl KvService for Engine {
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
         let _guard = self.namespace_changes.lock().await;
         reads::owned(self.store.as_ref(), account_id, id)?;
-        self.commit(vec![Change::NamespaceDeleted(id)]).await?;
+        let version = self.stamp();
+        self.commit(vec![Change::NamespaceDeleted { id, version }])
+            .await?;
         tracing::info!(namespace = %id, "namespace deleted");
         Ok(())
     }

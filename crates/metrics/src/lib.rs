@@ -234,11 +234,11 @@ pub static LOG_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// What garbage collection removed, by kind: tombstone, log_entry.
+/// What garbage collection removed, by kind: tombstone, namespace, log_entry.
 pub static GC_PURGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "driftkv_gc_purged_total",
-        "What garbage collection removed, by kind: tombstone, log_entry",
+        "What garbage collection removed, by kind: tombstone (a key's), namespace (a namespace's tombstone), log_entry",
         &["node", "kind"],
     )
 });

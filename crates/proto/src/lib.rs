@@ -196,7 +196,12 @@ impl From<LogEntry> for pb::LogEntry {
                 record,
             } => Wire::Key(key_change(namespace, key, record)),
             Change::Namespace(ns) => Wire::Namespace((&ns).into()),
-            Change::NamespaceDeleted(id) => Wire::NamespaceDeleted(id.0.to_vec()),
+            Change::NamespaceDeleted { id, version } => {
+                Wire::NamespaceDeletion(pb::NamespaceDeletion {
+                    id: id.0.to_vec(),
+                    version: Some(version.into()),
+                })
+            }
         };
         pb::LogEntry {
             sequence: e.sequence,
@@ -213,7 +218,14 @@ impl TryFrom<pb::LogEntry> for LogEntry {
         let change = match e.change.ok_or_else(|| missing("change"))? {
             Wire::Key(k) => k.try_into()?,
             Wire::Namespace(ns) => Change::Namespace(ns.try_into()?),
-            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted(namespace_id(&id)?),
+            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted {
+                id: namespace_id(&id)?,
+                version: Version::default(),
+            },
+            Wire::NamespaceDeletion(deletion) => Change::NamespaceDeleted {
+                id: namespace_id(&deletion.id)?,
+                version: required_version(deletion.version)?,
+            },
         };
         Ok(LogEntry {
             sequence: e.sequence,
@@ -568,7 +580,10 @@ mod tests {
                 record: Record::tombstone(version()),
             },
             Change::Namespace(ns.clone()),
-            Change::NamespaceDeleted(ns.id),
+            Change::NamespaceDeleted {
+                id: ns.id,
+                version: version(),
+            },
         ] {
             let entry = LogEntry {
                 sequence: 12,

@@ -16,10 +16,10 @@ use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView,
 
 use crate::backend::{Batch, Tree};
 use crate::layout::{
-    corrupt, expiry_key, next_namespace, record_key, sequence_bytes, tombstone_key,
-    tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE, PENDING_SEQUENCE,
+    corrupt, expiry_key, namespace_tombstone_key, next_namespace, record_key, sequence_bytes,
+    tombstone_key, tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE, PENDING_SEQUENCE,
 };
-use crate::store::{stored_version, Store};
+use crate::store::{stored_version, NamespaceTombstone, Store};
 use crate::{DueExpiration, StoreError};
 
 /// Most keys one batch of a long removal (a namespace's records, old log entries) holds, so
@@ -92,16 +92,23 @@ impl Store {
         Ok(true)
     }
 
-    /// Applies a namespace change, committing it with `bookkeeping` (its log entry or applied
-    /// sequence). A namespace record replaces the stored one only if its version is newer;
-    /// a deleted namespace's records go after the deletion is committed. Returns whether the
-    /// namespaces changed.
+    /// Applies a namespace change logged at `sequence` ([`PENDING_SEQUENCE`] when not known),
+    /// committing it with `bookkeeping` (its log entry or applied sequence). A namespace record
+    /// replaces the stored one only if its version is newer, and never recreates a deleted
+    /// namespace (ids are never reused, so such a change is a late or replayed one); a
+    /// deletion leaves a namespace tombstone, and the namespace's records go after it is
+    /// committed. Returns whether the namespaces changed.
     fn commit_namespace(
         &self,
         change: &Change,
         mut bookkeeping: Batch,
+        sequence: u64,
     ) -> Result<bool, StoreError> {
         match change {
+            Change::Namespace(namespace) if self.namespace_deleted(namespace.id) => {
+                self.backend.commit(bookkeeping)?;
+                Ok(false)
+            }
             Change::Namespace(namespace) => {
                 let (newer, known) = {
                     let namespaces = self.namespaces.read().expect("namespace map lock");
@@ -131,12 +138,36 @@ impl Store {
                 }
                 Ok(newer)
             }
-            Change::NamespaceDeleted(id) => {
+            Change::NamespaceDeleted { id, version } => {
                 let existed = self.has_namespace(*id);
                 if existed {
                     bookkeeping.remove(Tree::Namespaces, id.0.to_vec());
                 }
+                let kept = self
+                    .namespace_tombstones
+                    .read()
+                    .expect("namespace tombstones lock")
+                    .get(id)
+                    .copied();
+                // A tombstone is written once, and again when its sequence becomes known.
+                let tombstone = match kept {
+                    Some(kept) if kept.sequence != PENDING_SEQUENCE => None,
+                    Some(_) if sequence == PENDING_SEQUENCE => None,
+                    _ => Some(NamespaceTombstone {
+                        sequence,
+                        gone_at_ms: hlc_to_unix_ms(version.timestamp),
+                    }),
+                };
+                if let Some(tombstone) = tombstone {
+                    bookkeeping.put(Tree::Meta, namespace_tombstone_key(*id), tombstone.encode());
+                }
                 self.backend.commit(bookkeeping)?;
+                if let Some(tombstone) = tombstone {
+                    self.namespace_tombstones
+                        .write()
+                        .expect("namespace tombstones lock")
+                        .insert(*id, tombstone);
+                }
                 if existed {
                     self.namespaces
                         .write()
@@ -185,13 +216,23 @@ impl Store {
     /// equal or newer version; returns whether it was stored.
     pub fn put_namespace(&self, namespace: &Namespace) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
-        self.commit_namespace(&Change::Namespace(namespace.clone()), Batch::new())
+        self.commit_namespace(
+            &Change::Namespace(namespace.clone()),
+            Batch::new(),
+            PENDING_SEQUENCE,
+        )
     }
 
-    /// Removes a namespace and all its records; false if it did not exist.
+    /// Removes a namespace and all its records, leaving a tombstone (kept from garbage
+    /// collection until the deletion's log entry, or the end of a snapshot install, says at
+    /// which sequence it was deleted); false if it did not exist.
     pub fn delete_namespace(&self, id: NamespaceId) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
-        self.commit_namespace(&Change::NamespaceDeleted(id), Batch::new())
+        let deletion = Change::NamespaceDeleted {
+            id,
+            version: Version::default(),
+        };
+        self.commit_namespace(&deletion, Batch::new(), PENDING_SEQUENCE)
     }
 
     /// Applies records last-write-wins: each replaces the stored record of its key only if its
@@ -303,7 +344,7 @@ impl Store {
                 let mut bookkeeping = Batch::new();
                 bookkeeping.put(Tree::Log, sequence_bytes(last + 1), change.encode());
                 bookkeeping.put(Tree::Meta, LAST_SEQUENCE.to_vec(), sequence_bytes(last + 1));
-                if let Err(e) = self.commit_namespace(change, bookkeeping) {
+                if let Err(e) = self.commit_namespace(change, bookkeeping, last + 1) {
                     outcome = Err(e);
                     break;
                 }
@@ -410,7 +451,7 @@ impl Store {
                         APPLIED_SEQUENCE.to_vec(),
                         sequence_bytes(sequence),
                     );
-                    self.commit_namespace(change, bookkeeping)?;
+                    self.commit_namespace(change, bookkeeping, entry.sequence)?;
                     self.applied_sequence.store(sequence, Ordering::SeqCst);
                 }
             }

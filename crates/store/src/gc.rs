@@ -18,10 +18,11 @@ use driftkv_core::{NamespaceId, Record, RecordView};
 use crate::backend::{Batch, Tree};
 use crate::commit::REMOVAL_CHUNK;
 use crate::layout::{
-    corrupt, key_of, next_namespace, parse_tombstone_key, parse_tombstone_value, record_key,
-    sequence_bytes, tombstone_key, APPLIED_SEQUENCE, GC_FLOOR, PENDING_SEQUENCE,
+    corrupt, key_of, namespace_tombstone_key, next_namespace, parse_tombstone_key,
+    parse_tombstone_value, record_key, sequence_bytes, tombstone_key, APPLIED_SEQUENCE, GC_FLOOR,
+    PENDING_SEQUENCE,
 };
-use crate::store::Store;
+use crate::store::{NamespaceTombstone, Store};
 use crate::StoreError;
 
 /// Most index entries one purge batch examines, so that the writer lock is held briefly.
@@ -85,6 +86,54 @@ impl Store {
         }
     }
 
+    /// One round of garbage collection: [`Store::purge_tombstones`] and
+    /// [`Store::purge_namespace_tombstones`] at `horizon` and `cutoff_ms`.
+    pub fn collect_garbage(&self, horizon: u64, cutoff_ms: u64) -> Result<Purged, StoreError> {
+        Ok(Purged {
+            tombstones: self.purge_tombstones(horizon, cutoff_ms)?,
+            namespaces: self.purge_namespace_tombstones(horizon, cutoff_ms)?,
+        })
+    }
+
+    /// Purges the namespace tombstones of deletions logged at or below `horizon` (capped at
+    /// this node's own position in the log) that happened at or before `cutoff_ms`: the rule
+    /// of [`Store::purge_tombstones`]. Returns how many went.
+    pub fn purge_namespace_tombstones(
+        &self,
+        horizon: u64,
+        cutoff_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let horizon = horizon.min(self.position());
+        let due: Vec<NamespaceId> = self
+            .namespace_tombstones
+            .read()
+            .expect("namespace tombstones lock")
+            .iter()
+            .filter(|(_, t)| t.sequence <= horizon && t.gone_at_ms <= cutoff_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Batch::new();
+        for id in &due {
+            batch.remove(Tree::Meta, namespace_tombstone_key(*id));
+        }
+        let floor = self.gc_floor.load(Ordering::SeqCst).max(horizon);
+        batch.put(Tree::Meta, GC_FLOOR.to_vec(), sequence_bytes(floor));
+        self.backend.commit(batch)?;
+        self.gc_floor.store(floor, Ordering::SeqCst);
+        let mut tombstones = self
+            .namespace_tombstones
+            .write()
+            .expect("namespace tombstones lock");
+        for id in &due {
+            tombstones.remove(id);
+        }
+        Ok(due.len())
+    }
+
     /// Installs one run of a snapshot's records of `namespace`, which central sends in key
     /// order: removes every local record whose key lies after `after` and up to the run's
     /// last key (to the namespace's end with `to_end`) and is not in the run, then applies
@@ -143,7 +192,8 @@ impl Store {
     /// Finishes a snapshot install: everything up to `sequence` is applied (and replays at or
     /// below it are ignored from now on), and the tombstones the snapshot brought are indexed
     /// under `written_through`, a sequence at or after every change the snapshot reflects, so
-    /// that garbage collection may purge them in time.
+    /// that garbage collection may purge them in time; so are the tombstones of namespaces the
+    /// install deleted (or this replica deleted itself and has not seen the log entry of).
     pub fn finish_snapshot(&self, sequence: u64, written_through: u64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         let pending = PENDING_SEQUENCE.to_be_bytes();
@@ -172,8 +222,28 @@ impl Store {
             }
             self.backend.commit(batch)?;
         }
+        let settled = written_through.max(sequence);
+        let pending: Vec<(NamespaceId, NamespaceTombstone)> = self
+            .namespace_tombstones
+            .read()
+            .expect("namespace tombstones lock")
+            .iter()
+            .filter(|(_, t)| t.sequence == PENDING_SEQUENCE)
+            .map(|(id, t)| {
+                (
+                    *id,
+                    NamespaceTombstone {
+                        sequence: settled,
+                        ..*t
+                    },
+                )
+            })
+            .collect();
         let floor = self.gc_floor.load(Ordering::SeqCst).max(sequence);
         let mut batch = Batch::new();
+        for (id, tombstone) in &pending {
+            batch.put(Tree::Meta, namespace_tombstone_key(*id), tombstone.encode());
+        }
         batch.put(
             Tree::Meta,
             APPLIED_SEQUENCE.to_vec(),
@@ -183,6 +253,10 @@ impl Store {
         self.backend.commit(batch)?;
         self.applied_sequence.store(sequence, Ordering::SeqCst);
         self.gc_floor.store(floor, Ordering::SeqCst);
+        self.namespace_tombstones
+            .write()
+            .expect("namespace tombstones lock")
+            .extend(pending);
         Ok(())
     }
 
@@ -203,6 +277,15 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+/// What a round of garbage collection purged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Key tombstones.
+    pub tombstones: usize,
+    /// Namespace tombstones.
+    pub namespaces: usize,
 }
 
 /// The records a node stores, by kind.

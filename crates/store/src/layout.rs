@@ -20,6 +20,15 @@ pub(crate) const GC_FLOOR: &[u8] = b"gc_floor";
 /// yet (a snapshot's); never purged until settled with a known sequence.
 pub(crate) const PENDING_SEQUENCE: u64 = u64::MAX;
 
+/// Prefix of the [`Tree::Meta`] keys of namespace tombstones (followed by the id): the log
+/// sequence of the deletion and when it happened, so that the id is never recreated.
+pub(crate) const NAMESPACE_TOMBSTONE: &[u8] = b"namespace_tombstone/";
+
+/// The [`Tree::Meta`] key of `namespace`'s tombstone.
+pub(crate) fn namespace_tombstone_key(namespace: NamespaceId) -> Vec<u8> {
+    [NAMESPACE_TOMBSTONE, &namespace.0].concat()
+}
+
 /// Length of a namespace id, the prefix of every record key.
 pub(crate) const NAMESPACE_BYTES: usize = 16;
 

@@ -12,7 +12,7 @@ use driftkv_core::{Change, KeyInfo, LogEntry, Namespace, NamespaceId, Record, Re
 use crate::backend::{Backend, Tree};
 use crate::layout::{
     corrupt, key_of, namespace_of, next_namespace, parse_expiry_key, read_sequence, record_key,
-    sequence_bytes, APPLIED_SEQUENCE, GC_FLOOR, LAST_SEQUENCE,
+    sequence_bytes, APPLIED_SEQUENCE, GC_FLOOR, LAST_SEQUENCE, NAMESPACE_TOMBSTONE,
 };
 use crate::{DueExpiration, LogBounds, Scan, StoreError, SCAN_BUDGET};
 
@@ -37,6 +37,38 @@ pub struct Store {
     pub(crate) applied_sequence: AtomicU64,
     /// The garbage-collection floor, mirrored from [`GC_FLOOR`].
     pub(crate) gc_floor: AtomicU64,
+    /// Deleted namespaces whose tombstones are kept, mirrored from the [`NAMESPACE_TOMBSTONE`]
+    /// keys. Changed only under `writer`, after the change is committed.
+    pub(crate) namespace_tombstones: RwLock<HashMap<NamespaceId, NamespaceTombstone>>,
+}
+
+/// A deleted namespace's tombstone: the log sequence of its deletion
+/// ([`PENDING_SEQUENCE`](crate::layout::PENDING_SEQUENCE) until known) and when it went
+/// (unix ms; 0 when not known).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NamespaceTombstone {
+    pub(crate) sequence: u64,
+    pub(crate) gone_at_ms: u64,
+}
+
+impl NamespaceTombstone {
+    pub(crate) fn encode(self) -> Vec<u8> {
+        [self.sequence.to_be_bytes(), self.gone_at_ms.to_be_bytes()].concat()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let number = |at: usize| -> Result<u64, StoreError> {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("a short namespace tombstone"))
+        };
+        Ok(NamespaceTombstone {
+            sequence: number(0)?,
+            gone_at_ms: number(8)?,
+        })
+    }
 }
 
 impl Store {
@@ -51,6 +83,19 @@ impl Store {
         let last = read_sequence(backend.get(Tree::Meta, LAST_SEQUENCE)?.as_deref())?;
         let applied = read_sequence(backend.get(Tree::Meta, APPLIED_SEQUENCE)?.as_deref())?;
         let gc_floor = read_sequence(backend.get(Tree::Meta, GC_FLOOR)?.as_deref())?;
+        let mut namespace_tombstones = HashMap::new();
+        for entry in backend.range(
+            Tree::Meta,
+            Bound::Included(NAMESPACE_TOMBSTONE),
+            Bound::Unbounded,
+        ) {
+            let (k, v) = entry?;
+            let Some(id) = k.strip_prefix(NAMESPACE_TOMBSTONE) else {
+                break;
+            };
+            let id = NamespaceId(id.try_into().map_err(|_| corrupt("a short namespace id"))?);
+            namespace_tombstones.insert(id, NamespaceTombstone::decode(&v)?);
+        }
         let store = Store {
             backend,
             namespaces: RwLock::new(namespaces),
@@ -58,6 +103,7 @@ impl Store {
             last_sequence: AtomicU64::new(last),
             applied_sequence: AtomicU64::new(applied),
             gc_floor: AtomicU64::new(gc_floor),
+            namespace_tombstones: RwLock::new(namespace_tombstones),
         };
         store.purge_orphans()?;
         Ok(store)
@@ -93,6 +139,14 @@ impl Store {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Whether `id` was deleted and its tombstone is still kept.
+    pub fn namespace_deleted(&self, id: NamespaceId) -> bool {
+        self.namespace_tombstones
+            .read()
+            .expect("namespace tombstones lock")
+            .contains_key(&id)
     }
 
     pub(crate) fn has_namespace(&self, id: NamespaceId) -> bool {

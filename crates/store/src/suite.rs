@@ -50,7 +50,8 @@ macro_rules! store_suite {
             tombstones_are_purged_at_the_horizon_after_their_grace,
             expired_records_are_purged_like_deleted_ones,
             replays_below_the_floor_do_not_resurrect,
-            snapshot_installs_remove_what_the_snapshot_lacks
+            snapshot_installs_remove_what_the_snapshot_lacks,
+            deleted_namespaces_stay_deleted
         );
         mod store_suite_reopening {
             #[allow(unused_imports)]
@@ -64,6 +65,11 @@ macro_rules! store_suite {
             #[tokio::test]
             async fn an_interrupted_namespace_deletion_finishes_on_open() {
                 $crate::suite::an_interrupted_namespace_deletion_finishes_on_open($open).await;
+            }
+
+            #[tokio::test]
+            async fn namespace_tombstones_survive_reopening() {
+                $crate::suite::namespace_tombstones_survive_reopening($open).await;
             }
 
             $crate::suite::proptest::proptest! {
@@ -148,6 +154,14 @@ fn with_namespace(store: &Store, id: u8) -> NamespaceId {
     NamespaceId([id; 16])
 }
 
+/// The deletion of namespace `id`, at HLC time 0.
+fn deleted(id: NamespaceId) -> Change {
+    Change::NamespaceDeleted {
+        id,
+        version: Version::default(),
+    }
+}
+
 fn names(keys: &[KeyInfo]) -> Vec<&str> {
     keys.iter().map(|k| k.name.as_str()).collect()
 }
@@ -193,9 +207,12 @@ pub async fn deleting_a_namespace_removes_its_records(store: &Store) {
         store.apply(id, &[("k".into(), live(2, "v", None))]),
         Err(StoreError::NoSuchNamespace(_))
     ));
-    // Recreating it starts empty.
-    let id = with_namespace(store, 3);
-    assert_eq!(store.get(id, "k").unwrap(), None);
+    // Ids are never reused: a create of the id (late or replayed) does not bring it back.
+    assert!(!store.put_namespace(&ns(3)).unwrap());
+    assert!(matches!(
+        store.get(id, "k"),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
 }
 
 /// A record replaces the stored one only if its version is greater.
@@ -476,13 +493,13 @@ pub async fn appends_are_numbered_without_gaps(store: &Store) {
         store.append(&missing),
         Err(StoreError::NoSuchNamespace(_))
     ));
-    assert_eq!(store.append(&[Change::NamespaceDeleted(id)]).unwrap(), 4);
+    assert_eq!(store.append(&[deleted(id)]).unwrap(), 4);
     assert_eq!(store.namespace(id).unwrap(), None);
     let entries = store.log_entries(1, 100).unwrap();
     let expected: Vec<LogEntry> = [Change::Namespace(ns(4))]
         .into_iter()
         .chain(batch)
-        .chain([Change::NamespaceDeleted(id)])
+        .chain([deleted(id)])
         .enumerate()
         .map(|(i, change)| LogEntry {
             sequence: i as u64 + 1,
@@ -564,7 +581,7 @@ pub async fn replicated_entries_advance_the_applied_sequence(store: &Store) {
         .apply_replicated(
             &[LogEntry {
                 sequence: 4,
-                change: Change::NamespaceDeleted(id),
+                change: deleted(id),
             }],
             4,
         )
@@ -1092,4 +1109,93 @@ pub fn gc_never_resurrects(
     };
     proptest::prop_assert_eq!(live_keys(&replica), live_keys(&central));
     Ok(())
+}
+
+/// A deleted namespace stays deleted: a late or replayed entry recreates neither it nor its
+/// keys. Its tombstone goes by the rule key tombstones go by (and replays are then below the
+/// floor); a deletion whose sequence is not known yet (this replica's own) waits for it.
+pub async fn deleted_namespaces_stay_deleted(store: &Store) {
+    let id = NamespaceId([6; 16]);
+    let entry = |sequence, change| LogEntry { sequence, change };
+    let create = entry(1, Change::Namespace(ns(6)));
+    let put = entry(2, key_change(id, "k", live(2, "v", None)));
+    let delete = entry(
+        3,
+        Change::NamespaceDeleted {
+            id,
+            version: at(100),
+        },
+    );
+    store
+        .apply_replicated(&[create.clone(), put.clone(), delete], 3)
+        .unwrap();
+    assert!(store.namespace_deleted(id));
+    store
+        .apply_replicated(&[create.clone(), put.clone()], 3)
+        .unwrap();
+    let renamed = Namespace {
+        title: "renamed late".into(),
+        version: at(50),
+        ..ns(6)
+    };
+    assert!(!store.put_namespace(&renamed).unwrap());
+    assert_eq!(store.namespace(id).unwrap(), None);
+    assert!(matches!(
+        store.apply(id, &[("k".into(), live(3, "v", None))]),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
+    assert_eq!(store.purge_namespace_tombstones(2, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_namespace_tombstones(3, 99_999).unwrap(), 0);
+    assert_eq!(store.purge_namespace_tombstones(3, 100_000).unwrap(), 1);
+    assert!(!store.namespace_deleted(id));
+    assert_eq!(store.gc_floor(), 3);
+    store.apply_replicated(&[create, put], 3).unwrap();
+    assert_eq!(store.namespace(id).unwrap(), None);
+
+    // Deleted here first (this replica's own request), then replicated with its sequence.
+    let other = with_namespace(store, 7);
+    assert!(store.delete_namespace(other).unwrap());
+    assert!(store.namespace_deleted(other));
+    assert_eq!(
+        store
+            .purge_namespace_tombstones(u64::MAX, u64::MAX)
+            .unwrap(),
+        0
+    );
+    let replicated = Change::NamespaceDeleted {
+        id: other,
+        version: at(200),
+    };
+    store.apply_replicated(&[entry(4, replicated)], 4).unwrap();
+    assert_eq!(store.purge_namespace_tombstones(4, 199_999).unwrap(), 0);
+    let purged = store.collect_garbage(4, 200_000).unwrap();
+    assert_eq!((purged.tombstones, purged.namespaces), (0, 1));
+    assert!(!store.namespace_deleted(other));
+}
+
+/// Central's namespace tombstones are written with their deletion's log entry and survive
+/// reopening; recreating the id is refused after a restart too.
+pub async fn namespace_tombstones_survive_reopening(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = NamespaceId([3; 16]);
+    {
+        let store = open(dir.path());
+        store.append(&[Change::Namespace(ns(3))]).unwrap();
+        let deletion = Change::NamespaceDeleted {
+            id,
+            version: at(10),
+        };
+        assert_eq!(store.append(&[deletion]).unwrap(), 2);
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.namespace_deleted(id));
+    assert!(!store.put_namespace(&ns(3)).unwrap());
+    assert_eq!(store.namespace(id).unwrap(), None);
+    assert_eq!(store.purge_namespace_tombstones(1, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_namespace_tombstones(2, u64::MAX).unwrap(), 1);
+    drop(store);
+    let store = open(dir.path());
+    assert!(!store.namespace_deleted(id));
+    assert_eq!(store.gc_floor(), 2);
 }
