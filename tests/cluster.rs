@@ -1053,3 +1053,106 @@ async fn tombstones_go_everywhere_once_every_edge_is_past_them_and_nothing_comes
     .await;
     assert_eq!(installed, Some(1.0));
 }
+
+/// A namespace deleted while an edge is paused is gone there once it resumes, stays gone when
+/// the edge rebuilds from a snapshot afterwards, and its tombstone goes everywhere once every
+/// edge is past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_deleted_while_an_edge_was_paused_is_gone_there_for_good() {
+    let mut edge_env = GC_ENV.to_vec();
+    edge_env.extend([
+        ("DRIFTKV_TESTBED__ENABLED", "true"),
+        ("DRIFTKV_TESTBED__ADMIN_TOKEN", ADMIN_TOKEN),
+    ]);
+    let cluster = Cluster::start_full(2, &GC_ENV, &edge_env).await;
+    let http = client();
+    let doomed = namespace(&http, &cluster, 0, "doomed").await;
+    assert_eq!(
+        put(&http, &cluster.edges[0], &doomed, "k", "v").await.0,
+        200
+    );
+    wait_for(Duration::from_secs(5), "edge 1 to have the key", || async {
+        contents(&http, &cluster.edges[1], &doomed)
+            .await
+            .contains_key("k")
+            .then_some(())
+    })
+    .await;
+    let admin = |path: &str| format!("{}/admin/testbed/{path}", cluster.edges[1].base);
+    let pause = |paused: bool| {
+        http.put(admin("faults"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "paused": paused }))
+            .send()
+    };
+    assert_eq!(pause(true).await.unwrap().status(), 200);
+    send_ok(http.delete(format!("{}/{doomed}", api(&cluster.edges[0])))).await;
+    let namespace_at = |edge: usize| {
+        http.get(format!("{}/{doomed}", api(&cluster.edges[edge])))
+            .send()
+    };
+    assert_eq!(namespace_at(1).await.unwrap().status(), 200, "paused edge");
+    assert_eq!(pause(false).await.unwrap().status(), 200);
+    wait_for(
+        Duration::from_secs(10),
+        "the namespace to go at the resumed edge",
+        || async { (namespace_at(1).await.ok()?.status() == 404).then_some(()) },
+    )
+    .await;
+    let view = common::cluster_view(&http, &cluster.edges[0].base).await;
+    let central = member(&view, "1").expect("central in /cluster")["http"]
+        .as_str()
+        .expect("central's HTTP address")
+        .to_owned();
+    let namespaces_purged = |base: String| {
+        let http = http.clone();
+        async move {
+            metric(
+                &http,
+                &base,
+                "driftkv_gc_purged_total",
+                Some("kind=\"namespace\""),
+            )
+            .await
+        }
+    };
+    for base in [
+        central.clone(),
+        cluster.edges[0].base.clone(),
+        cluster.edges[1].base.clone(),
+    ] {
+        wait_for(
+            Duration::from_secs(10),
+            "the namespace tombstone to be purged",
+            || async { (namespaces_purged(base.clone()).await? >= 1.0).then_some(()) },
+        )
+        .await;
+    }
+    // A rebuild from a snapshot after the tombstone went does not bring it back either.
+    let resync = http
+        .post(admin("resync"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resync.status(), 200);
+    wait_for(Duration::from_secs(10), "the resync snapshot", || async {
+        let installed = metric(
+            &http,
+            &cluster.edges[1].base,
+            "driftkv_snapshots_total",
+            Some("direction=\"installed\""),
+        )
+        .await?;
+        (installed >= 1.0).then_some(())
+    })
+    .await;
+    for edge in [0, 1] {
+        assert_eq!(namespace_at(edge).await.unwrap().status(), 404);
+    }
+    let listed = send_ok(http.get(api(&cluster.edges[1]))).await;
+    assert!(
+        !listed.to_string().contains(&doomed),
+        "the deleted namespace is listed: {listed}"
+    );
+}
