@@ -347,7 +347,11 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let mut queried = 0;
         for panel in dashboard["panels"].as_array().unwrap() {
-            for target in panel["targets"].as_array().unwrap() {
+            let Some(targets) = panel["targets"].as_array() else {
+                assert_eq!(panel["type"], "row", "panel {} queries nothing", panel["title"]);
+                continue;
+            };
+            for target in targets {
                 let expr = target["expr"].as_str().unwrap();
                 for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                     if !word.starts_with("driftkv_") {
