@@ -76,7 +76,7 @@ impl Engine {
         // Whatever the store holds when it opens has survived, so it counts as durable.
         let last = store.log_bounds()?.last;
         let versions = VersionClock::new(wall.clone());
-        versions.resume_after(newest_version(&store, last)?);
+        versions.resume_after(newest_version(&store, last)?.max(store.trimmed_version()));
         let (durable_tx, durable) = watch::channel(last);
         let node = node_id.to_string();
         let recent = Arc::new(RecentLog::new(RECENT_LOG_BYTES));

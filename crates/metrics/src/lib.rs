@@ -348,7 +348,11 @@ mod tests {
         let mut queried = 0;
         for panel in dashboard["panels"].as_array().unwrap() {
             let Some(targets) = panel["targets"].as_array() else {
-                assert_eq!(panel["type"], "row", "panel {} queries nothing", panel["title"]);
+                assert_eq!(
+                    panel["type"], "row",
+                    "panel {} queries nothing",
+                    panel["title"]
+                );
                 continue;
             };
             for target in targets {

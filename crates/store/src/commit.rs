@@ -16,8 +16,9 @@ use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView,
 
 use crate::backend::{Batch, Tree};
 use crate::layout::{
-    corrupt, expiry_key, namespace_tombstone_key, next_namespace, record_key, sequence_bytes,
-    tombstone_key, tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE, PENDING_SEQUENCE,
+    corrupt, expiry_key, namespace_tombstone_key, next_namespace, read_sequence, record_key,
+    sequence_bytes, tombstone_key, tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE,
+    PENDING_SEQUENCE, TRIMMED_VERSION,
 };
 use crate::store::{stored_version, NamespaceTombstone, Store};
 use crate::{DueExpiration, StoreError};
@@ -492,11 +493,63 @@ impl Store {
         Ok(())
     }
 
-    /// Drops log entries older than `before`; returns how many went.
+    /// Drops log entries older than `before`, but never the newest one; returns how many
+    /// went. The newest version among them is kept (see [`Store::trimmed_version`]).
     pub fn trim_log(&self, before: u64) -> Result<usize, StoreError> {
+        self.trim_log_while(|entry| entry.sequence < before)
+    }
+
+    /// Drops the log entries, oldest first, whose write happened at or before `cutoff_ms`
+    /// (unix milliseconds, by their HLC version), stopping at the first newer one and never
+    /// dropping the newest entry; returns how many went.
+    pub fn trim_log_by_age(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        self.trim_log_while(|entry| {
+            entry
+                .change
+                .timestamp()
+                .is_none_or(|timestamp| hlc_to_unix_ms(timestamp) <= cutoff_ms)
+        })
+    }
+
+    /// Drops log entries from the oldest on while `old` says so, a chunk per batch, keeping
+    /// the newest entry and raising [`TRIMMED_VERSION`] in each batch to the newest version
+    /// it drops.
+    fn trim_log_while(&self, old: impl Fn(&LogEntry) -> bool) -> Result<usize, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
-        let end = sequence_bytes(before);
-        self.remove_all(Tree::Log, Bound::Unbounded, Bound::Excluded(&end))
+        let last = self.last_sequence.load(Ordering::SeqCst);
+        let mut trimmed = 0;
+        loop {
+            let mut batch = Batch::new();
+            let mut newest = self.trimmed_version.load(Ordering::SeqCst);
+            let mut done = false;
+            for entry in self
+                .backend
+                .range(Tree::Log, Bound::Unbounded, Bound::Unbounded)
+                .take(REMOVAL_CHUNK)
+            {
+                let (k, v) = entry?;
+                let entry = LogEntry {
+                    sequence: read_sequence(Some(&k))?,
+                    change: Change::decode(&v).map_err(corrupt)?,
+                };
+                if entry.sequence >= last || !old(&entry) {
+                    done = true;
+                    break;
+                }
+                newest = newest.max(entry.change.timestamp().unwrap_or(0));
+                batch.remove(Tree::Log, k.to_vec());
+            }
+            if batch.is_empty() {
+                return Ok(trimmed);
+            }
+            trimmed += batch.len();
+            batch.put(Tree::Meta, TRIMMED_VERSION.to_vec(), sequence_bytes(newest));
+            self.backend.commit(batch)?;
+            self.trimmed_version.store(newest, Ordering::SeqCst);
+            if done {
+                return Ok(trimmed);
+            }
+        }
     }
 
     /// Turns the record of a due entry into a tombstone (keeping its version) if it still

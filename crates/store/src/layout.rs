@@ -16,6 +16,11 @@ pub(crate) const APPLIED_SEQUENCE: &[u8] = b"applied_sequence";
 /// log entries at or below it (they are applied, and a tombstone they might need is gone).
 pub(crate) const GC_FLOOR: &[u8] = b"gc_floor";
 
+/// [`Tree::Meta`] key of the newest version timestamp among the log entries trimmed away, so
+/// that a restarted write region resumes its version clock above it even if the log no longer
+/// holds the entry that carried it.
+pub(crate) const TRIMMED_VERSION: &[u8] = b"trimmed_version";
+
 /// The sequence under which a replica indexes a tombstone whose log sequence it does not know
 /// yet (a snapshot's); never purged until settled with a known sequence.
 pub(crate) const PENDING_SEQUENCE: u64 = u64::MAX;

@@ -13,6 +13,7 @@ use crate::backend::{Backend, Tree};
 use crate::layout::{
     corrupt, key_of, namespace_of, next_namespace, parse_expiry_key, read_sequence, record_key,
     sequence_bytes, APPLIED_SEQUENCE, GC_FLOOR, LAST_SEQUENCE, NAMESPACE_TOMBSTONE,
+    TRIMMED_VERSION,
 };
 use crate::{DueExpiration, LogBounds, Scan, StoreError, SCAN_BUDGET};
 
@@ -40,6 +41,8 @@ pub struct Store {
     /// Deleted namespaces whose tombstones are kept, mirrored from the [`NAMESPACE_TOMBSTONE`]
     /// keys. Changed only under `writer`, after the change is committed.
     pub(crate) namespace_tombstones: RwLock<HashMap<NamespaceId, NamespaceTombstone>>,
+    /// Mirrored from [`TRIMMED_VERSION`].
+    pub(crate) trimmed_version: AtomicU64,
 }
 
 /// A deleted namespace's tombstone: the log sequence of its deletion
@@ -83,6 +86,7 @@ impl Store {
         let last = read_sequence(backend.get(Tree::Meta, LAST_SEQUENCE)?.as_deref())?;
         let applied = read_sequence(backend.get(Tree::Meta, APPLIED_SEQUENCE)?.as_deref())?;
         let gc_floor = read_sequence(backend.get(Tree::Meta, GC_FLOOR)?.as_deref())?;
+        let trimmed_version = read_sequence(backend.get(Tree::Meta, TRIMMED_VERSION)?.as_deref())?;
         let mut namespace_tombstones = HashMap::new();
         for entry in backend.range(
             Tree::Meta,
@@ -104,6 +108,7 @@ impl Store {
             applied_sequence: AtomicU64::new(applied),
             gc_floor: AtomicU64::new(gc_floor),
             namespace_tombstones: RwLock::new(namespace_tombstones),
+            trimmed_version: AtomicU64::new(trimmed_version),
         };
         store.purge_orphans()?;
         Ok(store)
@@ -209,6 +214,13 @@ impl Store {
         self.last_sequence
             .load(Ordering::SeqCst)
             .max(self.applied_sequence.load(Ordering::SeqCst))
+    }
+
+    /// The newest version timestamp among the log entries trimmed away (0 for none): a
+    /// restarted write region resumes its version clock above it and above the versions the
+    /// log still holds.
+    pub fn trimmed_version(&self) -> u64 {
+        self.trimmed_version.load(Ordering::SeqCst)
     }
 
     /// What the replication log holds.

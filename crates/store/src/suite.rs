@@ -68,6 +68,11 @@ macro_rules! store_suite {
             }
 
             #[tokio::test]
+            async fn trimming_by_age_keeps_the_newest_entry_and_version() {
+                $crate::suite::trimming_by_age_keeps_the_newest_entry_and_version($open).await;
+            }
+
+            #[tokio::test]
             async fn namespace_tombstones_survive_reopening() {
                 $crate::suite::namespace_tombstones_survive_reopening($open).await;
             }
@@ -529,10 +534,11 @@ pub async fn the_log_can_be_trimmed(store: &Store) {
         store.log_bounds().unwrap(),
         LogBounds { oldest: 4, last: 6 }
     );
-    assert_eq!(store.trim_log(100).unwrap(), 3);
+    // The newest entry always stays.
+    assert_eq!(store.trim_log(100).unwrap(), 2);
     assert_eq!(
         store.log_bounds().unwrap(),
-        LogBounds { oldest: 7, last: 6 }
+        LogBounds { oldest: 6, last: 6 }
     );
     assert_eq!(
         store
@@ -540,7 +546,7 @@ pub async fn the_log_can_be_trimmed(store: &Store) {
             .unwrap(),
         7
     );
-    assert_eq!(store.log_entries(1, 10).unwrap().len(), 1);
+    assert_eq!(store.log_entries(1, 10).unwrap().len(), 2);
 }
 
 /// A replica applies entries last-write-wins, records the highest sequence with them, skips
@@ -1198,4 +1204,39 @@ pub async fn namespace_tombstones_survive_reopening(open: Opener) {
     let store = open(dir.path());
     assert!(!store.namespace_deleted(id));
     assert_eq!(store.gc_floor(), 2);
+}
+
+/// Trimming by age drops entries written at or before the cutoff, oldest first, stopping at the
+/// first newer one; it never drops the newest entry; and the newest version it dropped is kept,
+/// across reopening, even when it is newer than what the log still holds (writers stamped
+/// together can be logged out of version order).
+pub async fn trimming_by_age_keeps_the_newest_entry_and_version(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = NamespaceId([5; 16]);
+    {
+        let store = open(dir.path());
+        store.append(&[Change::Namespace(ns(5))]).unwrap();
+        for secs in [100, 300, 200, 400] {
+            store
+                .append(&[key_change(id, "k", live_at(secs, "v"))])
+                .unwrap();
+        }
+        assert_eq!(store.trimmed_version(), 0);
+        // The namespace (at time 0) and the write at 100 s; the one at 300 s stops it.
+        assert_eq!(store.trim_log_by_age(250_000).unwrap(), 2);
+        assert_eq!(store.log_bounds().unwrap().oldest, 3);
+        assert_eq!(store.trimmed_version(), at(100).timestamp);
+        assert_eq!(store.trim_log_by_age(u64::MAX).unwrap(), 2);
+        assert_eq!(
+            store.log_bounds().unwrap(),
+            LogBounds { oldest: 5, last: 5 }
+        );
+        assert_eq!(store.trim_log_by_age(u64::MAX).unwrap(), 0);
+        assert_eq!(store.trim_log(u64::MAX).unwrap(), 0);
+        assert_eq!(store.trimmed_version(), at(300).timestamp);
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.trimmed_version(), at(300).timestamp);
+    assert_eq!(store.log_entries(1, 10).unwrap().len(), 1);
 }
