@@ -169,4 +169,12 @@ pub trait Backend: Send + Sync + 'static {
     fn sync(&self) -> Result<(), BackendError>;
     /// Bytes the database takes on disk.
     fn size_on_disk(&self) -> Result<u64, BackendError>;
+    /// Rewrites `tree` so that the space of removed keys goes back to the file system, where
+    /// the engine needs to be asked (an LSM tree keeps removals as markers until compaction);
+    /// blocks until done. Engines that reclaim space by themselves keep the default, which
+    /// does nothing.
+    fn compact(&self, tree: Tree) -> Result<(), BackendError> {
+        let _ = tree;
+        Ok(())
+    }
 }

@@ -543,6 +543,8 @@ impl Store {
                 return Ok(trimmed);
             }
             trimmed += batch.len();
+            self.removed_since_compaction
+                .fetch_add(batch.len() as u64, Ordering::SeqCst);
             batch.put(Tree::Meta, TRIMMED_VERSION.to_vec(), sequence_bytes(newest));
             self.backend.commit(batch)?;
             self.trimmed_version.store(newest, Ordering::SeqCst);

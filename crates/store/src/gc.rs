@@ -28,6 +28,10 @@ use crate::StoreError;
 /// Most index entries one purge batch examines, so that the writer lock is held briefly.
 const PURGE_CHUNK: usize = 1000;
 
+/// Keys removed (by garbage collection and log trimming) after which the trees they came from
+/// are compacted, so that their space goes back to the file system.
+pub const COMPACT_AFTER_REMOVALS: u64 = 100_000;
+
 impl Store {
     /// Purges the tombstones logged at or below `horizon` (capped at this node's own position
     /// in the log) that went at or before `cutoff_ms` (unix milliseconds: now less the grace
@@ -75,7 +79,10 @@ impl Store {
             if purged_here > 0 {
                 batch.put(Tree::Meta, GC_FLOOR.to_vec(), sequence_bytes(floor));
             }
+            let removed = batch.len() as u64;
             self.backend.commit(batch)?;
+            self.removed_since_compaction
+                .fetch_add(removed, Ordering::SeqCst);
             if purged_here > 0 {
                 self.gc_floor.store(floor, Ordering::SeqCst);
             }
@@ -87,12 +94,29 @@ impl Store {
     }
 
     /// One round of garbage collection: [`Store::purge_tombstones`] and
-    /// [`Store::purge_namespace_tombstones`] at `horizon` and `cutoff_ms`.
+    /// [`Store::purge_namespace_tombstones`] at `horizon` and `cutoff_ms`, then
+    /// [`Store::compact_if_due`].
     pub fn collect_garbage(&self, horizon: u64, cutoff_ms: u64) -> Result<Purged, StoreError> {
-        Ok(Purged {
+        let purged = Purged {
             tombstones: self.purge_tombstones(horizon, cutoff_ms)?,
             namespaces: self.purge_namespace_tombstones(horizon, cutoff_ms)?,
-        })
+        };
+        self.compact_if_due()?;
+        Ok(purged)
+    }
+
+    /// Compacts the trees garbage collection and log trimming remove from once they have
+    /// removed [`COMPACT_AFTER_REMOVALS`] keys since the last compaction (see
+    /// [`Backend::compact`](crate::Backend::compact)); returns whether it did.
+    pub fn compact_if_due(&self) -> Result<bool, StoreError> {
+        if self.removed_since_compaction.load(Ordering::SeqCst) < COMPACT_AFTER_REMOVALS {
+            return Ok(false);
+        }
+        self.removed_since_compaction.store(0, Ordering::SeqCst);
+        for tree in [Tree::Records, Tree::Tombstones, Tree::Log] {
+            self.backend.compact(tree)?;
+        }
+        Ok(true)
     }
 
     /// Purges the namespace tombstones of deletions logged at or below `horizon` (capped at

@@ -11,6 +11,9 @@
 //! goes to a file of its own under `blobs/`, written without any sync), and the `blobs/`
 //! directory when a blob file is new. An fsync through any descriptor of a file reaches the
 //! file, so the `db` file is opened once, here.
+//!
+//! **Space.** sled has no call to compact: its segment cleaner rewrites sparse segments by
+//! itself, so [`Backend::compact`] keeps the trait's default.
 
 use std::collections::HashSet;
 use std::ffi::OsString;

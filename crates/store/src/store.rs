@@ -43,6 +43,8 @@ pub struct Store {
     pub(crate) namespace_tombstones: RwLock<HashMap<NamespaceId, NamespaceTombstone>>,
     /// Mirrored from [`TRIMMED_VERSION`].
     pub(crate) trimmed_version: AtomicU64,
+    /// Keys garbage collection and log trimming removed since the last compaction.
+    pub(crate) removed_since_compaction: AtomicU64,
 }
 
 /// A deleted namespace's tombstone: the log sequence of its deletion
@@ -109,6 +111,7 @@ impl Store {
             gc_floor: AtomicU64::new(gc_floor),
             namespace_tombstones: RwLock::new(namespace_tombstones),
             trimmed_version: AtomicU64::new(trimmed_version),
+            removed_since_compaction: AtomicU64::new(0),
         };
         store.purge_orphans()?;
         Ok(store)
