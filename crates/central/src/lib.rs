@@ -15,7 +15,7 @@
 //! Snapshots (a full copy of every account) are limited to a few at once; replication streams
 //! end when central shuts down, so it stops promptly with edges subscribed.
 //!
-//! [`spawn_log_trimmer`] keeps the log to its retention; [`spawn_gc`] purges tombstones every
+//! [`spawn_log_trimmer`] keeps the log to its retention (by entries and by age); [`spawn_gc`] purges tombstones every
 //! edge has applied past, after their grace period, and tells subscribers the horizon so that
 //! they purge on the same rule (see `docs/gc.md`).
 
@@ -683,16 +683,36 @@ async fn stream_snapshot(
     Ok(())
 }
 
-/// Keeps the newest `retain` log entries, trimming every `every`. Stops by itself once the
-/// store is dropped.
+/// How much of the replication log central keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct LogRetention {
+    /// Most entries kept (at least 1).
+    pub entries: u64,
+    /// Entries written longer ago than this are dropped (`None`: kept whatever their age).
+    pub age: Option<Duration>,
+}
+
+/// Keeps the log to its `retention`, trimming every `every` (the newest entry always stays),
+/// counting what went in `driftkv_gc_purged_total{kind="log_entry"}` and compacting once a lot
+/// went. Stops by itself once the store is dropped.
 pub fn spawn_log_trimmer(
     store: &Arc<Store>,
-    retain: u64,
+    node: u64,
+    retention: LogRetention,
+    wall: Arc<dyn WallClock>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let trimmed = GC_PURGED.with_label_values(&[&node.to_string(), "log_entry"]);
     spawn_maintenance(store, every, "trimming the replication log", move |store| {
         let last = store.log_bounds()?.last;
-        Ok(store.trim_log(last.saturating_sub(retain) + 1)?)
+        let mut gone = store.trim_log(last.saturating_sub(retention.entries) + 1)?;
+        if let Some(age) = retention.age {
+            let cutoff = wall.now_ms().saturating_sub(age.as_millis() as u64);
+            gone += store.trim_log_by_age(cutoff)?;
+        }
+        trimmed.inc_by(gone as u64);
+        store.compact_if_due()?;
+        Ok(gone)
     })
 }
 

@@ -211,6 +211,9 @@ pub struct CacheConfig {
 pub struct ReplicationConfig {
     /// Log entries central keeps; an edge further behind rebuilds from a snapshot.
     pub log_retention_entries: u64,
+    /// Central drops log entries written longer ago than this, in seconds (the newest entry
+    /// always stays); 0 keeps them whatever their age.
+    pub log_retention_secs: u64,
     /// How often central trims its log to the retention, in milliseconds.
     pub trim_interval_ms: u64,
     /// How often central tells an idle subscriber it is alive, in milliseconds.
@@ -322,6 +325,7 @@ impl Default for Config {
             },
             replication: ReplicationConfig {
                 log_retention_entries: 1_000_000,
+                log_retention_secs: 604_800,
                 trim_interval_ms: 10_000,
                 heartbeat_ms: 1000,
                 stream_silence_ms: 5000,

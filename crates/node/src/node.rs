@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use driftkv_central::{spawn_gc, spawn_log_trimmer, Central, CentralOptions, CentralService};
+use driftkv_central::{
+    spawn_gc, spawn_log_trimmer, Central, CentralOptions, CentralService, LogRetention,
+};
 use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
 use driftkv_core::upstream::Upstream;
 use driftkv_edge::{
@@ -257,7 +259,13 @@ impl CentralNode {
             ),
             spawn_log_trimmer(
                 &store,
-                config.replication.log_retention_entries,
+                config.node_id,
+                LogRetention {
+                    entries: config.replication.log_retention_entries,
+                    age: (config.replication.log_retention_secs > 0)
+                        .then(|| Duration::from_secs(config.replication.log_retention_secs)),
+                },
+                wall.clone(),
                 Duration::from_millis(config.replication.trim_interval_ms),
             ),
             spawn_gc(

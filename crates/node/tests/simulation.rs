@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use driftkv_central::{spawn_log_trimmer, Central, CentralOptions};
+use driftkv_central::{spawn_log_trimmer, Central, CentralOptions, LogRetention};
 use driftkv_core::service::put;
 use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
 use driftkv_core::upstream::{BatchOutcome, EventStream, SnapshotStream, Upstream, WriteRequest};
@@ -421,7 +421,16 @@ impl Cluster {
         );
         let gossip = self.join_gossip(0, "central").await;
         let tasks = vec![
-            spawn_log_trimmer(&store, LOG_RETENTION, Duration::from_millis(200)),
+            spawn_log_trimmer(
+                &store,
+                node_id(0),
+                LogRetention {
+                    entries: LOG_RETENTION,
+                    age: None,
+                },
+                clock.clone(),
+                Duration::from_millis(200),
+            ),
             membership::publish_central(
                 gossip.clone(),
                 central.clone(),
