@@ -178,6 +178,10 @@ async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> 
     Ok(())
 }
 
+/// A run of a snapshot's records of one namespace: the namespace, the last key installed
+/// before it, and the records.
+type SnapshotRun = (NamespaceId, Option<String>, Vec<(String, Record)>);
+
 /// Rebuilds the replica from a snapshot: namespaces central no longer has go, every
 /// namespace's records become the snapshot's (local keys the snapshot lacks are removed, so
 /// that a key whose tombstone central purged cannot come back; the rest is applied
@@ -211,7 +215,7 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             .await?;
         }
         // Records arrive namespace by namespace; install each namespace's run as one batch.
-        let mut groups: Vec<(NamespaceId, Option<String>, Vec<(String, Record)>)> = Vec::new();
+        let mut groups: Vec<SnapshotRun> = Vec::new();
         for (namespace, key, record) in chunk.records {
             match groups.last_mut() {
                 Some((id, _, batch)) if *id == namespace => batch.push((key, record)),
