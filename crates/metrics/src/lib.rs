@@ -198,11 +198,11 @@ pub static GOSSIP_PACKETS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// The node's database size on disk.
+/// Bytes the node's data directory takes on disk.
 pub static STORE_DISK_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "driftkv_store_disk_bytes",
-        "Size of the node's database on disk",
+        "Bytes the node's data directory takes on disk",
         &["node"],
     )
 });

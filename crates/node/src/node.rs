@@ -282,6 +282,7 @@ impl CentralNode {
             ops::watch_store(
                 config.node_id,
                 &store,
+                data_dir,
                 Duration::from_millis(config.storage.gc_interval_ms),
             ),
         ];
@@ -490,6 +491,7 @@ impl EdgeNode {
             ops::watch_store(
                 node_id,
                 &store,
+                data_dir,
                 Duration::from_millis(config.storage.gc_interval_ms),
             ),
         ];

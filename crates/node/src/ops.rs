@@ -2,6 +2,7 @@
 //! or from gossip.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Weak};
 
 use axum::http::StatusCode;
@@ -24,19 +25,23 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Reports the store's size on disk and the log's length at every scrape, for as long as the
-/// store is open, and counts its records and tombstones every `every` (a scan of every
-/// record, too slow for a scrape) on the returned task.
-pub fn watch_store(node: u64, store: &Arc<Store>, every: Duration) -> JoinHandle<()> {
+/// Reports the size of the store's data directory and the log's length at every scrape, for
+/// as long as the store is open, and counts its records and tombstones every `every` (a scan
+/// of every record, too slow for a scrape) on the returned task.
+pub fn watch_store(
+    node: u64,
+    store: &Arc<Store>,
+    data_dir: &Path,
+    every: Duration,
+) -> JoinHandle<()> {
     let node = node.to_string();
     let bytes = STORE_DISK_BYTES.with_label_values(&[&node]);
     let entries = LOG_ENTRIES.with_label_values(&[&node]);
     let weak: Weak<Store> = Arc::downgrade(store);
+    let dir = data_dir.to_owned();
     driftkv_metrics::on_scrape(move || {
         let Some(store) = weak.upgrade() else { return };
-        if let Ok(size) = store.size_on_disk() {
-            bytes.set(saturate(size));
-        }
+        bytes.set(saturate(allocated_bytes(&dir)));
         if let Ok(bounds) = store.log_bounds() {
             entries.set(saturate((bounds.last + 1).saturating_sub(bounds.oldest)));
         }
@@ -70,6 +75,23 @@ pub fn watch_edge(node: u64, edge: &Arc<Edge>) {
 pub fn watch_durable(node: u64, durable: watch::Receiver<u64>) {
     let gauge = LOG_SEQUENCE.with_label_values(&[&node.to_string(), "durable"]);
     driftkv_metrics::on_scrape(move || gauge.set(saturate(*durable.borrow())));
+}
+
+/// Bytes the files under `dir` take on disk (their allocated blocks: a preallocated or sparse
+/// file counts for what it really holds), skipping what vanishes while it is walked.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    listing
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => allocated_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn saturate(value: u64) -> i64 {
