@@ -57,19 +57,32 @@ grep -q "driftkv dev edge 1 listening on" "$work/out" || { echo "bench: driftkv 
 
 python3 - "http://127.0.0.1:$port" "${LIVE:-10000}" "${CHURN:-500000}" "${BATCH:-10000}" \
   "$grace" "$gc_ms" "${SAMPLE_SECS:-5}" "${BOUND_SECS:-900}" <<'PY'
-import json, sys, time, urllib.request
+import json, sys, time, urllib.error, urllib.request
 
 base, live, churn, batch, grace, gc_ms, sample, bound = sys.argv[1:]
 live, churn, batch, grace, gc_ms, sample, bound = (
     int(live), int(churn), int(batch), int(grace), int(gc_ms), float(sample), float(bound))
 api = f"{base}/client/v4/accounts/bench/storage/kv/namespaces"
 
+retries = 0
+
 def call(method, url, body=None):
+    """One API call; a 503 or 429 (central busy, a write timed out) is retried after its
+    Retry-After (1 s when absent), up to 10 times, as a client of the API would."""
+    global retries
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        answer = json.load(response)
+    for attempt in range(11):
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = json.load(response)
+            break
+        except urllib.error.HTTPError as e:
+            if e.code not in (429, 503) or attempt == 10:
+                raise SystemExit(f"bench: {method} {url}: HTTP {e.code}: {e.read()[:300]!r}")
+            retries += 1
+            time.sleep(float(e.headers.get("retry-after") or 1))
     if not answer.get("success"):
         raise SystemExit(f"bench: {method} {url} failed: {answer}")
     return answer["result"]
@@ -116,4 +129,5 @@ tail_until = time.monotonic() + grace + 3 * gc_ms / 1000 + sample
 while time.monotonic() < tail_until:
     time.sleep(sample)
     report(churned)
+print(f"{retries} calls retried after a 503 or 429", flush=True)
 PY
