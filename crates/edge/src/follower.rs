@@ -204,7 +204,9 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             blocking(&edge.store, move |store| {
                 for local in store.namespaces()? {
                     if !namespaces.iter().any(|ns| ns.id == local.id) {
-                        store.delete_namespace(local.id)?;
+                        // Deleted before the snapshot, or created after it began (its
+                        // creation follows in the log): no tombstone.
+                        store.drop_namespace(local.id)?;
                     }
                 }
                 for namespace in &namespaces {

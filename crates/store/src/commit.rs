@@ -170,17 +170,41 @@ impl Store {
                         .insert(*id, tombstone);
                 }
                 if existed {
-                    self.namespaces
-                        .write()
-                        .expect("namespace map lock")
-                        .remove(id);
-                    // A crash before this is done leaves records that the next open removes.
-                    self.purge_records(*id)?;
+                    self.forget_removed_namespace(*id)?;
                 }
                 Ok(existed)
             }
             Change::Key { .. } => Err(corrupt("a key change taken for a namespace change")),
         }
+    }
+
+    /// Drops a namespace whose removal is committed from memory, then removes its records (a
+    /// crash before that is done leaves records that the next open removes). The caller holds
+    /// the writer lock.
+    fn forget_removed_namespace(&self, id: NamespaceId) -> Result<(), StoreError> {
+        self.namespaces
+            .write()
+            .expect("namespace map lock")
+            .remove(&id);
+        self.purge_records(id)?;
+        Ok(())
+    }
+
+    /// Removes a namespace and all its records *without* a tombstone; false if it did not
+    /// exist. For a snapshot install: a namespace the snapshot lacks was deleted before the
+    /// snapshot began, or created after (and its creation then follows in the log, which must
+    /// not be refused); replays from before the snapshot are ignored by the floor the install
+    /// sets.
+    pub fn drop_namespace(&self, id: NamespaceId) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        if !self.has_namespace(id) {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        batch.remove(Tree::Namespaces, id.0.to_vec());
+        self.backend.commit(batch)?;
+        self.forget_removed_namespace(id)?;
+        Ok(true)
     }
 
     /// Removes every record of `namespace`, a chunk per batch; returns how many went. The

@@ -216,8 +216,8 @@ impl Store {
     /// Finishes a snapshot install: everything up to `sequence` is applied (and replays at or
     /// below it are ignored from now on), and the tombstones the snapshot brought are indexed
     /// under `written_through`, a sequence at or after every change the snapshot reflects, so
-    /// that garbage collection may purge them in time; so are the tombstones of namespaces the
-    /// install deleted (or this replica deleted itself and has not seen the log entry of).
+    /// that garbage collection may purge them in time; so are the tombstones of namespaces
+    /// this replica deleted itself and has not seen the log entry of.
     pub fn finish_snapshot(&self, sequence: u64, written_through: u64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         let pending = PENDING_SEQUENCE.to_be_bytes();

@@ -1177,6 +1177,19 @@ pub async fn deleted_namespaces_stay_deleted(store: &Store) {
     let purged = store.collect_garbage(4, 200_000).unwrap();
     assert_eq!((purged.tombstones, purged.namespaces), (0, 1));
     assert!(!store.namespace_deleted(other));
+
+    // Dropped by a snapshot install (which cannot tell a deletion from a later creation): no
+    // tombstone, so the creation that follows in the log applies.
+    let dropped = with_namespace(store, 8);
+    store
+        .apply(dropped, &[("k".into(), live(1, "v", None))])
+        .unwrap();
+    assert!(store.drop_namespace(dropped).unwrap());
+    assert!(!store.drop_namespace(dropped).unwrap());
+    assert!(!store.namespace_deleted(dropped));
+    assert_eq!(store.namespace(dropped).unwrap(), None);
+    assert!(store.put_namespace(&ns(8)).unwrap());
+    assert_eq!(store.get(dropped, "k").unwrap(), None);
 }
 
 /// Central's namespace tombstones are written with their deletion's log entry and survive
