@@ -621,6 +621,44 @@ mod tests {
         .is_err());
     }
 
+    /// Replication events and snapshot chunks cross the wire unchanged, the garbage-collection
+    /// horizon and a snapshot's `written_through` included; a namespace deletion logged before
+    /// deletions carried a version reads with version 0.
+    #[test]
+    fn replication_events_and_snapshot_chunks_round_trip() {
+        for event in [
+            ReplicationEvent::Horizon { sequence: 41 },
+            ReplicationEvent::Heartbeat {
+                durable_sequence: 7,
+            },
+            ReplicationEvent::SnapshotNeeded { oldest_retained: 3 },
+        ] {
+            let wire = pb::SubscribeReply::from(event.clone());
+            assert_eq!(ReplicationEvent::try_from(wire).unwrap(), event);
+        }
+        let chunk = SnapshotChunk {
+            complete: true,
+            sequence: 10,
+            written_through: 12,
+            ..SnapshotChunk::default()
+        };
+        assert_eq!(
+            SnapshotChunk::try_from(pb::SnapshotChunk::from(chunk.clone())).unwrap(),
+            chunk
+        );
+        let old = pb::LogEntry {
+            sequence: 5,
+            change: Some(pb::log_entry::Change::NamespaceDeleted(vec![3; 16])),
+        };
+        assert_eq!(
+            LogEntry::try_from(old).unwrap().change,
+            Change::NamespaceDeleted {
+                id: NamespaceId([3; 16]),
+                version: Version::default(),
+            }
+        );
+    }
+
     #[test]
     fn errors_cross_the_wire_unchanged() {
         for error in [
