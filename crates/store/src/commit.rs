@@ -537,12 +537,13 @@ impl Store {
 
     /// Drops log entries from the oldest on while `old` says so, a chunk per batch, keeping
     /// the newest entry and raising [`TRIMMED_VERSION`] in each batch to the newest version
-    /// it drops.
+    /// it drops. The writer lock is taken per chunk, so that a long trim (the first one after
+    /// the retention was lowered) does not hold writes up for all of it.
     fn trim_log_while(&self, old: impl Fn(&LogEntry) -> bool) -> Result<usize, StoreError> {
-        let _writer = self.writer.lock().expect("writer lock");
-        let last = self.last_sequence.load(Ordering::SeqCst);
         let mut trimmed = 0;
         loop {
+            let _writer = self.writer.lock().expect("writer lock");
+            let last = self.last_sequence.load(Ordering::SeqCst);
             let mut batch = Batch::new();
             let mut newest = self.trimmed_version.load(Ordering::SeqCst);
             let mut done = false;
