@@ -856,3 +856,303 @@ async fn an_edge_behind_the_retained_log_catches_up_from_a_snapshot() {
         .unwrap();
     common::assert_error(gone, 404, 10013).await;
 }
+
+/// Garbage collection within seconds: tombstones kept 1 s, collected every 100 ms, and a
+/// stopped node forgotten by gossip 2 s after it is found dead.
+const GC_ENV: [(&str, &str); 3] = [
+    ("DRIFTKV_STORAGE__TOMBSTONE_GRACE_SECS", "1"),
+    ("DRIFTKV_STORAGE__GC_INTERVAL_MS", "100"),
+    ("DRIFTKV_GOSSIP__DEAD_NODE_GRACE_SECS", "2"),
+];
+
+/// The testbed admin token of the edges of the garbage-collection test.
+const ADMIN_TOKEN: &str = "gc-test-admin-token";
+
+/// The value of a node's metric family `name` (the sample whose labels include `label`,
+/// when given), from its `/metrics`.
+async fn metric(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    label: Option<&str>,
+) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .find(|line| label.is_none_or(|label| line.contains(label)))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Tombstones a node counts (0 before it has counted).
+async fn tombstones(http: &reqwest::Client, base: &str) -> Option<f64> {
+    metric(http, base, "driftkv_store_tombstones", None).await
+}
+
+/// Tombstones a node has purged.
+async fn purged(http: &reqwest::Client, base: &str) -> f64 {
+    metric(
+        http,
+        base,
+        "driftkv_gc_purged_total",
+        Some("kind=\"tombstone\""),
+    )
+    .await
+    .unwrap_or(0.0)
+}
+
+/// A tombstone goes from central and every edge once every edge has applied past it and its
+/// grace period has passed; a paused edge holds it back until it catches up; and an edge that
+/// was away while a tombstone went (gossip forgot it) comes back through a snapshot, without
+/// the key it missed the deletion of.
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstones_go_everywhere_once_every_edge_is_past_them_and_nothing_comes_back() {
+    let mut edge_env = GC_ENV.to_vec();
+    edge_env.extend([
+        ("DRIFTKV_TESTBED__ENABLED", "true"),
+        ("DRIFTKV_TESTBED__ADMIN_TOKEN", ADMIN_TOKEN),
+    ]);
+    let mut cluster = Cluster::start_full(2, &GC_ENV, &edge_env).await;
+    let http = client();
+    let ns = namespace(&http, &cluster, 0, "gc").await;
+    let keys = ["early", "held-1", "held-2", "away", "kept"];
+    for key in keys {
+        assert_eq!(put(&http, &cluster.edges[0], &ns, key, key).await.0, 200);
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "edge 1 to have every key",
+        || async {
+            (contents(&http, &cluster.edges[1], &ns).await.len() == keys.len()).then_some(())
+        },
+    )
+    .await;
+    // Central's operator endpoints (its process announces its gRPC address).
+    let view = common::cluster_view(&http, &cluster.edges[0].base).await;
+    let central = member(&view, "1").expect("central in /cluster")["http"]
+        .as_str()
+        .expect("central's HTTP address")
+        .to_owned();
+    let edge_bases: Vec<String> = cluster.edges.iter().map(|e| e.base.clone()).collect();
+
+    // Every edge applied the deletion: its tombstone goes everywhere.
+    send_ok(http.delete(value_url(&cluster.edges[0], &ns, "early"))).await;
+    for base in [&central, &edge_bases[0], &edge_bases[1]] {
+        wait_for(
+            Duration::from_secs(10),
+            "a tombstone to be purged",
+            || async {
+                (purged(&http, base).await >= 1.0 && tombstones(&http, base).await == Some(0.0))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A paused edge holds the horizon back: the tombstones it has not applied stay, at
+    // central and at the other edge, well past their grace period.
+    let faults = format!("{}/admin/testbed/faults", edge_bases[1]);
+    let pause = |paused: bool| {
+        http.put(&faults)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "paused": paused }))
+    };
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.expect("the testbed answers").status()
+    };
+    assert_eq!(status(pause(true)).await, 200);
+    for key in ["held-1", "held-2"] {
+        send_ok(http.delete(value_url(&cluster.edges[0], &ns, key))).await;
+    }
+    for base in [&central, &edge_bases[0]] {
+        wait_for(
+            Duration::from_secs(5),
+            "the tombstones to be counted",
+            || async { (tombstones(&http, base).await == Some(2.0)).then_some(()) },
+        )
+        .await;
+    }
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        for base in [&central, &edge_bases[0]] {
+            assert_eq!(
+                tombstones(&http, base).await,
+                Some(2.0),
+                "{base} purged a tombstone a paused edge has not applied"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(pause(false)).await, 200);
+    for base in [&central, &edge_bases[0], &edge_bases[1]] {
+        wait_for(
+            Duration::from_secs(10),
+            "the held tombstones to go once the edge caught up",
+            || async { (tombstones(&http, base).await == Some(0.0)).then_some(()) },
+        )
+        .await;
+    }
+    assert!(purged(&http, &central).await >= 3.0);
+
+    // An edge away while a tombstone went comes back through a snapshot, without the key.
+    let away = cluster.edges.remove(1);
+    away.stop();
+    let before = purged(&http, &central).await;
+    send_ok(http.delete(value_url(&cluster.edges[0], &ns, "away"))).await;
+    wait_for(
+        Duration::from_secs(20),
+        "central to purge a tombstone once gossip forgot the stopped edge",
+        || async { (purged(&http, &central).await > before).then_some(()) },
+    )
+    .await;
+    let central_url = cluster.central_url.clone();
+    let back = cluster.start_edge(1, &central_url);
+    cluster.edges.push(back);
+    let expected = contents(&http, &cluster.edges[0], &ns).await;
+    assert_eq!(
+        expected.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["kept"]
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the returning edge to rebuild from a snapshot",
+        || async { (contents(&http, &cluster.edges[1], &ns).await == expected).then_some(()) },
+    )
+    .await;
+    for key in ["early", "held-1", "held-2", "away"] {
+        assert_eq!(
+            get(&http, &cluster.edges[1], &ns, key, None).await,
+            None,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        get(&http, &cluster.edges[1], &ns, "kept", None)
+            .await
+            .as_deref(),
+        Some("kept")
+    );
+    let installed = metric(
+        &http,
+        &cluster.edges[1].base,
+        "driftkv_snapshots_total",
+        Some("direction=\"installed\""),
+    )
+    .await;
+    assert_eq!(installed, Some(1.0));
+}
+
+/// A namespace deleted while an edge is paused is gone there once it resumes, stays gone when
+/// the edge rebuilds from a snapshot afterwards, and its tombstone goes everywhere once every
+/// edge is past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_deleted_while_an_edge_was_paused_is_gone_there_for_good() {
+    let mut edge_env = GC_ENV.to_vec();
+    edge_env.extend([
+        ("DRIFTKV_TESTBED__ENABLED", "true"),
+        ("DRIFTKV_TESTBED__ADMIN_TOKEN", ADMIN_TOKEN),
+    ]);
+    let cluster = Cluster::start_full(2, &GC_ENV, &edge_env).await;
+    let http = client();
+    let doomed = namespace(&http, &cluster, 0, "doomed").await;
+    assert_eq!(
+        put(&http, &cluster.edges[0], &doomed, "k", "v").await.0,
+        200
+    );
+    wait_for(Duration::from_secs(5), "edge 1 to have the key", || async {
+        contents(&http, &cluster.edges[1], &doomed)
+            .await
+            .contains_key("k")
+            .then_some(())
+    })
+    .await;
+    let admin = |path: &str| format!("{}/admin/testbed/{path}", cluster.edges[1].base);
+    let pause = |paused: bool| {
+        http.put(admin("faults"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "paused": paused }))
+            .send()
+    };
+    assert_eq!(pause(true).await.unwrap().status(), 200);
+    send_ok(http.delete(format!("{}/{doomed}", api(&cluster.edges[0])))).await;
+    let namespace_at = |edge: usize| {
+        http.get(format!("{}/{doomed}", api(&cluster.edges[edge])))
+            .send()
+    };
+    assert_eq!(namespace_at(1).await.unwrap().status(), 200, "paused edge");
+    assert_eq!(pause(false).await.unwrap().status(), 200);
+    wait_for(
+        Duration::from_secs(10),
+        "the namespace to go at the resumed edge",
+        || async { (namespace_at(1).await.ok()?.status() == 404).then_some(()) },
+    )
+    .await;
+    let view = common::cluster_view(&http, &cluster.edges[0].base).await;
+    let central = member(&view, "1").expect("central in /cluster")["http"]
+        .as_str()
+        .expect("central's HTTP address")
+        .to_owned();
+    let namespaces_purged = |base: String| {
+        let http = http.clone();
+        async move {
+            metric(
+                &http,
+                &base,
+                "driftkv_gc_purged_total",
+                Some("kind=\"namespace\""),
+            )
+            .await
+        }
+    };
+    for base in [
+        central.clone(),
+        cluster.edges[0].base.clone(),
+        cluster.edges[1].base.clone(),
+    ] {
+        wait_for(
+            Duration::from_secs(10),
+            "the namespace tombstone to be purged",
+            || async { (namespaces_purged(base.clone()).await? >= 1.0).then_some(()) },
+        )
+        .await;
+    }
+    // A rebuild from a snapshot after the tombstone went does not bring it back either.
+    let resync = http
+        .post(admin("resync"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resync.status(), 200);
+    wait_for(Duration::from_secs(10), "the resync snapshot", || async {
+        let installed = metric(
+            &http,
+            &cluster.edges[1].base,
+            "driftkv_snapshots_total",
+            Some("direction=\"installed\""),
+        )
+        .await?;
+        (installed >= 1.0).then_some(())
+    })
+    .await;
+    for edge in [0, 1] {
+        assert_eq!(namespace_at(edge).await.unwrap().status(), 404);
+    }
+    let listed = send_ok(http.get(api(&cluster.edges[1]))).await;
+    assert!(
+        !listed.to_string().contains(&doomed),
+        "the deleted namespace is listed: {listed}"
+    );
+}

@@ -241,3 +241,72 @@ fn the_sample_parser_reads_labels_and_values() {
     assert_eq!(value, 7.0);
     assert!(parse_sample("# HELP x y").is_none());
 }
+
+/// The storage gauges appear on /metrics for every node and move: records counted as written,
+/// a deleted key counted as a tombstone until garbage collection purges it (grace 3 s), the
+/// purge counted, the log's length and the data directory's size reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_gauges_follow_writes_deletes_and_garbage_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &[
+            ("DRIFTKV_STORAGE__TOMBSTONE_GRACE_SECS", "3"),
+            ("DRIFTKV_STORAGE__GC_INTERVAL_MS", "100"),
+        ],
+    )
+    .expect("server starts");
+    let http = client();
+    let ns = namespace_url(&http, &server, "gauges").await;
+    for i in 0..3 {
+        send_ok(http.put(format!("{ns}/values/k{i}")).body("v")).await;
+    }
+    // Central is node 1, the edge node 2.
+    let until = |what: &'static str, done: fn(&Scrape) -> bool| {
+        let http = http.clone();
+        let server = &server;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let scrape = Scrape::of(&http, server).await;
+                if done(&scrape) {
+                    return scrape;
+                }
+                assert!(Instant::now() < deadline, "never saw {what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let gauge = |s: &Scrape, name: &str, node: &str| s.value(name, &[("node", node)]);
+    let written = until("the records counted", |s| {
+        ["1", "2"]
+            .iter()
+            .all(|n| s.value("driftkv_store_records", &[("node", n)]) == 3.0)
+    })
+    .await;
+    for node in ["1", "2"] {
+        assert!(gauge(&written, "driftkv_store_disk_bytes", node) > 0.0);
+        assert_eq!(gauge(&written, "driftkv_store_tombstones", node), 0.0);
+    }
+    assert!(gauge(&written, "driftkv_log_entries", "1") >= 4.0);
+
+    send_ok(http.delete(format!("{ns}/values/k0"))).await;
+    until("the tombstone counted", |s| {
+        ["1", "2"].iter().all(|n| {
+            s.value("driftkv_store_tombstones", &[("node", n)]) == 1.0
+                && s.value("driftkv_store_records", &[("node", n)]) == 2.0
+        })
+    })
+    .await;
+    let purged = until("the tombstone purged", |s| {
+        ["1", "2"].iter().all(|n| {
+            s.value("driftkv_store_tombstones", &[("node", n)]) == 0.0
+                && s.value(
+                    "driftkv_gc_purged_total",
+                    &[("node", n), ("kind", "tombstone")],
+                ) == 1.0
+        })
+    })
+    .await;
+    assert_eq!(gauge(&purged, "driftkv_store_records", "2"), 2.0);
+}

@@ -15,14 +15,17 @@
 //! Snapshots (a full copy of every account) are limited to a few at once; replication streams
 //! end when central shuts down, so it stops promptly with edges subscribed.
 //!
-//! [`spawn_log_trimmer`] keeps the log to its retention.
+//! [`spawn_log_trimmer`] keeps the log to its retention (by entries and by age); [`spawn_gc`] purges tombstones every
+//! edge has applied past, after their grace period, and tells subscribers the horizon so that
+//! they purge on the same rule (see `docs/gc.md`).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::change::record_size;
+use driftkv_core::time::WallClock;
 use driftkv_core::upstream::{
     BatchOutcome, EventStream, ReplicationEvent, SnapshotChunk, SnapshotStream, Upstream,
     WriteRequest,
@@ -30,7 +33,7 @@ use driftkv_core::upstream::{
 use driftkv_core::{KvError, KvService, LiveValue, LogEntry, Namespace, NamespaceId};
 use driftkv_engine::{spawn_maintenance, Engine};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
-use driftkv_metrics::{CENTRAL_WRITE_SECONDS, SNAPSHOTS};
+use driftkv_metrics::{CENTRAL_WRITE_SECONDS, GC_PURGED, SNAPSHOTS};
 use driftkv_proto::pb;
 use driftkv_proto::pb::central_server::{Central as CentralRpc, CentralServer};
 use driftkv_proto::tls::{allowed, caller_role, Access};
@@ -39,9 +42,9 @@ use driftkv_proto::{
     namespace_id, status_from_error, BATCH_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
 };
 use driftkv_store::reads::blocking;
-use driftkv_store::Store;
+use driftkv_store::{Purged, Store};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
@@ -84,6 +87,14 @@ pub struct Central {
     snapshot_slots: Arc<Semaphore>,
     /// Cancelled when central shuts down: replication streams end.
     stopping: CancellationToken,
+    /// The lowest sequence every edge member has applied, as membership last reported it;
+    /// `None` until it has (garbage collection waits for it).
+    edges_applied: Mutex<Option<u64>>,
+    /// The sequences the snapshots being streamed cover: a tombstone above one of them must
+    /// stay until that snapshot is done, or its install would miss it.
+    snapshots_from: Arc<Mutex<Vec<u64>>>,
+    /// The horizon garbage collection last purged at, sent to subscribers.
+    horizon: watch::Sender<u64>,
 }
 
 impl Central {
@@ -95,9 +106,48 @@ impl Central {
             snapshots_served: SNAPSHOTS.with_label_values(&[&node, "served"]),
             snapshot_slots: Arc::new(Semaphore::new(options.max_snapshots.max(1))),
             stopping: CancellationToken::new(),
+            edges_applied: Mutex::new(None),
+            snapshots_from: Arc::new(Mutex::new(Vec::new())),
+            horizon: watch::channel(0).0,
             engine,
             options,
         })
+    }
+
+    /// Notes the lowest log sequence every edge member has applied (`None` while that is not
+    /// known): garbage collection keeps every tombstone above it.
+    pub fn set_edges_applied(&self, applied: Option<u64>) {
+        *self.edges_applied.lock().expect("edges lock") = applied;
+    }
+
+    /// The horizon garbage collection may purge up to now: the lowest sequence every edge
+    /// has applied, no higher than what is durable nor than the sequence of a snapshot being
+    /// streamed. `None` while the edges' progress is unknown.
+    pub fn gc_horizon(&self) -> Option<u64> {
+        let edges = (*self.edges_applied.lock().expect("edges lock"))?;
+        let snapshots = self.snapshots_from.lock().expect("snapshots lock");
+        let durable = *self.engine.durable_sequence().borrow();
+        Some(snapshots.iter().copied().fold(edges.min(durable), u64::min))
+    }
+
+    /// One round of garbage collection at `now_ms`: purges the tombstones at or below the
+    /// horizon older than `grace`, and announces the horizon to subscribers. Returns how
+    /// many tombstones went.
+    pub async fn collect_garbage(&self, now_ms: u64, grace: Duration) -> Result<Purged, KvError> {
+        let Some(horizon) = self.gc_horizon() else {
+            return Ok(Purged::default());
+        };
+        let cutoff = now_ms.saturating_sub(grace.as_millis() as u64);
+        let purged = blocking(self.engine.store(), move |store| {
+            Ok(store.collect_garbage(horizon, cutoff)?)
+        })
+        .await?;
+        self.horizon.send_if_modified(|h| {
+            let moved = horizon > *h;
+            *h = (*h).max(horizon);
+            moved
+        });
+        Ok(purged)
     }
 
     /// The engine writes go to.
@@ -174,6 +224,7 @@ impl Upstream for Central {
             self.engine.clone(),
             from.max(1),
             self.options.heartbeat,
+            self.horizon.subscribe(),
             tx.clone(),
         );
         spawn_stream(self.stopping.clone(), tx, "replication stream", stream);
@@ -192,12 +243,42 @@ impl Upstream for Central {
         let (tx, rx) = mpsc::channel(2);
         let engine = self.engine.clone();
         let sender = tx.clone();
+        let sequence = *engine.durable_sequence().borrow();
+        let registration = SnapshotRegistration::new(self, sequence);
         let stream = async move {
             let _slot = slot;
-            stream_snapshot(engine, &sender).await
+            let _registration = registration;
+            stream_snapshot(engine, sequence, &sender).await
         };
         spawn_stream(self.stopping.clone(), tx, "snapshot stream", stream);
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// A snapshot being streamed, holding garbage collection at or below its sequence until it
+/// is dropped.
+struct SnapshotRegistration {
+    snapshots: Arc<Mutex<Vec<u64>>>,
+    sequence: u64,
+}
+
+impl SnapshotRegistration {
+    fn new(central: &Central, sequence: u64) -> Self {
+        let snapshots = central.snapshots_from.clone();
+        snapshots.lock().expect("snapshots lock").push(sequence);
+        SnapshotRegistration {
+            snapshots,
+            sequence,
+        }
+    }
+}
+
+impl Drop for SnapshotRegistration {
+    fn drop(&mut self) {
+        let mut snapshots = self.snapshots.lock().expect("snapshots lock");
+        if let Some(at) = snapshots.iter().position(|s| *s == self.sequence) {
+            snapshots.swap_remove(at);
+        }
     }
 }
 
@@ -455,10 +536,17 @@ async fn stream_log(
     engine: Arc<Engine>,
     mut next: u64,
     heartbeat: Duration,
+    mut horizon: watch::Receiver<u64>,
     tx: Sender<ReplicationEvent>,
 ) -> Result<(), KvError> {
     let store = engine.store().clone();
     let mut durable = engine.durable_sequence();
+    // Tombstones the subscriber has not applied past may be purged here: only a snapshot,
+    // which removes what central no longer holds, brings it back in line.
+    if next - 1 < store.gc_floor() {
+        return snapshot_needed(&store, &tx).await;
+    }
+    horizon.mark_changed();
     loop {
         let head = *durable.borrow_and_update();
         // Ahead of everything central has: central lost data the subscriber applied.
@@ -485,6 +573,12 @@ async fn stream_log(
         };
         if !send(&tx, beat).await {
             return Ok(());
+        }
+        if horizon.has_changed().unwrap_or(false) {
+            let sequence = *horizon.borrow_and_update();
+            if sequence > 0 && !send(&tx, ReplicationEvent::Horizon { sequence }).await {
+                return Ok(());
+            }
         }
         tokio::select! {
             changed = durable.changed() => {
@@ -526,11 +620,15 @@ fn cut(entries: Vec<LogEntry>) -> Vec<Vec<LogEntry>> {
 }
 
 /// Streams every namespace, then every record and tombstone, then the sequence the snapshot
-/// covers. The sequence is read first: everything durable up to it is in the snapshot, and
-/// later writes that slip in are harmless to apply again.
-async fn stream_snapshot(engine: Arc<Engine>, tx: &Sender<SnapshotChunk>) -> Result<(), KvError> {
+/// covers. The sequence (`sequence`) is read first: everything durable up to it is in the
+/// snapshot, and later writes that slip in are harmless to apply again. The last chunk also
+/// says up to which sequence the records sent were written, read after the last of them.
+async fn stream_snapshot(
+    engine: Arc<Engine>,
+    sequence: u64,
+    tx: &Sender<SnapshotChunk>,
+) -> Result<(), KvError> {
     let store = engine.store().clone();
-    let sequence = *engine.durable_sequence().borrow();
     let namespaces = store.namespaces()?;
     let first = SnapshotChunk {
         namespaces: namespaces.clone(),
@@ -578,21 +676,77 @@ async fn stream_snapshot(engine: Arc<Engine>, tx: &Sender<SnapshotChunk>) -> Res
     let last = SnapshotChunk {
         complete: true,
         sequence,
+        written_through: store.log_bounds()?.last.max(sequence),
         ..Default::default()
     };
     send(tx, last).await;
     Ok(())
 }
 
-/// Keeps the newest `retain` log entries, trimming every `every`. Stops by itself once the
-/// store is dropped.
+/// How much of the replication log central keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct LogRetention {
+    /// Most entries kept (at least 1).
+    pub entries: u64,
+    /// Entries written longer ago than this are dropped (`None`: kept whatever their age).
+    pub age: Option<Duration>,
+}
+
+/// Keeps the log to its `retention`, trimming every `every` (the newest entry always stays),
+/// counting what went in `driftkv_gc_purged_total{kind="log_entry"}` and compacting once a lot
+/// went. Stops by itself once the store is dropped.
 pub fn spawn_log_trimmer(
     store: &Arc<Store>,
-    retain: u64,
+    node: u64,
+    retention: LogRetention,
+    wall: Arc<dyn WallClock>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let trimmed = GC_PURGED.with_label_values(&[&node.to_string(), "log_entry"]);
     spawn_maintenance(store, every, "trimming the replication log", move |store| {
         let last = store.log_bounds()?.last;
-        Ok(store.trim_log(last.saturating_sub(retain) + 1)?)
+        let mut gone = store.trim_log(last.saturating_sub(retention.entries) + 1)?;
+        if let Some(age) = retention.age {
+            let cutoff = wall.now_ms().saturating_sub(age.as_millis() as u64);
+            gone += store.trim_log_by_age(cutoff)?;
+        }
+        trimmed.inc_by(gone as u64);
+        store.compact_if_due()?;
+        Ok(gone)
+    })
+}
+
+/// Runs a round of garbage collection every `every` (see [`Central::collect_garbage`]),
+/// counting what it purged in `driftkv_gc_purged_total{kind="tombstone"|"namespace"}`. Stops once
+/// central is dropped.
+pub fn spawn_gc(
+    central: &Arc<Central>,
+    wall: Arc<dyn WallClock>,
+    grace: Duration,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let node = central.engine.node_id().to_string();
+    let purged = GC_PURGED.with_label_values(&[&node, "tombstone"]);
+    let purged_namespaces = GC_PURGED.with_label_values(&[&node, "namespace"]);
+    let central = Arc::downgrade(central);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(central) = central.upgrade() else {
+                return;
+            };
+            match central.collect_garbage(wall.now_ms(), grace).await {
+                Ok(done) => {
+                    purged.inc_by(done.tombstones as u64);
+                    purged_namespaces.inc_by(done.namespaces as u64);
+                    if done != Purged::default() {
+                        tracing::debug!(?done, "purged tombstones");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
     })
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::KvError;
 use crate::namespace::{Namespace, NamespaceId};
-use crate::record::Record;
+use crate::record::{Record, Version};
 
 /// One change to replicated state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,8 +22,14 @@ pub enum Change {
     },
     /// A namespace created or renamed.
     Namespace(Namespace),
-    /// A namespace deleted, with all its keys.
-    NamespaceDeleted(NamespaceId),
+    /// A namespace deleted, with all its keys. Namespace ids are never reused, so the id stays
+    /// deleted: a later change that would recreate it (a late or replayed entry) is ignored.
+    NamespaceDeleted {
+        id: NamespaceId,
+        /// When it was deleted (its HLC version, stamped by central); 0 in entries logged
+        /// before deletions carried one.
+        version: Version,
+    },
 }
 
 /// A change with its place in the replication log.
@@ -55,7 +61,13 @@ enum Wire<'a> {
         record: &'a [u8],
     },
     Namespace(&'a [u8]),
+    /// Logged before deletions carried a version; read, never written.
     NamespaceDeleted([u8; 16]),
+    NamespaceDeletedAt {
+        id: [u8; 16],
+        timestamp: u64,
+        origin: u64,
+    },
 }
 
 const FORMAT: u8 = 1;
@@ -75,7 +87,7 @@ impl Change {
         match self {
             Change::Key { key, record, .. } => record_size(key, record),
             Change::Namespace(ns) => 64 + ns.account_id.len() + ns.title.len(),
-            Change::NamespaceDeleted(_) => 32,
+            Change::NamespaceDeleted { .. } => 48,
         }
     }
 
@@ -99,7 +111,11 @@ impl Change {
                 namespace = ns.encode();
                 Wire::Namespace(&namespace)
             }
-            Change::NamespaceDeleted(id) => Wire::NamespaceDeleted(id.0),
+            Change::NamespaceDeleted { id, version } => Wire::NamespaceDeletedAt {
+                id: id.0,
+                timestamp: version.timestamp,
+                origin: version.origin,
+            },
         };
         let mut out = vec![FORMAT];
         // Serializing plain data into a Vec cannot fail.
@@ -126,7 +142,18 @@ impl Change {
                 record: Record::decode(Bytes::copy_from_slice(record))?,
             },
             Wire::Namespace(bytes) => Change::Namespace(Namespace::decode(bytes)?),
-            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted(NamespaceId(id)),
+            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted {
+                id: NamespaceId(id),
+                version: Version::default(),
+            },
+            Wire::NamespaceDeletedAt {
+                id,
+                timestamp,
+                origin,
+            } => Change::NamespaceDeleted {
+                id: NamespaceId(id),
+                version: Version { timestamp, origin },
+            },
         })
     }
 
@@ -135,7 +162,9 @@ impl Change {
         match self {
             Change::Key { record, .. } => Some(record.version.timestamp),
             Change::Namespace(ns) => Some(ns.version.timestamp),
-            Change::NamespaceDeleted(_) => None,
+            Change::NamespaceDeleted { version, .. } => {
+                (version.timestamp > 0).then_some(version.timestamp)
+            }
         }
     }
 }
@@ -143,7 +172,7 @@ impl Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{LiveValue, Version};
+    use crate::record::LiveValue;
 
     #[test]
     fn changes_round_trip() {
@@ -175,11 +204,28 @@ mod tests {
                 title: "t".into(),
                 version,
             }),
-            Change::NamespaceDeleted(NamespaceId([3; 16])),
+            Change::NamespaceDeleted {
+                id: NamespaceId([3; 16]),
+                version,
+            },
         ];
         for change in changes {
             assert_eq!(Change::decode(&change.encode()).unwrap(), change);
         }
+    }
+
+    /// Deletions logged before they carried a version still read, with version 0.
+    #[test]
+    fn unversioned_namespace_deletions_still_decode() {
+        let mut old = vec![FORMAT];
+        postcard::to_io(&Wire::NamespaceDeleted([3; 16]), &mut old).unwrap();
+        assert_eq!(
+            Change::decode(&old).unwrap(),
+            Change::NamespaceDeleted {
+                id: NamespaceId([3; 16]),
+                version: Version::default(),
+            }
+        );
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub enum ReplicationEvent {
         /// The oldest sequence the log still holds.
         oldest_retained: u64,
     },
+    /// Central's garbage-collection horizon moved: every edge has applied the log up to this
+    /// sequence, so the subscriber may purge tombstones logged at or below it once their
+    /// grace period has passed (see `docs/gc.md`).
+    Horizon {
+        /// The highest sequence every edge has applied.
+        sequence: u64,
+    },
 }
 
 /// A piece of a snapshot. The first chunk carries every namespace; the following ones carry
@@ -72,6 +79,9 @@ pub struct SnapshotChunk {
     pub complete: bool,
     /// With `complete`: everything up to this log sequence is in the snapshot.
     pub sequence: u64,
+    /// With `complete`: every record in the snapshot was written at or before this log
+    /// sequence (at least `sequence`); the tombstones it carries are indexed under it.
+    pub written_through: u64,
 }
 
 /// A stream of replication events; it ends (or fails) when the subscription does.

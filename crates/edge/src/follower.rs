@@ -7,6 +7,7 @@
 //! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
 //! network cut) ends the attempt; the follower reconnects with backoff, by itself.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use driftkv_core::upstream::ReplicationEvent;
 use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
 use driftkv_store::reads::blocking;
+use driftkv_store::Purged;
 use futures::StreamExt as _;
 
 use crate::Edge;
@@ -64,6 +66,9 @@ async fn follow(edge: &Arc<Edge>) -> Result<(), KvError> {
         match event {
             ReplicationEvent::Entries(entries) => apply(edge, entries).await?,
             ReplicationEvent::Heartbeat { durable_sequence } => heartbeat(edge, durable_sequence),
+            ReplicationEvent::Horizon { sequence } => {
+                edge.horizon.fetch_max(sequence, Ordering::SeqCst);
+            }
             ReplicationEvent::SnapshotNeeded { oldest_retained } => {
                 tracing::info!(
                     from,
@@ -90,6 +95,50 @@ fn heartbeat(edge: &Edge, durable: u64) {
     if edge.status.borrow().caught_up_at_ms.is_some() {
         edge.bootstrapping.store(false, Ordering::Relaxed);
     }
+}
+
+/// Every `every`, purges the tombstones at or below central's horizon (as it last said) and
+/// this replica's applied sequence whose grace period has passed: the rule central purges by
+/// (see `docs/gc.md`). Stops once the edge is dropped.
+pub fn spawn_gc(edge: &Arc<Edge>, every: Duration) -> tokio::task::JoinHandle<()> {
+    let node = edge.options.node_id.to_string();
+    let purged = driftkv_metrics::GC_PURGED.with_label_values(&[&node, "tombstone"]);
+    let purged_namespaces = driftkv_metrics::GC_PURGED.with_label_values(&[&node, "namespace"]);
+    let edge = Arc::downgrade(edge);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(edge) = edge.upgrade() else { return };
+            match collect_garbage(&edge).await {
+                Ok(done) => {
+                    purged.inc_by(done.tombstones as u64);
+                    purged_namespaces.inc_by(done.namespaces as u64);
+                    if done != Purged::default() {
+                        tracing::debug!(?done, "purged tombstones");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    })
+}
+
+/// One round of [`spawn_gc`].
+async fn collect_garbage(edge: &Arc<Edge>) -> Result<Purged, KvError> {
+    let horizon = edge.horizon.load(Ordering::SeqCst);
+    if horizon == 0 {
+        return Ok(Purged::default());
+    }
+    let cutoff = edge
+        .wall
+        .now_ms()
+        .saturating_sub(edge.options.tombstone_grace.as_millis() as u64);
+    blocking(&edge.store, move |store| {
+        Ok(store.collect_garbage(horizon, cutoff)?)
+    })
+    .await
 }
 
 /// Bytes of changes a batch may carry to be applied on the follower's task itself rather than
@@ -129,12 +178,20 @@ async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> 
     Ok(())
 }
 
-/// Rebuilds the replica from a snapshot: namespaces central no longer has go, everything in
-/// the snapshot is applied last-write-wins, and the applied sequence becomes the snapshot's.
+/// A run of a snapshot's records of one namespace: the namespace, the last key installed
+/// before it, and the records.
+type SnapshotRun = (NamespaceId, Option<String>, Vec<(String, Record)>);
+
+/// Rebuilds the replica from a snapshot: namespaces central no longer has go, every
+/// namespace's records become the snapshot's (local keys the snapshot lacks are removed, so
+/// that a key whose tombstone central purged cannot come back; the rest is applied
+/// last-write-wins), and the applied sequence becomes the snapshot's.
 #[tracing::instrument(name = "install snapshot", skip_all)]
 async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
     let mut stream = edge.upstream.snapshot(edge.options.node_id).await?;
     let mut first = true;
+    // Per namespace of the snapshot, the last key installed (records come in key order).
+    let mut installed: HashMap<NamespaceId, Option<String>> = HashMap::new();
     loop {
         let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.next())
             .await
@@ -143,10 +200,13 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
         if first {
             first = false;
             let namespaces = chunk.namespaces;
+            installed = namespaces.iter().map(|ns| (ns.id, None)).collect();
             blocking(&edge.store, move |store| {
                 for local in store.namespaces()? {
                     if !namespaces.iter().any(|ns| ns.id == local.id) {
-                        store.delete_namespace(local.id)?;
+                        // Deleted before the snapshot, or created after it began (its
+                        // creation follows in the log): no tombstone.
+                        store.drop_namespace(local.id)?;
                     }
                 }
                 for namespace in &namespaces {
@@ -156,17 +216,29 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             })
             .await?;
         }
-        // Records arrive namespace by namespace; apply each namespace's run as one batch.
-        let mut groups: Vec<(NamespaceId, Vec<(String, Record)>)> = Vec::new();
+        // Records arrive namespace by namespace; install each namespace's run as one batch.
+        let mut groups: Vec<SnapshotRun> = Vec::new();
         for (namespace, key, record) in chunk.records {
             match groups.last_mut() {
-                Some((id, batch)) if *id == namespace => batch.push((key, record)),
-                _ => groups.push((namespace, vec![(key, record)])),
+                Some((id, _, batch)) if *id == namespace => batch.push((key, record)),
+                _ => {
+                    let after = installed.get(&namespace).cloned().flatten();
+                    groups.push((namespace, after, vec![(key, record)]));
+                }
             }
         }
+        for (id, _, batch) in &groups {
+            installed.insert(*id, batch.last().map(|(key, _)| key.clone()));
+        }
+        if chunk.complete {
+            // What follows the last key installed of each namespace is not at central.
+            groups.extend(installed.drain().map(|(id, after)| (id, after, Vec::new())));
+        }
+        let complete = chunk.complete;
         blocking(&edge.store, move |store| {
-            for (id, batch) in &groups {
-                match store.apply(*id, batch) {
+            for (id, after, batch) in &groups {
+                let last = complete && batch.is_empty();
+                match store.install_snapshot_run(*id, after.as_deref(), batch, last) {
                     // Deleted since: its deletion follows in the log.
                     Ok(_) | Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}
                     Err(e) => return Err(e.into()),
@@ -176,13 +248,15 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
         })
         .await?;
         if chunk.complete {
-            let sequence = chunk.sequence;
+            let (sequence, written_through) = (chunk.sequence, chunk.written_through);
             blocking(&edge.store, move |store| {
-                Ok(store.set_applied_sequence(sequence)?)
+                Ok(store.finish_snapshot(sequence, written_through)?)
             })
             .await?;
-            // Entries up to the snapshot's sequence will not come: forget those applied here.
-            edge.not_applied_here(Vec::new(), sequence);
+            // Entries up to the snapshot's sequence will not come, and the install may have
+            // removed a write of this edge's that central logged after the snapshot began:
+            // every later entry is applied again.
+            edge.forget_applied_here(sequence);
             if edge.options.invalidate_on_replication {
                 edge.cache.clear();
             }

@@ -192,7 +192,7 @@ async fn apply_locally(edge: &Arc<Edge>, acknowledged: Acknowledged, bytes: usiz
         let edge = edge.clone();
         move || {
             for (namespace, (records, sequences)) in &acknowledged {
-                match edge.store.apply(*namespace, records) {
+                match edge.store.apply_logged(*namespace, records, sequences) {
                     // Only once the records are in the replica may the follower skip their
                     // entries.
                     Ok(_) => edge.applied_here(sequences),

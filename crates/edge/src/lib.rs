@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use cache::ReadCache;
 pub use faults::{FaultSettings, Faults, FaultyUpstream};
-pub use follower::spawn_follower;
+pub use follower::{spawn_follower, spawn_gc};
 pub use link::{CentralLink, LinkTimeouts};
 
 /// How an edge behaves.
@@ -65,6 +65,9 @@ pub struct EdgeOptions {
     pub request_timeout: Duration,
     /// How long the replication stream may stay silent before the edge reconnects.
     pub stream_silence: Duration,
+    /// How long a tombstone is kept at least, once central's horizon has passed it
+    /// (`storage.tombstone_grace_secs`); see `docs/gc.md`.
+    pub tombstone_grace: Duration,
 }
 
 /// How far this edge's replica has come.
@@ -110,6 +113,8 @@ pub struct Edge {
     /// Log sequences of this edge's own writes, applied to the replica when central
     /// acknowledged them, that the follower has not reached yet: it skips their entries.
     applied_here: Mutex<AppliedHere>,
+    /// Central's garbage-collection horizon, as it last said (0: not heard yet).
+    horizon: std::sync::atomic::AtomicU64,
 }
 
 impl Edge {
@@ -137,6 +142,7 @@ impl Edge {
             writes: forward::start(edge.clone()),
             this: edge.clone(),
             applied_here: Mutex::default(),
+            horizon: std::sync::atomic::AtomicU64::new(0),
             store,
             wall,
             options,
@@ -171,6 +177,15 @@ impl Edge {
             .collect();
         here.sequences = here.sequences.split_off(&through.saturating_add(1));
         rest
+    }
+
+    /// Forgets every sequence of this edge's own writes, and notes that replication has passed
+    /// `through`: after a snapshot install, which may have removed a write of this edge that
+    /// central logged after the snapshot began, every later entry is applied again.
+    fn forget_applied_here(&self, through: u64) {
+        let mut here = self.applied_here.lock().expect("applied-here lock");
+        here.passed = here.passed.max(through);
+        here.sequences.clear();
     }
 
     /// Bytes the read cache holds, as weighed against its bound.

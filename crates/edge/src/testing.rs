@@ -77,6 +77,10 @@ impl Backend for Counting {
     fn size_on_disk(&self) -> Result<u64, BackendError> {
         self.inner.size_on_disk()
     }
+
+    fn compact(&self, tree: Tree) -> Result<(), BackendError> {
+        self.inner.compact(tree)
+    }
 }
 
 /// A central over a store in `dir`, in this process, with no rate limit.
@@ -111,6 +115,7 @@ pub(crate) fn edge_over(dir: &Path, central: Arc<Central>) -> (Arc<Edge>, Arc<Co
         invalidate_on_replication: false,
         request_timeout: Duration::from_secs(5),
         stream_silence: Duration::from_secs(5),
+        tombstone_grace: Duration::from_secs(86_400),
     };
     let edge = Edge::new(store, Arc::new(SystemClock), central, options).unwrap();
     (edge, counting)

@@ -372,6 +372,10 @@ mod tests {
         fn size_on_disk(&self) -> Result<u64, BackendError> {
             self.inner.size_on_disk()
         }
+
+        fn compact(&self, tree: Tree) -> Result<(), BackendError> {
+            self.inner.compact(tree)
+        }
     }
 
     /// 100 writers at once against a store whose syncs take 20 ms: every acknowledgement

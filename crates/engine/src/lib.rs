@@ -80,7 +80,7 @@ impl Engine {
         // Whatever the store holds when it opens has survived, so it counts as durable.
         let last = store.log_bounds()?.last;
         let versions = VersionClock::new(wall.clone());
-        versions.resume_after(newest_version(&store, last)?);
+        versions.resume_after(newest_version(&store, last)?.max(store.trimmed_version()));
         let (durable_tx, durable) = watch::channel(last);
         let node = node_id.to_string();
         let recent = Arc::new(RecentLog::new(RECENT_LOG_BYTES));
@@ -267,11 +267,7 @@ fn newest_version(store: &Store, last: u64) -> Result<u64, KvError> {
     let entries = store.log_entries(from, VERSION_WINDOW as usize)?;
     Ok(entries
         .iter()
-        .filter_map(|entry| match &entry.change {
-            Change::Key { record, .. } => Some(record.version.timestamp),
-            Change::Namespace(namespace) => Some(namespace.version.timestamp),
-            Change::NamespaceDeleted(_) => None,
-        })
+        .filter_map(|entry| entry.change.timestamp())
         .max()
         .unwrap_or(0))
 }
@@ -368,7 +364,9 @@ impl KvService for Engine {
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
         let _guard = self.namespace_changes.lock().await;
         reads::owned(self.store.as_ref(), account_id, id)?;
-        self.commit(vec![Change::NamespaceDeleted(id)]).await?;
+        let version = self.stamp();
+        self.commit(vec![Change::NamespaceDeleted { id, version }])
+            .await?;
         self.keys_per_namespace.forget(id);
         tracing::info!(namespace = %id, "namespace deleted");
         Ok(())

@@ -110,7 +110,10 @@ mod tests {
     fn entry(sequence: u64) -> LogEntry {
         LogEntry {
             sequence,
-            change: Change::NamespaceDeleted(NamespaceId([1; 16])),
+            change: Change::NamespaceDeleted {
+                id: NamespaceId([1; 16]),
+                version: driftkv_core::Version::default(),
+            },
         }
     }
 

@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 use driftkv_core::key::validate_key;
 use driftkv_core::limits::MAX_VALUE_BYTES;
 use driftkv_core::service::put;
-use driftkv_core::{ListCursor, WriteOp};
+use driftkv_core::{ListCursor, Record, WriteOp};
 use driftkv_store::EngineKind;
 use proptest::prelude::*;
 
@@ -428,4 +428,38 @@ async fn rate_limited_writes_are_reported_unsuccessful_and_not_logged() {
     assert_eq!(third.successful, 1);
     // Namespace, k, other, k again: the refused write took no sequence.
     assert_eq!(store.log_bounds().unwrap().last, 4);
+}
+
+/// A restarted write region whose clock reads earlier stamps above every version it gave,
+/// even one only a trimmed log entry carried (writers stamped together can be logged out of
+/// version order, so the newest entry left need not hold the newest version).
+#[tokio::test]
+async fn a_restart_stamps_above_versions_trimmed_from_the_log() {
+    let f = fixture();
+    let ns = f.engine.create_namespace("acct", "trim").await.unwrap();
+    let at = |secs: u64| Version {
+        timestamp: secs << 32,
+        origin: 1,
+    };
+    let late = at(T0_MS / 1000 + 3600);
+    let early = at(T0_MS / 1000 - 10);
+    let change = |key: &str, version| Change::Key {
+        namespace: ns.id,
+        key: key.into(),
+        record: Record::tombstone(version),
+    };
+    f.store
+        .append(&[change("a", late), change("b", early)])
+        .unwrap();
+    assert_eq!(f.store.trim_log_by_age(u64::MAX).unwrap(), 2);
+    assert_eq!(f.store.log_entries(1, 10).unwrap().len(), 1);
+    let again = reopen(&f.store, &f.clock, 0);
+    let results = again
+        .write_results("acct", ns.id, vec![put("c", "1", None, None)])
+        .await
+        .unwrap();
+    match &results[0] {
+        WriteResult::Applied { version, .. } => assert!(*version > late, "{version:?}"),
+        other => panic!("{other:?}"),
+    }
 }

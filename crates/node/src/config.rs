@@ -67,6 +67,11 @@ pub struct StorageConfig {
     pub min_free_bytes: u64,
     /// How often the storage health probe writes and syncs a canary record, in milliseconds.
     pub probe_interval_ms: u64,
+    /// How long a tombstone (a deleted or expired key) is kept at least, in seconds, once
+    /// every edge has applied past it; then garbage collection purges it (see docs/gc.md).
+    pub tombstone_grace_secs: u64,
+    /// How often garbage collection runs, in milliseconds.
+    pub gc_interval_ms: u64,
 }
 
 /// The storage engines a node can run on.
@@ -218,6 +223,9 @@ pub struct CacheConfig {
 pub struct ReplicationConfig {
     /// Log entries central keeps; an edge further behind rebuilds from a snapshot.
     pub log_retention_entries: u64,
+    /// Central drops log entries written longer ago than this, in seconds (the newest entry
+    /// always stays); 0 keeps them whatever their age.
+    pub log_retention_secs: u64,
     /// How often central trims its log to the retention, in milliseconds.
     pub trim_interval_ms: u64,
     /// How often central tells an idle subscriber it is alive, in milliseconds.
@@ -329,6 +337,7 @@ impl Default for Config {
             },
             replication: ReplicationConfig {
                 log_retention_entries: 1_000_000,
+                log_retention_secs: 604_800,
                 trim_interval_ms: 10_000,
                 heartbeat_ms: 1000,
                 stream_silence_ms: 5000,
@@ -362,6 +371,8 @@ impl Default for Config {
                 engine: StorageEngine::Fjall,
                 min_free_bytes: 256 * 1024 * 1024,
                 probe_interval_ms: 10_000,
+                tombstone_grace_secs: 86_400,
+                gc_interval_ms: 60_000,
             },
         }
     }
@@ -516,6 +527,7 @@ impl Config {
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("http.max_connections", self.http.max_connections as u64),
             ("http.max_in_flight", self.http.max_in_flight as u64),
+            ("storage.gc_interval_ms", self.storage.gc_interval_ms),
         ] {
             anyhow::ensure!(ms > 0, "{name} must be greater than 0");
         }

@@ -9,12 +9,11 @@ use anyhow::Context as _;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use driftkv_central::Central;
 use driftkv_core::cluster::{self, ClusterView, MemberStatus, NodeRole};
 use driftkv_core::time::unix_now_ms;
 use driftkv_edge::{CentralLink, Edge};
 use driftkv_gossip::{keys, Gossip, GossipConfig, GossipTransport, Member};
-use driftkv_store::Store;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -70,26 +69,44 @@ pub async fn join(
 }
 
 /// Every `every`: publishes central's durable sequence and the oldest sequence its log still
-/// holds (an edge behind that needs a snapshot).
+/// holds (an edge behind that needs a snapshot), and tells central how far every edge member
+/// has applied (what garbage collection may purge up to).
 pub fn publish_central(
     gossip: Arc<Gossip>,
-    store: Arc<Store>,
-    durable: watch::Receiver<u64>,
+    central: Arc<Central>,
     every: Duration,
 ) -> JoinHandle<()> {
+    let store = central.engine().store().clone();
+    let durable = central.engine().durable_sequence();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         loop {
             ticks.tick().await;
+            let members = gossip.members().await;
+            central.set_edges_applied(Some(edges_applied(&members)));
             let sequence = *durable.borrow();
             gossip.set(keys::DURABLE_SEQUENCE, sequence).await;
             match store.log_bounds() {
                 Ok(bounds) => gossip.set(keys::LOG_OLDEST_SEQUENCE, bounds.oldest).await,
                 Err(e) => tracing::warn!(error = %e, "cannot read the log bounds"),
             }
-            record(&gossip, &gossip.members().await);
+            record(&gossip, &members);
         }
     })
+}
+
+/// The lowest log sequence the edges among `members` have applied: every edge gossip still
+/// lists counts, live or not (a dead one until gossip forgets it, `gossip.dead_node_grace_secs`
+/// later), and one that has not said how far it is counts as having applied nothing. With no
+/// edge listed there is nothing to wait for (`u64::MAX`): an edge that joins later is behind
+/// central's garbage-collection floor and starts from a snapshot (see docs/gc.md).
+fn edges_applied(members: &[Member]) -> u64 {
+    members
+        .iter()
+        .filter(|m| m.fact(keys::ROLE) == Some(NodeRole::Edge.as_str()))
+        .map(|edge| edge.number(keys::APPLIED_SEQUENCE).unwrap_or(0))
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 /// Every `every`: publishes the edge's replication progress and, when given the edge's `link`
@@ -284,6 +301,22 @@ mod tests {
         assert_eq!(json["members"][2]["status"], "dead");
         assert_eq!(json["members"][2]["lag_ms"], 5000);
         assert_eq!(serde_json::from_value::<ClusterView>(json).unwrap(), view);
+    }
+
+    #[test]
+    fn every_listed_edge_holds_the_horizon_back() {
+        let central = member(
+            "1",
+            true,
+            &[("role", "central"), ("durable_sequence", "100")],
+        );
+        assert_eq!(edges_applied(std::slice::from_ref(&central)), u64::MAX);
+        let live = member("2", true, &[("role", "edge"), ("applied_sequence", "90")]);
+        let dead = member("3", false, &[("role", "edge"), ("applied_sequence", "60")]);
+        let silent = member("4", true, &[("role", "edge")]);
+        assert_eq!(edges_applied(&[central.clone(), live.clone()]), 90);
+        assert_eq!(edges_applied(&[central.clone(), live.clone(), dead]), 60);
+        assert_eq!(edges_applied(&[central, live, silent]), 0);
     }
 
     #[test]

@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use driftkv_central::{spawn_log_trimmer, Central, CentralOptions, CentralService};
+use driftkv_central::{
+    spawn_gc, spawn_log_trimmer, Central, CentralOptions, CentralService, LogRetention,
+};
 use driftkv_core::time::{SkewedClock, SystemClock, WallClock};
 use driftkv_core::upstream::Upstream;
 use driftkv_edge::{
-    spawn_follower, CentralLink, Edge, EdgeOptions, Faults, FaultyUpstream, LinkTimeouts,
+    spawn_follower, spawn_gc as spawn_edge_gc, CentralLink, Edge, EdgeOptions, Faults,
+    FaultyUpstream, LinkTimeouts,
 };
 use driftkv_engine::{spawn_sweeper, Engine, RateLimiter};
 use driftkv_http::{Auth, RequestTracing, ServerOptions};
@@ -264,30 +267,7 @@ impl CentralNode {
         )
         .await?;
         let storage = guarded.guard().clone();
-        ops::watch_store(config.node_id, &store, &storage);
         ops::watch_durable(config.node_id, engine.durable_sequence());
-        let background = vec![
-            ops::spawn_storage_probe(
-                guarded,
-                Duration::from_millis(config.storage.probe_interval_ms),
-            ),
-            spawn_sweeper(
-                &store,
-                wall,
-                Duration::from_millis(config.sweep_interval_ms),
-            ),
-            spawn_log_trimmer(
-                &store,
-                config.replication.log_retention_entries,
-                Duration::from_millis(config.replication.trim_interval_ms),
-            ),
-            membership::publish_central(
-                gossip.clone(),
-                store.clone(),
-                engine.durable_sequence(),
-                Duration::from_millis(config.gossip.interval_ms),
-            ),
-        ];
         let central = Central::new(
             engine,
             CentralOptions {
@@ -295,6 +275,46 @@ impl CentralNode {
                 max_snapshots: config.grpc.max_snapshot_streams,
             },
         );
+        let background = vec![
+            ops::spawn_storage_probe(
+                guarded,
+                Duration::from_millis(config.storage.probe_interval_ms),
+            ),
+            spawn_sweeper(
+                &store,
+                wall.clone(),
+                Duration::from_millis(config.sweep_interval_ms),
+            ),
+            spawn_log_trimmer(
+                &store,
+                config.node_id,
+                LogRetention {
+                    entries: config.replication.log_retention_entries,
+                    age: (config.replication.log_retention_secs > 0)
+                        .then(|| Duration::from_secs(config.replication.log_retention_secs)),
+                },
+                wall.clone(),
+                Duration::from_millis(config.replication.trim_interval_ms),
+            ),
+            spawn_gc(
+                &central,
+                wall,
+                Duration::from_secs(config.storage.tombstone_grace_secs),
+                Duration::from_millis(config.storage.gc_interval_ms),
+            ),
+            membership::publish_central(
+                gossip.clone(),
+                central.clone(),
+                Duration::from_millis(config.gossip.interval_ms),
+            ),
+            ops::watch_store(
+                config.node_id,
+                &store,
+                &storage,
+                data_dir,
+                Duration::from_millis(config.storage.gc_interval_ms),
+            ),
+        ];
         let service = CentralService::new(central, process.security.cluster.is_some());
         let mut http_addr = None;
         let mut servers = Vec::new();
@@ -436,6 +456,7 @@ impl EdgeNode {
             invalidate_on_replication: config.cache.invalidate_on_replication,
             request_timeout: Duration::from_millis(config.central.request_timeout_ms),
             stream_silence: Duration::from_millis(config.replication.stream_silence_ms),
+            tombstone_grace: Duration::from_secs(config.storage.tombstone_grace_secs),
         };
         let link = Arc::new(CentralLink::new(
             LinkTimeouts {
@@ -482,6 +503,7 @@ impl EdgeNode {
                 Duration::from_millis(config.storage.probe_interval_ms),
             ),
             spawn_follower(edge.clone()),
+            spawn_edge_gc(&edge, Duration::from_millis(config.storage.gc_interval_ms)),
             spawn_sweeper(
                 &store,
                 wall,
@@ -493,8 +515,14 @@ impl EdgeNode {
                 central.is_empty().then_some(link),
                 Duration::from_millis(config.gossip.interval_ms),
             ),
+            ops::watch_store(
+                node_id,
+                &store,
+                &storage,
+                data_dir,
+                Duration::from_millis(config.storage.gc_interval_ms),
+            ),
         ];
-        ops::watch_store(node_id, &store, &storage);
         ops::watch_edge(node_id, &edge);
         let lab = experiments::routes(
             config,

@@ -2,6 +2,7 @@
 //! or from gossip.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,11 +12,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use driftkv_core::cluster::{ClusterView, MemberStatus, NodeRole};
 use driftkv_edge::Edge;
+use driftkv_engine::spawn_maintenance;
 use driftkv_metrics::prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use driftkv_metrics::prometheus::proto::Metric;
 use driftkv_metrics::{
-    CACHE_BYTES, GOSSIP_MEMBERS, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES, REPLICATION_LAG_SECONDS,
-    STORE_DISK_BYTES, STORE_FREE_BYTES, STORE_READY,
+    CACHE_BYTES, GOSSIP_MEMBERS, LOG_ENTRIES, LOG_SEQUENCE, REPLICATION_LAG_ENTRIES,
+    REPLICATION_LAG_SECONDS, STORE_DISK_BYTES, STORE_FREE_BYTES, STORE_READY, STORE_RECORDS,
+    STORE_TOMBSTONES,
 };
 use driftkv_store::guard::{Guarded, StorageGuard, StorageHealth};
 use driftkv_store::Store;
@@ -24,18 +27,30 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-/// Reports the store's size on disk, the free space of its filesystem and whether it takes
-/// writes at every scrape, for as long as the store is open.
-pub fn watch_store(node: u64, store: &Arc<Store>, storage: &Arc<StorageGuard>) {
+/// Reports the size of the store's data directory, the log's length, the free space of its
+/// filesystem and whether it takes writes at every scrape, for as long as the store is open,
+/// and counts its records and tombstones every `every` (a scan of every record, too slow for a
+/// scrape) on the returned task.
+pub fn watch_store(
+    node: u64,
+    store: &Arc<Store>,
+    storage: &Arc<StorageGuard>,
+    data_dir: &Path,
+    every: Duration,
+) -> JoinHandle<()> {
     let node = node.to_string();
-    let gauge = STORE_DISK_BYTES.with_label_values(&[&node]);
+    let bytes = STORE_DISK_BYTES.with_label_values(&[&node]);
+    let entries = LOG_ENTRIES.with_label_values(&[&node]);
     let free = STORE_FREE_BYTES.with_label_values(&[&node]);
     let ready = STORE_READY.with_label_values(&[&node]);
-    let store: Weak<Store> = Arc::downgrade(store);
+    let weak: Weak<Store> = Arc::downgrade(store);
     let storage = Arc::downgrade(storage);
+    let dir = data_dir.to_owned();
     driftkv_metrics::on_scrape(move || {
-        if let Some(bytes) = store.upgrade().and_then(|s| s.size_on_disk().ok()) {
-            gauge.set(saturate(bytes));
+        let Some(store) = weak.upgrade() else { return };
+        bytes.set(saturate(allocated_bytes(&dir)));
+        if let Ok(bounds) = store.log_bounds() {
+            entries.set(saturate((bounds.last + 1).saturating_sub(bounds.oldest)));
         }
         if let Some(health) = storage.upgrade().map(|s| s.health()) {
             if let Some(bytes) = health.free_bytes {
@@ -44,6 +59,14 @@ pub fn watch_store(node: u64, store: &Arc<Store>, storage: &Arc<StorageGuard>) {
             ready.set(i64::from(health.ready));
         }
     });
+    let records = STORE_RECORDS.with_label_values(&[&node]);
+    let tombstones = STORE_TOMBSTONES.with_label_values(&[&node]);
+    spawn_maintenance(store, every, "counting records", move |store| {
+        let counts = store.count_records()?;
+        records.set(saturate(counts.values));
+        tombstones.set(saturate(counts.tombstones));
+        Ok(0)
+    })
 }
 
 /// Reports the edge's cache size and applied log sequence at every scrape, for as long as the
@@ -65,6 +88,23 @@ pub fn watch_edge(node: u64, edge: &Arc<Edge>) {
 pub fn watch_durable(node: u64, durable: watch::Receiver<u64>) {
     let gauge = LOG_SEQUENCE.with_label_values(&[&node.to_string(), "durable"]);
     driftkv_metrics::on_scrape(move || gauge.set(saturate(*durable.borrow())));
+}
+
+/// Bytes the files under `dir` take on disk (their allocated blocks: a preallocated or sparse
+/// file counts for what it really holds), skipping what vanishes while it is walked.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    listing
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => allocated_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn saturate(value: u64) -> i64 {

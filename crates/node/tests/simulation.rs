@@ -13,6 +13,10 @@
 //!   your writes, convergence);
 //! - gossip sees every member live again.
 //!
+//! Garbage collection runs throughout with no grace period, so tombstones go the moment every
+//! edge gossip lists has applied past them: a key that came back after its tombstone went
+//! (through a replay, a late entry or a snapshot) fails the convergence and history checks.
+//!
 //! It runs on tokio's paused clock, so virtual seconds of partitions and heartbeats pass in real
 //! milliseconds. The engine commits on a thread of its own, which tokio's clock does not know
 //! about; calls into central are therefore made while a blocking task is running, which keeps
@@ -36,12 +40,12 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use driftkv_central::{spawn_log_trimmer, Central, CentralOptions};
+use driftkv_central::{spawn_gc, spawn_log_trimmer, Central, CentralOptions, LogRetention};
 use driftkv_core::service::put;
 use driftkv_core::time::{SkewedClock, WallClock};
 use driftkv_core::upstream::{BatchOutcome, EventStream, SnapshotStream, Upstream, WriteRequest};
 use driftkv_core::{KvError, KvService, LiveValue, Namespace, NamespaceId, Record, Write, WriteOp};
-use driftkv_edge::{spawn_follower, Edge, EdgeOptions};
+use driftkv_edge::{spawn_follower, spawn_gc as spawn_edge_gc, Edge, EdgeOptions};
 use driftkv_engine::{Engine, RateLimiter};
 use driftkv_gossip::{ChannelTransport, Gossip, GossipConfig, GossipTransport};
 use driftkv_node::membership;
@@ -60,6 +64,12 @@ const KEYS: usize = 12;
 const STEPS: usize = 160;
 /// Entries central's log keeps: small, so that an edge away for a while needs a snapshot.
 const LOG_RETENTION: u64 = 8;
+/// Tombstones go as soon as every edge has applied past them (the wall clocks are real while
+/// the run's time is virtual, so no grace period would pass): garbage collection as eager as
+/// it can be, against partitions, crashes, replays and snapshots.
+const TOMBSTONE_GRACE: Duration = Duration::ZERO;
+/// How often garbage collection runs, in virtual time.
+const GC_INTERVAL: Duration = Duration::from_millis(200);
 /// How long the healed cluster gets to converge, in virtual time.
 const CONVERGE: Duration = Duration::from_secs(120);
 
@@ -441,13 +451,22 @@ impl Cluster {
         );
         let gossip = self.join_gossip(0, "central").await;
         let tasks = vec![
-            spawn_log_trimmer(&store, LOG_RETENTION, Duration::from_millis(200)),
-            membership::publish_central(
-                gossip.clone(),
-                store,
-                engine.durable_sequence(),
+            spawn_log_trimmer(
+                &store,
+                node_id(0),
+                LogRetention {
+                    entries: LOG_RETENTION,
+                    age: None,
+                },
+                clock.clone(),
                 Duration::from_millis(200),
             ),
+            membership::publish_central(
+                gossip.clone(),
+                central.clone(),
+                Duration::from_millis(200),
+            ),
+            spawn_gc(&central, clock.clone(), TOMBSTONE_GRACE, GC_INTERVAL),
         ];
         *self.slot.write().unwrap() = Some(central.clone());
         *self.central.lock().unwrap() = Some(CentralRun {
@@ -496,12 +515,14 @@ impl Cluster {
             invalidate_on_replication: false,
             request_timeout: Duration::from_secs(2),
             stream_silence: Duration::from_secs(3),
+            tombstone_grace: TOMBSTONE_GRACE,
         };
         let wall: Arc<dyn WallClock> = clock.clone();
         let edge_node = Edge::new(store, wall, Arc::new(link), options).expect("the edge starts");
         let gossip = self.join_gossip(node, "edge").await;
         let tasks = vec![
             spawn_follower(edge_node.clone()),
+            spawn_edge_gc(&edge_node, GC_INTERVAL),
             membership::publish_edge(
                 gossip.clone(),
                 edge_node.clone(),
@@ -667,6 +688,7 @@ struct Summary {
     reads: usize,
     faults: BTreeMap<&'static str, usize>,
     snapshots: u64,
+    purged: u64,
 }
 
 async fn run(seed: u64) -> Result<Summary, String> {
@@ -823,6 +845,13 @@ async fn run(seed: u64) -> Result<Summary, String> {
             .map(|node| {
                 driftkv_metrics::SNAPSHOTS
                     .with_label_values(&[&node_id(node).to_string(), "installed"])
+                    .get()
+            })
+            .sum(),
+        purged: (0..=edges)
+            .map(|node| {
+                driftkv_metrics::GC_PURGED
+                    .with_label_values(&[&node_id(node).to_string(), "tombstone"])
                     .get()
             })
             .sum(),
@@ -1034,13 +1063,14 @@ fn seeded_simulations_keep_every_acknowledged_write_and_converge() {
         let started = std::time::Instant::now();
         match simulate(seed) {
             Ok(summary) => eprintln!(
-                "seed {seed}: ok in {:.1} s: {} edges, {} writes ({} acknowledged), {} reads, {} snapshots installed so far, {:?}; run {:016x}",
+                "seed {seed}: ok in {:.1} s: {} edges, {} writes ({} acknowledged), {} reads, {} snapshots installed and {} tombstones purged so far, {:?}; run {:016x}",
                 started.elapsed().as_secs_f64(),
                 summary.edges,
                 summary.writes,
                 summary.acknowledged,
                 summary.reads,
                 summary.snapshots,
+                summary.purged,
                 summary.faults,
                 summary.fingerprint
             ),

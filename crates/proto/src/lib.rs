@@ -196,7 +196,12 @@ impl From<LogEntry> for pb::LogEntry {
                 record,
             } => Wire::Key(key_change(namespace, key, record)),
             Change::Namespace(ns) => Wire::Namespace((&ns).into()),
-            Change::NamespaceDeleted(id) => Wire::NamespaceDeleted(id.0.to_vec()),
+            Change::NamespaceDeleted { id, version } => {
+                Wire::NamespaceDeletion(pb::NamespaceDeletion {
+                    id: id.0.to_vec(),
+                    version: Some(version.into()),
+                })
+            }
         };
         pb::LogEntry {
             sequence: e.sequence,
@@ -213,7 +218,14 @@ impl TryFrom<pb::LogEntry> for LogEntry {
         let change = match e.change.ok_or_else(|| missing("change"))? {
             Wire::Key(k) => k.try_into()?,
             Wire::Namespace(ns) => Change::Namespace(ns.try_into()?),
-            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted(namespace_id(&id)?),
+            Wire::NamespaceDeleted(id) => Change::NamespaceDeleted {
+                id: namespace_id(&id)?,
+                version: Version::default(),
+            },
+            Wire::NamespaceDeletion(deletion) => Change::NamespaceDeleted {
+                id: namespace_id(&deletion.id)?,
+                version: required_version(deletion.version)?,
+            },
         };
         Ok(LogEntry {
             sequence: e.sequence,
@@ -346,6 +358,7 @@ impl From<ReplicationEvent> for pb::SubscribeReply {
             ReplicationEvent::SnapshotNeeded { oldest_retained } => {
                 Event::SnapshotNeeded(pb::SnapshotNeeded { oldest_retained })
             }
+            ReplicationEvent::Horizon { sequence } => Event::Horizon(pb::Horizon { sequence }),
         };
         pb::SubscribeReply { event: Some(event) }
     }
@@ -370,6 +383,9 @@ impl TryFrom<pb::SubscribeReply> for ReplicationEvent {
             Event::SnapshotNeeded(needed) => ReplicationEvent::SnapshotNeeded {
                 oldest_retained: needed.oldest_retained,
             },
+            Event::Horizon(horizon) => ReplicationEvent::Horizon {
+                sequence: horizon.sequence,
+            },
         })
     }
 }
@@ -385,6 +401,7 @@ impl From<SnapshotChunk> for pb::SnapshotChunk {
                 .collect(),
             complete: chunk.complete,
             sequence: chunk.sequence,
+            written_through: chunk.written_through,
         }
     }
 }
@@ -412,6 +429,7 @@ impl TryFrom<pb::SnapshotChunk> for SnapshotChunk {
                 .collect::<Result<_, KvError>>()?,
             complete: chunk.complete,
             sequence: chunk.sequence,
+            written_through: chunk.written_through,
         })
     }
 }
@@ -562,7 +580,10 @@ mod tests {
                 record: Record::tombstone(version()),
             },
             Change::Namespace(ns.clone()),
-            Change::NamespaceDeleted(ns.id),
+            Change::NamespaceDeleted {
+                id: ns.id,
+                version: version(),
+            },
         ] {
             let entry = LogEntry {
                 sequence: 12,
@@ -598,6 +619,44 @@ mod tests {
             change: None
         })
         .is_err());
+    }
+
+    /// Replication events and snapshot chunks cross the wire unchanged, the garbage-collection
+    /// horizon and a snapshot's `written_through` included; a namespace deletion logged before
+    /// deletions carried a version reads with version 0.
+    #[test]
+    fn replication_events_and_snapshot_chunks_round_trip() {
+        for event in [
+            ReplicationEvent::Horizon { sequence: 41 },
+            ReplicationEvent::Heartbeat {
+                durable_sequence: 7,
+            },
+            ReplicationEvent::SnapshotNeeded { oldest_retained: 3 },
+        ] {
+            let wire = pb::SubscribeReply::from(event.clone());
+            assert_eq!(ReplicationEvent::try_from(wire).unwrap(), event);
+        }
+        let chunk = SnapshotChunk {
+            complete: true,
+            sequence: 10,
+            written_through: 12,
+            ..SnapshotChunk::default()
+        };
+        assert_eq!(
+            SnapshotChunk::try_from(pb::SnapshotChunk::from(chunk.clone())).unwrap(),
+            chunk
+        );
+        let old = pb::LogEntry {
+            sequence: 5,
+            change: Some(pb::log_entry::Change::NamespaceDeleted(vec![3; 16])),
+        };
+        assert_eq!(
+            LogEntry::try_from(old).unwrap().change,
+            Change::NamespaceDeleted {
+                id: NamespaceId([3; 16]),
+                version: Version::default(),
+            }
+        );
     }
 
     #[test]

@@ -34,16 +34,21 @@ pub enum Tree {
     Log,
     /// Sequence bookkeeping.
     Meta,
+    /// The tombstone index: log sequence (big-endian), namespace id, key → the time the key
+    /// was deleted or expired (big-endian unix milliseconds) and the tombstone's version, so
+    /// that garbage collection finds the tombstones it may purge without a full scan.
+    Tombstones,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 5] = [
+    pub const ALL: [Tree; 6] = [
         Tree::Namespaces,
         Tree::Records,
         Tree::Expiry,
         Tree::Log,
         Tree::Meta,
+        Tree::Tombstones,
     ];
 
     /// The tree's name, for engines that name their trees.
@@ -54,6 +59,7 @@ impl Tree {
             Tree::Expiry => "expiry",
             Tree::Log => "log",
             Tree::Meta => "meta",
+            Tree::Tombstones => "tombstones",
         }
     }
 
@@ -163,4 +169,9 @@ pub trait Backend: Send + Sync + 'static {
     fn sync(&self) -> Result<(), BackendError>;
     /// Bytes the database takes on disk.
     fn size_on_disk(&self) -> Result<u64, BackendError>;
+    /// Rewrites `tree` so that the space of removed keys goes back to the file system, where
+    /// the engine needs to be asked (an LSM tree keeps removals as markers until compaction);
+    /// blocks until done. Engines that reclaim space by themselves do nothing. No default:
+    /// a wrapper that forgot to pass it on would silently never compact.
+    fn compact(&self, tree: Tree) -> Result<(), BackendError>;
 }

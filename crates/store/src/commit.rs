@@ -11,19 +11,21 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use driftkv_core::time::hlc_to_unix_ms;
 use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView, Version};
 
 use crate::backend::{Batch, Tree};
 use crate::layout::{
-    corrupt, expiry_key, next_namespace, record_key, sequence_bytes, APPLIED_SEQUENCE,
-    LAST_SEQUENCE,
+    corrupt, expiry_key, namespace_tombstone_key, next_namespace, read_sequence, record_key,
+    sequence_bytes, tombstone_key, tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE,
+    PENDING_SEQUENCE, TRIMMED_VERSION,
 };
-use crate::store::{stored_version, Store};
+use crate::store::{stored_version, NamespaceTombstone, Store};
 use crate::{DueExpiration, StoreError};
 
 /// Most keys one batch of a long removal (a namespace's records, old log entries) holds, so
 /// that the removal takes memory in proportion to this rather than to what it removes.
-const REMOVAL_CHUNK: usize = 10_000;
+pub(crate) const REMOVAL_CHUNK: usize = 10_000;
 
 /// A batch being built under the writer lock, with the versions it stages, so that two
 /// writes to one key in one batch are compared with each other, not with the stored record.
@@ -49,13 +51,15 @@ fn is_key(change: &Change) -> bool {
 
 impl Store {
     /// Stages `record` for `key` if its version is newer than the stored (or staged) one;
-    /// returns whether it was.
+    /// returns whether it was. A tombstone is indexed under `sequence`, the log sequence of
+    /// its change ([`PENDING_SEQUENCE`] when not known yet), for garbage collection.
     fn stage_record(
         &self,
         staging: &mut Staging,
         namespace: NamespaceId,
         key: &str,
         record: &Record,
+        sequence: u64,
     ) -> Result<bool, StoreError> {
         let stored_key = record_key(namespace, key.as_bytes());
         let current = match staging.versions.get(&stored_key) {
@@ -75,6 +79,13 @@ impl Store {
                 Vec::new(),
             );
         }
+        if record.live.is_none() {
+            staging.batch.put(
+                Tree::Tombstones,
+                tombstone_key(sequence, namespace, key),
+                tombstone_value(hlc_to_unix_ms(record.version.timestamp), record.version),
+            );
+        }
         staging
             .batch
             .put(Tree::Records, stored_key.clone(), record.encode());
@@ -82,16 +93,23 @@ impl Store {
         Ok(true)
     }
 
-    /// Applies a namespace change, committing it with `bookkeeping` (its log entry or applied
-    /// sequence). A namespace record replaces the stored one only if its version is newer;
-    /// a deleted namespace's records go after the deletion is committed. Returns whether the
-    /// namespaces changed.
+    /// Applies a namespace change logged at `sequence` ([`PENDING_SEQUENCE`] when not known),
+    /// committing it with `bookkeeping` (its log entry or applied sequence). A namespace record
+    /// replaces the stored one only if its version is newer, and never recreates a deleted
+    /// namespace (ids are never reused, so such a change is a late or replayed one); a
+    /// deletion leaves a namespace tombstone, and the namespace's records go after it is
+    /// committed. Returns whether the namespaces changed.
     fn commit_namespace(
         &self,
         change: &Change,
         mut bookkeeping: Batch,
+        sequence: u64,
     ) -> Result<bool, StoreError> {
         match change {
+            Change::Namespace(namespace) if self.namespace_deleted(namespace.id) => {
+                self.backend.commit(bookkeeping)?;
+                Ok(false)
+            }
             Change::Namespace(namespace) => {
                 let (newer, known) = {
                     let namespaces = self.namespaces.read().expect("namespace map lock");
@@ -121,24 +139,72 @@ impl Store {
                 }
                 Ok(newer)
             }
-            Change::NamespaceDeleted(id) => {
+            Change::NamespaceDeleted { id, version } => {
                 let existed = self.has_namespace(*id);
                 if existed {
                     bookkeeping.remove(Tree::Namespaces, id.0.to_vec());
                 }
+                let kept = self
+                    .namespace_tombstones
+                    .read()
+                    .expect("namespace tombstones lock")
+                    .get(id)
+                    .copied();
+                // A tombstone is written once, and again when its sequence becomes known.
+                let tombstone = match kept {
+                    Some(kept) if kept.sequence != PENDING_SEQUENCE => None,
+                    Some(_) if sequence == PENDING_SEQUENCE => None,
+                    _ => Some(NamespaceTombstone {
+                        sequence,
+                        gone_at_ms: hlc_to_unix_ms(version.timestamp),
+                    }),
+                };
+                if let Some(tombstone) = tombstone {
+                    bookkeeping.put(Tree::Meta, namespace_tombstone_key(*id), tombstone.encode());
+                }
                 self.backend.commit(bookkeeping)?;
-                if existed {
-                    self.namespaces
+                if let Some(tombstone) = tombstone {
+                    self.namespace_tombstones
                         .write()
-                        .expect("namespace map lock")
-                        .remove(id);
-                    // A crash before this is done leaves records that the next open removes.
-                    self.purge_records(*id)?;
+                        .expect("namespace tombstones lock")
+                        .insert(*id, tombstone);
+                }
+                if existed {
+                    self.forget_removed_namespace(*id)?;
                 }
                 Ok(existed)
             }
             Change::Key { .. } => Err(corrupt("a key change taken for a namespace change")),
         }
+    }
+
+    /// Drops a namespace whose removal is committed from memory, then removes its records (a
+    /// crash before that is done leaves records that the next open removes). The caller holds
+    /// the writer lock.
+    fn forget_removed_namespace(&self, id: NamespaceId) -> Result<(), StoreError> {
+        self.namespaces
+            .write()
+            .expect("namespace map lock")
+            .remove(&id);
+        self.purge_records(id)?;
+        Ok(())
+    }
+
+    /// Removes a namespace and all its records *without* a tombstone; false if it did not
+    /// exist. For a snapshot install: a namespace the snapshot lacks was deleted before the
+    /// snapshot began, or created after (and its creation then follows in the log, which must
+    /// not be refused); replays from before the snapshot are ignored by the floor the install
+    /// sets.
+    pub fn drop_namespace(&self, id: NamespaceId) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().expect("writer lock");
+        if !self.has_namespace(id) {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        batch.remove(Tree::Namespaces, id.0.to_vec());
+        self.backend.commit(batch)?;
+        self.forget_removed_namespace(id)?;
+        Ok(true)
     }
 
     /// Removes every record of `namespace`, a chunk per batch; returns how many went. The
@@ -151,7 +217,7 @@ impl Store {
     }
 
     /// Removes every key of `tree` in a range, a chunk per batch; returns how many went.
-    fn remove_all(
+    pub(crate) fn remove_all(
         &self,
         tree: Tree,
         from: Bound<&[u8]>,
@@ -175,22 +241,57 @@ impl Store {
     /// equal or newer version; returns whether it was stored.
     pub fn put_namespace(&self, namespace: &Namespace) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
-        self.commit_namespace(&Change::Namespace(namespace.clone()), Batch::new())
+        self.commit_namespace(
+            &Change::Namespace(namespace.clone()),
+            Batch::new(),
+            PENDING_SEQUENCE,
+        )
     }
 
-    /// Removes a namespace and all its records; false if it did not exist.
+    /// Removes a namespace and all its records, leaving a tombstone (kept from garbage
+    /// collection until the deletion's log entry, or the end of a snapshot install, says at
+    /// which sequence it was deleted); false if it did not exist.
     pub fn delete_namespace(&self, id: NamespaceId) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
-        self.commit_namespace(&Change::NamespaceDeleted(id), Batch::new())
+        let deletion = Change::NamespaceDeleted {
+            id,
+            version: Version::default(),
+        };
+        self.commit_namespace(&deletion, Batch::new(), PENDING_SEQUENCE)
     }
 
     /// Applies records last-write-wins: each replaces the stored record of its key only if its
     /// version is greater. Returns, per record, whether it was applied. Applying the same
-    /// records again, or in another order, leaves the same state.
+    /// records again, or in another order, leaves the same state. Their log sequences are not
+    /// known: tombstones among them are kept from garbage collection until
+    /// [`Store::finish_snapshot`] settles them (see [`Store::apply_logged`] otherwise).
     pub fn apply(
         &self,
         namespace: NamespaceId,
         records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.apply_at(namespace, records, |_| PENDING_SEQUENCE)
+    }
+
+    /// [`Store::apply`] of records whose log sequences are known (`sequences`, one per
+    /// record): a replica's own acknowledged writes.
+    pub fn apply_logged(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+        sequences: &[u64],
+    ) -> Result<Vec<bool>, StoreError> {
+        if sequences.len() != records.len() {
+            return Err(corrupt("a sequence is needed for every record"));
+        }
+        self.apply_at(namespace, records, |i| sequences[i])
+    }
+
+    fn apply_at(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+        sequence: impl Fn(usize) -> u64,
     ) -> Result<Vec<bool>, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         if !self.has_namespace(namespace) {
@@ -199,7 +300,10 @@ impl Store {
         let mut staging = Staging::default();
         let applied = records
             .iter()
-            .map(|(key, record)| self.stage_record(&mut staging, namespace, key, record))
+            .enumerate()
+            .map(|(i, (key, record))| {
+                self.stage_record(&mut staging, namespace, key, record, sequence(i))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if !staging.batch.is_empty() {
             self.backend.commit(staging.batch)?;
@@ -265,7 +369,7 @@ impl Store {
                 let mut bookkeeping = Batch::new();
                 bookkeeping.put(Tree::Log, sequence_bytes(last + 1), change.encode());
                 bookkeeping.put(Tree::Meta, LAST_SEQUENCE.to_vec(), sequence_bytes(last + 1));
-                if let Err(e) = self.commit_namespace(change, bookkeeping) {
+                if let Err(e) = self.commit_namespace(change, bookkeeping, last + 1) {
                     outcome = Err(e);
                     break;
                 }
@@ -294,7 +398,7 @@ impl Store {
                 record,
             } = change
             {
-                self.stage_record(staging, *namespace, key, record)?;
+                self.stage_record(staging, *namespace, key, record, *last + 1)?;
             }
             *last += 1;
             staging
@@ -343,12 +447,15 @@ impl Store {
     /// times, with the same outcome) and records the highest sequence applied, at least
     /// `through`, atomically with them. `through` covers entries the caller left out because
     /// their records are already stored (committed before this call). Key changes to
-    /// namespaces the replica does not have are skipped.
+    /// namespaces the replica does not have are skipped, and so are entries at or below the
+    /// [garbage-collection floor](Store::gc_floor): they were applied before, and the
+    /// tombstone that made one of them obsolete may be gone.
     pub fn apply_replicated(&self, entries: &[LogEntry], through: u64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         let mut applied = self.applied_sequence.load(Ordering::SeqCst);
+        let floor = self.gc_floor.load(Ordering::SeqCst);
         let mut staging = Staging::default();
-        for entry in entries {
+        for entry in entries.iter().filter(|entry| entry.sequence > floor) {
             match &entry.change {
                 Change::Key {
                     namespace,
@@ -356,7 +463,7 @@ impl Store {
                     record,
                 } => {
                     if self.has_namespace(*namespace) {
-                        self.stage_record(&mut staging, *namespace, key, record)?;
+                        self.stage_record(&mut staging, *namespace, key, record, entry.sequence)?;
                     }
                 }
                 change => {
@@ -369,7 +476,7 @@ impl Store {
                         APPLIED_SEQUENCE.to_vec(),
                         sequence_bytes(sequence),
                     );
-                    self.commit_namespace(change, bookkeeping)?;
+                    self.commit_namespace(change, bookkeeping, entry.sequence)?;
                     self.applied_sequence.store(sequence, Ordering::SeqCst);
                 }
             }
@@ -410,15 +517,72 @@ impl Store {
         Ok(())
     }
 
-    /// Drops log entries older than `before`; returns how many went.
+    /// Drops log entries older than `before`, but never the newest one; returns how many
+    /// went. The newest version among them is kept (see [`Store::trimmed_version`]).
     pub fn trim_log(&self, before: u64) -> Result<usize, StoreError> {
-        let _writer = self.writer.lock().expect("writer lock");
-        let end = sequence_bytes(before);
-        self.remove_all(Tree::Log, Bound::Unbounded, Bound::Excluded(&end))
+        self.trim_log_while(|entry| entry.sequence < before)
+    }
+
+    /// Drops the log entries, oldest first, whose write happened at or before `cutoff_ms`
+    /// (unix milliseconds, by their HLC version), stopping at the first newer one and never
+    /// dropping the newest entry; returns how many went.
+    pub fn trim_log_by_age(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        self.trim_log_while(|entry| {
+            entry
+                .change
+                .timestamp()
+                .is_none_or(|timestamp| hlc_to_unix_ms(timestamp) <= cutoff_ms)
+        })
+    }
+
+    /// Drops log entries from the oldest on while `old` says so, a chunk per batch, keeping
+    /// the newest entry and raising [`TRIMMED_VERSION`] in each batch to the newest version
+    /// it drops. The writer lock is taken per chunk, so that a long trim (the first one after
+    /// the retention was lowered) does not hold writes up for all of it.
+    fn trim_log_while(&self, old: impl Fn(&LogEntry) -> bool) -> Result<usize, StoreError> {
+        let mut trimmed = 0;
+        loop {
+            let _writer = self.writer.lock().expect("writer lock");
+            let last = self.last_sequence.load(Ordering::SeqCst);
+            let mut batch = Batch::new();
+            let mut newest = self.trimmed_version.load(Ordering::SeqCst);
+            let mut done = false;
+            for entry in self
+                .backend
+                .range(Tree::Log, Bound::Unbounded, Bound::Unbounded)
+                .take(REMOVAL_CHUNK)
+            {
+                let (k, v) = entry?;
+                let entry = LogEntry {
+                    sequence: read_sequence(Some(&k))?,
+                    change: Change::decode(&v).map_err(corrupt)?,
+                };
+                if entry.sequence >= last || !old(&entry) {
+                    done = true;
+                    break;
+                }
+                newest = newest.max(entry.change.timestamp().unwrap_or(0));
+                batch.remove(Tree::Log, k.to_vec());
+            }
+            if batch.is_empty() {
+                return Ok(trimmed);
+            }
+            trimmed += batch.len();
+            self.removed_since_compaction
+                .fetch_add(batch.len() as u64, Ordering::SeqCst);
+            batch.put(Tree::Meta, TRIMMED_VERSION.to_vec(), sequence_bytes(newest));
+            self.backend.commit(batch)?;
+            self.trimmed_version.store(newest, Ordering::SeqCst);
+            if done {
+                return Ok(trimmed);
+            }
+        }
     }
 
     /// Turns the record of a due entry into a tombstone (keeping its version) if it still
     /// carries that expiration, and drops the index entry. Returns whether a record changed.
+    /// The tombstone is indexed for garbage collection under this node's position in the log
+    /// (the record's put came at or before it) and the expiration time.
     pub fn expire(&self, due: &DueExpiration) -> Result<bool, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         let mut batch = Batch::new();
@@ -432,6 +596,11 @@ impl Store {
                         Tree::Records,
                         stored_key,
                         Record::tombstone(view.version).encode(),
+                    );
+                    batch.put(
+                        Tree::Tombstones,
+                        tombstone_key(self.position(), due.namespace, &due.key),
+                        tombstone_value(due.expiration.saturating_mul(1000), view.version),
                     );
                     changed = true;
                 }

@@ -319,6 +319,11 @@ impl Backend for Guarded {
     fn size_on_disk(&self) -> Result<u64, BackendError> {
         self.engine()?.size_on_disk()
     }
+
+    fn compact(&self, tree: Tree) -> Result<(), BackendError> {
+        let engine = self.engine()?;
+        self.guard.observe(engine.compact(tree))
+    }
 }
 
 #[cfg(test)]
@@ -372,12 +377,31 @@ mod tests {
         fn size_on_disk(&self) -> Result<u64, BackendError> {
             self.inner.size_on_disk()
         }
+
+        fn compact(&self, tree: Tree) -> Result<(), BackendError> {
+            self.fail()?;
+            self.inner.compact(tree)
+        }
     }
 
     fn put(key: &[u8]) -> Batch {
         let mut batch = Batch::new();
         batch.put(Tree::Records, key.to_vec(), b"v".to_vec());
         batch
+    }
+
+    /// Compaction reaches the engine under the guard, and its failure is an I/O error like any
+    /// other (a wrapper that kept the trait's do-nothing would never return space).
+    #[test]
+    fn compaction_goes_through_to_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let guard = StorageGuard::new(dir.path(), 0);
+        let guarded = Guarded::new(Failing::open(dir.path(), &broken), guard.clone());
+        guarded.compact(Tree::Records).unwrap();
+        broken.store(true, Ordering::SeqCst);
+        assert!(guarded.compact(Tree::Records).unwrap_err().is_io());
+        assert!(!guard.health().ready);
     }
 
     #[test]

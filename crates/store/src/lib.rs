@@ -14,6 +14,7 @@
 pub mod backend;
 mod commit;
 mod fjall_backend;
+mod gc;
 pub mod guard;
 mod layout;
 pub mod reads;
@@ -29,6 +30,7 @@ use driftkv_core::{KeyInfo, KvError, NamespaceId};
 
 pub use backend::{Backend, BackendError};
 pub use fjall_backend::FjallBackend;
+pub use gc::{Purged, RecordCounts};
 pub use sled_backend::SledBackend;
 pub use store::Store;
 

@@ -12,7 +12,8 @@ use driftkv_core::{Change, KeyInfo, LogEntry, Namespace, NamespaceId, Record, Re
 use crate::backend::{Backend, Tree};
 use crate::layout::{
     corrupt, key_of, namespace_of, next_namespace, parse_expiry_key, read_sequence, record_key,
-    sequence_bytes, APPLIED_SEQUENCE, LAST_SEQUENCE,
+    sequence_bytes, APPLIED_SEQUENCE, GC_FLOOR, LAST_SEQUENCE, NAMESPACE_TOMBSTONE,
+    TRIMMED_VERSION,
 };
 use crate::{DueExpiration, LogBounds, Scan, StoreError, SCAN_BUDGET};
 
@@ -35,6 +36,44 @@ pub struct Store {
     pub(crate) last_sequence: AtomicU64,
     /// The highest sequence applied (a replica), mirrored from [`APPLIED_SEQUENCE`].
     pub(crate) applied_sequence: AtomicU64,
+    /// The garbage-collection floor, mirrored from [`GC_FLOOR`].
+    pub(crate) gc_floor: AtomicU64,
+    /// Deleted namespaces whose tombstones are kept, mirrored from the [`NAMESPACE_TOMBSTONE`]
+    /// keys. Changed only under `writer`, after the change is committed.
+    pub(crate) namespace_tombstones: RwLock<HashMap<NamespaceId, NamespaceTombstone>>,
+    /// Mirrored from [`TRIMMED_VERSION`].
+    pub(crate) trimmed_version: AtomicU64,
+    /// Keys garbage collection and log trimming removed since the last compaction.
+    pub(crate) removed_since_compaction: AtomicU64,
+}
+
+/// A deleted namespace's tombstone: the log sequence of its deletion
+/// ([`PENDING_SEQUENCE`](crate::layout::PENDING_SEQUENCE) until known) and when it went
+/// (unix ms; 0 when not known).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NamespaceTombstone {
+    pub(crate) sequence: u64,
+    pub(crate) gone_at_ms: u64,
+}
+
+impl NamespaceTombstone {
+    pub(crate) fn encode(self) -> Vec<u8> {
+        [self.sequence.to_be_bytes(), self.gone_at_ms.to_be_bytes()].concat()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let number = |at: usize| -> Result<u64, StoreError> {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("a short namespace tombstone"))
+        };
+        Ok(NamespaceTombstone {
+            sequence: number(0)?,
+            gone_at_ms: number(8)?,
+        })
+    }
 }
 
 impl Store {
@@ -48,12 +87,31 @@ impl Store {
         }
         let last = read_sequence(backend.get(Tree::Meta, LAST_SEQUENCE)?.as_deref())?;
         let applied = read_sequence(backend.get(Tree::Meta, APPLIED_SEQUENCE)?.as_deref())?;
+        let gc_floor = read_sequence(backend.get(Tree::Meta, GC_FLOOR)?.as_deref())?;
+        let trimmed_version = read_sequence(backend.get(Tree::Meta, TRIMMED_VERSION)?.as_deref())?;
+        let mut namespace_tombstones = HashMap::new();
+        for entry in backend.range(
+            Tree::Meta,
+            Bound::Included(NAMESPACE_TOMBSTONE),
+            Bound::Unbounded,
+        ) {
+            let (k, v) = entry?;
+            let Some(id) = k.strip_prefix(NAMESPACE_TOMBSTONE) else {
+                break;
+            };
+            let id = NamespaceId(id.try_into().map_err(|_| corrupt("a short namespace id"))?);
+            namespace_tombstones.insert(id, NamespaceTombstone::decode(&v)?);
+        }
         let store = Store {
             backend,
             namespaces: RwLock::new(namespaces),
             writer: Mutex::new(()),
             last_sequence: AtomicU64::new(last),
             applied_sequence: AtomicU64::new(applied),
+            gc_floor: AtomicU64::new(gc_floor),
+            namespace_tombstones: RwLock::new(namespace_tombstones),
+            trimmed_version: AtomicU64::new(trimmed_version),
+            removed_since_compaction: AtomicU64::new(0),
         };
         store.purge_orphans()?;
         Ok(store)
@@ -89,6 +147,14 @@ impl Store {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Whether `id` was deleted and its tombstone is still kept.
+    pub fn namespace_deleted(&self, id: NamespaceId) -> bool {
+        self.namespace_tombstones
+            .read()
+            .expect("namespace tombstones lock")
+            .contains_key(&id)
     }
 
     pub(crate) fn has_namespace(&self, id: NamespaceId) -> bool {
@@ -135,6 +201,29 @@ impl Store {
     /// The highest log sequence this replica has applied; 0 for none.
     pub fn applied_sequence(&self) -> Result<u64, StoreError> {
         Ok(self.applied_sequence.load(Ordering::SeqCst))
+    }
+
+    /// The garbage-collection floor: the highest log sequence at or below which tombstones may
+    /// have been purged (or, on a replica, that an installed snapshot covers); 0 for none. A
+    /// replica whose applied sequence is below central's floor can only catch up from a
+    /// snapshot, and a replica ignores replayed entries at or below its own floor.
+    pub fn gc_floor(&self) -> u64 {
+        self.gc_floor.load(Ordering::SeqCst)
+    }
+
+    /// How far this node's data reaches in the log: the last sequence appended (central) or
+    /// applied (a replica).
+    pub(crate) fn position(&self) -> u64 {
+        self.last_sequence
+            .load(Ordering::SeqCst)
+            .max(self.applied_sequence.load(Ordering::SeqCst))
+    }
+
+    /// The newest version timestamp among the log entries trimmed away (0 for none): a
+    /// restarted write region resumes its version clock above it and above the versions the
+    /// log still holds.
+    pub fn trimmed_version(&self) -> u64 {
+        self.trimmed_version.load(Ordering::SeqCst)
     }
 
     /// What the replication log holds.

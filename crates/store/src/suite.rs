@@ -46,7 +46,12 @@ macro_rules! store_suite {
             replicated_entries_advance_the_applied_sequence,
             snapshot_records_include_tombstones,
             merged_appends_fail_writer_by_writer,
-            backend_ranges_stay_in_their_tree
+            backend_ranges_stay_in_their_tree,
+            tombstones_are_purged_at_the_horizon_after_their_grace,
+            expired_records_are_purged_like_deleted_ones,
+            replays_below_the_floor_do_not_resurrect,
+            snapshot_installs_remove_what_the_snapshot_lacks,
+            deleted_namespaces_stay_deleted
         );
         mod store_suite_reopening {
             #[allow(unused_imports)]
@@ -62,6 +67,16 @@ macro_rules! store_suite {
                 $crate::suite::an_interrupted_namespace_deletion_finishes_on_open($open).await;
             }
 
+            #[tokio::test]
+            async fn trimming_by_age_keeps_the_newest_entry_and_version() {
+                $crate::suite::trimming_by_age_keeps_the_newest_entry_and_version($open).await;
+            }
+
+            #[tokio::test]
+            async fn namespace_tombstones_survive_reopening() {
+                $crate::suite::namespace_tombstones_survive_reopening($open).await;
+            }
+
             $crate::suite::proptest::proptest! {
                 #![proptest_config($crate::suite::proptest::prelude::ProptestConfig::with_cases(32))]
 
@@ -73,6 +88,15 @@ macro_rules! store_suite {
                     replay in $crate::suite::replay_strategy()
                 ) {
                     $crate::suite::permutations_converge($open, replay)?;
+                }
+
+                /// A replica that purges tombstones as it goes, and is sent old entries again,
+                /// ends with the live keys central has: no purged key comes back.
+                #[test]
+                fn garbage_collection_never_resurrects(
+                    run in $crate::suite::gc_strategy()
+                ) {
+                    $crate::suite::gc_never_resurrects($open, run)?;
                 }
             }
         }
@@ -135,6 +159,14 @@ fn with_namespace(store: &Store, id: u8) -> NamespaceId {
     NamespaceId([id; 16])
 }
 
+/// The deletion of namespace `id`, at HLC time 0.
+fn deleted(id: NamespaceId) -> Change {
+    Change::NamespaceDeleted {
+        id,
+        version: Version::default(),
+    }
+}
+
 fn names(keys: &[KeyInfo]) -> Vec<&str> {
     keys.iter().map(|k| k.name.as_str()).collect()
 }
@@ -180,9 +212,12 @@ pub async fn deleting_a_namespace_removes_its_records(store: &Store) {
         store.apply(id, &[("k".into(), live(2, "v", None))]),
         Err(StoreError::NoSuchNamespace(_))
     ));
-    // Recreating it starts empty.
-    let id = with_namespace(store, 3);
-    assert_eq!(store.get(id, "k").unwrap(), None);
+    // Ids are never reused: a create of the id (late or replayed) does not bring it back.
+    assert!(!store.put_namespace(&ns(3)).unwrap());
+    assert!(matches!(
+        store.get(id, "k"),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
 }
 
 /// A record replaces the stored one only if its version is greater.
@@ -463,13 +498,13 @@ pub async fn appends_are_numbered_without_gaps(store: &Store) {
         store.append(&missing),
         Err(StoreError::NoSuchNamespace(_))
     ));
-    assert_eq!(store.append(&[Change::NamespaceDeleted(id)]).unwrap(), 4);
+    assert_eq!(store.append(&[deleted(id)]).unwrap(), 4);
     assert_eq!(store.namespace(id).unwrap(), None);
     let entries = store.log_entries(1, 100).unwrap();
     let expected: Vec<LogEntry> = [Change::Namespace(ns(4))]
         .into_iter()
         .chain(batch)
-        .chain([Change::NamespaceDeleted(id)])
+        .chain([deleted(id)])
         .enumerate()
         .map(|(i, change)| LogEntry {
             sequence: i as u64 + 1,
@@ -499,10 +534,11 @@ pub async fn the_log_can_be_trimmed(store: &Store) {
         store.log_bounds().unwrap(),
         LogBounds { oldest: 4, last: 6 }
     );
-    assert_eq!(store.trim_log(100).unwrap(), 3);
+    // The newest entry always stays.
+    assert_eq!(store.trim_log(100).unwrap(), 2);
     assert_eq!(
         store.log_bounds().unwrap(),
-        LogBounds { oldest: 7, last: 6 }
+        LogBounds { oldest: 6, last: 6 }
     );
     assert_eq!(
         store
@@ -510,7 +546,7 @@ pub async fn the_log_can_be_trimmed(store: &Store) {
             .unwrap(),
         7
     );
-    assert_eq!(store.log_entries(1, 10).unwrap().len(), 1);
+    assert_eq!(store.log_entries(1, 10).unwrap().len(), 2);
 }
 
 /// A replica applies entries last-write-wins, records the highest sequence with them, skips
@@ -551,7 +587,7 @@ pub async fn replicated_entries_advance_the_applied_sequence(store: &Store) {
         .apply_replicated(
             &[LogEntry {
                 sequence: 4,
-                change: Change::NamespaceDeleted(id),
+                change: deleted(id),
             }],
             4,
         )
@@ -813,4 +849,407 @@ pub fn permutations_converge(
         state(std::slice::from_ref(&replay.entries))
     );
     Ok(())
+}
+
+/// A version stamped `secs` seconds after the epoch (as an HLC timestamp).
+fn at(secs: u64) -> Version {
+    Version {
+        timestamp: secs << 32,
+        origin: 1,
+    }
+}
+
+fn live_at(secs: u64, value: &str) -> Record {
+    Record {
+        version: at(secs),
+        ..live(0, value, None)
+    }
+}
+
+/// Central's tombstones go once logged at or below the horizon and older than the grace
+/// period; live records, and tombstones overwritten or made again by a later delete, stay.
+pub async fn tombstones_are_purged_at_the_horizon_after_their_grace(store: &Store) {
+    let id = NamespaceId([4; 16]);
+    store.append(&[Change::Namespace(ns(4))]).unwrap();
+    let puts = ["a", "b", "c"].map(|k| key_change(id, k, live_at(100, k)));
+    assert_eq!(store.append(&puts).unwrap(), 4);
+    let deletes = ["a", "b"].map(|k| key_change(id, k, Record::tombstone(at(200))));
+    assert_eq!(store.append(&deletes).unwrap(), 6);
+    assert_eq!(
+        store
+            .append(&[key_change(id, "b", live_at(300, "b2"))])
+            .unwrap(),
+        7
+    );
+    let delete_c = key_change(id, "c", Record::tombstone(at(400)));
+    assert_eq!(store.append(&[delete_c]).unwrap(), 8);
+    // Above the horizon, or within the grace period: nothing goes.
+    assert_eq!(store.purge_tombstones(4, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_tombstones(8, 199_999).unwrap(), 0);
+    assert_eq!(store.gc_floor(), 0);
+    let counts = |values, tombstones| crate::RecordCounts { values, tombstones };
+    assert_eq!(store.count_records().unwrap(), counts(1, 2));
+    // a goes; b's stale index entry goes without touching the live b; c waits its grace.
+    assert_eq!(store.purge_tombstones(8, 300_000).unwrap(), 1);
+    assert_eq!(store.get(id, "a").unwrap(), None);
+    assert_eq!(store.get(id, "b").unwrap(), Some(live_at(300, "b2")));
+    assert_eq!(
+        store.get(id, "c").unwrap(),
+        Some(Record::tombstone(at(400)))
+    );
+    assert_eq!(store.gc_floor(), 8);
+    assert_eq!(store.purge_tombstones(8, 400_000).unwrap(), 1);
+    assert_eq!(store.get(id, "c").unwrap(), None);
+    assert_eq!(store.count_records().unwrap(), counts(1, 0));
+    // A key deleted, written and deleted again keeps its tombstone until the last delete is
+    // at or below the horizon.
+    for (secs, record) in [
+        (500, Record::tombstone(at(500))),
+        (600, live_at(600, "d")),
+        (700, Record::tombstone(at(700))),
+    ] {
+        assert!(secs > 0);
+        store.append(&[key_change(id, "d", record)]).unwrap();
+    }
+    assert_eq!(store.purge_tombstones(10, u64::MAX).unwrap(), 0);
+    assert_eq!(
+        store.get(id, "d").unwrap(),
+        Some(Record::tombstone(at(700)))
+    );
+    assert_eq!(store.purge_tombstones(11, u64::MAX).unwrap(), 1);
+    assert_eq!(store.get(id, "d").unwrap(), None);
+    assert_eq!(store.purge_tombstones(u64::MAX, u64::MAX).unwrap(), 0);
+}
+
+/// An expired record's tombstone is purged like a deleted one's, counted from its expiration
+/// and from this node's position in the log when it expired.
+pub async fn expired_records_are_purged_like_deleted_ones(store: &Store) {
+    let id = NamespaceId([4; 16]);
+    store.append(&[Change::Namespace(ns(4))]).unwrap();
+    store
+        .append(&[key_change(id, "e", live(2, "e", Some(50)))])
+        .unwrap();
+    store
+        .append(&[key_change(id, "f", live(3, "f", None))])
+        .unwrap();
+    let due = store.due_expirations(60_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(store.expire(&due[0]).unwrap());
+    assert_eq!(store.purge_tombstones(2, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_tombstones(3, 49_999).unwrap(), 0);
+    assert_eq!(store.purge_tombstones(3, 50_000).unwrap(), 1);
+    assert_eq!(store.get(id, "e").unwrap(), None);
+    assert_eq!(store.get(id, "f").unwrap(), Some(live(3, "f", None)));
+}
+
+/// A replica purges only up to what it has applied, and ignores replays at or below its
+/// floor: an old put sent again after its key's tombstone went does not bring the key back.
+pub async fn replays_below_the_floor_do_not_resurrect(store: &Store) {
+    let id = NamespaceId([6; 16]);
+    let entry = |sequence, change| LogEntry { sequence, change };
+    let put = entry(2, key_change(id, "k", live(10, "old", None)));
+    let delete = entry(3, key_change(id, "k", Record::tombstone(version(11))));
+    let create = entry(1, Change::Namespace(ns(6)));
+    store
+        .apply_replicated(&[create, put.clone(), delete], 3)
+        .unwrap();
+    // This replica's own acknowledged delete, logged at 5, past what it has applied.
+    store
+        .apply_logged(id, &[("m".into(), Record::tombstone(version(12)))], &[5])
+        .unwrap();
+    assert_eq!(store.purge_tombstones(u64::MAX, u64::MAX).unwrap(), 1);
+    assert_eq!(store.get(id, "k").unwrap(), None);
+    assert_eq!(
+        store.get(id, "m").unwrap(),
+        Some(Record::tombstone(version(12)))
+    );
+    assert_eq!(store.gc_floor(), 3);
+    store.apply_replicated(&[put], 3).unwrap();
+    assert_eq!(store.get(id, "k").unwrap(), None);
+    // Past the floor, entries apply as before.
+    let newer = entry(4, key_change(id, "k", live(13, "new", None)));
+    store.apply_replicated(&[newer], 4).unwrap();
+    assert_eq!(store.get(id, "k").unwrap(), Some(live(13, "new", None)));
+    assert_eq!(store.purge_tombstones(u64::MAX, u64::MAX).unwrap(), 0);
+    store.apply_replicated(&[], 5).unwrap();
+    assert_eq!(store.purge_tombstones(u64::MAX, u64::MAX).unwrap(), 1);
+    assert_eq!(store.get(id, "m").unwrap(), None);
+    assert!(matches!(
+        store.apply_logged(id, &[("m".into(), live(14, "m", None))], &[]),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+/// A snapshot install removes every local key the snapshot lacks (a key deleted at central
+/// whose tombstone is gone there), keeps what it carries last-write-wins, and its tombstones
+/// become purgeable once the install finishes.
+pub async fn snapshot_installs_remove_what_the_snapshot_lacks(store: &Store) {
+    let id = with_namespace(store, 8);
+    let local: Vec<(String, Record)> = ["a", "b", "c", "d", "e", "f"]
+        .into_iter()
+        .map(|k| (k.to_owned(), live(1, k, None)))
+        .collect();
+    store.apply(id, &local).unwrap();
+    let first = [
+        ("b".to_owned(), live(2, "b2", None)),
+        ("c".to_owned(), Record::tombstone(version(2))),
+    ];
+    assert_eq!(
+        store.install_snapshot_run(id, None, &first, false).unwrap(),
+        1
+    );
+    let second = [("f".to_owned(), live(1, "f", None))];
+    assert_eq!(
+        store
+            .install_snapshot_run(id, Some("c"), &second, false)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .install_snapshot_run(id, Some("f"), &[], true)
+            .unwrap(),
+        0
+    );
+    let expected: Vec<(String, Record)> = first.into_iter().chain(second).collect();
+    assert_eq!(store.records(id, None, 100).unwrap(), expected);
+    // Its tombstone waits for the install to finish, then for the horizon to pass it.
+    assert_eq!(store.purge_tombstones(u64::MAX, u64::MAX).unwrap(), 0);
+    store.finish_snapshot(10, 12).unwrap();
+    assert_eq!(
+        (store.applied_sequence().unwrap(), store.gc_floor()),
+        (10, 10)
+    );
+    assert_eq!(store.purge_tombstones(u64::MAX, u64::MAX).unwrap(), 0);
+    store.apply_replicated(&[], 12).unwrap();
+    assert_eq!(store.purge_tombstones(11, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_tombstones(12, u64::MAX).unwrap(), 1);
+    assert_eq!(store.get(id, "c").unwrap(), None);
+    // A namespace the snapshot carries no record of loses every record it had.
+    let other = with_namespace(store, 9);
+    store.apply(other, &local).unwrap();
+    assert_eq!(
+        store.install_snapshot_run(other, None, &[], true).unwrap(),
+        local.len()
+    );
+    assert!(store.records(other, None, 100).unwrap().is_empty());
+    assert_eq!(
+        store.records(id, None, 100).unwrap(),
+        [expected[0].clone(), expected[2].clone()]
+    );
+}
+
+/// Central's writes (key, delete?) and what a replica does between applying them.
+pub fn gc_strategy() -> impl proptest::strategy::Strategy<Value = GcRun> {
+    use proptest::prelude::*;
+    (
+        prop::collection::vec((0..4u8, any::<bool>()), 1..30),
+        prop::collection::vec((0..3u8, any::<prop::sample::Index>()), 0..60),
+    )
+        .prop_map(|(writes, steps)| GcRun { writes, steps })
+}
+
+/// A run of [`gc_strategy`].
+#[derive(Clone, Debug)]
+pub struct GcRun {
+    writes: Vec<(u8, bool)>,
+    /// 0: apply the next entry; 1: purge (central and replica) at a horizon at or below what
+    /// the replica applied; 2: replay an entry the replica applied already.
+    steps: Vec<(u8, proptest::sample::Index)>,
+}
+
+/// Runs `run`: the replica ends with exactly central's live keys.
+pub fn gc_never_resurrects(
+    open: Opener,
+    run: GcRun,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let (central_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (central, replica) = (open(central_dir.path()), open(replica_dir.path()));
+    let id = NamespaceId([1; 16]);
+    central.append(&[Change::Namespace(ns(1))]).unwrap();
+    for (i, (key, delete)) in run.writes.iter().enumerate() {
+        let record = if *delete {
+            Record::tombstone(version(i as u64 + 2))
+        } else {
+            live(i as u64 + 2, &format!("{i}"), None)
+        };
+        central
+            .append(&[key_change(id, &format!("k{key}"), record)])
+            .unwrap();
+    }
+    let log = central.log_entries(1, 100).unwrap();
+    let mut next = 0;
+    for (step, pick) in &run.steps {
+        let applied = replica.applied_sequence().unwrap();
+        match step {
+            0 if next < log.len() => {
+                replica
+                    .apply_replicated(&log[next..=next], log[next].sequence)
+                    .unwrap();
+                next += 1;
+            }
+            1 => {
+                let horizon = pick.index(applied as usize + 1) as u64;
+                central.purge_tombstones(horizon, u64::MAX).unwrap();
+                replica.purge_tombstones(horizon, u64::MAX).unwrap();
+            }
+            2 if next > 0 => {
+                let old = &log[pick.index(next)];
+                replica
+                    .apply_replicated(std::slice::from_ref(old), old.sequence)
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    replica
+        .apply_replicated(&log[next..], log.last().map_or(0, |e| e.sequence))
+        .unwrap();
+    let live_keys = |store: &Store| {
+        store
+            .records(id, None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, record)| record.live.is_some())
+            .collect::<Vec<_>>()
+    };
+    proptest::prop_assert_eq!(live_keys(&replica), live_keys(&central));
+    Ok(())
+}
+
+/// A deleted namespace stays deleted: a late or replayed entry recreates neither it nor its
+/// keys. Its tombstone goes by the rule key tombstones go by (and replays are then below the
+/// floor); a deletion whose sequence is not known yet (this replica's own) waits for it.
+pub async fn deleted_namespaces_stay_deleted(store: &Store) {
+    let id = NamespaceId([6; 16]);
+    let entry = |sequence, change| LogEntry { sequence, change };
+    let create = entry(1, Change::Namespace(ns(6)));
+    let put = entry(2, key_change(id, "k", live(2, "v", None)));
+    let delete = entry(
+        3,
+        Change::NamespaceDeleted {
+            id,
+            version: at(100),
+        },
+    );
+    store
+        .apply_replicated(&[create.clone(), put.clone(), delete], 3)
+        .unwrap();
+    assert!(store.namespace_deleted(id));
+    store
+        .apply_replicated(&[create.clone(), put.clone()], 3)
+        .unwrap();
+    let renamed = Namespace {
+        title: "renamed late".into(),
+        version: at(50),
+        ..ns(6)
+    };
+    assert!(!store.put_namespace(&renamed).unwrap());
+    assert_eq!(store.namespace(id).unwrap(), None);
+    assert!(matches!(
+        store.apply(id, &[("k".into(), live(3, "v", None))]),
+        Err(StoreError::NoSuchNamespace(_))
+    ));
+    assert_eq!(store.purge_namespace_tombstones(2, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_namespace_tombstones(3, 99_999).unwrap(), 0);
+    assert_eq!(store.purge_namespace_tombstones(3, 100_000).unwrap(), 1);
+    assert!(!store.namespace_deleted(id));
+    assert_eq!(store.gc_floor(), 3);
+    store.apply_replicated(&[create, put], 3).unwrap();
+    assert_eq!(store.namespace(id).unwrap(), None);
+
+    // Deleted here first (this replica's own request), then replicated with its sequence.
+    let other = with_namespace(store, 7);
+    assert!(store.delete_namespace(other).unwrap());
+    assert!(store.namespace_deleted(other));
+    assert_eq!(
+        store
+            .purge_namespace_tombstones(u64::MAX, u64::MAX)
+            .unwrap(),
+        0
+    );
+    let replicated = Change::NamespaceDeleted {
+        id: other,
+        version: at(200),
+    };
+    store.apply_replicated(&[entry(4, replicated)], 4).unwrap();
+    assert_eq!(store.purge_namespace_tombstones(4, 199_999).unwrap(), 0);
+    let purged = store.collect_garbage(4, 200_000).unwrap();
+    assert_eq!((purged.tombstones, purged.namespaces), (0, 1));
+    assert!(!store.namespace_deleted(other));
+
+    // Dropped by a snapshot install (which cannot tell a deletion from a later creation): no
+    // tombstone, so the creation that follows in the log applies.
+    let dropped = with_namespace(store, 8);
+    store
+        .apply(dropped, &[("k".into(), live(1, "v", None))])
+        .unwrap();
+    assert!(store.drop_namespace(dropped).unwrap());
+    assert!(!store.drop_namespace(dropped).unwrap());
+    assert!(!store.namespace_deleted(dropped));
+    assert_eq!(store.namespace(dropped).unwrap(), None);
+    assert!(store.put_namespace(&ns(8)).unwrap());
+    assert_eq!(store.get(dropped, "k").unwrap(), None);
+}
+
+/// Central's namespace tombstones are written with their deletion's log entry and survive
+/// reopening; recreating the id is refused after a restart too.
+pub async fn namespace_tombstones_survive_reopening(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = NamespaceId([3; 16]);
+    {
+        let store = open(dir.path());
+        store.append(&[Change::Namespace(ns(3))]).unwrap();
+        let deletion = Change::NamespaceDeleted {
+            id,
+            version: at(10),
+        };
+        assert_eq!(store.append(&[deletion]).unwrap(), 2);
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.namespace_deleted(id));
+    assert!(!store.put_namespace(&ns(3)).unwrap());
+    assert_eq!(store.namespace(id).unwrap(), None);
+    assert_eq!(store.purge_namespace_tombstones(1, u64::MAX).unwrap(), 0);
+    assert_eq!(store.purge_namespace_tombstones(2, u64::MAX).unwrap(), 1);
+    drop(store);
+    let store = open(dir.path());
+    assert!(!store.namespace_deleted(id));
+    assert_eq!(store.gc_floor(), 2);
+}
+
+/// Trimming by age drops entries written at or before the cutoff, oldest first, stopping at the
+/// first newer one; it never drops the newest entry; and the newest version it dropped is kept,
+/// across reopening, even when it is newer than what the log still holds (writers stamped
+/// together can be logged out of version order).
+pub async fn trimming_by_age_keeps_the_newest_entry_and_version(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = NamespaceId([5; 16]);
+    {
+        let store = open(dir.path());
+        store.append(&[Change::Namespace(ns(5))]).unwrap();
+        for secs in [100, 300, 200, 400] {
+            store
+                .append(&[key_change(id, "k", live_at(secs, "v"))])
+                .unwrap();
+        }
+        assert_eq!(store.trimmed_version(), 0);
+        // The namespace (at time 0) and the write at 100 s; the one at 300 s stops it.
+        assert_eq!(store.trim_log_by_age(250_000).unwrap(), 2);
+        assert_eq!(store.log_bounds().unwrap().oldest, 3);
+        assert_eq!(store.trimmed_version(), at(100).timestamp);
+        assert_eq!(store.trim_log_by_age(u64::MAX).unwrap(), 2);
+        assert_eq!(
+            store.log_bounds().unwrap(),
+            LogBounds { oldest: 5, last: 5 }
+        );
+        assert_eq!(store.trim_log_by_age(u64::MAX).unwrap(), 0);
+        assert_eq!(store.trim_log(u64::MAX).unwrap(), 0);
+        assert_eq!(store.trimmed_version(), at(300).timestamp);
+        store.sync().await.unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.trimmed_version(), at(300).timestamp);
+    assert_eq!(store.log_entries(1, 10).unwrap().len(), 1);
 }
