@@ -13,12 +13,12 @@
 # but bulk writes of fresh keys in quick succession are what it measures), and the log kept
 # to LOG_ENTRIES entries (the default million would hold the whole churn in the log).
 # Bounded: the churn stops after BOUND_SECS seconds if it has not finished, and the tail after it
-# lasts GRACE + 3 GC rounds.
+# lasts until no node holds a tombstone, at most GRACE + TAIL_SECS.
 #
 # Usage: bench/churn.sh
 # Environment: LIVE (10000), CHURN (500000 keys written then deleted), BATCH (10000 keys per
 #   bulk request), GRACE (10), GC_MS (1000), LOG_ENTRIES (100000), SAMPLE_SECS (5),
-#   BOUND_SECS (900), DRIFTKV (a driftkv binary instead of building this checkout's).
+#   BOUND_SECS (900), TAIL_SECS (120), DRIFTKV (a driftkv binary instead of building this checkout's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in python3 curl; do
@@ -56,12 +56,13 @@ done
 grep -q "driftkv dev edge 1 listening on" "$work/out" || { echo "bench: driftkv dev did not start"; exit 1; }
 
 python3 - "http://127.0.0.1:$port" "${LIVE:-10000}" "${CHURN:-500000}" "${BATCH:-10000}" \
-  "$grace" "$gc_ms" "${SAMPLE_SECS:-5}" "${BOUND_SECS:-900}" <<'PY'
+  "$grace" "$gc_ms" "${SAMPLE_SECS:-5}" "${BOUND_SECS:-900}" "${TAIL_SECS:-120}" <<'PY'
 import json, sys, time, urllib.error, urllib.request
 
-base, live, churn, batch, grace, gc_ms, sample, bound = sys.argv[1:]
-live, churn, batch, grace, gc_ms, sample, bound = (
-    int(live), int(churn), int(batch), int(grace), int(gc_ms), float(sample), float(bound))
+base, live, churn, batch, grace, gc_ms, sample, bound, tail = sys.argv[1:]
+live, churn, batch, grace, gc_ms, sample, bound, tail = (
+    int(live), int(churn), int(batch), int(grace), int(gc_ms), float(sample), float(bound),
+    float(tail))
 api = f"{base}/client/v4/accounts/bench/storage/kv/namespaces"
 
 retries = 0
@@ -125,9 +126,17 @@ while churned < churn and time.monotonic() - start < bound:
     if time.monotonic() >= next_report:
         report(churned)
         next_report = time.monotonic() + sample
-tail_until = time.monotonic() + grace + 3 * gc_ms / 1000 + sample
+# Then until garbage collection has caught up on every node (no tombstone left), within
+# TAIL_SECS after the grace period.
+tail_until = time.monotonic() + grace + tail
 while time.monotonic() < tail_until:
     time.sleep(sample)
     report(churned)
+    if all(g.get("driftkv_store_tombstones", 1) == 0 for g in gauges().values()):
+        print(f"every node is free of tombstones {time.monotonic() - start:.0f} s after the start",
+              flush=True)
+        break
+else:
+    print(f"tombstones left {grace + tail:.0f} s after the churn ended", flush=True)
 print(f"{retries} calls retried after a 503 or 429", flush=True)
 PY
