@@ -213,7 +213,7 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
     for (index, key) in request.keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
-    let mut entries = Gathered::with_capacity(count);
+    let mut entries = Gathered::with_capacity(count, kind);
     for key in request.distinct_keys() {
         let found = binding
             .service
@@ -231,7 +231,6 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
         envelope: false,
         with_metadata: request.with_metadata,
         expiration: false,
-        kind,
     };
     Ok(bulk_answer::answer(entries, shape)?)
 }
