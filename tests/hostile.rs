@@ -306,6 +306,51 @@ fn a_tokenless_server_answers_only_its_own_host() {
     assert!(post(&format!("http://{addr}")).contains(" 200 "));
 }
 
+/// The workerd binding of a tokenless server checks the host a request names as the REST API
+/// does: a foreign absolute-form target is refused even under a loopback `Host` (found by
+/// review: the binding looked at the `Host` header only).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokenless_binding_answers_only_its_own_host() {
+    let server = Server::start();
+    let http = client();
+    let ns = common::create_namespace(&http, &server, "binding-host").await;
+    let view: serde_json::Value = http
+        .get(format!("{}/cluster", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let binding = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| m["workerd"].as_str())
+        .expect("the dev edge serves the binding")
+        .trim_start_matches("http://")
+        .to_owned();
+    let put = |target: &str, host: &str| {
+        let (binding, ns) = (binding.clone(), ns.clone());
+        let request = format!(
+            "PUT {target} HTTP/1.1\r\nHost: {host}\r\nX-Driftkv-Namespace: {ns}\r\n\
+             Content-Length: 1\r\nConnection: close\r\n\r\nv"
+        );
+        tokio::task::spawn_blocking(move || raw_status(&binding, &request))
+    };
+    // What workerd sends, then the same under other names.
+    assert_eq!(put("/k", "fake-host").await.unwrap(), "HTTP/1.1 200 OK");
+    assert_eq!(put("/k", "localhost").await.unwrap(), "HTTP/1.1 200 OK");
+    let foreign = put("http://evil.example/k", "localhost").await.unwrap();
+    assert!(foreign.starts_with("HTTP/1.1 403 "), "{foreign}");
+    let foreign = put("/k", "evil.example").await.unwrap();
+    assert!(foreign.starts_with("HTTP/1.1 403 "), "{foreign}");
+    assert_eq!(
+        put("http://localhost/k", "localhost").await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+}
+
 /// Reads a `/proc/PID/status` figure in bytes.
 fn proc_status(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
