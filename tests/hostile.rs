@@ -454,6 +454,48 @@ async fn hostile_bodies_and_answers_stay_within_three_times_their_size() {
         grew <= 3 * 25 * MIB,
         "a 25 MiB value rendered to {answer} bytes grew the peak by {grew}"
     );
+    // Invalid UTF-8 reads as replacement characters, three bytes for each invalid byte:
+    // decoded a slice at a time as the answer streams, never whole (found by review: a whole
+    // decoded copy tripled such a value in memory), and counted against the cap as decoded.
+    let invalid = vec![0xFFu8; 8 * MIB as usize];
+    send_ok(
+        http.put(format!("{ns}/values/invalid"))
+            .body(invalid.clone()),
+    )
+    .await;
+    let (grew, answer) = peak_growth(pid, || async {
+        let response = http
+            .post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["invalid"], "type": "text"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut length = 0u64;
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            length += chunk.len() as u64;
+        }
+        length
+    })
+    .await;
+    assert!(
+        answer > 3 * 8 * MIB,
+        "{answer} bytes of replacement characters"
+    );
+    assert!(
+        grew <= 3 * 8 * MIB,
+        "an 8 MiB value decoded to {answer} bytes grew the peak by {grew}"
+    );
+    let over = vec![0xFFu8; 9 * MIB as usize];
+    send_ok(http.put(format!("{ns}/values/invalid")).body(over)).await;
+    common::send_err(
+        http.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["invalid"], "type": "text"})),
+        413,
+        10040,
+    )
+    .await;
     // Two such values together are over the cap: refused before anything is sent.
     let half = vec![b'h'; 13 * MIB as usize];
     send_ok(http.put(format!("{ns}/values/h1")).body(half.clone())).await;
