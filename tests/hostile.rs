@@ -306,6 +306,51 @@ fn a_tokenless_server_answers_only_its_own_host() {
     assert!(post(&format!("http://{addr}")).contains(" 200 "));
 }
 
+/// The workerd binding of a tokenless server checks the host a request names as the REST API
+/// does: a foreign absolute-form target is refused even under a loopback `Host` (found by
+/// review: the binding looked at the `Host` header only).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokenless_binding_answers_only_its_own_host() {
+    let server = Server::start();
+    let http = client();
+    let ns = common::create_namespace(&http, &server, "binding-host").await;
+    let view: serde_json::Value = http
+        .get(format!("{}/cluster", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let binding = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| m["workerd"].as_str())
+        .expect("the dev edge serves the binding")
+        .trim_start_matches("http://")
+        .to_owned();
+    let put = |target: &str, host: &str| {
+        let (binding, ns) = (binding.clone(), ns.clone());
+        let request = format!(
+            "PUT {target} HTTP/1.1\r\nHost: {host}\r\nX-Driftkv-Namespace: {ns}\r\n\
+             Content-Length: 1\r\nConnection: close\r\n\r\nv"
+        );
+        tokio::task::spawn_blocking(move || raw_status(&binding, &request))
+    };
+    // What workerd sends, then the same under other names.
+    assert_eq!(put("/k", "fake-host").await.unwrap(), "HTTP/1.1 200 OK");
+    assert_eq!(put("/k", "localhost").await.unwrap(), "HTTP/1.1 200 OK");
+    let foreign = put("http://evil.example/k", "localhost").await.unwrap();
+    assert!(foreign.starts_with("HTTP/1.1 403 "), "{foreign}");
+    let foreign = put("/k", "evil.example").await.unwrap();
+    assert!(foreign.starts_with("HTTP/1.1 403 "), "{foreign}");
+    assert_eq!(
+        put("http://localhost/k", "localhost").await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+}
+
 /// Reads a `/proc/PID/status` figure in bytes.
 fn proc_status(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -409,6 +454,48 @@ async fn hostile_bodies_and_answers_stay_within_three_times_their_size() {
         grew <= 3 * 25 * MIB,
         "a 25 MiB value rendered to {answer} bytes grew the peak by {grew}"
     );
+    // Invalid UTF-8 reads as replacement characters, three bytes for each invalid byte:
+    // decoded a slice at a time as the answer streams, never whole (found by review: a whole
+    // decoded copy tripled such a value in memory), and counted against the cap as decoded.
+    let invalid = vec![0xFFu8; 8 * MIB as usize];
+    send_ok(
+        http.put(format!("{ns}/values/invalid"))
+            .body(invalid.clone()),
+    )
+    .await;
+    let (grew, answer) = peak_growth(pid, || async {
+        let response = http
+            .post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["invalid"], "type": "text"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut length = 0u64;
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            length += chunk.len() as u64;
+        }
+        length
+    })
+    .await;
+    assert!(
+        answer > 3 * 8 * MIB,
+        "{answer} bytes of replacement characters"
+    );
+    assert!(
+        grew <= 3 * 8 * MIB,
+        "an 8 MiB value decoded to {answer} bytes grew the peak by {grew}"
+    );
+    let over = vec![0xFFu8; 9 * MIB as usize];
+    send_ok(http.put(format!("{ns}/values/invalid")).body(over)).await;
+    common::send_err(
+        http.post(format!("{ns}/bulk/get"))
+            .json(&json!({"keys": ["invalid"], "type": "text"})),
+        413,
+        10040,
+    )
+    .await;
     // Two such values together are over the cap: refused before anything is sent.
     let half = vec![b'h'; 13 * MIB as usize];
     send_ok(http.put(format!("{ns}/values/h1")).body(half.clone())).await;

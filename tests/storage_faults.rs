@@ -301,6 +301,28 @@ async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns
     .await;
     let reason = body["reason"].as_str().unwrap();
     assert!(reason.contains("storage I/O failed"), "{engine}: {body}");
+    // The writes after the failure meet an engine that refuses all writes (fjall poisons its
+    // database) or one the probe is opening again: still 507 for want of space (or 503 with
+    // Retry-After while it is reopened), never 500 "fjall failed: Poisoned". Found by review.
+    for i in 0..3 {
+        let response = http
+            .put(format!("{ns}/values/after-full{i}"))
+            .body("small")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body: Value = response.json().await.unwrap();
+        match status {
+            507 => assert_eq!(body["errors"][0]["code"], 10054, "{body}"),
+            503 => {
+                assert_eq!(body["errors"][0]["code"], 10050, "{body}");
+                assert!(retry_after, "503 without Retry-After: {body}");
+            }
+            other => panic!("{engine}: a write after the disk filled got {other}: {body}"),
+        }
+    }
     assert_all_there(&http, &ns, &acknowledged).await;
 
     std::fs::remove_file(filler).unwrap();

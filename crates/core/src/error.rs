@@ -122,6 +122,11 @@ pub enum KvError {
     /// The node cannot take writes until its storage has room again (507).
     #[error("insufficient storage: {0}")]
     InsufficientStorage(String),
+    /// The node's storage engine cannot be used for now: it failed and refuses all writes
+    /// until the health probe opens it again, or the probe is doing so; the client should try
+    /// again shortly (503, with `Retry-After`).
+    #[error("service unavailable: storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// Something failed inside the server; the message is safe to show (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -143,6 +148,10 @@ impl std::fmt::Display for WriteKind {
     }
 }
 
+/// The `Retry-After` of [`KvError::StorageUnavailable`]: the health probe's default interval
+/// (`storage.probe_interval_ms`), after which it has tried to open the engine again.
+pub const STORAGE_RETRY_AFTER_SECS: u64 = 10;
+
 impl KvError {
     /// The refusal of a single-key write by the rate limit, `retry_after_ms` before the key
     /// may be written again (rounded up to whole seconds, at least one, as `Retry-After`
@@ -163,6 +172,7 @@ impl KvError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             KvError::Overloaded { .. } => Some(1),
+            KvError::StorageUnavailable(_) => Some(STORAGE_RETRY_AFTER_SECS),
             KvError::BulkItem { source, .. } => source.retry_after_secs(),
             _ => None,
         }
@@ -205,7 +215,7 @@ impl KvError {
             KvError::Unavailable(_) => 10050,
             KvError::RateLimited { .. } => 10049,
             KvError::Conflict(_) => 10051,
-            KvError::Overloaded { .. } => 10050,
+            KvError::Overloaded { .. } | KvError::StorageUnavailable(_) => 10050,
             KvError::RequestTimeout { .. } | KvError::BodyTooSlow { .. } => 10052,
             KvError::QuotaExceeded(_) => 10053,
             KvError::InsufficientStorage(_) => 10054,
@@ -227,7 +237,9 @@ impl KvError {
             | KvError::PayloadTooLarge(_) => 413,
             KvError::Internal(_) => 500,
             KvError::BulkItem { source, .. } => source.status(),
-            KvError::Unavailable(_) | KvError::Overloaded { .. } => 503,
+            KvError::Unavailable(_)
+            | KvError::Overloaded { .. }
+            | KvError::StorageUnavailable(_) => 503,
             KvError::RequestTimeout { .. } | KvError::BodyTooSlow { .. } => 408,
             KvError::QuotaExceeded(_) => 403,
             KvError::InsufficientStorage(_) => 507,

@@ -221,10 +221,18 @@ impl Edge {
         Ok(ttl.min(self.options.max_cache_ttl))
     }
 
-    /// Applies a namespace central has acknowledged to the replica at once.
-    fn adopt_namespace(&self, namespace: Namespace) -> Result<Namespace, KvError> {
-        self.store.put_namespace(&namespace)?;
-        Ok(namespace)
+    /// Applies a namespace central has acknowledged to the replica at once. Central's answer
+    /// is the answer, as for value writes: if the replica fails to take it (its disk is full),
+    /// that is logged and replication applies it later.
+    fn adopt_namespace(&self, namespace: Namespace) -> Namespace {
+        if let Err(e) = self.store.put_namespace(&namespace) {
+            tracing::warn!(
+                error = %e,
+                namespace = %namespace.id,
+                "applying an acknowledged namespace change locally failed; replication will"
+            );
+        }
+        namespace
     }
 }
 
@@ -232,7 +240,7 @@ impl Edge {
 impl KvService for Edge {
     async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
         let namespace = self.upstream.create_namespace(account_id, title).await?;
-        self.adopt_namespace(namespace)
+        Ok(self.adopt_namespace(namespace))
     }
 
     async fn list_namespaces(&self, account_id: &str) -> Result<Vec<Namespace>, KvError> {
@@ -257,12 +265,22 @@ impl KvService for Edge {
             .upstream
             .rename_namespace(account_id, id, title)
             .await?;
-        self.adopt_namespace(namespace)
+        Ok(self.adopt_namespace(namespace))
     }
 
     async fn delete_namespace(&self, account_id: &str, id: NamespaceId) -> Result<(), KvError> {
         self.upstream.delete_namespace(account_id, id).await?;
-        reads::blocking(&self.store, move |store| Ok(store.delete_namespace(id)?)).await?;
+        // Central has deleted it: as with a create, a replica that fails to follow at once is
+        // left to replication.
+        if let Err(e) =
+            reads::blocking(&self.store, move |store| Ok(store.delete_namespace(id)?)).await
+        {
+            tracing::warn!(
+                error = %e,
+                namespace = %id,
+                "deleting an acknowledged namespace deletion locally failed; replication will"
+            );
+        }
         Ok(())
     }
 
@@ -347,5 +365,69 @@ impl KvService for Edge {
         request: ListRequest,
     ) -> Result<ListPage, KvError> {
         reads::list(&self.store, account_id, id, request, self.wall.now_ms()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{central_in, edge_over};
+
+    /// Polls `check` until it holds, for at most 10 s.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Found by review: an edge whose disk was full answered 507 for namespace changes central
+    /// had already made. Central's answer is the answer; replication brings the replica along.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn namespace_changes_central_made_succeed_when_the_replica_cannot_take_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let central = central_in(&dir.path().join("central"));
+        let (edge, counting) = edge_over(&dir.path().join("edge"), central);
+        spawn_follower(edge.clone());
+        assert!(edge.wait_caught_up(Duration::from_secs(10)).await);
+        let title_here = |id: NamespaceId| {
+            edge.store()
+                .namespaces()
+                .unwrap()
+                .iter()
+                .find(|ns| ns.id == id)
+                .map(|ns| ns.title.clone())
+        };
+
+        counting.set_full(true);
+        let created = edge.create_namespace("acct", "n").await.unwrap();
+        let renamed = edge
+            .rename_namespace("acct", created.id, "renamed")
+            .await
+            .unwrap();
+        assert_eq!(renamed.title, "renamed");
+        assert_eq!(
+            title_here(created.id),
+            None,
+            "the replica took it after all"
+        );
+        counting.set_full(false);
+        until("replication brings the namespace", || {
+            title_here(created.id).as_deref() == Some("renamed")
+        })
+        .await;
+
+        counting.set_full(true);
+        edge.delete_namespace("acct", created.id).await.unwrap();
+        assert!(
+            title_here(created.id).is_some(),
+            "the replica took it after all"
+        );
+        counting.set_full(false);
+        until("replication deletes the namespace", || {
+            title_here(created.id).is_none()
+        })
+        .await;
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,14 +19,21 @@ use driftkv_store::{Backend, BackendError, EngineKind, Store};
 
 use crate::{Edge, EdgeOptions};
 
-/// A real engine that counts, per record key, the reads and the writes.
+/// A real engine that counts, per record key, the reads and the writes, and can be made to
+/// refuse writes as a full disk does.
 pub(crate) struct Counting {
     inner: Arc<dyn Backend>,
     gets: Mutex<HashMap<Vec<u8>, usize>>,
     puts: Mutex<HashMap<Vec<u8>, usize>>,
+    full: AtomicBool,
 }
 
 impl Counting {
+    /// From now on, writes fail as on a full disk (`true`), or go through again (`false`).
+    pub(crate) fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::SeqCst);
+    }
+
     /// Writes per record key.
     pub(crate) fn puts(&self) -> HashMap<Vec<u8>, usize> {
         self.puts.lock().unwrap().clone()
@@ -54,6 +62,11 @@ impl Backend for Counting {
     }
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(BackendError::Io(std::io::Error::from(
+                std::io::ErrorKind::StorageFull,
+            )));
+        }
         {
             let mut puts = self.puts.lock().unwrap();
             for op in batch.clone().into_ops() {
@@ -103,6 +116,7 @@ pub(crate) fn edge_over(dir: &Path, central: Arc<Central>) -> (Arc<Edge>, Arc<Co
         inner: replica.backend().clone(),
         gets: Mutex::default(),
         puts: Mutex::default(),
+        full: AtomicBool::new(false),
     });
     drop(replica);
     let store = Arc::new(Store::open(counting.clone()).unwrap());

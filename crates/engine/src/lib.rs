@@ -38,7 +38,7 @@ use tokio::sync::{watch, Mutex};
 
 use clock::VersionClock;
 use commit::Committer;
-use key_quota::KeyQuota;
+use key_quota::{Admission, KeyQuota};
 pub use rate_limit::RateLimiter;
 use recent::{RecentLog, RECENT_LOG_BYTES};
 
@@ -164,7 +164,7 @@ impl Engine {
     }
 
     /// Checks one writer's writes, applies the rate limit and stamps what it admits.
-    fn prepare(&self, request: WriteRequest) -> Result<Prepared, KvError> {
+    fn prepare(&self, request: WriteRequest) -> Result<Prepared<'_>, KvError> {
         let WriteRequest {
             account_id,
             namespace: id,
@@ -175,7 +175,8 @@ impl Engine {
         for write in &writes {
             write.validate(now_ms)?;
         }
-        self.keys_per_namespace
+        let admission = self
+            .keys_per_namespace
             .admit(&self.store, id, &writes, now_ms)?;
         let admitted = self.rate_limit.admit(id, &writes, now_ms);
         let mut changes = Vec::with_capacity(writes.len());
@@ -196,7 +197,11 @@ impl Engine {
         let count = changes.len() as u64;
         self.writes_applied.inc_by(count);
         self.writes_refused.inc_by(versions.len() as u64 - count);
-        Ok(Prepared { versions, changes })
+        Ok(Prepared {
+            versions,
+            changes,
+            admission,
+        })
     }
 
     /// Applies a batch of writes and reports the fate of each, in order: its log sequence and
@@ -224,7 +229,7 @@ impl Engine {
         &self,
         requests: Vec<WriteRequest>,
     ) -> Vec<Result<Vec<WriteResult>, KvError>> {
-        let prepared: Vec<Result<Prepared, KvError>> =
+        let prepared: Vec<Result<Prepared<'_>, KvError>> =
             requests.into_iter().map(|r| self.prepare(r)).collect();
         let mut writers = Vec::new();
         let mut results: Vec<Result<Vec<WriteResult>, KvError>> =
@@ -232,8 +237,12 @@ impl Engine {
         let mut waiting = Vec::new();
         for prepared in prepared {
             match prepared {
-                Ok(Prepared { versions, changes }) if !changes.is_empty() => {
-                    waiting.push((results.len(), versions, changes.len() as u64));
+                Ok(Prepared {
+                    versions,
+                    changes,
+                    admission,
+                }) if !changes.is_empty() => {
+                    waiting.push((results.len(), versions, changes.len() as u64, admission));
                     writers.push(changes);
                     results.push(Ok(Vec::new()));
                 }
@@ -245,7 +254,11 @@ impl Engine {
             return results;
         }
         let outcomes = self.committer.commit(writers).await;
-        for ((slot, versions, count), outcome) in waiting.into_iter().zip(outcomes) {
+        for ((slot, versions, count, admission), outcome) in waiting.into_iter().zip(outcomes) {
+            // The keys count as landed once in the store; if the commit failed, not at all.
+            if outcome.is_ok() {
+                admission.landed();
+            }
             results[slot] = outcome.map(|last| finish(versions, last, count));
         }
         results
@@ -273,10 +286,12 @@ fn newest_version(store: &Store, last: u64) -> Result<u64, KvError> {
 }
 
 /// A writer's writes checked and stamped: per write its version or how long the rate limit
-/// wants it to wait, and the changes of those admitted.
-struct Prepared {
+/// wants it to wait, the changes of those admitted, and the keys they add, pending in the
+/// keys-per-namespace quota until they land.
+struct Prepared<'a> {
     versions: Vec<Result<Version, u64>>,
     changes: Vec<Change>,
+    admission: Admission<'a>,
 }
 
 /// Each write's result, the `count` admitted ones having taken the sequences up to `last`.

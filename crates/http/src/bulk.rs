@@ -163,7 +163,7 @@ pub async fn get(
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
     let keys: BTreeSet<String> = keys.into_iter().collect();
-    let mut entries = Gathered::with_capacity(keys.len());
+    let mut entries = Gathered::with_capacity(keys.len(), kind);
     for key in keys {
         let found = service.get(&path.account, path.id, &key, None).await?;
         entries.push(key, found)?;
@@ -172,7 +172,6 @@ pub async fn get(
         envelope: true,
         with_metadata: request.with_metadata,
         expiration: true,
-        kind,
     };
     Ok(bulk_answer::answer(entries, shape)?)
 }

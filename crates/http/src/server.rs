@@ -10,8 +10,9 @@
 //!   those that stay stalled after that (a client that stopped reading its answer, an HTTP/2
 //!   client that sent its preface and nothing more);
 //! - a cap on open connections (more are answered 503 and closed);
-//! - a cap on requests in flight, past which requests are shed at once with 503 and
-//!   `Retry-After` rather than queued until everything is slow (health probes excepted);
+//! - a cap on requests in flight (until their answers are sent), past which requests are shed
+//!   at once with 503 and `Retry-After` rather than queued until everything is slow (health
+//!   probes excepted);
 //! - a deadline for a whole request, body included, and a floor on the pace of its body.
 
 use std::convert::Infallible;
@@ -35,7 +36,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
@@ -513,7 +514,10 @@ where
                         limit: limits.max_in_flight,
                     }));
                 }
-                let _permit = permit.ok();
+                // The request stays in flight until the service's answer is sent: a streamed
+                // answer (a bulk get's values) to a client that does not read it holds its
+                // values. A refusal made here holds nothing.
+                let mut permit = permit.ok();
                 let started = Instant::now();
                 // Only a request with a body to wait for has its progress followed (a GET
                 // costs nothing more).
@@ -536,7 +540,7 @@ where
                 if let Poll::Ready(answered) =
                     std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await
                 {
-                    return answered;
+                    return answered.map(|r| in_flight_until_sent(r, permit.take()));
                 }
                 let deadline = started + limits.timeout;
                 loop {
@@ -546,7 +550,9 @@ where
                         None => deadline,
                     };
                     tokio::select! {
-                        answered = answer.as_mut() => return answered,
+                        answered = answer.as_mut() => {
+                            return answered.map(|r| in_flight_until_sent(r, permit.take()));
+                        }
                         () = tokio::time::sleep_until(check) => {}
                     }
                     let now = Instant::now();
@@ -568,6 +574,51 @@ where
             });
         answer
     })
+}
+
+/// `response`, holding `permit` (its request's slot among those in flight) until its body has
+/// been sent or dropped; at once if it has none.
+fn in_flight_until_sent(response: Response, permit: Option<OwnedSemaphorePermit>) -> Response {
+    match permit {
+        Some(permit) if !response.body().is_end_stream() => response.map(|inner| {
+            Body::new(Sending {
+                inner,
+                permit: Some(permit),
+            })
+        }),
+        _ => response,
+    }
+}
+
+/// An answer's body, with the slot of its request among those in flight, freed when the body
+/// ends (or is dropped, the connection gone).
+struct Sending {
+    inner: Body,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl HttpBody for Sending {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.permit = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Closes a connection over the cap, after answering it `answer` (a 503, plain HTTP only).
@@ -670,6 +721,59 @@ mod tests {
         assert_eq!(second.await.unwrap().unwrap().status(), 200);
         // Room again once they are done.
         assert_eq!(service.oneshot(request()).await.unwrap().status(), 200);
+    }
+
+    /// Found by review: the slot was freed when the handler returned, so streamed answers to
+    /// clients that did not read them were not counted.
+    #[tokio::test]
+    async fn a_request_stays_in_flight_until_its_answer_is_sent() {
+        let limits = Limits {
+            in_flight: Arc::new(Semaphore::new(1)),
+            max_in_flight: 1,
+            timeout: Duration::from_secs(60),
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1024,
+            refusals: Refusals::Rest,
+        };
+        let streamed = tower::service_fn(|_: Request| async {
+            let pieces = ["a", "b"].map(|piece| Ok::<_, Infallible>(Bytes::from(piece)));
+            Ok::<_, Infallible>(Response::new(Body::from_stream(futures::stream::iter(
+                pieces,
+            ))))
+        });
+        let service = limited(streamed, limits.clone());
+        let unread = service.clone().oneshot(request()).await.unwrap();
+        assert_eq!(
+            limits.in_flight.available_permits(),
+            0,
+            "its answer is unsent"
+        );
+        let shed = service.clone().oneshot(request()).await.unwrap();
+        assert_eq!(shed.status(), 503);
+        let sent = axum::body::to_bytes(unread.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&sent[..], b"ab");
+        assert_eq!(
+            limits.in_flight.available_permits(),
+            1,
+            "sent: its slot is free"
+        );
+        // An answer dropped unsent (the client gone) frees its slot too.
+        let dropped = service.clone().oneshot(request()).await.unwrap();
+        assert_eq!(limits.in_flight.available_permits(), 0);
+        drop(dropped);
+        assert_eq!(limits.in_flight.available_permits(), 1);
+        // An answer without a body frees it at once.
+        let empty = limited(
+            tower::service_fn(|_: Request| async {
+                Ok::<_, Infallible>(StatusCode::NO_CONTENT.into_response())
+            }),
+            limits.clone(),
+        );
+        let answered = empty.oneshot(request()).await.unwrap();
+        assert_eq!(answered.status(), 204);
+        assert_eq!(limits.in_flight.available_permits(), 1);
     }
 
     #[tokio::test(start_paused = true)]

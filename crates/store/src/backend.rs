@@ -143,12 +143,36 @@ pub enum BackendError {
         /// What it reported.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The engine cannot be used until it is opened again: it refuses every write after an
+    /// earlier failure (fjall poisons its database when its journal cannot be written), or the
+    /// health probe is opening it again.
+    #[error("{reason}")]
+    Unusable {
+        /// What happened, for the client and the operator.
+        reason: String,
+        /// Whether the failure that made it unusable was a full disk (see
+        /// [`crate::guard::Guarded`], which knows).
+        out_of_space: bool,
+    },
 }
 
 impl BackendError {
     /// Whether the operating system reported an I/O error.
     pub fn is_io(&self) -> bool {
         matches!(self, BackendError::Io(_))
+    }
+
+    /// Whether the filesystem is full (or over its quota), or the engine is unusable after
+    /// such a failure.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            BackendError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            BackendError::Unusable { out_of_space, .. } => *out_of_space,
+            BackendError::Engine { .. } => false,
+        }
     }
 }
 

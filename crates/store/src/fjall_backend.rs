@@ -21,6 +21,12 @@ const ENGINE: &str = "fjall";
 fn error(e: fjall::Error) -> BackendError {
     match e {
         fjall::Error::Io(io) => BackendError::Io(io),
+        fjall::Error::Poisoned => BackendError::Unusable {
+            reason: "fjall refuses writes after an earlier failure to write its journal (its \
+                     database is poisoned) until the health probe opens it again"
+                .into(),
+            out_of_space: false,
+        },
         other => BackendError::Engine {
             engine: ENGINE,
             source: Box::new(other),

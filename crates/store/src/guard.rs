@@ -77,7 +77,17 @@ pub struct StorageGuard {
     dir: PathBuf,
     min_free_bytes: u64,
     /// The last I/O error the engine reported, until a probe succeeds.
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
+}
+
+/// A failure of the engine the guard remembers.
+#[derive(Clone)]
+struct Failure {
+    /// What the engine reported.
+    error: String,
+    /// Whether it was for want of space, so that the errors of an engine unusable after it
+    /// say so (507) rather than only that it is unusable (503).
+    out_of_space: bool,
 }
 
 impl StorageGuard {
@@ -121,16 +131,47 @@ impl StorageGuard {
         }
     }
 
-    /// Notes an engine's failure to write, for readiness.
+    /// Notes an engine's failure to write, for readiness. An engine unusable after an earlier
+    /// failure reports that failure's cause: the earlier one is kept as the reason, and the
+    /// error says whether it was a full disk.
     fn observe<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
-        if let Err(e) = &result {
-            let mut failure = self.failure.lock().expect("storage failure lock");
-            if failure.is_none() {
-                tracing::error!(error = %e, dir = %self.dir.display(), "storage I/O failed; the node reports not ready until a health probe succeeds");
+        let Err(e) = result else {
+            return result;
+        };
+        let mut failure = self.failure.lock().expect("storage failure lock");
+        if let BackendError::Unusable { reason, .. } = &e {
+            if let Some(earlier) = failure.as_ref() {
+                return Err(unusable_after(reason, earlier));
             }
-            *failure = Some(e.to_string());
         }
-        result
+        if failure.is_none() {
+            tracing::error!(error = %e, dir = %self.dir.display(), "storage I/O failed; the node reports not ready until a health probe succeeds");
+        }
+        *failure = Some(Failure {
+            error: e.to_string(),
+            out_of_space: e.is_out_of_space(),
+        });
+        Err(e)
+    }
+
+    /// The error of an engine that cannot be used now: `reason`, after the failure remembered,
+    /// if any. Out of space only for a write (`writing`) after a full disk: a read is not
+    /// refused for want of space.
+    fn unusable(&self, reason: &str, writing: bool) -> BackendError {
+        let failure = self.failure.lock().expect("storage failure lock");
+        match failure.as_ref() {
+            Some(earlier) => {
+                let mut error = unusable_after(reason, earlier);
+                if let BackendError::Unusable { out_of_space, .. } = &mut error {
+                    *out_of_space &= writing;
+                }
+                error
+            }
+            None => BackendError::Unusable {
+                reason: reason.to_owned(),
+                out_of_space: false,
+            },
+        }
     }
 
     /// The state as last observed, with free space measured now (no write).
@@ -138,7 +179,7 @@ impl StorageGuard {
         let free = self.free_bytes().ok();
         let failure = self.failure.lock().expect("storage failure lock").clone();
         let low = free.is_some_and(|free| free < self.min_free_bytes);
-        let (ready, reason) = match (failure, low) {
+        let (ready, reason) = match (failure.map(|f| f.error), low) {
             (Some(error), _) => (
                 false,
                 format!("{error} (the health probe retries; writes may fail until it succeeds)"),
@@ -160,6 +201,15 @@ impl StorageGuard {
             free_bytes: free,
             min_free_bytes: self.min_free_bytes,
         }
+    }
+}
+
+/// [`BackendError::Unusable`] for `reason`, after the `earlier` failure that caused it: out of
+/// space if that was.
+fn unusable_after(reason: &str, earlier: &Failure) -> BackendError {
+    BackendError::Unusable {
+        reason: format!("{reason} (after: {})", earlier.error),
+        out_of_space: earlier.out_of_space,
     }
 }
 
@@ -195,16 +245,17 @@ impl Guarded {
         &self.guard
     }
 
-    /// The engine, held for one call (a reopen waits for it).
-    fn engine(&self) -> Result<Arc<dyn Backend>, BackendError> {
+    /// The engine, held for one call (a reopen waits for it); for a write if `writing`.
+    fn engine(&self, writing: bool) -> Result<Arc<dyn Backend>, BackendError> {
         self.inner
             .read()
             .expect("engine lock")
             .clone()
             .ok_or_else(|| {
-                BackendError::Io(io::Error::other(
+                self.guard.unusable(
                     "the storage engine is closed after a failure; the health probe is opening it again",
-                ))
+                    writing,
+                )
             })
     }
 
@@ -234,7 +285,7 @@ impl Guarded {
                     .lock()
                     .expect("storage failure lock")
                     .take();
-                if let Some(error) = cleared {
+                if let Some(Failure { error, .. }) = cleared {
                     tracing::info!(%error, "storage takes writes again");
                 }
             }
@@ -249,7 +300,8 @@ impl Guarded {
             .map_or(0, |d| d.as_millis() as u64);
         let mut batch = Batch::new();
         batch.put(Tree::Meta, CANARY.to_vec(), stamp.to_be_bytes().to_vec());
-        let engine = self.guard.observe(self.engine())?;
+        // Closed only after a failure the guard remembers already.
+        let engine = self.engine(true)?;
         self.guard.observe(engine.commit(batch))?;
         self.guard.observe(engine.sync())
     }
@@ -293,11 +345,11 @@ impl Backend for Guarded {
     }
 
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
-        self.engine()?.get(tree, key)
+        self.engine(false)?.get(tree, key)
     }
 
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
-        match self.engine() {
+        match self.engine(false) {
             Ok(engine) => Box::new(OwnedEntries::new(engine, |engine| {
                 engine.range(tree, from, to)
             })),
@@ -307,21 +359,21 @@ impl Backend for Guarded {
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
         self.guard.check_space()?;
-        let engine = self.engine()?;
+        let engine = self.engine(true)?;
         self.guard.observe(engine.commit(batch))
     }
 
     fn sync(&self) -> Result<(), BackendError> {
-        let engine = self.engine()?;
+        let engine = self.engine(true)?;
         self.guard.observe(engine.sync())
     }
 
     fn size_on_disk(&self) -> Result<u64, BackendError> {
-        self.engine()?.size_on_disk()
+        self.engine(false)?.size_on_disk()
     }
 
     fn compact(&self, tree: Tree) -> Result<(), BackendError> {
-        let engine = self.engine()?;
+        let engine = self.engine(true)?;
         self.guard.observe(engine.compact(tree))
     }
 }
@@ -333,10 +385,12 @@ mod tests {
     use super::*;
     use crate::FjallBackend;
 
-    /// A backend over a real engine whose writes fail with an I/O error while `broken`.
+    /// A backend over a real engine whose writes fail with an I/O error while `broken`, and
+    /// whose next commits fail with the errors queued in `failures`.
     struct Failing {
         inner: FjallBackend,
         broken: Arc<AtomicBool>,
+        failures: Mutex<std::collections::VecDeque<BackendError>>,
     }
 
     impl Failing {
@@ -344,10 +398,19 @@ mod tests {
             Arc::new(Failing {
                 inner: FjallBackend::open(dir).unwrap(),
                 broken: broken.clone(),
+                failures: Mutex::default(),
             })
         }
 
+        /// The next commit fails with `error`.
+        fn fail_next(&self, error: BackendError) {
+            self.failures.lock().unwrap().push_back(error);
+        }
+
         fn fail(&self) -> Result<(), BackendError> {
+            if let Some(error) = self.failures.lock().unwrap().pop_front() {
+                return Err(error);
+            }
             if self.broken.load(Ordering::SeqCst) {
                 Err(BackendError::Io(io::Error::other("device failed")))
             } else {
@@ -465,6 +528,82 @@ mod tests {
         assert!(guarded.get(Tree::Records, b"lost").unwrap().is_none());
         guarded.commit(put(b"after")).unwrap();
         assert!(guarded.get(Tree::Records, b"after").unwrap().is_some());
+    }
+
+    /// What fjall reports once poisoned.
+    fn poisoned() -> BackendError {
+        BackendError::Unusable {
+            reason: "poisoned".into(),
+            out_of_space: false,
+        }
+    }
+
+    /// Found by review: a full disk gave 500 "internal error: fjall failed: Poisoned" for the
+    /// writes after it, and "storage engine is closed" while the probe reopened it.
+    #[test]
+    fn an_engine_unusable_after_a_failure_says_why_not_internal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let failing = Failing::open(dir.path(), &broken);
+        let guard = StorageGuard::new(dir.path(), 0);
+        let guarded = Guarded::new(failing.clone(), guard.clone());
+        let kv = |e: BackendError| driftkv_core::KvError::from(StoreError::from(e));
+
+        // After a full disk: 507, whose message names the full disk.
+        failing.fail_next(BackendError::Io(io::Error::from(
+            io::ErrorKind::StorageFull,
+        )));
+        failing.fail_next(poisoned());
+        assert_eq!(kv(guarded.commit(put(b"a")).unwrap_err()).status(), 507);
+        let after = kv(guarded.commit(put(b"b")).unwrap_err());
+        assert_eq!((after.status(), after.code()), (507, 10054), "{after}");
+        assert!(after.to_string().contains("poisoned"), "{after}");
+        // Readiness keeps the cause.
+        assert!(
+            guard.health().reason.contains("no storage space"),
+            "{:?}",
+            guard.health()
+        );
+
+        // After another failure: 503 with Retry-After.
+        assert!(guarded.probe().ready);
+        failing.fail_next(BackendError::Io(io::Error::other("device failed")));
+        failing.fail_next(poisoned());
+        assert_eq!(kv(guarded.commit(put(b"c")).unwrap_err()).status(), 500);
+        let after = kv(guarded.commit(put(b"d")).unwrap_err());
+        assert_eq!((after.status(), after.code()), (503, 10050), "{after}");
+        assert!(after.retry_after_secs().is_some());
+        assert!(after.to_string().contains("device failed"), "{after}");
+    }
+
+    #[test]
+    fn an_engine_being_opened_again_is_unavailable_not_an_internal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let guard = StorageGuard::new(dir.path(), 0);
+        let reopen: Opener = Box::new(|| {
+            Err(StoreError::Backend(Arc::new(BackendError::Io(
+                io::Error::other("still failing"),
+            ))))
+        });
+        let failing = Failing::open(dir.path(), &broken);
+        let guarded = Guarded::new(failing.clone(), guard.clone()).reopening_with(reopen);
+        let kv = |e: BackendError| driftkv_core::KvError::from(StoreError::from(e));
+        failing.fail_next(BackendError::Io(io::Error::from(
+            io::ErrorKind::StorageFull,
+        )));
+        assert!(guarded.commit(put(b"a")).is_err());
+        // The probe's write meets the poisoned engine; it closes it and fails to open it
+        // again: it stays closed.
+        failing.fail_next(poisoned());
+        drop(failing);
+        assert!(!guarded.probe().ready);
+        let write = kv(guarded.commit(put(b"b")).unwrap_err());
+        assert_eq!((write.status(), write.code()), (507, 10054), "{write}");
+        // A read is not refused for want of space: the engine is unavailable for now.
+        let read = kv(guarded.get(Tree::Records, b"a").unwrap_err());
+        assert_eq!((read.status(), read.code()), (503, 10050), "{read}");
+        assert!(read.retry_after_secs().is_some());
     }
 
     #[test]

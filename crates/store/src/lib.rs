@@ -74,9 +74,15 @@ impl StoreError {
 
     /// Whether the write failed for want of space: the filesystem is full (or over its quota),
     /// or free space is under `storage.min_free_bytes` (see [`guard`]).
+    /// Also when the engine is unusable after such a failure (see [`StoreError::is_unusable`]).
     pub fn is_out_of_space(&self) -> bool {
-        matches!(self, StoreError::Backend(e) if matches!(&**e, BackendError::Io(io)
-            if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)))
+        matches!(self, StoreError::Backend(e) if e.is_out_of_space())
+    }
+
+    /// Whether the engine cannot be used until it is opened again (it refuses writes after a
+    /// failure, or the health probe is opening it): a state that passes, not an internal error.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if matches!(&**e, BackendError::Unusable { .. }))
     }
 }
 
@@ -85,6 +91,7 @@ impl From<StoreError> for KvError {
         match e {
             StoreError::NoSuchNamespace(_) => KvError::NamespaceNotFound,
             full if full.is_out_of_space() => KvError::InsufficientStorage(full.to_string()),
+            unusable if unusable.is_unusable() => KvError::StorageUnavailable(unusable.to_string()),
             other => KvError::Internal(other.to_string()),
         }
     }

@@ -88,15 +88,18 @@ pub fn workerd_binding(
 /// The one credentials check of a binding request. `account` owns the namespace the request
 /// names (`None` when it names none that exists: the credentials are checked all the same,
 /// so that only a caller who may use the binding learns which namespaces exist), `access` is
-/// what the request does there. Scoped tokens check both here.
+/// what the request does there. Scoped tokens check both here. On a tokenless loopback server
+/// the request target's authority, if it names one (an absolute-form HTTP/1.1 target), must be
+/// loopback as the `Host` header must, as on the REST API.
 fn authorize(
     auth: &Auth,
     headers: &HeaderMap,
+    uri: &Uri,
     account: Option<&str>,
     access: Access,
 ) -> Result<(), KvError> {
-    // workerd speaks HTTP/1.1 in origin form: its Host header names the host.
-    auth.check(headers, None, Scope { account, access })
+    let authority = uri.authority().map(|a| a.as_str());
+    auth.check(headers, authority, Scope { account, access })
         .inspect_err(|e| {
             tracing::debug!(account, ?access, error = %e, "binding request refused");
         })
@@ -114,10 +117,15 @@ type Reply = Result<Response, Refusal>;
 
 impl Binding {
     /// The namespace the request names, once its credentials allow `access` to it.
-    async fn bind(&self, headers: &HeaderMap, access: Access) -> Result<Namespace, Refusal> {
+    async fn bind(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        access: Access,
+    ) -> Result<Namespace, Refusal> {
         let named = self.named(headers).await;
         let account = named.as_ref().ok().map(|ns| ns.account_id.as_str());
-        authorize(&self.auth, headers, account, access)?;
+        authorize(&self.auth, headers, uri, account, access)?;
         named
     }
 
@@ -165,7 +173,7 @@ fn key_of(uri: &Uri, params: &Params) -> Result<String, Refusal> {
 /// with `CF-KV-Metadata` and `CF-Expiration` where set; 404 (the binding's `null`) when the
 /// key does not exist.
 async fn get_value(State(binding): State<Binding>, uri: Uri, headers: HeaderMap) -> Reply {
-    let namespace = binding.bind(&headers, Access::Read).await?;
+    let namespace = binding.bind(&uri, &headers, Access::Read).await?;
     let params = params(&uri)?;
     let key = key_of(&uri, &params)?;
     let cache_ttl = params.whole_number("cache_ttl")?.map(|n| n as u64);
@@ -191,8 +199,13 @@ fn value_response(value: LiveValue) -> Reply {
 
 /// `get([...])` and `getWithMetadata([...])`: `POST /bulk/get`. 1 to 100 keys; the values
 /// together at most 25 MiB.
-async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body) -> Reply {
-    let namespace = binding.bind(&headers, Access::Read).await?;
+async fn bulk_get(
+    State(binding): State<Binding>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let namespace = binding.bind(&uri, &headers, Access::Read).await?;
     let request: BulkGetRequest = read_json(&headers, body, MAX_SMALL_BODY_BYTES).await?;
     let count = request.keys.len();
     if count == 0 {
@@ -213,7 +226,7 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
     for (index, key) in request.keys.iter().enumerate() {
         validate_key(key).map_err(|e| e.in_item(index, key))?;
     }
-    let mut entries = Gathered::with_capacity(count);
+    let mut entries = Gathered::with_capacity(count, kind);
     for key in request.distinct_keys() {
         let found = binding
             .service
@@ -231,14 +244,13 @@ async fn bulk_get(State(binding): State<Binding>, headers: HeaderMap, body: Body
         envelope: false,
         with_metadata: request.with_metadata,
         expiration: false,
-        kind,
     };
     Ok(bulk_answer::answer(entries, shape)?)
 }
 
 /// `list`: `GET /?key_count_limit=N&prefix=P&cursor=C`, each optional.
 async fn list(State(binding): State<Binding>, uri: Uri, headers: HeaderMap) -> Reply {
-    let namespace = binding.bind(&headers, Access::Read).await?;
+    let namespace = binding.bind(&uri, &headers, Access::Read).await?;
     let params = params(&uri)?;
     let limit = params.number_in("key_count_limit", 1, MAX_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let prefix = params.text("prefix").unwrap_or_default().to_owned();
@@ -336,7 +348,7 @@ impl Binding {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<(Namespace, String, Option<String>, Option<u64>), Refusal> {
-        let namespace = self.bind(headers, Access::Edit).await?;
+        let namespace = self.bind(uri, headers, Access::Edit).await?;
         let params = params(uri)?;
         let key = key_of(uri, &params)?;
         let expiration = resolve_expiration(
@@ -372,7 +384,7 @@ impl Binding {
 
 /// `delete`: `DELETE /<key>?urlencoded=true`; succeeds whether or not the key exists.
 async fn delete_value(State(binding): State<Binding>, uri: Uri, headers: HeaderMap) -> Reply {
-    let namespace = binding.bind(&headers, Access::Edit).await?;
+    let namespace = binding.bind(&uri, &headers, Access::Edit).await?;
     let params = params(&uri)?;
     let key = key_of(&uri, &params)?;
     let delete = Write {
