@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -385,27 +385,46 @@ fn syncs_of(log: &str, dir: &Path) -> usize {
         .count()
 }
 
+/// strace and the `driftkv dev` it traces, both stopped when dropped (after a failed assertion
+/// too): killing strace alone detaches the traced process and leaves it running.
+struct Traced(Child);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let strace = self.0.id();
+        let children = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+            .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn syncs_under_strace(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let log = tmp.path().join("strace.log");
     let log = log.display().to_string();
-    let mut child = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", &log])
-        .arg(env!("CARGO_BIN_EXE_driftkv"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("DRIFTKV_STORAGE__ENGINE", engine)
-        .env("DRIFTKV_WORKERD__LISTEN", "127.0.0.1:0")
-        .env("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "0")
-        .env_remove("DRIFTKV_API_TOKENS")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("strace runs (apt-get install strace)");
+    let mut traced = Traced(
+        Command::new("strace")
+            .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", &log])
+            .arg(env!("CARGO_BIN_EXE_driftkv"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("DRIFTKV_STORAGE__ENGINE", engine)
+            .env("DRIFTKV_WORKERD__LISTEN", "127.0.0.1:0")
+            .env("DRIFTKV_RATE_LIMIT__WRITES_PER_KEY_PER_SECOND", "0")
+            .env_remove("DRIFTKV_API_TOKENS")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace runs (apt-get install strace)"),
+    );
     // The pipe is drained for the life of the process, or its next line would fail.
-    let stdout = child.stdout.take().unwrap();
+    let stdout = traced.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -451,6 +470,4 @@ async fn syncs_under_strace(engine: &str) {
         (1..AT_ONCE / 2).contains(&concurrent),
         "{engine}: {AT_ONCE} writes at once took {concurrent} syncs of central's files"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
