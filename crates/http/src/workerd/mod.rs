@@ -239,7 +239,9 @@ async fn bulk_get(
             )
         })?;
     }
-    // workerd reads the entries in the order asked for, and no expiration in them.
+    // Entries in the order asked for (workerd builds its Map in the object's property order,
+    // which for keys that are not integers is this order), and no expiration in them: workerd
+    // reads none.
     let shape = Shape {
         envelope: false,
         with_metadata: request.with_metadata,
