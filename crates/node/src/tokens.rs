@@ -4,10 +4,11 @@
 //! grants it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use driftkv_http::{parse_token_file, Auth, Grant};
+use driftkv_tls::reload::{modified, ReloadTriggers};
 
 use crate::config::Config;
 use crate::security::check_tokens;
@@ -43,10 +44,6 @@ fn file_grants(path: &Path) -> anyhow::Result<Vec<Grant>> {
     parse_token_file(&text).with_context(|| format!("api_tokens_file {}", path.display()))
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 /// Reloads `config`'s grants into `auth` on SIGHUP and whenever the token file changes, for
 /// the life of the process. A file that does not load leaves the grants as they are, with an
 /// error in the log: a half-written file must not lock everyone out, nor let anyone in.
@@ -57,25 +54,10 @@ pub fn watch(auth: Auth, config: &Config) {
     let config = config.clone();
     let path: PathBuf = config.api_tokens_file.clone();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hangups =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut ticks = tokio::time::interval(RELOAD_CHECK);
+        let mut triggers = ReloadTriggers::new(RELOAD_CHECK);
         let mut seen = modified(&path);
         loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hangups.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
-            let asked = tokio::select! {
-                _ = hangup => true,
-                _ = ticks.tick() => false,
-            };
+            let asked = triggers.next().await;
             let now = modified(&path);
             if !asked && now == seen {
                 continue;

@@ -14,6 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use crate::reload::{modified, ReloadTriggers};
 use crate::{certificates, private_key, TlsError};
 
 /// A certificate and key read from files, swapped for new ones when the files change.
@@ -32,10 +33,6 @@ impl std::fmt::Debug for HttpsCertificate {
             .field("key", &self.key)
             .finish_non_exhaustive()
     }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -92,24 +89,9 @@ impl HttpsCertificate {
     /// returned task is aborted.
     pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hangups =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut ticks = tokio::time::interval(every);
+            let mut triggers = ReloadTriggers::new(every);
             loop {
-                #[cfg(unix)]
-                let hangup = async {
-                    match hangups.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let hangup = std::future::pending::<Option<()>>();
-                let asked = tokio::select! {
-                    _ = hangup => true,
-                    _ = ticks.tick() => false,
-                };
+                let asked = triggers.next().await;
                 if !asked && !self.changed() {
                     continue;
                 }

@@ -11,10 +11,11 @@
 //! [`issue`] creates the CA and issues node certificates (`driftkv certs`); [`ClusterIdentity`]
 //! loads and checks a node's material at start-up, so a wrong file is a clear one-line error
 //! rather than a handshake failure later; [`HttpsCertificate`] serves the REST API's
-//! certificate and reloads it when its files change or on SIGHUP.
+//! certificate and reloads it when its files change or on SIGHUP ([`reload`] says when).
 
 mod https;
 pub mod issue;
+pub mod reload;
 
 use std::path::Path;
 use std::sync::Arc;
