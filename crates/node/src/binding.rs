@@ -29,6 +29,19 @@ pub fn admit(process: &Process, addr: SocketAddr) -> anyhow::Result<Auth> {
         .map_err(|e| anyhow::anyhow!("workerd.listen: {e}"))
 }
 
+/// Binds the binding's listener on `addr`, if there is one, after [`admit`] has let it: a
+/// refused address is never bound.
+pub async fn listen(
+    process: &Process,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    admit(process, addr)?;
+    Ok(Some(
+        crate::node::listen(addr, "the workerd binding").await?,
+    ))
+}
+
 impl BindingListener {
     /// The binding on `listener`, with the API's authentication: a non-loopback address
     /// without API tokens is refused.

@@ -121,13 +121,8 @@ pub async fn run_dev(
             node_id: config.node_id + 1 + index as u64,
             data_dir: &data_dir,
             listener: listen(edge_listen(config.listen, index)?, "HTTP").await?,
-            workerd: match binding_listen(config.workerd.listen, index) {
-                Some(addr) => {
-                    binding::admit(&process, addr)?;
-                    Some(listen(addr, "the workerd binding").await?)
-                }
-                None => None,
-            },
+            workerd: binding::listen(&process, binding_listen(config.workerd.listen, index))
+                .await?,
             central: &central_url,
             gossip: GossipPlace {
                 listen: any_port,
@@ -251,13 +246,7 @@ pub async fn run_edge(
         node_id: config.node_id,
         data_dir: &config.data_dir,
         listener: listen(config.listen, "HTTP").await?,
-        workerd: match config.workerd.listen {
-            Some(addr) => {
-                binding::admit(&process, addr)?;
-                Some(listen(addr, "the workerd binding").await?)
-            }
-            None => None,
-        },
+        workerd: binding::listen(&process, config.workerd.listen).await?,
         central: &config.central.address,
         gossip: GossipPlace::configured(&config),
         version_clock: None,
