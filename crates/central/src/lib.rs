@@ -621,7 +621,8 @@ fn cut(entries: Vec<LogEntry>) -> Vec<Vec<LogEntry>> {
 
 /// Streams every namespace, then every record and tombstone, then the sequence the snapshot
 /// covers. The sequence (`sequence`) is read first: everything durable up to it is in the
-/// snapshot, and later writes that slip in are harmless to apply again. The last chunk also
+/// snapshot, and later writes that slip in are harmless to apply again. The first chunk says
+/// it too (an edge keeps its own later writes the snapshot may lack); the last chunk also
 /// says up to which sequence the records sent were written, read after the last of them.
 async fn stream_snapshot(
     engine: Arc<Engine>,
@@ -632,6 +633,7 @@ async fn stream_snapshot(
     let namespaces = store.namespaces()?;
     let first = SnapshotChunk {
         namespaces: namespaces.clone(),
+        sequence,
         ..Default::default()
     };
     if !send(tx, first).await {

@@ -77,7 +77,8 @@ pub struct SnapshotChunk {
     pub records: Vec<(NamespaceId, String, Record)>,
     /// Whether this is the last chunk.
     pub complete: bool,
-    /// With `complete`: everything up to this log sequence is in the snapshot.
+    /// Everything up to this log sequence is in the snapshot. Sent with the first chunk (so
+    /// that an edge knows which of its own writes the snapshot may lack) and the last.
     pub sequence: u64,
     /// With `complete`: every record in the snapshot was written at or before this log
     /// sequence (at least `sequence`); the tombstones it carries are indexed under it.

@@ -3,7 +3,19 @@
 //! This is where Workers KV's staleness comes from: a cached result is served until its TTL
 //! runs out even if the replica has meanwhile received a newer write (unless the edge is
 //! configured to invalidate on replication). The cache is bounded in bytes.
+//!
+//! Only reads fill it. A write this edge made (or, with `invalidate_on_replication`, one
+//! replication brought) drops the key's entry once the replica holds the write, so the next
+//! read finds the write in the replica; writes never fill the cache, so a write-heavy load does
+//! not evict the entries reads use, nor pay for caching values nobody reads (measured: caching
+//! every written value, and moka rehashing its growing table, was 18% of the CPU of
+//! `bench/writes.sh`). A read that was under way when a write to its key landed may have read
+//! the replica before the write: [`ReadCache::fill`] sees that from the key's write stripe
+//! (see [`ReadTicket`]) and does not leave such a result cached.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +59,22 @@ impl Expiry<Key, Arc<Cached>> for PerEntryTtl {
 pub struct ReadCache {
     entries: Cache<Key, Arc<Cached>>,
     lookups: Lookups,
+    /// Per stripe of keys, how many writes to its keys have landed in the replica.
+    writes: Arc<[AtomicU64]>,
+    /// Picks a key's stripe; keyed randomly, so that no client can aim at one stripe.
+    stripes: RandomState,
+}
+
+/// Write stripes: a write to a key makes reads of the keys sharing its stripe that were under
+/// way not cache what they read, so more stripes mean fewer such reads go uncached.
+const STRIPES: usize = 4096;
+
+/// Taken before a read of the replica, and handed to [`ReadCache::fill`] with what the read
+/// found: the key's write stripe and how many writes it had seen.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadTicket {
+    stripe: usize,
+    writes: u64,
 }
 
 /// The lookup counters, resolved once for this edge's node label.
@@ -91,7 +119,29 @@ impl ReadCache {
                 evictions[index].inc();
             })
             .build();
-        ReadCache { entries, lookups }
+        ReadCache {
+            entries,
+            lookups,
+            writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, namespace: NamespaceId, key: &str) -> usize {
+        (self.stripes.hash_one((namespace, key)) % STRIPES as u64) as usize
+    }
+
+    /// To take before reading `key` in the replica, for [`ReadCache::fill`].
+    pub fn ticket(&self, namespace: NamespaceId, key: &str) -> ReadTicket {
+        let stripe = self.stripe(namespace, key);
+        ReadTicket {
+            stripe,
+            writes: self.writes[stripe].load(Ordering::SeqCst),
+        }
+    }
+
+    fn written_since(&self, ticket: ReadTicket) -> bool {
+        self.writes[ticket.stripe].load(Ordering::SeqCst) != ticket.writes
     }
 
     /// The cached result for a key, if one is still within its TTL.
@@ -113,42 +163,44 @@ impl ReadCache {
         self.entries.weighted_size()
     }
 
-    /// Caches a read result unless a result for the key is already cached, and returns the one
-    /// that is. A read that raced with a local write therefore never replaces the write's
-    /// fresher entry with the older result it read.
+    /// Caches what a read that took `ticket` found, unless a result for the key is cached
+    /// already, and returns the cached result, or the read's own if it is not to be cached: a
+    /// write to a key of its stripe landed in the replica after the ticket was taken, so what
+    /// the read found may be older than that write. Checked before and again after the entry
+    /// goes in: a write that lands in between sees the entry and drops it, or this sees the
+    /// write and drops it (see [`ReadCache::written`]).
     pub fn fill(
         &self,
+        ticket: ReadTicket,
         namespace: NamespaceId,
         key: &str,
         value: Option<LiveValue>,
         ttl: Duration,
     ) -> Arc<Cached> {
-        self.entries
-            .entry((namespace, key.to_owned()))
-            .or_insert_with(|| Arc::new(Cached { value, ttl }))
-            .into_value()
-    }
-
-    /// Caches the result of a write this edge made, replacing what was cached: a write is
-    /// visible at once where it was made. The value is copied into an allocation of its own:
-    /// as received, it is a slice of the request's whole receive buffer, which the cache would
-    /// otherwise keep alive for as long as it keeps the value.
-    pub fn put(
-        &self,
-        namespace: NamespaceId,
-        key: String,
-        mut value: Option<LiveValue>,
-        ttl: Duration,
-    ) {
-        if let Some(live) = &mut value {
-            live.value = bytes::Bytes::copy_from_slice(&live.value);
+        let read = Arc::new(Cached { value, ttl });
+        if self.written_since(ticket) {
+            return read;
         }
-        self.entries
-            .insert((namespace, key), Arc::new(Cached { value, ttl }));
+        let key = (namespace, key.to_owned());
+        let cached = self
+            .entries
+            .entry_by_ref(&key)
+            .or_insert_with(|| read.clone())
+            .into_value();
+        if self.written_since(ticket) {
+            self.entries.invalidate(&key);
+            return read;
+        }
+        cached
     }
 
-    /// Drops a key's cached result.
-    pub fn invalidate(&self, namespace: NamespaceId, key: &str) {
+    /// A write to `key` has landed in the replica: drops the key's cached result, so the next
+    /// read finds the write, and keeps reads under way from caching what they read before it.
+    pub fn written(&self, namespace: NamespaceId, key: &str) {
+        let stripe = self.stripe(namespace, key);
+        // Counted first, dropped second: a read's fill that comes between the two is dropped
+        // here, and one that comes after sees the count.
+        self.writes[stripe].fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate(&(namespace, key.to_owned()));
     }
 
@@ -173,25 +225,47 @@ mod tests {
         })
     }
 
+    fn fill(cache: &ReadCache, key: &str, found: Option<LiveValue>) -> Option<LiveValue> {
+        let ticket = cache.ticket(NS, key);
+        let ttl = Duration::from_secs(60);
+        cache.fill(ticket, NS, key, found, ttl).value.clone()
+    }
+
     #[test]
-    fn a_fill_never_replaces_a_cached_result() {
+    fn a_fill_never_replaces_a_cached_result_and_a_write_drops_it() {
         let cache = ReadCache::new(1 << 20, "test");
-        let long = Duration::from_secs(60);
-        assert_eq!(cache.fill(NS, "k", None, long).value, None);
+        assert_eq!(fill(&cache, "k", None), None);
         // A later read of a newer replica still gets the cached "not found".
-        assert_eq!(cache.fill(NS, "k", value("new"), long).value, None);
-        // A local write replaces it.
-        cache.put(NS, "k".into(), value("mine"), long);
-        assert_eq!(cache.get(NS, "k").unwrap().value, value("mine"));
-        cache.invalidate(NS, "k");
+        assert_eq!(fill(&cache, "k", value("new")), None);
+        // A local write drops it: the next read caches what it finds.
+        cache.written(NS, "k");
         assert!(cache.get(NS, "k").is_none());
+        assert_eq!(fill(&cache, "k", value("mine")), value("mine"));
+        assert_eq!(cache.get(NS, "k").unwrap().value, value("mine"));
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_write_is_not_cached() {
+        let cache = ReadCache::new(1 << 20, "test");
+        let ttl = Duration::from_secs(60);
+        // The read took its ticket (and read the replica) before the write landed.
+        let ticket = cache.ticket(NS, "k");
+        cache.written(NS, "k");
+        let answered = cache.fill(ticket, NS, "k", value("old"), ttl);
+        assert_eq!(answered.value, value("old"));
+        assert!(cache.get(NS, "k").is_none(), "the older read stayed cached");
+        // Reads that start after the write cache again.
+        assert_eq!(fill(&cache, "k", value("new")), value("new"));
+        assert!(cache.get(NS, "k").is_some());
     }
 
     #[test]
     fn entries_expire_after_their_own_ttl() {
         let cache = ReadCache::new(1 << 20, "test");
-        cache.fill(NS, "short", value("s"), Duration::from_millis(50));
-        cache.fill(NS, "long", value("l"), Duration::from_secs(60));
+        let short = cache.ticket(NS, "short");
+        cache.fill(short, NS, "short", value("s"), Duration::from_millis(50));
+        let long = cache.ticket(NS, "long");
+        cache.fill(long, NS, "long", value("l"), Duration::from_secs(60));
         let deadline = Instant::now() + Duration::from_secs(10);
         while cache.get(NS, "short").is_some() {
             assert!(Instant::now() < deadline, "the short entry never expired");
@@ -209,7 +283,9 @@ mod tests {
             expiration: None,
         });
         for i in 0..100 {
-            cache.fill(NS, &format!("k{i}"), big.clone(), Duration::from_secs(60));
+            let key = format!("k{i}");
+            let ticket = cache.ticket(NS, &key);
+            cache.fill(ticket, NS, &key, big.clone(), Duration::from_secs(60));
         }
         cache.entries.run_pending_tasks();
         assert!(cache.entries.weighted_size() <= 64 * 1024);

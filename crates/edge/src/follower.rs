@@ -7,7 +7,7 @@
 //! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
 //! network cut) ends the attempt; the follower reconnects with backoff, by itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,22 +153,25 @@ async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> 
         return Ok(());
     };
     let count = entries.len() as u64;
+    let entries = edge.not_applied_here(entries, last);
+    let bytes: usize = entries.iter().map(|e| e.change.size()).sum();
+    let entries = if bytes <= INLINE_APPLY_BYTES {
+        edge.store.apply_replicated(&entries, last)?;
+        entries
+    } else {
+        blocking(&edge.store, move |store| {
+            store.apply_replicated(&entries, last)?;
+            Ok(entries)
+        })
+        .await?
+    };
+    // Once the replica holds them, so that a read after this finds them there.
     if edge.options.invalidate_on_replication {
         for entry in &entries {
             if let Change::Key { namespace, key, .. } = &entry.change {
-                edge.cache.invalidate(*namespace, key);
+                edge.cache.written(*namespace, key);
             }
         }
-    }
-    let entries = edge.not_applied_here(entries, last);
-    let bytes: usize = entries.iter().map(|e| e.change.size()).sum();
-    if bytes <= INLINE_APPLY_BYTES {
-        edge.store.apply_replicated(&entries, last)?;
-    } else {
-        blocking(&edge.store, move |store| {
-            Ok(store.apply_replicated(&entries, last)?)
-        })
-        .await?;
     }
     edge.entries_applied.inc_by(count);
     edge.status.send_modify(|s| {
@@ -192,6 +195,8 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
     let mut first = true;
     // Per namespace of the snapshot, the last key installed (records come in key order).
     let mut installed: HashMap<NamespaceId, Option<String>> = HashMap::new();
+    // Keys of this edge's own writes that central logged after the snapshot began.
+    let mut written_here: HashMap<NamespaceId, HashSet<String>> = HashMap::new();
     loop {
         let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.next())
             .await
@@ -199,6 +204,11 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             .ok_or_else(|| KvError::Unavailable("the snapshot ended early".into()))??;
         if first {
             first = false;
+            // Central sends the sequence the snapshot covers with its first chunk (one that
+            // does not, from before it did, keeps the install removing them).
+            if chunk.sequence > 0 {
+                written_here = edge.written_here_after(chunk.sequence);
+            }
             let namespaces = chunk.namespaces;
             installed = namespaces.iter().map(|ns| (ns.id, None)).collect();
             blocking(&edge.store, move |store| {
@@ -235,10 +245,14 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             groups.extend(installed.drain().map(|(id, after)| (id, after, Vec::new())));
         }
         let complete = chunk.complete;
+        let keep: Vec<HashSet<String>> = groups
+            .iter()
+            .map(|(id, ..)| written_here.get(id).cloned().unwrap_or_default())
+            .collect();
         blocking(&edge.store, move |store| {
-            for (id, after, batch) in &groups {
+            for ((id, after, batch), keep) in groups.iter().zip(&keep) {
                 let last = complete && batch.is_empty();
-                match store.install_snapshot_run(*id, after.as_deref(), batch, last) {
+                match store.install_snapshot_run(*id, after.as_deref(), batch, last, keep) {
                     // Deleted since: its deletion follows in the log.
                     Ok(_) | Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}
                     Err(e) => return Err(e.into()),
@@ -253,9 +267,8 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
                 Ok(store.finish_snapshot(sequence, written_through)?)
             })
             .await?;
-            // Entries up to the snapshot's sequence will not come, and the install may have
-            // removed a write of this edge's that central logged after the snapshot began:
-            // every later entry is applied again.
+            // Entries up to the snapshot's sequence will not come; every later one is applied
+            // again.
             edge.forget_applied_here(sequence);
             if edge.options.invalidate_on_replication {
                 edge.cache.clear();
@@ -325,7 +338,17 @@ mod tests {
                 .apply(NamespaceId([1; 16]), &[(key.clone(), record.clone())])
                 .unwrap();
         }
-        edge.applied_here(&[5, 6, 9]);
+        let noted = |keys: &[&str]| -> Vec<(String, Record)> {
+            let record = entry(1, "x");
+            let Change::Key { record, .. } = record.change else {
+                unreachable!()
+            };
+            keys.iter()
+                .map(|k| (k.to_string(), record.clone()))
+                .collect()
+        };
+        let ns = NamespaceId([1; 16]);
+        edge.applied_here(ns, &noted(&["mine-5", "mine-6", "later"]), &[5, 6, 9]);
         let batch = vec![mine[0].clone(), entry(7, "theirs"), mine[1].clone()];
         apply(&edge, batch).await.unwrap();
         let key = |k: &str| [&[1u8; 16][..], k.as_bytes()].concat();
@@ -345,9 +368,23 @@ mod tests {
         assert_eq!(edge.store.applied_sequence().unwrap(), 7);
         assert_eq!(edge.status.borrow().applied, 7);
         // Sequences past the batch are kept for a later one.
-        assert_eq!(edge.applied_here.lock().unwrap().sequences, [9].into());
+        let pending = |edge: &Edge| -> Vec<u64> {
+            edge.applied_here
+                .lock()
+                .unwrap()
+                .sequences
+                .keys()
+                .copied()
+                .collect()
+        };
+        assert_eq!(pending(&edge), [9]);
+        assert_eq!(
+            edge.written_here_after(7),
+            [(ns, ["later".to_string()].into())].into()
+        );
+        assert!(edge.written_here_after(9).is_empty());
         // Sequences the follower has passed are not noted any more.
-        edge.applied_here(&[3]);
-        assert_eq!(edge.applied_here.lock().unwrap().sequences, [9].into());
+        edge.applied_here(ns, &noted(&["old"]), &[3]);
+        assert_eq!(pending(&edge), [9]);
     }
 }

@@ -6,8 +6,8 @@
 //! applied or refused on its own there. Once central answers, the task applies the
 //! acknowledged records to the replica, all of them in one commit, so that each write is visible
 //! at once where it was made, notes their sequences (the follower then skips them when
-//! replication brings them: each write is applied once), fills the cache, and answers each
-//! writer. Large writes (a big value, a bulk write) make their own call from their request's
+//! replication brings them: each write is applied once), drops the cache's entries for their
+//! keys, and answers each writer. Large writes (a big value, a bulk write) make their own call from their request's
 //! task instead, so that they never hold up the small ones queued behind them.
 
 use std::collections::HashMap;
@@ -136,7 +136,8 @@ async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> (Vec<Queued>, Reply) {
     (batch, reply)
 }
 
-/// Applies what central acknowledged to the replica and the cache, and answers each writer.
+/// Applies what central acknowledged to the replica, drops the cached results of its keys, and
+/// answers each writer.
 async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
     let mut outcomes = match reply {
         Ok(outcomes) => outcomes.into_iter(),
@@ -168,13 +169,13 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
         }
         answered.push((queued.done, result));
     }
-    // The writes are durable at central; applying them here is what makes them visible at
-    // once. Should that fail, replication still brings them.
+    // The writes are durable at central; applying them here, and dropping what the cache
+    // held for their keys, is what makes them visible at once. Should the apply fail,
+    // replication still brings them.
     let acknowledged = apply_locally(edge, acknowledged, bytes).await;
-    for (namespace, (records, _)) in acknowledged {
-        for (key, record) in records {
-            edge.cache
-                .put(namespace, key, record.live, edge.options.default_cache_ttl);
+    for (namespace, (records, _)) in &acknowledged {
+        for (key, _) in records {
+            edge.cache.written(*namespace, key);
         }
     }
     for (done, result) in answered {
@@ -195,7 +196,7 @@ async fn apply_locally(edge: &Arc<Edge>, acknowledged: Acknowledged, bytes: usiz
                 match edge.store.apply_logged(*namespace, records, sequences) {
                     // Only once the records are in the replica may the follower skip their
                     // entries.
-                    Ok(_) => edge.applied_here(sequences),
+                    Ok(_) => edge.applied_here(*namespace, records, sequences),
                     // Created at another edge and not replicated here yet: replication brings
                     // both.
                     Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}
@@ -259,11 +260,11 @@ mod tests {
             .map(|i| {
                 let edge = edge.clone();
                 tokio::spawn(async move {
-                    let value = if i == 7 {
+                    let value = Bytes::from(if i == 7 {
                         vec![b'L'; 2 * LARGE_WRITE_BYTES]
                     } else {
                         format!("v{i}").into_bytes()
-                    };
+                    });
                     let key = format!("k{i:02}");
                     let outcome = edge
                         .write(
@@ -274,16 +275,16 @@ mod tests {
                         .await
                         .unwrap();
                     assert_eq!(outcome.successful, 1);
-                    // Read the replica itself, not the cache the write filled.
+                    // The replica itself holds the write once it is acknowledged.
                     let stored = edge.store().get(namespace.id, &key).unwrap().unwrap();
                     assert_eq!(
                         stored.live.map(|l| l.value),
-                        Some(Bytes::from(value)),
+                        Some(value.clone()),
                         "{key} not in the replica once acknowledged"
                     );
-                    let cached: Option<LiveValue> =
+                    let read: Option<LiveValue> =
                         edge.get("acct", namespace.id, &key, None).await.unwrap();
-                    assert!(cached.is_some());
+                    assert_eq!(read.map(|l| l.value), Some(value));
                 })
             })
             .collect();

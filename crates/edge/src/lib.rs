@@ -5,8 +5,8 @@
 //! caught up for the first time, read through to central). Writes go to central through the
 //! edge's [`Upstream`] (gRPC in a deployment: [`CentralLink`]), those arriving together in one
 //! call (see `forward.rs`); once central acknowledges them
-//! (durable, stamped), the edge applies the same records to its replica and cache, so a write
-//! is visible at once where it was made. Everything else arrives through [`spawn_follower`],
+//! (durable, stamped), the edge applies the same records to its replica and drops what its
+//! cache held for their keys, so a write is visible at once where it was made. Everything else arrives through [`spawn_follower`],
 //! which applies central's replication log, skipping the entries of this edge's own writes
 //! that it applied already: each write is applied once.
 
@@ -20,7 +20,7 @@ mod testing;
 
 use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +30,8 @@ use driftkv_core::key::validate_key;
 use driftkv_core::time::WallClock;
 use driftkv_core::upstream::Upstream;
 use driftkv_core::{
-    KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId, Write,
-    WriteOutcome,
+    KvError, KvService, ListPage, ListRequest, LiveValue, LogEntry, Namespace, NamespaceId, Record,
+    Write, WriteOutcome,
 };
 use driftkv_store::reads;
 use driftkv_store::Store;
@@ -83,11 +83,11 @@ pub struct ReplicationStatus {
     pub connected: bool,
 }
 
-/// Sequences of an edge's own writes applied when acknowledged, and how far the follower has
-/// come.
+/// An edge's own writes applied when acknowledged, by log sequence, with their keys, and how
+/// far the follower has come.
 #[derive(Debug, Default)]
 struct AppliedHere {
-    sequences: BTreeSet<u64>,
+    sequences: BTreeMap<u64, (NamespaceId, String)>,
     /// The follower has applied (or skipped) every entry up to this one.
     passed: u64,
 }
@@ -154,13 +154,21 @@ impl Edge {
         &self.store
     }
 
-    /// Notes that the records of these log sequences are in the replica already, unless the
-    /// follower has passed them (it applied them first).
-    fn applied_here(&self, sequences: &[u64]) {
+    /// Notes that these records of `namespace`, logged at `sequences`, are in the replica
+    /// already, unless the follower has passed them (it applied them first).
+    fn applied_here(
+        &self,
+        namespace: NamespaceId,
+        records: &[(String, Record)],
+        sequences: &[u64],
+    ) {
         let mut here = self.applied_here.lock().expect("applied-here lock");
         let passed = here.passed;
-        here.sequences
-            .extend(sequences.iter().copied().filter(|s| *s > passed));
+        for ((key, _), sequence) in records.iter().zip(sequences) {
+            if *sequence > passed {
+                here.sequences.insert(*sequence, (namespace, key.clone()));
+            }
+        }
     }
 
     /// The entries among `entries` whose records are not in the replica yet; forgets the
@@ -173,15 +181,33 @@ impl Edge {
         }
         let rest = entries
             .into_iter()
-            .filter(|entry| !here.sequences.contains(&entry.sequence))
+            .filter(|entry| !here.sequences.contains_key(&entry.sequence))
             .collect();
         here.sequences = here.sequences.split_off(&through.saturating_add(1));
         rest
     }
 
+    /// The keys of this edge's own writes logged after `sequence` that are in the replica, by
+    /// namespace: a snapshot covering the log up to `sequence` may lack them, and must not
+    /// remove them, or this edge would stop seeing its own writes until replication brought
+    /// them again.
+    fn written_here_after(&self, sequence: u64) -> HashMap<NamespaceId, HashSet<String>> {
+        let here = self.applied_here.lock().expect("applied-here lock");
+        let mut keys: HashMap<NamespaceId, HashSet<String>> = HashMap::new();
+        for (namespace, key) in here
+            .sequences
+            .range(sequence.saturating_add(1)..)
+            .map(|e| e.1)
+        {
+            keys.entry(*namespace).or_default().insert(key.clone());
+        }
+        keys
+    }
+
     /// Forgets every sequence of this edge's own writes, and notes that replication has passed
-    /// `through`: after a snapshot install, which may have removed a write of this edge that
-    /// central logged after the snapshot began, every later entry is applied again.
+    /// `through`: after a snapshot install every later entry is applied again (last-write-wins
+    /// makes that harmless), since the snapshot may hold older versions of those keys than the
+    /// replica had.
     fn forget_applied_here(&self, through: u64) {
         let mut here = self.applied_here.lock().expect("applied-here lock");
         here.passed = here.passed.max(through);
@@ -343,6 +369,7 @@ impl KvService for Edge {
         if let Some(hit) = self.cache.get(id, key) {
             return Ok(live_now(&hit.value));
         }
+        let ticket = self.cache.ticket(id, key);
         let value = if bootstrapping {
             match self.upstream.get(account_id, id, key).await {
                 Ok(value) => value,
@@ -355,7 +382,9 @@ impl KvService for Edge {
         } else {
             reads::get(self.store.as_ref(), account_id, id, key, now_ms)?
         };
-        Ok(live_now(&self.cache.fill(id, key, value, ttl).value))
+        Ok(live_now(
+            &self.cache.fill(ticket, id, key, value, ttl).value,
+        ))
     }
 
     async fn list(

@@ -547,9 +547,11 @@ impl Store {
             let mut batch = Batch::new();
             let mut newest = self.trimmed_version.load(Ordering::SeqCst);
             let mut done = false;
+            let floor = sequence_bytes(self.log_floor.load(Ordering::SeqCst));
+            let mut kept = self.log_floor.load(Ordering::SeqCst);
             for entry in self
                 .backend
-                .range(Tree::Log, Bound::Unbounded, Bound::Unbounded)
+                .range(Tree::Log, Bound::Included(&floor), Bound::Unbounded)
                 .take(REMOVAL_CHUNK)
             {
                 let (k, v) = entry?;
@@ -563,6 +565,7 @@ impl Store {
                 }
                 newest = newest.max(entry.change.timestamp().unwrap_or(0));
                 batch.remove(Tree::Log, k.to_vec());
+                kept = entry.sequence + 1;
             }
             if batch.is_empty() {
                 return Ok(trimmed);
@@ -573,6 +576,7 @@ impl Store {
             batch.put(Tree::Meta, TRIMMED_VERSION.to_vec(), sequence_bytes(newest));
             self.backend.commit(batch)?;
             self.trimmed_version.store(newest, Ordering::SeqCst);
+            self.log_floor.fetch_max(kept, Ordering::SeqCst);
             if done {
                 return Ok(trimmed);
             }

@@ -160,22 +160,25 @@ impl Store {
 
     /// Installs one run of a snapshot's records of `namespace`, which central sends in key
     /// order: removes every local record whose key lies after `after` and up to the run's
-    /// last key (to the namespace's end with `to_end`) and is not in the run, then applies
-    /// the run last-write-wins. So a key central no longer holds (deleted, and its tombstone
-    /// purged) does not survive the install. Returns how many local records were removed.
+    /// last key (to the namespace's end with `to_end`) and is neither in the run nor in
+    /// `keep`, then applies the run last-write-wins. So a key central no longer holds
+    /// (deleted, and its tombstone purged) does not survive the install, while `keep` (an
+    /// edge's own writes logged after the snapshot began, which replication brings again)
+    /// does. Returns how many local records were removed.
     pub fn install_snapshot_run(
         &self,
         namespace: NamespaceId,
         after: Option<&str>,
         records: &[(String, Record)],
         to_end: bool,
+        keep: &HashSet<String>,
     ) -> Result<usize, StoreError> {
         let removed = {
             let _writer = self.writer.lock().expect("writer lock");
             if !self.has_namespace(namespace) {
                 return Err(StoreError::NoSuchNamespace(namespace));
             }
-            let keep: HashSet<&str> = records.iter().map(|(key, _)| key.as_str()).collect();
+            let in_run: HashSet<&str> = records.iter().map(|(key, _)| key.as_str()).collect();
             let start = record_key(namespace, after.unwrap_or_default().as_bytes());
             let from = match after {
                 Some(_) => Bound::Excluded(start.as_slice()),
@@ -196,7 +199,8 @@ impl Store {
             let mut batch = Batch::new();
             for entry in self.backend.range(Tree::Records, from, to) {
                 let (k, _) = entry?;
-                if !keep.contains(key_of(&k)?.as_str()) {
+                let key = key_of(&k)?;
+                if !in_run.contains(key.as_str()) && !keep.contains(&key) {
                     batch.remove(Tree::Records, k.to_vec());
                     removed += 1;
                 }

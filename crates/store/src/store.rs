@@ -45,6 +45,12 @@ pub struct Store {
     pub(crate) trimmed_version: AtomicU64,
     /// Keys garbage collection and log trimming removed since the last compaction.
     pub(crate) removed_since_compaction: AtomicU64,
+    /// No log entry has a lower sequence (entries are appended above the last and trimmed
+    /// from the oldest). Scans of the log's head start here rather than at its beginning: an
+    /// LSM engine keeps the trimmed entries' deletion markers until it compacts them, and a
+    /// scan from the beginning walks every one of them (measured: 3% of central's CPU under
+    /// write load went to finding the oldest entry for gossip once a second).
+    pub(crate) log_floor: AtomicU64,
 }
 
 /// A deleted namespace's tombstone: the log sequence of its deletion
@@ -112,6 +118,7 @@ impl Store {
             namespace_tombstones: RwLock::new(namespace_tombstones),
             trimmed_version: AtomicU64::new(trimmed_version),
             removed_since_compaction: AtomicU64::new(0),
+            log_floor: AtomicU64::new(0),
         };
         store.purge_orphans()?;
         Ok(store)
@@ -229,14 +236,16 @@ impl Store {
     /// What the replication log holds.
     pub fn log_bounds(&self) -> Result<LogBounds, StoreError> {
         let last = self.last_sequence.load(Ordering::SeqCst);
+        let floor = sequence_bytes(self.log_floor.load(Ordering::SeqCst));
         let oldest = match self
             .backend
-            .range(Tree::Log, Bound::Unbounded, Bound::Unbounded)
+            .range(Tree::Log, Bound::Included(&floor), Bound::Unbounded)
             .next()
         {
             Some(entry) => read_sequence(Some(&entry?.0))?,
             None => last + 1,
         };
+        self.log_floor.fetch_max(oldest.min(last), Ordering::SeqCst);
         Ok(LogBounds { oldest, last })
     }
 

@@ -11,6 +11,7 @@
 //! The checks panic on failure, as tests do: the module only exists in this crate's tests and
 //! behind the `suite` feature, never in a production build.
 
+use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -547,6 +548,13 @@ pub async fn the_log_can_be_trimmed(store: &Store) {
         7
     );
     assert_eq!(store.log_entries(1, 10).unwrap().len(), 2);
+    // Scans of the head start where the last trim or bounds left off: still exact.
+    assert_eq!(store.trim_log(7).unwrap(), 1);
+    assert_eq!(
+        store.log_bounds().unwrap(),
+        LogBounds { oldest: 7, last: 7 }
+    );
+    assert_eq!(store.trim_log(7).unwrap(), 0);
 }
 
 /// A replica applies entries last-write-wins, records the highest sequence with them, skips
@@ -995,19 +1003,21 @@ pub async fn snapshot_installs_remove_what_the_snapshot_lacks(store: &Store) {
         ("c".to_owned(), Record::tombstone(version(2))),
     ];
     assert_eq!(
-        store.install_snapshot_run(id, None, &first, false).unwrap(),
+        store
+            .install_snapshot_run(id, None, &first, false, &HashSet::new())
+            .unwrap(),
         1
     );
     let second = [("f".to_owned(), live(1, "f", None))];
     assert_eq!(
         store
-            .install_snapshot_run(id, Some("c"), &second, false)
+            .install_snapshot_run(id, Some("c"), &second, false, &HashSet::new())
             .unwrap(),
         2
     );
     assert_eq!(
         store
-            .install_snapshot_run(id, Some("f"), &[], true)
+            .install_snapshot_run(id, Some("f"), &[], true, &HashSet::new())
             .unwrap(),
         0
     );
@@ -1025,14 +1035,18 @@ pub async fn snapshot_installs_remove_what_the_snapshot_lacks(store: &Store) {
     assert_eq!(store.purge_tombstones(11, u64::MAX).unwrap(), 0);
     assert_eq!(store.purge_tombstones(12, u64::MAX).unwrap(), 1);
     assert_eq!(store.get(id, "c").unwrap(), None);
-    // A namespace the snapshot carries no record of loses every record it had.
+    // A namespace the snapshot carries no record of loses every record it had, but those
+    // it is told to keep (an edge's own writes logged after the snapshot began).
     let other = with_namespace(store, 9);
     store.apply(other, &local).unwrap();
+    let keep: HashSet<String> = ["d".to_owned()].into();
     assert_eq!(
-        store.install_snapshot_run(other, None, &[], true).unwrap(),
-        local.len()
+        store
+            .install_snapshot_run(other, None, &[], true, &keep)
+            .unwrap(),
+        local.len() - 1
     );
-    assert!(store.records(other, None, 100).unwrap().is_empty());
+    assert_eq!(store.records(other, None, 100).unwrap(), [local[3].clone()]);
     assert_eq!(
         store.records(id, None, 100).unwrap(),
         [expected[0].clone(), expected[2].clone()]
