@@ -130,19 +130,17 @@ impl ReadCache {
     }
 
     /// Caches the result of a write this edge made, replacing what was cached: a write is
-    /// visible at once where it was made. The value is copied into an allocation of its own:
-    /// as received, it is a slice of the request's whole receive buffer, which the cache would
-    /// otherwise keep alive for as long as it keeps the value.
+    /// visible at once where it was made. The value must be in an allocation of its own, as
+    /// [`driftkv_store::Store::apply_logged`] leaves it, not a slice of a larger buffer (as
+    /// received, it is one of the request's whole receive buffer): the cache would keep that
+    /// whole buffer alive for as long as it keeps the value.
     pub fn put(
         &self,
         namespace: NamespaceId,
         key: String,
-        mut value: Option<LiveValue>,
+        value: Option<LiveValue>,
         ttl: Duration,
     ) {
-        if let Some(live) = &mut value {
-            live.value = bytes::Bytes::copy_from_slice(&live.value);
-        }
         self.entries
             .insert((namespace, key), Arc::new(Cached { value, ttl }));
     }

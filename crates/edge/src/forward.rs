@@ -170,11 +170,11 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
     }
     // The writes are durable at central; applying them here is what makes them visible at
     // once. Should that fail, replication still brings them.
-    let acknowledged = apply_locally(edge, acknowledged, bytes).await;
-    for (namespace, (records, _)) in acknowledged {
-        for (key, record) in records {
-            edge.cache
-                .put(namespace, key, record.live, edge.options.default_cache_ttl);
+    let ttl = edge.options.default_cache_ttl;
+    for (namespace, key, stored) in apply_locally(edge, acknowledged, bytes).await {
+        match stored {
+            Some(record) => edge.cache.put(namespace, key, record.live, ttl),
+            None => edge.cache.invalidate(namespace, &key),
         }
     }
     for (done, result) in answered {
@@ -185,36 +185,56 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
 /// Acknowledged records by namespace, with their log sequences.
 type Acknowledged = HashMap<NamespaceId, (Vec<(String, Record)>, Vec<u64>)>;
 
+/// Each acknowledged key with its record as the replica now stores it (the write's own, or a
+/// newer one already there), its value a slice of the stored bytes; `None` when the replica
+/// could not take it (replication brings it later).
+type Stored = Vec<(NamespaceId, String, Option<Record>)>;
+
 /// Applies acknowledged records to the replica, one commit per namespace, then notes the
-/// sequences of those applied; returns the records.
-async fn apply_locally(edge: &Arc<Edge>, acknowledged: Acknowledged, bytes: usize) -> Acknowledged {
+/// sequences of those applied; returns what the replica stores for each key. A record the
+/// replica had already (replication brought it first) or had a newer one for is read back,
+/// so that what is cached holds the replica's bytes, never the request's.
+async fn apply_locally(edge: &Arc<Edge>, acknowledged: Acknowledged, bytes: usize) -> Stored {
     let work = {
         let edge = edge.clone();
         move || {
-            for (namespace, (records, sequences)) in &acknowledged {
-                match edge.store.apply_logged(*namespace, records, sequences) {
+            let mut stored = Vec::new();
+            for (namespace, (mut records, sequences)) in acknowledged {
+                let applied = match edge.store.apply_logged(namespace, &mut records, &sequences) {
                     // Only once the records are in the replica may the follower skip their
                     // entries.
-                    Ok(_) => edge.applied_here(sequences),
+                    Ok(applied) => {
+                        edge.applied_here(&sequences);
+                        Some(applied)
+                    }
                     // Created at another edge and not replicated here yet: replication brings
                     // both.
-                    Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}
+                    Err(driftkv_store::StoreError::NoSuchNamespace(_)) => None,
                     Err(e) => {
-                        tracing::warn!(error = %e, "applying an acknowledged write locally failed")
+                        tracing::warn!(error = %e, "applying an acknowledged write locally failed");
+                        None
                     }
+                };
+                for (i, (key, record)) in records.into_iter().enumerate() {
+                    let record = match &applied {
+                        Some(applied) if applied[i] => Some(record),
+                        Some(_) => edge.store.get(namespace, &key).ok().flatten(),
+                        None => None,
+                    };
+                    stored.push((namespace, key, record));
                 }
             }
-            acknowledged
+            stored
         }
     };
     if bytes <= INLINE_APPLY_BYTES {
         work()
     } else {
         match tokio::task::spawn_blocking(work).await {
-            Ok(records) => records,
+            Ok(stored) => stored,
             Err(e) => {
                 tracing::error!(error = %e, "applying acknowledged writes failed");
-                HashMap::new()
+                Vec::new()
             }
         }
     }
