@@ -230,7 +230,12 @@ mod tests {
     /// logs written before still read), and ends with its record's stored form.
     #[test]
     fn a_key_change_ends_with_its_record() {
-        for len in [0, 1, 127, 128, 20_000] {
+        let tombstone = Record::tombstone(Version {
+            timestamp: 9,
+            origin: 1,
+        });
+        assert_eq!(tombstone.encode().len(), tombstone.encoded_len());
+        for len in [0, 1, 127, 128, 16_383, 16_384, 20_000] {
             let record = Record {
                 version: Version {
                     timestamp: 9,

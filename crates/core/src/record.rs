@@ -151,7 +151,9 @@ impl Record {
         postcard::to_io(&self.wire(), out).expect("postcard encoding into a Vec");
     }
 
-    /// The length of [`Record::encode`]'s bytes, found without copying the value.
+    /// The length of [`Record::encode`]'s bytes, found without going through the value: it
+    /// is the encoding's last field, its length's varint then its bytes, so the rest is
+    /// counted by encoding the record with an empty value (whose length takes one byte).
     pub fn encoded_len(&self) -> usize {
         /// Counts what is written to it.
         struct Counter(usize);
@@ -164,9 +166,17 @@ impl Record {
                 Ok(())
             }
         }
+        let mut head = self.wire();
+        let value_len = head.live.as_mut().map_or(0, |live| {
+            let len = live.value.len();
+            live.value = &[];
+            // A varint carries 7 bits a byte; the empty value's length took one.
+            let varint = (usize::BITS - len.leading_zeros()).max(1).div_ceil(7) as usize;
+            varint - 1 + len
+        });
         let mut counter = Counter(1);
-        postcard::to_io(&self.wire(), &mut counter).expect("postcard encoding into a counter");
-        counter.0
+        postcard::to_io(&head, &mut counter).expect("postcard encoding into a counter");
+        counter.0 + value_len
     }
 
     /// Points the value at its bytes at the end of `stored`: this record's stored form, or a
