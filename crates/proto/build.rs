@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Values travel as `bytes::Bytes`, so they are never copied between the wire and storage.
         .bytes(".driftkv.v1.LiveValue.value")
+        // Messages are encoded into room of their exact size (see `codec`).
+        .codec_path("crate::codec::ExactCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -173,6 +173,45 @@ impl Drop for Server {
     }
 }
 
+/// `driftkv central` on loopback ports with its data in `dir` and extra environment
+/// variables; returns it and its gossip address, the seed of its edges.
+pub fn start_central(dir: &Path, env: &[(&str, &str)]) -> (Server, String) {
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .to_string();
+    let mut all = vec![
+        ("DRIFTKV_GRPC__LISTEN", "127.0.0.1:0"),
+        ("DRIFTKV_LISTEN", "127.0.0.1:0"),
+        ("DRIFTKV_GOSSIP__LISTEN", gossip.as_str()),
+        ("DRIFTKV_GOSSIP__INTERVAL_MS", "100"),
+        ("DRIFTKV_REPLICATION__HEARTBEAT_MS", "100"),
+    ];
+    all.extend_from_slice(env);
+    let args = ["central", "--data-dir", dir.to_str().expect("a UTF-8 path")].map(String::from);
+    let server =
+        Server::launch(&args, dir, &all, "driftkv central listening on ").expect("central starts");
+    (server, gossip)
+}
+
+/// `driftkv edge` node `id` on loopback ports with its data in `dir`, following `central`
+/// and gossiping with `seed` (see [`start_central`]).
+pub fn start_edge(dir: &Path, id: u64, central: &Server, seed: &str) -> Server {
+    let id = id.to_string();
+    let seeds = format!("[\"{seed}\"]");
+    let env = [
+        ("DRIFTKV_NODE_ID", id.as_str()),
+        ("DRIFTKV_CENTRAL__ADDRESS", central.base.as_str()),
+        ("DRIFTKV_GOSSIP__LISTEN", "127.0.0.1:0"),
+        ("DRIFTKV_GOSSIP__SEEDS", seeds.as_str()),
+        ("DRIFTKV_GOSSIP__INTERVAL_MS", "100"),
+    ];
+    let args = ["edge", "--listen", "127.0.0.1:0", "--data-dir"].map(String::from);
+    let mut args = args.to_vec();
+    args.push(dir.display().to_string());
+    Server::launch(&args, dir, &env, "driftkv edge listening on ").expect("edge starts")
+}
+
 /// An HTTP client whose requests give up after two minutes (a 25 MiB body included), so a
 /// hung server fails a test instead of stalling it.
 pub fn client() -> reqwest::Client {
@@ -246,6 +285,29 @@ pub async fn send_ok(request: reqwest::RequestBuilder) -> Value {
 /// Sends a request and asserts a Cloudflare error with this status and code.
 pub async fn send_err(request: reqwest::RequestBuilder, status: u16, code: u64) -> Value {
     assert_error(request.send().await.expect("request sent"), status, code).await
+}
+
+/// Every key of the namespace at `ns_url` (`.../namespaces/{id}`), following the listing's
+/// cursors a thousand keys at a time.
+pub async fn list_all_keys(client: &reqwest::Client, ns_url: &str) -> Vec<Value> {
+    let mut keys = Vec::new();
+    let mut page_url = format!("{ns_url}/keys?limit=1000");
+    loop {
+        let page = send_ok(client.get(&page_url)).await;
+        keys.extend(
+            page["result"]
+                .as_array()
+                .expect("a listing")
+                .iter()
+                .cloned(),
+        );
+        match page["result_info"]["cursor"].as_str() {
+            Some(next) if !next.is_empty() => {
+                page_url = format!("{ns_url}/keys?limit=1000&cursor={next}")
+            }
+            _ => return keys,
+        }
+    }
 }
 
 /// Sends a request and returns the raw response body.

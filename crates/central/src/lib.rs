@@ -555,7 +555,7 @@ async fn stream_log(
         }
         if next <= head {
             let max = BATCH_ENTRIES.min((head - next + 1) as usize);
-            let entries = engine.log_entries(next, max).await?;
+            let entries = engine.log_entries(next, max, BATCH_BYTES).await?;
             // Everything up to `head` was logged, so a missing `next` has been trimmed away.
             if entries.first().map(|e| e.sequence) != Some(next) {
                 return snapshot_needed(&store, &tx).await;

@@ -91,21 +91,33 @@ impl Change {
         }
     }
 
-    /// Encodes the change for the log.
+    /// Encodes the change for the log. A key change's encoding ends with its record's
+    /// ([`Record::encode`]), written straight into it: a store keeps that tail of the log
+    /// entry as the key's record instead of a second copy of the value.
     pub fn encode(&self) -> Vec<u8> {
-        let (record, namespace);
+        let namespace;
         let wire = match self {
             Change::Key {
-                namespace: ns,
+                namespace,
                 key,
-                record: r,
+                record,
             } => {
-                record = r.encode();
-                Wire::Key {
-                    namespace: ns.0,
+                let record_len = record.encoded_len();
+                let mut out = Vec::with_capacity(32 + key.len() + record_len);
+                out.push(FORMAT);
+                // The entry with an empty record, whose length (0, one byte) comes last, then
+                // the record's length and the record: the same bytes as the entry encoded
+                // with its record's bytes, without first building those bytes apart.
+                let head = Wire::Key {
+                    namespace: namespace.0,
                     key,
-                    record: &record,
-                }
+                    record: &[],
+                };
+                postcard::to_io(&head, &mut out).expect("postcard encoding into a Vec");
+                out.pop();
+                postcard::to_io(&record_len, &mut out).expect("postcard encoding into a Vec");
+                record.encode_into(&mut out);
+                return out;
             }
             Change::Namespace(ns) => {
                 namespace = ns.encode();
@@ -123,8 +135,8 @@ impl Change {
         out
     }
 
-    /// Decodes a change from the log.
-    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
+    /// Decodes a change from the log. A key change's value is a slice of `bytes`, not a copy.
+    pub fn decode(bytes: &Bytes) -> Result<Self, KvError> {
         let corrupt = |why: String| KvError::Internal(format!("corrupt log entry: {why}"));
         let (&format, rest) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
         if format != FORMAT {
@@ -139,7 +151,7 @@ impl Change {
             } => Change::Key {
                 namespace: NamespaceId(namespace),
                 key: key.to_owned(),
-                record: Record::decode(Bytes::copy_from_slice(record))?,
+                record: Record::decode(bytes.slice_ref(record))?,
             },
             Wire::Namespace(bytes) => Change::Namespace(Namespace::decode(bytes)?),
             Wire::NamespaceDeleted(id) => Change::NamespaceDeleted {
@@ -210,7 +222,48 @@ mod tests {
             },
         ];
         for change in changes {
-            assert_eq!(Change::decode(&change.encode()).unwrap(), change);
+            assert_eq!(Change::decode(&change.encode().into()).unwrap(), change);
+        }
+    }
+
+    /// A key change is encoded exactly as it was when its record was encoded apart first (so
+    /// logs written before still read), and ends with its record's stored form.
+    #[test]
+    fn a_key_change_ends_with_its_record() {
+        let tombstone = Record::tombstone(Version {
+            timestamp: 9,
+            origin: 1,
+        });
+        assert_eq!(tombstone.encode().len(), tombstone.encoded_len());
+        for len in [0, 1, 127, 128, 16_383, 16_384, 20_000] {
+            let record = Record {
+                version: Version {
+                    timestamp: 9,
+                    origin: 1,
+                },
+                live: Some(LiveValue {
+                    value: vec![b'v'; len].into(),
+                    metadata: Some("{\"m\":1}".into()),
+                    expiration: None,
+                }),
+            };
+            let stored = record.encode();
+            assert_eq!(stored.len(), record.encoded_len());
+            let mut apart = vec![FORMAT];
+            let wire = Wire::Key {
+                namespace: [4; 16],
+                key: "k",
+                record: &stored,
+            };
+            postcard::to_io(&wire, &mut apart).unwrap();
+            let change = Change::Key {
+                namespace: NamespaceId([4; 16]),
+                key: "k".into(),
+                record,
+            };
+            let logged = change.encode();
+            assert_eq!(logged, apart);
+            assert!(logged.ends_with(&stored));
         }
     }
 
@@ -220,7 +273,7 @@ mod tests {
         let mut old = vec![FORMAT];
         postcard::to_io(&Wire::NamespaceDeleted([3; 16]), &mut old).unwrap();
         assert_eq!(
-            Change::decode(&old).unwrap(),
+            Change::decode(&old.into()).unwrap(),
             Change::NamespaceDeleted {
                 id: NamespaceId([3; 16]),
                 version: Version::default(),
@@ -230,8 +283,8 @@ mod tests {
 
     #[test]
     fn corrupt_entries_are_errors() {
-        assert!(Change::decode(&[]).is_err());
-        assert!(Change::decode(&[7, 0]).is_err());
-        assert!(Change::decode(&[FORMAT, 9, 9, 9]).is_err());
+        for corrupt in [&[][..], &[7, 0], &[FORMAT, 9, 9, 9]] {
+            assert!(Change::decode(&Bytes::copy_from_slice(corrupt)).is_err());
+        }
     }
 }

@@ -126,21 +126,70 @@ impl Record {
         }
     }
 
-    /// Encodes the record for storage.
-    pub fn encode(&self) -> Vec<u8> {
-        let wire = Wire {
+    fn wire(&self) -> Wire<'_> {
+        Wire {
             version: self.version,
             live: self.live.as_ref().map(|l| WireLive {
                 expiration: l.expiration,
                 metadata: l.metadata.as_deref(),
                 value: &l.value,
             }),
-        };
-        let mut out = Vec::with_capacity(32 + self.live.as_ref().map_or(0, |l| l.value.len()));
+        }
+    }
+
+    /// Encodes the record for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the record's stored form ([`Record::encode`]) to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(FORMAT);
         // Serializing plain data into a Vec cannot fail.
-        postcard::to_io(&wire, &mut out).expect("postcard encoding into a Vec");
-        out
+        postcard::to_io(&self.wire(), out).expect("postcard encoding into a Vec");
+    }
+
+    /// The length of [`Record::encode`]'s bytes, found without going through the value: it
+    /// is the encoding's last field, its length's varint then its bytes, so the rest is
+    /// counted by encoding the record with an empty value (whose length takes one byte).
+    pub fn encoded_len(&self) -> usize {
+        /// Counts what is written to it.
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut head = self.wire();
+        let value_len = head.live.as_mut().map_or(0, |live| {
+            let len = live.value.len();
+            live.value = &[];
+            // A varint carries 7 bits a byte; the empty value's length took one.
+            let varint = (usize::BITS - len.leading_zeros()).max(1).div_ceil(7) as usize;
+            varint - 1 + len
+        });
+        let mut counter = Counter(1);
+        postcard::to_io(&head, &mut counter).expect("postcard encoding into a counter");
+        counter.0 + value_len
+    }
+
+    /// Points the value at its bytes at the end of `stored`: this record's stored form, or a
+    /// log entry ending with it (see [`crate::Change::encode`]). The value then holds that
+    /// allocation rather than the buffer it arrived in, which may be a whole request's.
+    pub fn share_stored_value(&mut self, stored: &Bytes) {
+        if let Some(live) = &mut self.live {
+            debug_assert!(
+                stored.ends_with(&live.value),
+                "the stored form ends with the value"
+            );
+            live.value = stored.slice(stored.len() - live.value.len()..);
+        }
     }
 
     /// Decodes stored bytes. The value is a slice of `bytes`, not a copy, so reading a large

@@ -137,15 +137,15 @@ fn run(
 /// and returns each submission's outcomes with the highest sequence appended, if any.
 fn append(
     store: &Store,
-    batch: Vec<Pending>,
+    mut batch: Vec<Pending>,
     recent: &RecentLog,
 ) -> (Vec<(oneshot::Sender<Outcomes>, Outcomes)>, Option<u64>) {
     let mut results = {
-        let writers: Vec<&[Change]> = batch
-            .iter()
-            .flat_map(|pending| pending.writers.iter().map(Vec::as_slice))
+        let mut writers: Vec<&mut [Change]> = batch
+            .iter_mut()
+            .flat_map(|pending| pending.writers.iter_mut().map(Vec::as_mut_slice))
             .collect();
-        store.append_writers(&writers).into_iter()
+        store.append_writers(&mut writers).into_iter()
     };
     let mut entries = Vec::new();
     let mut done = Vec::with_capacity(batch.len());
@@ -201,7 +201,7 @@ mod tests {
     }
 
     fn with_namespace(store: Store) -> Arc<Store> {
-        store.append(&[Change::Namespace(ns(1))]).unwrap();
+        store.append(&mut [Change::Namespace(ns(1))]).unwrap();
         Arc::new(store)
     }
 
@@ -214,7 +214,7 @@ mod tests {
     /// The key each log sequence holds.
     fn logged_keys(store: &Store) -> HashMap<u64, String> {
         store
-            .log_entries(1, 100_000)
+            .log_entries(1, 100_000, usize::MAX)
             .unwrap()
             .into_iter()
             .filter_map(|entry| match entry.change {
@@ -260,7 +260,30 @@ mod tests {
         );
         // The first entry was appended before the batch.
         let held = recent.read(2, 100).expect("the committed entries are held");
-        assert_eq!(held, store.log_entries(2, 100).unwrap());
+        assert_eq!(held, store.log_entries(2, 100, usize::MAX).unwrap());
+    }
+
+    /// A value that arrived as a slice of a large buffer (a whole request's) is held for the
+    /// replication streams as a slice of its own log entry, which does not hold that buffer.
+    #[test]
+    fn held_entries_do_not_hold_the_buffer_their_values_came_in() {
+        let (store, _dir) = open(EngineKind::default());
+        let request = Bytes::from(vec![b'r'; 1 << 20]);
+        let mut change = put(1, "k", 10);
+        if let Change::Key { record, .. } = &mut change {
+            record.live.as_mut().unwrap().value = request.slice(1000..2000);
+        }
+        let (pending, _) = pending(vec![vec![change.clone()]]);
+        let recent = RecentLog::new(1 << 20);
+        append(&store, vec![pending], &recent);
+        let held = recent.read(2, 1).expect("held");
+        assert_eq!(held[0].change, change);
+        let Change::Key { record, .. } = &held[0].change else {
+            panic!("a key change");
+        };
+        let value = record.live.as_ref().unwrap().value.as_ptr_range();
+        let buffer = request.as_ptr_range();
+        assert!(value.end <= buffer.start || value.start >= buffer.end);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +315,7 @@ mod tests {
         }
         assert_eq!(*durable.borrow(), 401);
         let held = recent.read(2, 1000).expect("every committed entry is held");
-        assert_eq!(held, store.log_entries(2, 1000).unwrap());
+        assert_eq!(held, store.log_entries(2, 1000, usize::MAX).unwrap());
     }
 
     /// What happened, in order, to a store under the commit thread and to its writers.

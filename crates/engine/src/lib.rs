@@ -129,12 +129,21 @@ impl Engine {
     }
 
     /// Up to `max` consecutive log entries from sequence `from` on, read from the store
-    /// unless they are among the newest, which are kept in memory.
-    pub async fn log_entries(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, KvError> {
+    /// unless they are among the newest, which are kept in memory (and shared, not copied);
+    /// what is read from the store stops at about `max_bytes` (see [`Store::log_entries`]).
+    pub async fn log_entries(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, KvError> {
         if let Some(entries) = self.recent.read(from, max) {
             return Ok(entries);
         }
-        reads::blocking(&self.store, move |store| Ok(store.log_entries(from, max)?)).await
+        reads::blocking(&self.store, move |store| {
+            Ok(store.log_entries(from, max, max_bytes)?)
+        })
+        .await
     }
 
     fn stamp(&self) -> Version {
@@ -277,7 +286,7 @@ const VERSION_WINDOW: u64 = 4096;
 /// restart lost to an older one under last-write-wins.
 fn newest_version(store: &Store, last: u64) -> Result<u64, KvError> {
     let from = last.saturating_sub(VERSION_WINDOW - 1).max(1);
-    let entries = store.log_entries(from, VERSION_WINDOW as usize)?;
+    let entries = store.log_entries(from, VERSION_WINDOW as usize, usize::MAX)?;
     Ok(entries
         .iter()
         .filter_map(|entry| entry.change.timestamp())

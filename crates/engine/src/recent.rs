@@ -9,8 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::Bytes;
-use driftkv_core::{Change, LogEntry, Record};
+use driftkv_core::LogEntry;
 
 /// Bytes of changes central holds: at 100-byte values, some 180,000 entries, tens of seconds
 /// of the heaviest write load it takes.
@@ -44,11 +43,13 @@ impl RecentLog {
         }
     }
 
-    /// Adds `entries`, oldest first, dropping the oldest held beyond the bound. An entry that
+    /// Adds `entries`, oldest first, dropping the oldest held beyond the bound. Their values
+    /// must be in allocations of their own (as [`driftkv_store::Store::append_writers`] leaves
+    /// them), not slices of a larger buffer: holding one would hold that whole buffer, and the
+    /// bound in bytes would bound the values, not the memory they keep. An entry that
     /// does not follow on from the newest held (there is a gap) starts the run over, and one
     /// larger than the whole bound is not held, so what is held is always consecutive.
     pub(crate) fn push(&self, entries: Vec<LogEntry>) {
-        let entries: Vec<LogEntry> = entries.into_iter().map(detached).collect();
         let mut held = self.held.lock().expect("recent log lock");
         for entry in entries {
             let follows = held
@@ -85,25 +86,9 @@ impl RecentLog {
     }
 }
 
-/// The entry with its value in an allocation of its own. A value decoded from a request is a
-/// slice of the request's whole receive buffer, and holding it would hold that buffer: the
-/// bound in bytes would bound the values, not the memory they keep.
-fn detached(mut entry: LogEntry) -> LogEntry {
-    if let Change::Key {
-        record: Record {
-            live: Some(live), ..
-        },
-        ..
-    } = &mut entry.change
-    {
-        live.value = Bytes::copy_from_slice(&live.value);
-    }
-    entry
-}
-
 #[cfg(test)]
 mod tests {
-    use driftkv_core::NamespaceId;
+    use driftkv_core::{Change, NamespaceId};
 
     use super::*;
 

@@ -375,7 +375,7 @@ async fn writes_are_logged_in_order_and_published_once_durable() {
         .collect();
     assert_eq!(sequences, [2, 3]);
     assert_eq!(*durable.borrow(), 3);
-    let log = f.store.log_entries(1, 10).unwrap();
+    let log = f.store.log_entries(1, 10, usize::MAX).unwrap();
     assert_eq!(log.len(), 3);
     assert!(
         matches!(&log[2].change, Change::Key { key, record, .. } if key == "b" && record.live.is_none())
@@ -449,10 +449,10 @@ async fn a_restart_stamps_above_versions_trimmed_from_the_log() {
         record: Record::tombstone(version),
     };
     f.store
-        .append(&[change("a", late), change("b", early)])
+        .append(&mut [change("a", late), change("b", early)])
         .unwrap();
     assert_eq!(f.store.trim_log_by_age(u64::MAX).unwrap(), 2);
-    assert_eq!(f.store.log_entries(1, 10).unwrap().len(), 1);
+    assert_eq!(f.store.log_entries(1, 10, usize::MAX).unwrap().len(), 1);
     let again = reopen(&f.store, &f.clock, 0);
     let results = again
         .write_results("acct", ns.id, vec![put("c", "1", None, None)])

@@ -111,6 +111,9 @@ pub async fn write(
                 .map_err(|e| e.in_item(index, &key))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // The values are slices of the body: it goes once the node has them stored, not when the
+    // answer does.
+    drop(bytes);
     outcome_json(service.write(&path.account, path.id, writes).await?)
 }
 

@@ -16,6 +16,7 @@ use driftkv_core::{
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+pub mod codec;
 pub mod tls;
 pub mod trace;
 

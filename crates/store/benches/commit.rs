@@ -80,7 +80,7 @@ fn commit_on(c: &mut Criterion, engine: EngineKind) {
     group.bench_function("central append", |b| {
         b.iter_batched(
             batches(0),
-            |batch| central.append(&batch).expect("append"),
+            |mut batch| central.append(&mut batch).expect("append"),
             BatchSize::SmallInput,
         )
     });
@@ -89,8 +89,8 @@ fn commit_on(c: &mut Criterion, engine: EngineKind) {
     group.bench_function("central append + sync", |b| {
         b.iter_batched(
             batches(0),
-            |batch| {
-                durable.append(&batch).expect("append");
+            |mut batch| {
+                durable.append(&mut batch).expect("append");
                 durable.sync_blocking().expect("sync");
             },
             BatchSize::SmallInput,

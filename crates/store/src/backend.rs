@@ -72,11 +72,13 @@ impl Tree {
 /// One change of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Store `value` under `key`, replacing what is there.
+    /// Store `value` under `key`, replacing what is there. The value is shared, not owned:
+    /// a key's record is the tail of its log entry's bytes (see [`driftkv_core::Change::encode`]),
+    /// and an engine that takes `Bytes` as they are holds one copy of a value for both.
     Put {
         tree: Tree,
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Bytes,
     },
     /// Remove `key` (nothing happens if it is absent).
     Remove { tree: Tree, key: Vec<u8> },
@@ -95,8 +97,12 @@ impl Batch {
     }
 
     /// Adds a put.
-    pub fn put(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push(Op::Put { tree, key, value });
+    pub fn put(&mut self, tree: Tree, key: Vec<u8>, value: impl Into<Bytes>) {
+        self.ops.push(Op::Put {
+            tree,
+            key,
+            value: value.into(),
+        });
     }
 
     /// Adds a removal.

@@ -11,6 +11,8 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use driftkv_core::time::hlc_to_unix_ms;
 use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView, Version};
 
@@ -50,17 +52,20 @@ fn is_key(change: &Change) -> bool {
 }
 
 impl Store {
-    /// Stages `record` for `key` if its version is newer than the stored (or staged) one;
-    /// returns whether it was. A tombstone is indexed under `sequence`, the log sequence of
-    /// its change ([`PENDING_SEQUENCE`] when not known yet), for garbage collection.
+    /// Stages `record` for `key` if its version is newer than the stored (or staged) one,
+    /// stored as the bytes `stored` gives (its encoding, or a slice of its log entry's);
+    /// returns those bytes if it was. A tombstone is indexed under `sequence`, the log
+    /// sequence of its change ([`PENDING_SEQUENCE`] when not known yet), for garbage
+    /// collection.
     fn stage_record(
         &self,
         staging: &mut Staging,
         namespace: NamespaceId,
         key: &str,
         record: &Record,
+        stored: impl FnOnce() -> Bytes,
         sequence: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Bytes>, StoreError> {
         let stored_key = record_key(namespace, key.as_bytes());
         let current = match staging.versions.get(&stored_key) {
             Some(version) => Some(*version),
@@ -70,7 +75,7 @@ impl Store {
             },
         };
         if current.is_some_and(|current| current >= record.version) {
-            return Ok(false);
+            return Ok(None);
         }
         if let Some(expiration) = record.live.as_ref().and_then(|live| live.expiration) {
             staging.batch.put(
@@ -86,11 +91,12 @@ impl Store {
                 tombstone_value(hlc_to_unix_ms(record.version.timestamp), record.version),
             );
         }
+        let stored = stored();
         staging
             .batch
-            .put(Tree::Records, stored_key.clone(), record.encode());
+            .put(Tree::Records, stored_key.clone(), stored.clone());
         staging.versions.insert(stored_key, record.version);
-        Ok(true)
+        Ok(Some(stored))
     }
 
     /// Applies a namespace change logged at `sequence` ([`PENDING_SEQUENCE`] when not known),
@@ -270,7 +276,8 @@ impl Store {
         namespace: NamespaceId,
         records: &[(String, Record)],
     ) -> Result<Vec<bool>, StoreError> {
-        self.apply_at(namespace, records, |_| PENDING_SEQUENCE)
+        let stored = self.apply_at(namespace, records, |_| PENDING_SEQUENCE)?;
+        Ok(stored.iter().map(Option::is_some).collect())
     }
 
     /// [`Store::apply`] of records whose log sequences are known (`sequences`, one per
@@ -284,15 +291,17 @@ impl Store {
         if sequences.len() != records.len() {
             return Err(corrupt("a sequence is needed for every record"));
         }
-        self.apply_at(namespace, records, |i| sequences[i])
+        let stored = self.apply_at(namespace, records, |i| sequences[i])?;
+        Ok(stored.iter().map(Option::is_some).collect())
     }
 
+    /// Applies records last-write-wins; returns the stored bytes of each one applied.
     fn apply_at(
         &self,
         namespace: NamespaceId,
         records: &[(String, Record)],
         sequence: impl Fn(usize) -> u64,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         if !self.has_namespace(namespace) {
             return Err(StoreError::NoSuchNamespace(namespace));
@@ -302,7 +311,8 @@ impl Store {
             .iter()
             .enumerate()
             .map(|(i, (key, record))| {
-                self.stage_record(&mut staging, namespace, key, record, sequence(i))
+                let stored = || Bytes::from(record.encode());
+                self.stage_record(&mut staging, namespace, key, record, stored, sequence(i))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if !staging.batch.is_empty() {
@@ -312,8 +322,8 @@ impl Store {
     }
 
     /// The write region's commit of one writer: see [`Store::append_writers`].
-    pub fn append(&self, changes: &[Change]) -> Result<u64, StoreError> {
-        self.append_writers(&[changes])
+    pub fn append(&self, changes: &mut [Change]) -> Result<u64, StoreError> {
+        self.append_writers(&mut [changes])
             .pop()
             .expect("one result per writer")
     }
@@ -325,7 +335,12 @@ impl Store {
     /// (the point of merging writers); a writer's namespace changes are committed one by one,
     /// in order. A writer with a key change to a namespace that does not exist is refused
     /// whole and takes no sequence. Sequences have no gaps.
-    pub fn append_writers(&self, writers: &[&[Change]]) -> Vec<Result<u64, StoreError>> {
+    ///
+    /// The value of each key change staged is then a slice of its log entry's stored bytes:
+    /// what the caller keeps of the changes (central hands them to its replication streams)
+    /// holds that allocation of the value's own, not the buffer the value arrived in (a whole
+    /// request's).
+    pub fn append_writers(&self, writers: &mut [&mut [Change]]) -> Vec<Result<u64, StoreError>> {
         let _writer = self.writer.lock().expect("writer lock");
         let mut last = self.last_sequence.load(Ordering::SeqCst);
         let mut results = Vec::with_capacity(writers.len());
@@ -333,7 +348,7 @@ impl Store {
             base: last,
             ..Run::default()
         };
-        for changes in writers {
+        for changes in writers.iter_mut() {
             if changes.iter().all(is_key) {
                 let missing = changes.iter().find_map(|change| match change {
                     Change::Key { namespace, .. } if !self.has_namespace(*namespace) => {
@@ -384,26 +399,29 @@ impl Store {
         results
     }
 
-    /// Stages key changes with their log entries under the sequences after `last`.
+    /// Stages key changes with their log entries under the sequences after `last`, each
+    /// value then a slice of its entry's bytes.
     fn stage_logged(
         &self,
         staging: &mut Staging,
-        changes: &[Change],
+        changes: &mut [Change],
         last: &mut u64,
     ) -> Result<(), StoreError> {
         for change in changes {
+            let logged = Bytes::from(change.encode());
             if let Change::Key {
                 namespace,
                 key,
                 record,
             } = change
             {
-                self.stage_record(staging, *namespace, key, record, *last + 1)?;
+                // The record is the tail of its log entry: stored once for both trees.
+                let stored = || logged.slice(logged.len() - record.encoded_len()..);
+                self.stage_record(staging, *namespace, key, record, stored, *last + 1)?;
+                record.share_stored_value(&logged);
             }
             *last += 1;
-            staging
-                .batch
-                .put(Tree::Log, sequence_bytes(*last), change.encode());
+            staging.batch.put(Tree::Log, sequence_bytes(*last), logged);
         }
         Ok(())
     }
@@ -463,7 +481,15 @@ impl Store {
                     record,
                 } => {
                     if self.has_namespace(*namespace) {
-                        self.stage_record(&mut staging, *namespace, key, record, entry.sequence)?;
+                        let stored = || Bytes::from(record.encode());
+                        self.stage_record(
+                            &mut staging,
+                            *namespace,
+                            key,
+                            record,
+                            stored,
+                            entry.sequence,
+                        )?;
                     }
                 }
                 change => {

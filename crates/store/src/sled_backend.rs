@@ -230,7 +230,10 @@ impl Backend for SledBackend {
         let mut sled_batch = sled::Batch::default();
         for op in batch.into_ops() {
             match op {
-                Op::Put { tree, key, value } => sled_batch.insert(prefixed(tree, &key), value),
+                // sled keeps values in its own buffers: a copy.
+                Op::Put { tree, key, value } => {
+                    sled_batch.insert(prefixed(tree, &key), value.as_ref())
+                }
                 Op::Remove { tree, key } => sled_batch.remove(prefixed(tree, &key)),
             }
         }

@@ -249,20 +249,33 @@ impl Store {
         Ok(LogBounds { oldest, last })
     }
 
-    /// Up to `max` log entries from sequence `from` on, in order.
-    pub fn log_entries(&self, from: u64, max: usize) -> Result<Vec<LogEntry>, StoreError> {
+    /// Up to `max` log entries from sequence `from` on, in order, ending with the one that
+    /// brings their size ([`Change::size`]) to `max_bytes` or more: a reader of the log holds
+    /// about that much, whatever the size of the entries.
+    pub fn log_entries(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         let start = sequence_bytes(from);
         let mut entries = Vec::new();
+        let mut bytes = 0;
         for entry in self
             .backend
             .range(Tree::Log, Bound::Included(&start), Bound::Unbounded)
             .take(max)
         {
             let (k, v) = entry?;
+            let change = Change::decode(&v).map_err(corrupt)?;
+            bytes += change.size();
             entries.push(LogEntry {
                 sequence: read_sequence(Some(&k))?,
-                change: Change::decode(&v).map_err(corrupt)?,
+                change,
             });
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(entries)
     }

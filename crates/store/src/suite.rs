@@ -483,25 +483,25 @@ pub async fn appends_are_numbered_without_gaps(store: &Store) {
         LogBounds { oldest: 1, last: 0 }
     );
     let id = NamespaceId([4; 16]);
-    assert_eq!(store.append(&[Change::Namespace(ns(4))]).unwrap(), 1);
-    let batch = [
+    assert_eq!(store.append(&mut [Change::Namespace(ns(4))]).unwrap(), 1);
+    let mut batch = [
         key_change(id, "a", live(2, "a", None)),
         key_change(id, "b", live(3, "b", Some(4_000_000_000))),
     ];
-    assert_eq!(store.append(&batch).unwrap(), 3);
+    assert_eq!(store.append(&mut batch).unwrap(), 3);
     assert_eq!(
         store.get(id, "b").unwrap(),
         Some(live(3, "b", Some(4_000_000_000)))
     );
     // A write to a missing namespace fails and takes no sequence.
-    let missing = [key_change(NamespaceId([9; 16]), "x", live(4, "x", None))];
+    let mut missing = [key_change(NamespaceId([9; 16]), "x", live(4, "x", None))];
     assert!(matches!(
-        store.append(&missing),
+        store.append(&mut missing),
         Err(StoreError::NoSuchNamespace(_))
     ));
-    assert_eq!(store.append(&[deleted(id)]).unwrap(), 4);
+    assert_eq!(store.append(&mut [deleted(id)]).unwrap(), 4);
     assert_eq!(store.namespace(id).unwrap(), None);
-    let entries = store.log_entries(1, 100).unwrap();
+    let entries = store.log_entries(1, 100, usize::MAX).unwrap();
     let expected: Vec<LogEntry> = [Change::Namespace(ns(4))]
         .into_iter()
         .chain(batch)
@@ -513,7 +513,10 @@ pub async fn appends_are_numbered_without_gaps(store: &Store) {
         })
         .collect();
     assert_eq!(entries, expected);
-    assert_eq!(store.log_entries(3, 1).unwrap(), expected[2..3]);
+    assert_eq!(store.log_entries(3, 1, usize::MAX).unwrap(), expected[2..3]);
+    // A read stops at the entry that brings it to its size in bytes.
+    let two = expected[1].change.size() + 1;
+    assert_eq!(store.log_entries(2, 100, two).unwrap(), expected[1..3]);
     assert_eq!(
         store.log_bounds().unwrap(),
         LogBounds { oldest: 1, last: 4 }
@@ -524,10 +527,10 @@ pub async fn appends_are_numbered_without_gaps(store: &Store) {
 /// Trimming drops old entries; numbering continues after the last sequence.
 pub async fn the_log_can_be_trimmed(store: &Store) {
     let id = NamespaceId([5; 16]);
-    store.append(&[Change::Namespace(ns(5))]).unwrap();
+    store.append(&mut [Change::Namespace(ns(5))]).unwrap();
     for i in 0..5 {
         store
-            .append(&[key_change(id, "k", live(10 + i, "v", None))])
+            .append(&mut [key_change(id, "k", live(10 + i, "v", None))])
             .unwrap();
     }
     assert_eq!(store.trim_log(4).unwrap(), 3);
@@ -543,11 +546,11 @@ pub async fn the_log_can_be_trimmed(store: &Store) {
     );
     assert_eq!(
         store
-            .append(&[key_change(id, "k", live(20, "v", None))])
+            .append(&mut [key_change(id, "k", live(20, "v", None))])
             .unwrap(),
         7
     );
-    assert_eq!(store.log_entries(1, 10).unwrap().len(), 2);
+    assert_eq!(store.log_entries(1, 10, usize::MAX).unwrap().len(), 2);
     // Scans of the head start where the last trim or bounds left off: still exact.
     assert_eq!(store.trim_log(7).unwrap(), 1);
     assert_eq!(
@@ -629,21 +632,22 @@ pub async fn snapshot_records_include_tombstones(store: &Store) {
 /// namespace is refused whole and takes no sequence; the others are numbered without gaps.
 pub async fn merged_appends_fail_writer_by_writer(store: &Store) {
     let id = NamespaceId([4; 16]);
-    let create = [Change::Namespace(ns(4))];
-    let a = [
+    let mut create = [Change::Namespace(ns(4))];
+    let mut a = [
         key_change(id, "a1", live(2, "a", None)),
         key_change(id, "a2", live(3, "a", None)),
     ];
-    let missing = [
+    let mut missing = [
         key_change(id, "m1", live(4, "m", None)),
         key_change(NamespaceId([9; 16]), "m2", live(4, "m", None)),
     ];
-    let b = [key_change(id, "b", live(5, "b", Some(4_000_000_000)))];
-    let mixed = [
+    let mut b = [key_change(id, "b", live(5, "b", Some(4_000_000_000)))];
+    let mut mixed = [
         key_change(id, "x", live(6, "x", None)),
         Change::Namespace(ns(5)),
     ];
-    let results = store.append_writers(&[&create, &a, &missing, &b, &mixed]);
+    let results =
+        store.append_writers(&mut [&mut create, &mut a, &mut missing, &mut b, &mut mixed]);
     assert_eq!(results[0].clone().unwrap(), 1);
     assert_eq!(results[1].clone().unwrap(), 3);
     assert!(matches!(results[2], Err(StoreError::NoSuchNamespace(_))));
@@ -656,7 +660,7 @@ pub async fn merged_appends_fail_writer_by_writer(store: &Store) {
     );
     assert_eq!(store.get(id, "x").unwrap(), None);
     let keys: Vec<(u64, String)> = store
-        .log_entries(1, 100)
+        .log_entries(1, 100, usize::MAX)
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.change {
@@ -716,12 +720,12 @@ pub async fn data_survives_reopening(open: Opener) {
     let id = NamespaceId([1; 16]);
     {
         let store = open(dir.path());
-        store.append(&[Change::Namespace(ns(1))]).unwrap();
+        store.append(&mut [Change::Namespace(ns(1))]).unwrap();
         store
             .apply(id, &[("k".into(), live(5, "v", Some(9)))])
             .unwrap();
         store
-            .append(&[key_change(id, "l", live(6, "w", None))])
+            .append(&mut [key_change(id, "l", live(6, "w", None))])
             .unwrap();
         store.set_applied_sequence(12).unwrap();
         store.sync().await.unwrap();
@@ -738,7 +742,7 @@ pub async fn data_survives_reopening(open: Opener) {
     assert_eq!(store.due_expirations(10_000, 10).unwrap().len(), 1);
     assert_eq!(
         store
-            .append(&[key_change(id, "m", live(7, "x", None))])
+            .append(&mut [key_change(id, "m", live(7, "x", None))])
             .unwrap(),
         3
     );
@@ -878,19 +882,19 @@ fn live_at(secs: u64, value: &str) -> Record {
 /// period; live records, and tombstones overwritten or made again by a later delete, stay.
 pub async fn tombstones_are_purged_at_the_horizon_after_their_grace(store: &Store) {
     let id = NamespaceId([4; 16]);
-    store.append(&[Change::Namespace(ns(4))]).unwrap();
-    let puts = ["a", "b", "c"].map(|k| key_change(id, k, live_at(100, k)));
-    assert_eq!(store.append(&puts).unwrap(), 4);
-    let deletes = ["a", "b"].map(|k| key_change(id, k, Record::tombstone(at(200))));
-    assert_eq!(store.append(&deletes).unwrap(), 6);
+    store.append(&mut [Change::Namespace(ns(4))]).unwrap();
+    let mut puts = ["a", "b", "c"].map(|k| key_change(id, k, live_at(100, k)));
+    assert_eq!(store.append(&mut puts).unwrap(), 4);
+    let mut deletes = ["a", "b"].map(|k| key_change(id, k, Record::tombstone(at(200))));
+    assert_eq!(store.append(&mut deletes).unwrap(), 6);
     assert_eq!(
         store
-            .append(&[key_change(id, "b", live_at(300, "b2"))])
+            .append(&mut [key_change(id, "b", live_at(300, "b2"))])
             .unwrap(),
         7
     );
     let delete_c = key_change(id, "c", Record::tombstone(at(400)));
-    assert_eq!(store.append(&[delete_c]).unwrap(), 8);
+    assert_eq!(store.append(&mut [delete_c]).unwrap(), 8);
     // Above the horizon, or within the grace period: nothing goes.
     assert_eq!(store.purge_tombstones(4, u64::MAX).unwrap(), 0);
     assert_eq!(store.purge_tombstones(8, 199_999).unwrap(), 0);
@@ -917,7 +921,7 @@ pub async fn tombstones_are_purged_at_the_horizon_after_their_grace(store: &Stor
         (700, Record::tombstone(at(700))),
     ] {
         assert!(secs > 0);
-        store.append(&[key_change(id, "d", record)]).unwrap();
+        store.append(&mut [key_change(id, "d", record)]).unwrap();
     }
     assert_eq!(store.purge_tombstones(10, u64::MAX).unwrap(), 0);
     assert_eq!(
@@ -933,12 +937,12 @@ pub async fn tombstones_are_purged_at_the_horizon_after_their_grace(store: &Stor
 /// and from this node's position in the log when it expired.
 pub async fn expired_records_are_purged_like_deleted_ones(store: &Store) {
     let id = NamespaceId([4; 16]);
-    store.append(&[Change::Namespace(ns(4))]).unwrap();
+    store.append(&mut [Change::Namespace(ns(4))]).unwrap();
     store
-        .append(&[key_change(id, "e", live(2, "e", Some(50)))])
+        .append(&mut [key_change(id, "e", live(2, "e", Some(50)))])
         .unwrap();
     store
-        .append(&[key_change(id, "f", live(3, "f", None))])
+        .append(&mut [key_change(id, "f", live(3, "f", None))])
         .unwrap();
     let due = store.due_expirations(60_000, 10).unwrap();
     assert_eq!(due.len(), 1);
@@ -1080,7 +1084,7 @@ pub fn gc_never_resurrects(
     let (central_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (central, replica) = (open(central_dir.path()), open(replica_dir.path()));
     let id = NamespaceId([1; 16]);
-    central.append(&[Change::Namespace(ns(1))]).unwrap();
+    central.append(&mut [Change::Namespace(ns(1))]).unwrap();
     for (i, (key, delete)) in run.writes.iter().enumerate() {
         let record = if *delete {
             Record::tombstone(version(i as u64 + 2))
@@ -1088,10 +1092,10 @@ pub fn gc_never_resurrects(
             live(i as u64 + 2, &format!("{i}"), None)
         };
         central
-            .append(&[key_change(id, &format!("k{key}"), record)])
+            .append(&mut [key_change(id, &format!("k{key}"), record)])
             .unwrap();
     }
-    let log = central.log_entries(1, 100).unwrap();
+    let log = central.log_entries(1, 100, usize::MAX).unwrap();
     let mut next = 0;
     for (step, pick) in &run.steps {
         let applied = replica.applied_sequence().unwrap();
@@ -1213,12 +1217,12 @@ pub async fn namespace_tombstones_survive_reopening(open: Opener) {
     let id = NamespaceId([3; 16]);
     {
         let store = open(dir.path());
-        store.append(&[Change::Namespace(ns(3))]).unwrap();
+        store.append(&mut [Change::Namespace(ns(3))]).unwrap();
         let deletion = Change::NamespaceDeleted {
             id,
             version: at(10),
         };
-        assert_eq!(store.append(&[deletion]).unwrap(), 2);
+        assert_eq!(store.append(&mut [deletion]).unwrap(), 2);
         store.sync().await.unwrap();
     }
     let store = open(dir.path());
@@ -1242,10 +1246,10 @@ pub async fn trimming_by_age_keeps_the_newest_entry_and_version(open: Opener) {
     let id = NamespaceId([5; 16]);
     {
         let store = open(dir.path());
-        store.append(&[Change::Namespace(ns(5))]).unwrap();
+        store.append(&mut [Change::Namespace(ns(5))]).unwrap();
         for secs in [100, 300, 200, 400] {
             store
-                .append(&[key_change(id, "k", live_at(secs, "v"))])
+                .append(&mut [key_change(id, "k", live_at(secs, "v"))])
                 .unwrap();
         }
         assert_eq!(store.trimmed_version(), 0);
@@ -1265,5 +1269,5 @@ pub async fn trimming_by_age_keeps_the_newest_entry_and_version(open: Opener) {
     }
     let store = open(dir.path());
     assert_eq!(store.trimmed_version(), at(300).timestamp);
-    assert_eq!(store.log_entries(1, 10).unwrap().len(), 1);
+    assert_eq!(store.log_entries(1, 10, usize::MAX).unwrap().len(), 1);
 }
