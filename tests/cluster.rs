@@ -720,6 +720,15 @@ fn member<'a>(view: &'a Value, node_id: &str) -> Option<&'a Value> {
         .find(|m| m["node_id"] == node_id)
 }
 
+/// Central's operator HTTP address, as the `/cluster` of the node at `base` lists it.
+async fn central_http(http: &reqwest::Client, base: &str) -> String {
+    let view = common::cluster_view(http, base).await;
+    member(&view, "1").expect("central in /cluster")["http"]
+        .as_str()
+        .expect("central's HTTP address")
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn edges_find_central_through_gossip_and_cluster_shows_lag() {
     let mut cluster = Cluster::start(1).await;
@@ -940,11 +949,7 @@ async fn tombstones_go_everywhere_once_every_edge_is_past_them_and_nothing_comes
     )
     .await;
     // Central's operator endpoints (its process announces its gRPC address).
-    let view = common::cluster_view(&http, &cluster.edges[0].base).await;
-    let central = member(&view, "1").expect("central in /cluster")["http"]
-        .as_str()
-        .expect("central's HTTP address")
-        .to_owned();
+    let central = central_http(&http, &cluster.edges[0].base).await;
     let edge_bases: Vec<String> = cluster.edges.iter().map(|e| e.base.clone()).collect();
 
     // Every edge applied the deletion: its tombstone goes everywhere.
@@ -1099,11 +1104,7 @@ async fn a_namespace_deleted_while_an_edge_was_paused_is_gone_there_for_good() {
         || async { (namespace_at(1).await.ok()?.status() == 404).then_some(()) },
     )
     .await;
-    let view = common::cluster_view(&http, &cluster.edges[0].base).await;
-    let central = member(&view, "1").expect("central in /cluster")["http"]
-        .as_str()
-        .expect("central's HTTP address")
-        .to_owned();
+    let central = central_http(&http, &cluster.edges[0].base).await;
     let namespaces_purged = |base: String| {
         let http = http.clone();
         async move {

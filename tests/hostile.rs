@@ -131,14 +131,7 @@ async fn tokens_are_scoped_to_accounts_and_permissions_and_reloaded() {
         .json()
         .await
         .unwrap();
-    let binding = view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|m| m["workerd"].as_str())
-        .expect("the dev edge serves the binding")
-        .trim_start_matches("http://")
-        .to_owned();
+    let binding = common::binding_address(&view);
     let call = |method: &'static str, token: &str| {
         let (binding, ns, token) = (binding.clone(), ns.clone(), token.to_owned());
         tokio::task::spawn_blocking(move || {
@@ -314,22 +307,8 @@ async fn a_tokenless_binding_answers_only_its_own_host() {
     let server = Server::start();
     let http = client();
     let ns = common::create_namespace(&http, &server, "binding-host").await;
-    let view: serde_json::Value = http
-        .get(format!("{}/cluster", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let binding = view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|m| m["workerd"].as_str())
-        .expect("the dev edge serves the binding")
-        .trim_start_matches("http://")
-        .to_owned();
+    let view = common::cluster_view(&http, &server.base).await;
+    let binding = common::binding_address(&view);
     let put = |target: &str, host: &str| {
         let (binding, ns) = (binding.clone(), ns.clone());
         let request = format!(
@@ -382,6 +361,22 @@ where
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// The length of a bulk get of `key` as text, read as it streams (never held whole here).
+async fn streamed_text_length(http: &reqwest::Client, ns: &str, key: &str) -> u64 {
+    let mut response = http
+        .post(format!("{ns}/bulk/get"))
+        .json(&json!({"keys": [key], "type": "text"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut length = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        length += chunk.len() as u64;
+    }
+    length
+}
 
 /// No request makes the node hold much more than its body or its answer: a bulk write whose
 /// metadata is a 20 MB JSON array (refused before any of it is built), a bulk get of a 25 MiB
@@ -437,23 +432,7 @@ async fn hostile_bodies_and_answers_stay_within_three_times_their_size() {
 
     let control = vec![1u8; 25 * MIB as usize];
     send_ok(http.put(format!("{ns}/values/control")).body(control)).await;
-    let ([grew], answer) = peak_growth([pid], || async {
-        let response = http
-            .post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": ["control"], "type": "text"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        // Read as it streams, never held whole here either.
-        let mut length = 0u64;
-        let mut response = response;
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            length += chunk.len() as u64;
-        }
-        length
-    })
-    .await;
+    let ([grew], answer) = peak_growth([pid], || streamed_text_length(&http, &ns, "control")).await;
     assert!(answer > 6 * 25 * MIB, "{answer} bytes of escapes");
     assert!(
         grew <= 3 * 25 * MIB,
@@ -468,22 +447,7 @@ async fn hostile_bodies_and_answers_stay_within_three_times_their_size() {
             .body(invalid.clone()),
     )
     .await;
-    let ([grew], answer) = peak_growth([pid], || async {
-        let response = http
-            .post(format!("{ns}/bulk/get"))
-            .json(&json!({"keys": ["invalid"], "type": "text"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let mut length = 0u64;
-        let mut response = response;
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            length += chunk.len() as u64;
-        }
-        length
-    })
-    .await;
+    let ([grew], answer) = peak_growth([pid], || streamed_text_length(&http, &ns, "invalid")).await;
     assert!(
         answer > 3 * 8 * MIB,
         "{answer} bytes of replacement characters"

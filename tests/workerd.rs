@@ -1260,14 +1260,7 @@ async fn tokens_guard_the_binding() {
         .json()
         .await
         .unwrap();
-    let addr = view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|m| m["workerd"].as_str())
-        .expect("the edge's binding in /cluster")
-        .trim_start_matches("http://")
-        .to_owned();
+    let addr = common::binding_address(&view);
 
     let anonymous = Binding::new(&addr, &ns);
     let mut wrong = anonymous.clone();

@@ -409,6 +409,19 @@ pub async fn cluster_view(http: &reqwest::Client, base: &str) -> Value {
         .expect("/cluster is JSON")
 }
 
+/// The `host:port` of the workerd binding the first member of a `/cluster` view that serves
+/// one listens on.
+pub fn binding_address(view: &Value) -> String {
+    view["members"]
+        .as_array()
+        .expect("/cluster lists its members")
+        .iter()
+        .find_map(|m| m["workerd"].as_str())
+        .expect("an edge serves the workerd binding")
+        .trim_start_matches("http://")
+        .to_owned()
+}
+
 /// `.../accounts/{ACCOUNT}/storage/kv/namespaces` at an edge's base URL.
 pub fn api_at(base: &str) -> String {
     format!("{base}/client/v4/accounts/{ACCOUNT}/storage/kv/namespaces")

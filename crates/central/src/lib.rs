@@ -728,27 +728,8 @@ pub fn spawn_gc(
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let node = central.engine.node_id().to_string();
-    let purged = GC_PURGED.with_label_values(&[&node, "tombstone"]);
-    let purged_namespaces = GC_PURGED.with_label_values(&[&node, "namespace"]);
-    let central = Arc::downgrade(central);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(central) = central.upgrade() else {
-                return;
-            };
-            match central.collect_garbage(wall.now_ms(), grace).await {
-                Ok(done) => {
-                    purged.inc_by(done.tombstones as u64);
-                    purged_namespaces.inc_by(done.namespaces as u64);
-                    if done != Purged::default() {
-                        tracing::debug!(?done, "purged tombstones");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-            }
-        }
+    driftkv_store::spawn_gc_rounds(Arc::downgrade(central), &node, every, move |central| {
+        let now_ms = wall.now_ms();
+        async move { central.collect_garbage(now_ms, grace).await }
     })
 }

@@ -102,26 +102,8 @@ fn heartbeat(edge: &Edge, durable: u64) {
 /// (see `docs/gc.md`). Stops once the edge is dropped.
 pub fn spawn_gc(edge: &Arc<Edge>, every: Duration) -> tokio::task::JoinHandle<()> {
     let node = edge.options.node_id.to_string();
-    let purged = driftkv_metrics::GC_PURGED.with_label_values(&[&node, "tombstone"]);
-    let purged_namespaces = driftkv_metrics::GC_PURGED.with_label_values(&[&node, "namespace"]);
-    let edge = Arc::downgrade(edge);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(edge) = edge.upgrade() else { return };
-            match collect_garbage(&edge).await {
-                Ok(done) => {
-                    purged.inc_by(done.tombstones as u64);
-                    purged_namespaces.inc_by(done.namespaces as u64);
-                    if done != Purged::default() {
-                        tracing::debug!(?done, "purged tombstones");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-            }
-        }
+    driftkv_store::spawn_gc_rounds(Arc::downgrade(edge), &node, every, |edge| async move {
+        collect_garbage(&edge).await
     })
 }
 
@@ -196,7 +178,7 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
     // Per namespace of the snapshot, the last key installed (records come in key order).
     let mut installed: HashMap<NamespaceId, Option<String>> = HashMap::new();
     // Keys of this edge's own writes that central logged after the snapshot began.
-    let mut written_here: HashMap<NamespaceId, HashSet<String>> = HashMap::new();
+    let mut written_here: Arc<HashMap<NamespaceId, HashSet<String>>> = Arc::default();
     loop {
         let chunk = tokio::time::timeout(SNAPSHOT_SILENCE, stream.next())
             .await
@@ -207,7 +189,7 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             // Central sends the sequence the snapshot covers with its first chunk (one that
             // does not, from before it did, keeps the install removing them).
             if chunk.sequence > 0 {
-                written_here = edge.written_here_after(chunk.sequence);
+                written_here = Arc::new(edge.written_here_after(chunk.sequence));
             }
             let namespaces = chunk.namespaces;
             installed = namespaces.iter().map(|ns| (ns.id, None)).collect();
@@ -245,12 +227,11 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
             groups.extend(installed.drain().map(|(id, after)| (id, after, Vec::new())));
         }
         let complete = chunk.complete;
-        let keep: Vec<HashSet<String>> = groups
-            .iter()
-            .map(|(id, ..)| written_here.get(id).cloned().unwrap_or_default())
-            .collect();
+        let written_here = written_here.clone();
         blocking(&edge.store, move |store| {
-            for ((id, after, batch), keep) in groups.iter().zip(&keep) {
+            let none = HashSet::new();
+            for (id, after, batch) in &groups {
+                let keep = written_here.get(id).unwrap_or(&none);
                 let last = complete && batch.is_empty();
                 match store.install_snapshot_run(*id, after.as_deref(), batch, last, keep) {
                     // Deleted since: its deletion follows in the log.

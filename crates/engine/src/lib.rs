@@ -19,7 +19,7 @@ mod rate_limit;
 mod recent;
 
 use std::num::NonZeroU64;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -443,14 +443,10 @@ pub fn spawn_maintenance(
     what: &'static str,
     work: impl Fn(&Store) -> Result<usize, KvError> + Clone + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let store: Weak<Store> = Arc::downgrade(store);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(store) = store.upgrade() else { return };
-            match reads::blocking(&store, work.clone()).await {
+    driftkv_store::spawn_every(Arc::downgrade(store), every, move |store| {
+        let work = work.clone();
+        async move {
+            match reads::blocking(&store, work).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(records = n, "{what}"),
                 Err(e) => tracing::warn!(error = %e, "{what} failed"),

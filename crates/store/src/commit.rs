@@ -276,8 +276,7 @@ impl Store {
         namespace: NamespaceId,
         records: &[(String, Record)],
     ) -> Result<Vec<bool>, StoreError> {
-        let stored = self.apply_at(namespace, records, |_| PENDING_SEQUENCE)?;
-        Ok(stored.iter().map(Option::is_some).collect())
+        self.apply_at(namespace, records, |_| PENDING_SEQUENCE)
     }
 
     /// [`Store::apply`] of records whose log sequences are known (`sequences`, one per
@@ -291,17 +290,16 @@ impl Store {
         if sequences.len() != records.len() {
             return Err(corrupt("a sequence is needed for every record"));
         }
-        let stored = self.apply_at(namespace, records, |i| sequences[i])?;
-        Ok(stored.iter().map(Option::is_some).collect())
+        self.apply_at(namespace, records, |i| sequences[i])
     }
 
-    /// Applies records last-write-wins; returns the stored bytes of each one applied.
+    /// Applies records last-write-wins; returns, per record, whether it was applied.
     fn apply_at(
         &self,
         namespace: NamespaceId,
         records: &[(String, Record)],
         sequence: impl Fn(usize) -> u64,
-    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let _writer = self.writer.lock().expect("writer lock");
         if !self.has_namespace(namespace) {
             return Err(StoreError::NoSuchNamespace(namespace));
@@ -312,7 +310,9 @@ impl Store {
             .enumerate()
             .map(|(i, (key, record))| {
                 let stored = || Bytes::from(record.encode());
-                self.stage_record(&mut staging, namespace, key, record, stored, sequence(i))
+                let staged =
+                    self.stage_record(&mut staging, namespace, key, record, stored, sequence(i));
+                staged.map(|stored| stored.is_some())
             })
             .collect::<Result<Vec<_>, _>>()?;
         if !staging.batch.is_empty() {

@@ -10,10 +10,13 @@
 //! it, and central sends a replica below it to a snapshot.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use driftkv_core::{NamespaceId, Record, RecordView};
+use driftkv_core::{KvError, NamespaceId, Record, RecordView};
 
 use crate::backend::{Batch, Tree};
 use crate::commit::REMOVAL_CHUNK;
@@ -304,6 +307,76 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+}
+
+/// Runs `round` every `every` (the first at once, a late one delaying the next) on `owner`,
+/// which the task holds weakly: it stops by itself once `owner` has been dropped. A node's
+/// periodic maintenance (garbage collection, expiry sweeps, log trimming) runs on it.
+pub fn spawn_every<T, F, Fut>(
+    owner: Weak<T>,
+    every: Duration,
+    round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(owner) = owner.upgrade() else { return };
+            round(owner).await;
+        }
+    })
+}
+
+/// Runs `round` (one round of a node's garbage collection) every `every` until `owner` is
+/// dropped, counting what each round purged in
+/// `driftkv_gc_purged_total{kind="tombstone"|"namespace"}` under the node label `node`.
+/// Central and an edge differ only in their round.
+pub fn spawn_gc_rounds<T, F, Fut>(
+    owner: Weak<T>,
+    node: &str,
+    every: Duration,
+    round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Purged, KvError>> + Send,
+{
+    let counted = Arc::new(PurgeCounters {
+        tombstones: driftkv_metrics::GC_PURGED.with_label_values(&[node, "tombstone"]),
+        namespaces: driftkv_metrics::GC_PURGED.with_label_values(&[node, "namespace"]),
+    });
+    spawn_every(owner, every, move |owner| {
+        let (done, counted) = (round(owner), counted.clone());
+        async move { counted.record(done.await) }
+    })
+}
+
+/// `driftkv_gc_purged_total` of one node, by kind.
+struct PurgeCounters {
+    tombstones: driftkv_metrics::prometheus::IntCounter,
+    namespaces: driftkv_metrics::prometheus::IntCounter,
+}
+
+impl PurgeCounters {
+    fn record(&self, round: Result<Purged, KvError>) {
+        match round {
+            Ok(done) => {
+                self.tombstones.inc_by(done.tombstones as u64);
+                self.namespaces.inc_by(done.namespaces as u64);
+                if done != Purged::default() {
+                    tracing::debug!(?done, "purged tombstones");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use driftkv_core::{KeyInfo, KvError, NamespaceId};
 
 pub use backend::{Backend, BackendError};
 pub use fjall_backend::FjallBackend;
-pub use gc::{Purged, RecordCounts};
+pub use gc::{spawn_every, spawn_gc_rounds, Purged, RecordCounts};
 pub use sled_backend::SledBackend;
 pub use store::Store;
 
