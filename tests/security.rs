@@ -182,6 +182,7 @@ async fn what_it_may_do(client: &mut CentralClient<Channel>) -> (bool, bool, boo
         .subscribe(pb::SubscribeRequest {
             from_sequence: 1,
             node_id: "probe".into(),
+            ..Default::default()
         })
         .await
     {

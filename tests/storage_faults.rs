@@ -327,12 +327,16 @@ async fn a_full_disk_gives_clear_errors_and_the_node_recovers_when_space_returns
 
     std::fs::remove_file(filler).unwrap();
     let last = std::sync::Mutex::new(Value::Null);
+    // `dev`'s `/readyz` is its edge's; central's store, in the same process, reopens on its
+    // own probe, and `driftkv_store_ready` has both (a write found central's still closed
+    // once, under a loaded machine, after the edge's had reopened).
     let waited = tokio::time::timeout(
         Duration::from_secs(20),
         wait_for(Duration::from_secs(30), "/readyz ready again", || async {
             let (status, body) = readyz(&http, &server.base).await;
             *last.lock().unwrap() = body;
-            (status == 200).then_some(())
+            let stores = store_ready(&http, &server.base).await;
+            (status == 200 && stores.iter().all(|r| *r == 1)).then_some(())
         }),
     )
     .await;

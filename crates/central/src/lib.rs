@@ -27,11 +27,11 @@ use async_trait::async_trait;
 use driftkv_core::change::record_size;
 use driftkv_core::time::WallClock;
 use driftkv_core::upstream::{
-    BatchOutcome, EventStream, ReplicationEvent, SnapshotChunk, SnapshotStream, Upstream,
-    WriteRequest,
+    BatchOutcome, EventStream, LogBatch, ReplicationEvent, SnapshotChunk, SnapshotStream,
+    Subscription, Upstream, WriteRequest,
 };
-use driftkv_core::{KvError, KvService, LiveValue, LogEntry, Namespace, NamespaceId};
-use driftkv_engine::{spawn_maintenance, Engine};
+use driftkv_core::{KvError, KvService, LiveValue, Namespace, NamespaceId};
+use driftkv_engine::{spawn_maintenance, Engine, Logged};
 use driftkv_metrics::prometheus::{Histogram, IntCounter};
 use driftkv_metrics::{CENTRAL_WRITE_SECONDS, GC_PURGED, SNAPSHOTS};
 use driftkv_proto::pb;
@@ -186,9 +186,14 @@ where
 
 #[async_trait]
 impl Upstream for Central {
-    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError> {
+    async fn write_batch(
+        &self,
+        writer: u64,
+        requests: Vec<WriteRequest>,
+    ) -> Result<BatchOutcome, KvError> {
         let _timer = self.write_seconds.start_timer();
-        Ok(self.engine.write_batch(requests).await)
+        let writer = (writer != 0).then_some(writer);
+        Ok(self.engine.write_batch(writer, requests).await)
     }
 
     async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
@@ -217,12 +222,17 @@ impl Upstream for Central {
         self.engine.get(account_id, id, key, None).await
     }
 
-    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError> {
-        tracing::info!(subscriber = node_id, from, "replica subscribed");
+    async fn subscribe(&self, subscription: Subscription) -> Result<EventStream, KvError> {
+        tracing::info!(
+            subscriber = subscription.node_id,
+            from = subscription.from,
+            full_through = subscription.full_through,
+            "replica subscribed"
+        );
         let (tx, rx) = mpsc::channel(4);
         let stream = stream_log(
             self.engine.clone(),
-            from.max(1),
+            subscription,
             self.options.heartbeat,
             self.horizon.subscribe(),
             tx.clone(),
@@ -377,9 +387,10 @@ impl CentralRpc for CentralService {
         let span = tracing::info_span!("central write", writes = request.get_ref().writes.len());
         continue_trace(&span, request.metadata());
         let request = WriteRequest::try_from(request.into_inner()).map_err(to_status)?;
+        // Tools write with no writer id: their subscriptions, if any, get every entry whole.
         let outcome = self
             .central
-            .write_batch(vec![request])
+            .write_batch(0, vec![request])
             .instrument(span)
             .await
             .map_err(to_status)?;
@@ -403,7 +414,8 @@ impl CentralRpc for CentralService {
         // A malformed request fails alone, like a Write of its own would.
         let mut outcomes: Vec<Option<pb::WriteBatchOutcome>> = Vec::new();
         let mut requests = Vec::new();
-        for request in request.into_inner().writes {
+        let batch = request.into_inner();
+        for request in batch.writes {
             match WriteRequest::try_from(request) {
                 Ok(request) => {
                     outcomes.push(None);
@@ -414,7 +426,7 @@ impl CentralRpc for CentralService {
         }
         let mut results = self
             .central
-            .write_batch(requests)
+            .write_batch(batch.writer, requests)
             .instrument(span)
             .await
             .map_err(to_status)?
@@ -501,10 +513,15 @@ impl CentralRpc for CentralService {
         self.authorize(&request, Access::Replicate)?;
         let request = request.into_inner();
         // The node id is only for logs: a malformed one is not worth refusing the stream for.
-        let node_id = request.node_id.parse().unwrap_or_default();
+        let subscription = Subscription {
+            node_id: request.node_id.parse().unwrap_or_default(),
+            from: request.from_sequence,
+            writer: (request.writer != 0).then_some(request.writer),
+            full_through: request.full_through,
+        };
         let events = self
             .central
-            .subscribe(node_id, request.from_sequence)
+            .subscribe(subscription)
             .await
             .map_err(to_status)?;
         Ok(Response::new(on_the_wire(events)))
@@ -530,15 +547,17 @@ async fn send<T>(tx: &Sender<T>, item: T) -> bool {
     tx.send(Ok(item)).await.is_ok()
 }
 
-/// Streams the log from `next` on: every durable entry, then new ones as they become durable,
+/// Streams the log as `subscription` asks: every durable entry from its `from` on (the
+/// subscriber's own writes as their sequences alone), then new ones as they become durable,
 /// with a heartbeat whenever the subscriber is caught up and at least every `heartbeat`.
 async fn stream_log(
     engine: Arc<Engine>,
-    mut next: u64,
+    subscription: Subscription,
     heartbeat: Duration,
     mut horizon: watch::Receiver<u64>,
     tx: Sender<ReplicationEvent>,
 ) -> Result<(), KvError> {
+    let mut next = subscription.from.max(1);
     let store = engine.store().clone();
     let mut durable = engine.durable_sequence();
     // Tombstones the subscriber has not applied past may be purged here: only a snapshot,
@@ -557,11 +576,11 @@ async fn stream_log(
             let max = BATCH_ENTRIES.min((head - next + 1) as usize);
             let entries = engine.log_entries(next, max, BATCH_BYTES).await?;
             // Everything up to `head` was logged, so a missing `next` has been trimmed away.
-            if entries.first().map(|e| e.sequence) != Some(next) {
+            if entries.first().map(|e| e.entry.sequence) != Some(next) {
                 return snapshot_needed(&store, &tx).await;
             }
-            for batch in cut(entries) {
-                next = batch.last().map_or(next, |e| e.sequence + 1);
+            for batch in cut(entries, &subscription) {
+                next = batch.last().map_or(next, |last| last + 1);
                 if !send(&tx, ReplicationEvent::Entries(batch)).await {
                     return Ok(());
                 }
@@ -602,19 +621,35 @@ async fn snapshot_needed(store: &Arc<Store>, tx: &Sender<ReplicationEvent>) -> R
     Ok(())
 }
 
-/// Cuts consecutive entries into batches of about [`BATCH_BYTES`].
-fn cut(entries: Vec<LogEntry>) -> Vec<Vec<LogEntry>> {
-    let mut batches = vec![Vec::new()];
+/// Bytes an entry left out of a batch counts for: its sequence.
+const LEFT_OUT_BYTES: usize = 8;
+
+/// Cuts consecutive entries into batches of about [`BATCH_BYTES`] for `subscription`, leaving
+/// out the changes of the subscriber's own writes above its `full_through`.
+fn cut(entries: Vec<Logged>, subscription: &Subscription) -> Vec<LogBatch> {
+    let mut batches = vec![LogBatch::default()];
     let mut bytes = 0;
-    for entry in entries {
-        let size = entry.change.size();
+    for Logged { entry, writer } in entries {
+        let yours = subscription.writer.is_some()
+            && writer == subscription.writer
+            && entry.sequence > subscription.full_through;
+        let size = if yours {
+            LEFT_OUT_BYTES
+        } else {
+            entry.change.size()
+        };
         let current = batches.last_mut().expect("never empty");
-        if !current.is_empty() && bytes + size > BATCH_BYTES {
-            batches.push(Vec::new());
+        if current.last().is_some() && bytes + size > BATCH_BYTES {
+            batches.push(LogBatch::default());
             bytes = 0;
         }
         bytes += size;
-        batches.last_mut().expect("never empty").push(entry);
+        let current = batches.last_mut().expect("never empty");
+        if yours {
+            current.yours.push(entry.sequence);
+        } else {
+            current.entries.push(entry);
+        }
     }
     batches
 }
@@ -732,4 +767,95 @@ pub fn spawn_gc(
         let now_ms = wall.now_ms();
         async move { central.collect_garbage(now_ms, grace).await }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use driftkv_core::{Change, LiveValue, LogEntry, Record, Version};
+
+    use super::*;
+
+    /// A key change at `sequence` with a value of `bytes` bytes, written by `writer`.
+    fn logged(sequence: u64, writer: Option<u64>, bytes: usize) -> Logged {
+        let record = Record {
+            version: Version {
+                timestamp: sequence,
+                origin: 1,
+            },
+            live: Some(LiveValue {
+                value: vec![b'v'; bytes].into(),
+                metadata: None,
+                expiration: None,
+            }),
+        };
+        Logged {
+            entry: LogEntry {
+                sequence,
+                change: Change::Key {
+                    namespace: NamespaceId([1; 16]),
+                    key: format!("k{sequence}"),
+                    record,
+                },
+            },
+            writer,
+        }
+    }
+
+    fn sequences(batch: &LogBatch) -> (Vec<u64>, Vec<u64>) {
+        let whole = batch.entries.iter().map(|e| e.sequence).collect();
+        (whole, batch.yours.clone())
+    }
+
+    /// The subscriber's own writes above `full_through` go as sequences; everything else, a
+    /// write of another writer's, of no known writer's, or at or below `full_through`, whole.
+    #[test]
+    fn a_subscribers_own_writes_are_left_out_above_full_through() {
+        let writers = [None, Some(7), Some(7), Some(8), Some(7), None];
+        let entries = (1..).zip(writers).map(|(s, w)| logged(s, w, 10)).collect();
+        let subscription = Subscription {
+            node_id: 2,
+            from: 1,
+            writer: Some(7),
+            full_through: 2,
+        };
+        let batches = cut(entries, &subscription);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(sequences(&batches[0]), (vec![1, 2, 4, 6], vec![3, 5]));
+        assert_eq!(batches[0].last(), Some(6));
+
+        // Without a writer id, everything goes whole.
+        let entries = (1..).zip(writers).map(|(s, w)| logged(s, w, 10)).collect();
+        let anonymous = Subscription {
+            writer: None,
+            ..subscription
+        };
+        let batches = cut(entries, &anonymous);
+        assert_eq!(sequences(&batches[0]), ((1..=6).collect(), vec![]));
+    }
+
+    /// Batches are cut by the bytes they carry, a left-out entry counting for its sequence
+    /// only, and each batch is a run with no gap that follows on from the one before.
+    #[test]
+    fn batches_are_consecutive_runs_of_about_batch_bytes() {
+        let half = BATCH_BYTES / 2;
+        let plan = [
+            (Some(7), half),
+            (None, half),
+            (Some(7), half),
+            (Some(7), half),
+            (None, half),
+            (None, 1),
+        ];
+        let entries = (1..)
+            .zip(plan)
+            .map(|(s, (w, bytes))| logged(s, w, bytes))
+            .collect();
+        let subscription = Subscription {
+            writer: Some(7),
+            ..Default::default()
+        };
+        let batches = cut(entries, &subscription);
+        let runs: Vec<_> = batches.iter().map(sequences).collect();
+        assert_eq!(runs, [(vec![2], vec![1, 3, 4]), (vec![5, 6], vec![]),]);
+    }
 }

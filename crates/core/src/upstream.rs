@@ -41,11 +41,49 @@ impl WriteRequest {
 /// refused all of that writer's writes (the other writers' are unaffected).
 pub type BatchOutcome = Vec<Result<Vec<WriteResult>, KvError>>;
 
+/// Consecutive durable log entries, as a subscriber receives them: those sent whole, and the
+/// sequences of those left out because they are the subscriber's own writes, which it applied
+/// itself when central acknowledged them (see [`Subscription::writer`]). Together they are a
+/// run with no gap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogBatch {
+    /// The entries sent whole, in sequence order.
+    pub entries: Vec<LogEntry>,
+    /// The sequences left out, in order.
+    pub yours: Vec<u64>,
+}
+
+impl LogBatch {
+    /// The highest sequence the batch covers, if it covers any.
+    pub fn last(&self) -> Option<u64> {
+        let entries = self.entries.iter().map(|entry| entry.sequence);
+        entries.chain(self.yours.iter().copied()).max()
+    }
+}
+
+/// What a subscriber asks of central's replication log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// The subscriber's node id, for central's logs.
+    pub node_id: u64,
+    /// The first sequence wanted: one past the last the subscriber applied.
+    pub from: u64,
+    /// The writer id the subscriber sends its writes with ([`Upstream::write_batch`]), if
+    /// any: the entries of those writes come as their sequences alone ([`LogBatch::yours`]),
+    /// since the subscriber applies them itself once they are acknowledged. Replicating a
+    /// write back to the edge that made it cost that edge a decode and, for a large value, a
+    /// second copy of it in memory, and central an encode.
+    pub writer: Option<u64>,
+    /// Entries at or below this sequence come whole even where they are the subscriber's
+    /// own: what it asks for when it could not apply some of its writes itself.
+    pub full_through: u64,
+}
+
 /// What the replication log tells a subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicationEvent {
     /// Consecutive durable entries, in sequence order.
-    Entries(Vec<LogEntry>),
+    Entries(LogBatch),
     /// The subscriber has every entry up to central's durable sequence, which is this.
     Heartbeat {
         /// Central's durable log sequence.
@@ -95,7 +133,13 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, KvErro
 #[async_trait]
 pub trait Upstream: Send + Sync + 'static {
     /// Stores writers' writes durably and stamps them; one outcome per request, in order.
-    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError>;
+    /// `writer` is the id the caller subscribes with ([`Subscription::writer`]): its
+    /// subscription gets these writes' sequences, not their changes.
+    async fn write_batch(
+        &self,
+        writer: u64,
+        requests: Vec<WriteRequest>,
+    ) -> Result<BatchOutcome, KvError>;
 
     /// Creates a namespace titled `title` in the account.
     async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError>;
@@ -119,8 +163,8 @@ pub trait Upstream: Send + Sync + 'static {
         key: &str,
     ) -> Result<Option<LiveValue>, KvError>;
 
-    /// Follows the replication log from sequence `from` on, for subscriber `node_id`.
-    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError>;
+    /// Follows the replication log as `subscription` asks.
+    async fn subscribe(&self, subscription: Subscription) -> Result<EventStream, KvError>;
 
     /// A full copy of central's data, for subscriber `node_id`.
     async fn snapshot(&self, node_id: u64) -> Result<SnapshotStream, KvError>;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use driftkv_core::faults::FaultSettings;
 use driftkv_core::upstream::{
-    BatchOutcome, EventStream, ReplicationEvent, SnapshotStream, Upstream, WriteRequest,
+    BatchOutcome, EventStream, ReplicationEvent, SnapshotStream, Subscription, Upstream,
+    WriteRequest,
 };
 use driftkv_core::{KvError, LiveValue, Namespace, NamespaceId};
 use futures::StreamExt as _;
@@ -65,8 +66,12 @@ impl FaultyUpstream {
 
 #[async_trait]
 impl Upstream for FaultyUpstream {
-    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError> {
-        self.inner.write_batch(requests).await
+    async fn write_batch(
+        &self,
+        writer: u64,
+        requests: Vec<WriteRequest>,
+    ) -> Result<BatchOutcome, KvError> {
+        self.inner.write_batch(writer, requests).await
     }
 
     async fn create_namespace(&self, account_id: &str, title: &str) -> Result<Namespace, KvError> {
@@ -95,8 +100,8 @@ impl Upstream for FaultyUpstream {
         self.inner.get(account_id, id, key).await
     }
 
-    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError> {
-        let inner = self.inner.subscribe(node_id, from).await?;
+    async fn subscribe(&self, subscription: Subscription) -> Result<EventStream, KvError> {
+        let inner = self.inner.subscribe(subscription).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(shape(inner, self.faults.clone(), tx));
         Ok(Box::pin(ReceiverStream::new(rx)))

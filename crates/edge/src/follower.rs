@@ -6,14 +6,19 @@
 //! far behind it is. When central says the log no longer reaches back far enough, it installs
 //! a snapshot and subscribes again after it. Any failure (central down, a silent stream, a
 //! network cut) ends the attempt; the follower reconnects with backoff, by itself.
+//!
+//! Central sends this edge's own writes as their sequences alone: the edge applied them when
+//! central acknowledged them. Should one of them not have been applied here (the local commit
+//! failed, the reply was lost, a snapshot replaced the replica since), the follower subscribes
+//! again asking for everything up to the highest sequence central acknowledged to it whole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use driftkv_core::upstream::ReplicationEvent;
-use driftkv_core::{Change, KvError, LogEntry, NamespaceId, Record};
+use driftkv_core::upstream::{LogBatch, ReplicationEvent, Subscription};
+use driftkv_core::{Change, KvError, NamespaceId, Record};
 use driftkv_store::reads::blocking;
 use driftkv_store::Purged;
 use futures::StreamExt as _;
@@ -31,8 +36,10 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         let mut was_connected = false;
+        // Entries up to this sequence are asked for whole, this edge's own writes included.
+        let mut full_through = 0;
         loop {
-            let outcome = follow(&edge).await;
+            let outcome = follow(&edge, &mut full_through).await;
             let connected = edge.status.borrow().connected;
             if connected {
                 backoff = BACKOFF_MIN;
@@ -53,18 +60,35 @@ pub fn spawn_follower(edge: Arc<Edge>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// One subscription, until it fails. Returns `Ok` after installing a snapshot, to subscribe
-/// again from the snapshot's sequence.
-async fn follow(edge: &Arc<Edge>) -> Result<(), KvError> {
+/// One subscription, until it fails. Returns `Ok` to subscribe again at once: after
+/// installing a snapshot (from the snapshot's sequence), or on meeting one of this edge's own
+/// writes that it did not apply (with `full_through` raised to bring those whole).
+async fn follow(edge: &Arc<Edge>, full_through: &mut u64) -> Result<(), KvError> {
     let from = edge.store.applied_sequence()? + 1;
-    let mut stream = edge.upstream.subscribe(edge.options.node_id, from).await?;
+    let subscription = Subscription {
+        node_id: edge.options.node_id,
+        from,
+        writer: Some(edge.writer),
+        full_through: *full_through,
+    };
+    let mut stream = edge.upstream.subscribe(subscription).await?;
     loop {
         let event = tokio::time::timeout(edge.options.stream_silence, stream.next())
             .await
             .map_err(|_| KvError::Unavailable("central went silent".into()))?
             .ok_or_else(|| KvError::Unavailable("central ended the stream".into()))??;
         match event {
-            ReplicationEvent::Entries(entries) => apply(edge, entries).await?,
+            ReplicationEvent::Entries(batch) => {
+                if let Some(missing) = apply(edge, batch).await? {
+                    *full_through = missing.max(edge.highest_acknowledged());
+                    tracing::info!(
+                        missing,
+                        full_through = *full_through,
+                        "one of this edge's writes was not applied here; asking central for it"
+                    );
+                    return Ok(());
+                }
+            }
             ReplicationEvent::Heartbeat { durable_sequence } => heartbeat(edge, durable_sequence),
             ReplicationEvent::Horizon { sequence } => {
                 edge.horizon.fetch_max(sequence, Ordering::SeqCst);
@@ -76,7 +100,11 @@ async fn follow(edge: &Arc<Edge>) -> Result<(), KvError> {
                     "the replica needs a snapshot (it is behind the retained log, or was asked to resynchronise)"
                 );
                 drop(stream);
-                return install_snapshot(edge).await;
+                install_snapshot(edge).await?;
+                // The snapshot may hold older versions of keys this edge wrote since it
+                // began: those writes must come again, whole.
+                *full_through = (*full_through).max(edge.highest_acknowledged());
+                return Ok(());
             }
         }
     }
@@ -128,13 +156,28 @@ async fn collect_garbage(edge: &Arc<Edge>) -> Result<Purged, KvError> {
 const INLINE_APPLY_BYTES: usize = 256 * 1024;
 
 /// Applies a batch of log entries to the replica, except those of this edge's own writes that
-/// it applied already when central acknowledged them.
-#[tracing::instrument(name = "apply replicated batch", skip_all, fields(entries = entries.len()))]
-async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> {
-    let Some(last) = entries.iter().map(|e| e.sequence).max() else {
-        return Ok(());
+/// it applied already when central acknowledged them. When the batch leaves out one of this
+/// edge's writes that it did not apply, applies what comes before it and returns its
+/// sequence.
+#[tracing::instrument(name = "apply replicated batch", skip_all, fields(entries = batch.entries.len(), yours = batch.yours.len()))]
+async fn apply(edge: &Arc<Edge>, batch: LogBatch) -> Result<Option<u64>, KvError> {
+    let Some(mut last) = batch.last() else {
+        return Ok(None);
     };
-    let count = entries.len() as u64;
+    let missing = edge
+        .first_not_applied_here(&batch.yours, edge.options.stream_silence)
+        .await;
+    let mut entries = batch.entries;
+    let mut yours = batch.yours;
+    if let Some(missing) = missing {
+        last = missing - 1;
+        entries.retain(|entry| entry.sequence < missing);
+        yours.retain(|sequence| *sequence < missing);
+        if entries.is_empty() && yours.is_empty() {
+            return Ok(Some(missing));
+        }
+    }
+    let count = (entries.len() + yours.len()) as u64;
     let entries = edge.not_applied_here(entries, last);
     let bytes: usize = entries.iter().map(|e| e.change.size()).sum();
     let entries = if bytes <= INLINE_APPLY_BYTES {
@@ -160,7 +203,7 @@ async fn apply(edge: &Arc<Edge>, entries: Vec<LogEntry>) -> Result<(), KvError> 
         s.connected = true;
         s.applied = s.applied.max(last);
     });
-    Ok(())
+    Ok(missing)
 }
 
 /// A run of a snapshot's records of one namespace: the namespace, the last key installed
@@ -264,7 +307,7 @@ async fn install_snapshot(edge: &Arc<Edge>) -> Result<(), KvError> {
 
 #[cfg(test)]
 mod tests {
-    use driftkv_core::{LiveValue, Namespace, Version};
+    use driftkv_core::{LiveValue, LogEntry, Namespace, Version};
 
     use super::*;
     use crate::testing::{central_in, edge_over};
@@ -330,8 +373,11 @@ mod tests {
         };
         let ns = NamespaceId([1; 16]);
         edge.applied_here(ns, &noted(&["mine-5", "mine-6", "later"]), &[5, 6, 9]);
-        let batch = vec![mine[0].clone(), entry(7, "theirs"), mine[1].clone()];
-        apply(&edge, batch).await.unwrap();
+        let batch = LogBatch {
+            entries: vec![mine[0].clone(), entry(7, "theirs"), mine[1].clone()],
+            yours: Vec::new(),
+        };
+        assert_eq!(apply(&edge, batch).await.unwrap(), None);
         let key = |k: &str| [&[1u8; 16][..], k.as_bytes()].concat();
         let (gets, puts) = (counting.gets(), counting.puts());
         assert_eq!(
@@ -367,5 +413,48 @@ mod tests {
         // Sequences the follower has passed are not noted any more.
         edge.applied_here(ns, &noted(&["old"]), &[3]);
         assert_eq!(pending(&edge), [9]);
+    }
+
+    /// One of this edge's writes left out of the stream before the edge noted it as applied
+    /// (the reply and the stream race each other from central) is waited for while a call is
+    /// under way, not fetched again; one that no call under way can explain is reported, and
+    /// the batch applied up to it.
+    #[tokio::test]
+    async fn own_writes_wait_for_the_calls_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (edge, _) = edge_over(
+            &dir.path().join("edge"),
+            central_in(&dir.path().join("central")),
+        );
+        let ns = NamespaceId([1; 16]);
+        let call = edge.call_starts();
+        let noting = {
+            let edge = edge.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let Change::Key { key, record, .. } = entry(3, "mine").change else {
+                    unreachable!()
+                };
+                edge.applied_here(ns, &[(key, record)], &[3]);
+                drop(call);
+            })
+        };
+        let batch = LogBatch {
+            entries: vec![entry(2, "theirs")],
+            yours: vec![3],
+        };
+        assert_eq!(apply(&edge, batch).await.unwrap(), None);
+        noting.await.unwrap();
+        assert_eq!(edge.status.borrow().applied, 3);
+
+        // Sequence 5 was never applied here, and no call is under way: the batch is applied
+        // up to it, and it is reported.
+        let batch = LogBatch {
+            entries: vec![entry(4, "theirs-4"), entry(6, "theirs-6")],
+            yours: vec![5],
+        };
+        assert_eq!(apply(&edge, batch).await.unwrap(), Some(5));
+        assert_eq!(edge.status.borrow().applied, 4);
+        assert_eq!(edge.store.applied_sequence().unwrap(), 4);
     }
 }

@@ -20,7 +20,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::MIN_THROUGHPUT;
-use crate::Edge;
+use crate::{CallUnderWay, Edge};
 
 /// Calls to central in flight at once. Writes arriving meanwhile queue up for the next call,
 /// which is what makes calls carry many writes under load. One was measured the cheapest per
@@ -64,9 +64,9 @@ async fn run(edge: Weak<Edge>, mut requests: mpsc::UnboundedReceiver<Queued>) {
         let room = in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
-            Some((batch, reply)) = in_flight.next() => {
+            Some(called) = in_flight.next() => {
                 let Some(edge) = edge.upgrade() else { return };
-                finish(&edge, batch, reply).await;
+                finish(&edge, called).await;
             }
             first = next(&mut carried, &mut requests), if open && room => {
                 let Some(first) = first else {
@@ -112,17 +112,24 @@ fn gather(
     batch
 }
 
-type Reply = Result<BatchOutcome, KvError>;
+/// A call made: its writers, central's reply, and the call, under way until its acknowledged
+/// writes are applied.
+struct Called {
+    batch: Vec<Queued>,
+    reply: Result<BatchOutcome, KvError>,
+    under_way: CallUnderWay,
+}
 
 /// Sends one large writer's writes to central in a call of its own, from the caller's task,
 /// then applies and answers them as a batch of one.
 pub(crate) async fn forward_alone(edge: Arc<Edge>, queued: Queued) {
-    let (batch, reply) = call(edge.clone(), vec![queued]).await;
-    finish(&edge, batch, reply).await;
+    let called = call(edge.clone(), vec![queued]).await;
+    finish(&edge, called).await;
 }
 
 /// Sends `batch` to central as one call.
-async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> (Vec<Queued>, Reply) {
+async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> Called {
+    let under_way = edge.call_starts();
     let requests = batch
         .iter()
         .map(|queued| WriteRequest {
@@ -132,13 +139,22 @@ async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> (Vec<Queued>, Reply) {
             writes: queued.writes.clone(),
         })
         .collect();
-    let reply = edge.upstream.write_batch(requests).await;
-    (batch, reply)
+    let reply = edge.upstream.write_batch(edge.writer, requests).await;
+    Called {
+        batch,
+        reply,
+        under_way,
+    }
 }
 
 /// Applies what central acknowledged to the replica, drops the cached results of its keys, and
-/// answers each writer.
-async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
+/// answers each writer. The call is over once its writes are applied (or failed to be).
+async fn finish(edge: &Arc<Edge>, called: Called) {
+    let Called {
+        batch,
+        reply,
+        under_way,
+    } = called;
     let mut outcomes = match reply {
         Ok(outcomes) => outcomes.into_iter(),
         Err(e) => {
@@ -151,6 +167,7 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
     let mut answered = Vec::with_capacity(batch.len());
     let mut acknowledged: Acknowledged = HashMap::new();
     let mut bytes = 0;
+    let mut highest = 0;
     for queued in batch {
         let result = outcomes.next().unwrap_or_else(|| {
             Err(KvError::Internal(
@@ -161,6 +178,7 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
             let (records, sequences) = acknowledged.entry(queued.namespace).or_default();
             for (write, result) in queued.writes.into_iter().zip(results) {
                 if let WriteResult::Applied { sequence, version } = result {
+                    highest = highest.max(*sequence);
                     bytes += write.payload_bytes();
                     sequences.push(*sequence);
                     records.push((write.key.clone(), write.into_record(*version)));
@@ -170,14 +188,17 @@ async fn finish(edge: &Arc<Edge>, batch: Vec<Queued>, reply: Reply) {
         answered.push((queued.done, result));
     }
     // The writes are durable at central; applying them here, and dropping what the cache
-    // held for their keys, is what makes them visible at once. Should the apply fail,
-    // replication still brings them.
+    // held for their keys, is what makes them visible at once. Should the apply fail, the
+    // follower asks central for them whole.
+    edge.acknowledged(highest);
     let acknowledged = apply_locally(edge, acknowledged, bytes).await;
     for (namespace, (records, _)) in &acknowledged {
         for (key, _) in records {
             edge.cache.written(*namespace, key);
         }
     }
+    // Whatever of this call's writes the follower meets from now on is settled here.
+    drop(under_way);
     for (done, result) in answered {
         let _ = done.send(result);
     }
@@ -241,11 +262,123 @@ mod tests {
     /// A central in this process and an edge following it, whose replica counts its record
     /// writes.
     async fn cluster(dir: &std::path::Path) -> (Arc<Edge>, Arc<Counting>) {
+        let (edge, counting, _) = cluster_with_central(dir).await;
+        (edge, counting)
+    }
+
+    /// [`cluster`], and the central.
+    async fn cluster_with_central(
+        dir: &std::path::Path,
+    ) -> (Arc<Edge>, Arc<Counting>, Arc<driftkv_central::Central>) {
         let central = central_in(&dir.join("central"));
-        let (edge, counting) = edge_over(&dir.join("edge"), central);
+        let (edge, counting) = edge_over(&dir.join("edge"), central.clone());
         spawn_follower(edge.clone());
         assert!(edge.wait_caught_up(Duration::from_secs(10)).await);
-        (edge, counting)
+        (edge, counting, central)
+    }
+
+    /// Waits up to 10 s for the replica to hold `value` under `key`.
+    async fn replica_holds(edge: &Edge, namespace: NamespaceId, key: &str, value: &Bytes) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut status = edge.status();
+        loop {
+            let stored = edge.store().get(namespace, key).unwrap();
+            if stored.and_then(|r| r.live).map(|l| l.value).as_ref() == Some(value) {
+                return true;
+            }
+            // Replication applying something is what can change the answer.
+            if tokio::time::timeout_at(deadline, status.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Central sends an edge's own writes back to it as their sequences alone (the edge
+    /// applied them already), and whole to a subscriber with another writer id or none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn own_writes_come_back_as_sequences_alone() {
+        use driftkv_core::upstream::{ReplicationEvent, Subscription, Upstream};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (edge, _, central) = cluster_with_central(dir.path()).await;
+        let namespace = edge.create_namespace("acct", "n").await.unwrap();
+        for key in ["a", "b", "c"] {
+            let writes = vec![put(key, Bytes::from_static(b"v"), None, None)];
+            let outcome = edge.write("acct", namespace.id, writes).await.unwrap();
+            assert_eq!(outcome.successful, 1);
+        }
+        // The namespace's creation and the three writes, as each writer id gets them: the
+        // sequences sent whole and those left out.
+        let received = |writer: Option<u64>| {
+            let central = central.clone();
+            async move {
+                let subscription = Subscription {
+                    node_id: 9,
+                    from: 1,
+                    writer,
+                    full_through: 0,
+                };
+                let mut stream = central.subscribe(subscription).await.unwrap();
+                let mut batches = LogBatchTotals::default();
+                while batches.whole.len() + batches.yours.len() < 4 {
+                    let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                        .await
+                        .expect("an event within 10 s")
+                        .expect("the stream goes on")
+                        .unwrap();
+                    if let ReplicationEvent::Entries(batch) = event {
+                        batches
+                            .whole
+                            .extend(batch.entries.iter().map(|e| e.sequence));
+                        batches.yours.extend(batch.yours);
+                    }
+                }
+                batches
+            }
+        };
+        let anonymous = received(None).await;
+        assert_eq!(anonymous.whole, [1, 2, 3, 4]);
+        assert!(anonymous.yours.is_empty());
+        assert_eq!(received(Some(edge.writer + 1)).await, anonymous);
+        let own = received(Some(edge.writer)).await;
+        assert_eq!((own.whole, own.yours), (vec![1], vec![2, 3, 4]));
+    }
+
+    /// Sequences a subscription received, whole and left out.
+    #[derive(Debug, Default, PartialEq)]
+    struct LogBatchTotals {
+        whole: Vec<u64>,
+        yours: Vec<u64>,
+    }
+
+    /// A write central acknowledged that the edge could not apply itself (its disk was full)
+    /// reaches the replica once the disk has room again: the follower, meeting the write
+    /// left out of its stream, asks central for it whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_own_write_not_applied_here_comes_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (edge, counting) = cluster(dir.path()).await;
+        let namespace = edge.create_namespace("acct", "n").await.unwrap();
+        counting.set_full(true);
+        let value = Bytes::from_static(b"durable at central");
+        let outcome = edge
+            .write(
+                "acct",
+                namespace.id,
+                vec![put("k", value.clone(), None, None)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome.successful, 1);
+        assert!(edge.store().get(namespace.id, "k").unwrap().is_none());
+        counting.set_full(false);
+        assert!(
+            replica_holds(&edge, namespace.id, "k", &value).await,
+            "the write never reached the replica"
+        );
     }
 
     /// 64 writers at once, one of them large: each write is visible at the edge as soon as it

@@ -20,7 +20,7 @@ mod testing;
 
 use driftkv_metrics::prometheus::IntCounter;
 use driftkv_metrics::{REPLICATION_ENTRIES_APPLIED, SNAPSHOTS};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,6 +90,31 @@ struct AppliedHere {
     sequences: BTreeMap<u64, (NamespaceId, String)>,
     /// The follower has applied (or skipped) every entry up to this one.
     passed: u64,
+    /// The highest sequence central acknowledged to this edge.
+    acknowledged: u64,
+}
+
+/// The edge's calls to central under way, numbered in the order they started.
+#[derive(Debug, Default)]
+struct CallsUnderWay {
+    /// The number the next call takes.
+    next: u64,
+    under_way: BTreeSet<u64>,
+}
+
+/// One call to central under way; it is over when this is dropped, once its acknowledged
+/// writes were applied here (or failed to be).
+pub(crate) struct CallUnderWay {
+    calls: watch::Sender<CallsUnderWay>,
+    number: u64,
+}
+
+impl Drop for CallUnderWay {
+    fn drop(&mut self) {
+        self.calls.send_modify(|calls| {
+            calls.under_way.remove(&self.number);
+        });
+    }
 }
 
 /// An edge node's KV service.
@@ -113,6 +138,16 @@ pub struct Edge {
     /// Log sequences of this edge's own writes, applied to the replica when central
     /// acknowledged them, that the follower has not reached yet: it skips their entries.
     applied_here: Mutex<AppliedHere>,
+    /// The id this edge writes and subscribes with, new each time it starts: central leaves
+    /// the changes of its writes out of its replication stream (see
+    /// [`driftkv_core::upstream::Subscription::writer`]). Random, so that two edges never
+    /// share one even if their node ids are misconfigured alike, and a restarted edge (which
+    /// has forgotten which of its writes it applied) gets everything from before whole.
+    writer: u64,
+    /// Calls to central under way: the follower, meeting one of this edge's writes it has
+    /// not seen applied, waits for the calls that were under way to end before concluding
+    /// that the edge could not apply it.
+    calls: watch::Sender<CallsUnderWay>,
     /// Central's garbage-collection horizon, as it last said (0: not heard yet).
     horizon: std::sync::atomic::AtomicU64,
 }
@@ -142,6 +177,8 @@ impl Edge {
             writes: forward::start(edge.clone()),
             this: edge.clone(),
             applied_here: Mutex::default(),
+            writer: rand::random::<u64>().max(1),
+            calls: watch::Sender::default(),
             horizon: std::sync::atomic::AtomicU64::new(0),
             store,
             wall,
@@ -169,6 +206,59 @@ impl Edge {
                 here.sequences.insert(*sequence, (namespace, key.clone()));
             }
         }
+    }
+
+    /// Notes that a call to central starts; it ends when the returned value is dropped.
+    pub(crate) fn call_starts(&self) -> CallUnderWay {
+        let mut number = 0;
+        self.calls.send_modify(|calls| {
+            number = calls.next;
+            calls.next += 1;
+            calls.under_way.insert(number);
+        });
+        CallUnderWay {
+            calls: self.calls.clone(),
+            number,
+        }
+    }
+
+    /// Notes the highest sequence of a reply of central's to this edge's writes.
+    fn acknowledged(&self, sequence: u64) {
+        let mut here = self.applied_here.lock().expect("applied-here lock");
+        here.acknowledged = here.acknowledged.max(sequence);
+    }
+
+    /// The highest sequence central acknowledged to this edge: a replication stream that
+    /// sends everything whole up to it brings every write of this edge's that the edge
+    /// could not apply itself.
+    fn highest_acknowledged(&self) -> u64 {
+        self.applied_here
+            .lock()
+            .expect("applied-here lock")
+            .acknowledged
+    }
+
+    /// The first of `yours` (sequences of this edge's own writes, left out of the
+    /// replication stream) whose record the edge did not apply itself, if any. A sequence
+    /// not noted yet may belong to a call whose reply is still being handled, since the
+    /// reply and the stream race each other from central: so this waits, up to `patience`,
+    /// for the calls under way now to end before concluding.
+    async fn first_not_applied_here(&self, yours: &[u64], patience: Duration) -> Option<u64> {
+        let unknown = || {
+            let here = self.applied_here.lock().expect("applied-here lock");
+            yours
+                .iter()
+                .copied()
+                .find(|sequence| !here.sequences.contains_key(sequence))
+        };
+        unknown()?;
+        let mut calls = self.calls.subscribe();
+        let started = calls.borrow().next;
+        let settled = calls.wait_for(|calls| calls.under_way.first().is_none_or(|n| *n >= started));
+        // Past the patience (calls have deadlines of their own), or with the edge going away,
+        // fetching the entries whole is the safe way.
+        let _ = tokio::time::timeout(patience, settled).await;
+        unknown()
     }
 
     /// The entries among `entries` whose records are not in the replica yet; forgets the

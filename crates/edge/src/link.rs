@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use driftkv_core::upstream::{
-    BatchOutcome, EventStream, ReplicationEvent, SnapshotChunk, SnapshotStream, Upstream,
-    WriteRequest,
+    BatchOutcome, EventStream, ReplicationEvent, SnapshotChunk, SnapshotStream, Subscription,
+    Upstream, WriteRequest,
 };
 use driftkv_core::{KvError, LiveValue, Namespace, NamespaceId, WriteResult};
 use driftkv_proto::pb;
@@ -224,11 +224,16 @@ fn namespace_reply(reply: pb::NamespaceReply) -> Result<Namespace, KvError> {
 
 #[async_trait]
 impl Upstream for CentralLink {
-    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError> {
+    async fn write_batch(
+        &self,
+        writer: u64,
+        requests: Vec<WriteRequest>,
+    ) -> Result<BatchOutcome, KvError> {
         let payload = requests.iter().map(WriteRequest::payload_bytes).sum();
         let counts: Vec<usize> = requests.iter().map(|r| r.writes.len()).collect();
         let request = pb::WriteBatchRequest {
             writes: requests.into_iter().map(Into::into).collect(),
+            writer,
         };
         let reply = self
             .call(payload, |mut central| async move {
@@ -320,12 +325,14 @@ impl Upstream for CentralLink {
         Ok(reply.live.map(Into::into))
     }
 
-    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError> {
+    async fn subscribe(&self, subscription: Subscription) -> Result<EventStream, KvError> {
         let mut client = self.streams().await;
         let stream = client
             .subscribe(pb::SubscribeRequest {
-                from_sequence: from,
-                node_id: node_id.to_string(),
+                from_sequence: subscription.from,
+                node_id: subscription.node_id.to_string(),
+                writer: subscription.writer.unwrap_or(0),
+                full_through: subscription.full_through,
             })
             .await
             .map_err(status_error)?

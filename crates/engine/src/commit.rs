@@ -19,6 +19,7 @@ use driftkv_store::Store;
 use tokio::sync::{oneshot, watch};
 
 use crate::recent::RecentLog;
+use crate::Logged;
 
 /// A batch stops taking more submissions once it holds this many changes (a single larger
 /// bulk write still goes whole).
@@ -27,9 +28,11 @@ const MAX_BATCH_CHANGES: usize = 10_000;
 /// Each writer's outcome: the last sequence its changes took, once durable.
 pub(crate) type Outcomes = Vec<Result<u64, KvError>>;
 
-/// Writers' changes submitted together, and where to tell them their outcomes.
+/// Writers' changes submitted together, the writer id they came with (see
+/// [`crate::Logged::writer`]), and where to tell them their outcomes.
 struct Pending {
     writers: Vec<Vec<Change>>,
+    writer: Option<u64>,
     done: oneshot::Sender<Outcomes>,
 }
 
@@ -63,14 +66,19 @@ impl Committer {
 
     /// Appends each writer's changes to the log as one run of consecutive sequences, and
     /// waits until they are durable. Returns, per writer, the last sequence its changes took.
-    pub(crate) async fn commit(&self, writers: Vec<Vec<Change>>) -> Outcomes {
+    /// The entries are held in the recent log under `writer`.
+    pub(crate) async fn commit(&self, writer: Option<u64>, writers: Vec<Vec<Change>>) -> Outcomes {
         let count = writers.len();
         let stopped = || KvError::Internal("the commit pipeline has stopped".into());
         let (done, outcomes) = oneshot::channel();
-        let sent = self
-            .queue
-            .as_ref()
-            .is_some_and(|queue| queue.send(Pending { writers, done }).is_ok());
+        let sent = self.queue.as_ref().is_some_and(|queue| {
+            let pending = Pending {
+                writers,
+                writer,
+                done,
+            };
+            queue.send(pending).is_ok()
+        });
         match outcomes.await {
             Ok(outcomes) if sent => outcomes,
             _ => (0..count).map(|_| Err(stopped())).collect(),
@@ -156,13 +164,16 @@ fn append(
             if let Ok(last) = result {
                 let first = last + 1 - changes.len() as u64;
                 let numbered = (first..).zip(changes);
-                entries.extend(numbered.map(|(sequence, change)| LogEntry { sequence, change }));
+                entries.extend(numbered.map(|(sequence, change)| Logged {
+                    entry: LogEntry { sequence, change },
+                    writer: pending.writer,
+                }));
             }
             outcomes.push(result.map_err(KvError::from));
         }
         done.push((pending.done, outcomes));
     }
-    let last = entries.last().map(|entry| entry.sequence);
+    let last = entries.last().map(|logged| logged.entry.sequence);
     recent.push(entries);
     (done, last)
 }
@@ -224,24 +235,43 @@ mod tests {
             .collect()
     }
 
-    fn pending(writers: Vec<Vec<Change>>) -> (Pending, oneshot::Receiver<Outcomes>) {
+    fn pending(
+        writer: Option<u64>,
+        writers: Vec<Vec<Change>>,
+    ) -> (Pending, oneshot::Receiver<Outcomes>) {
         let (done, outcomes) = oneshot::channel();
-        (Pending { writers, done }, outcomes)
+        let pending = Pending {
+            writers,
+            writer,
+            done,
+        };
+        (pending, outcomes)
+    }
+
+    /// The entries held, without their writers.
+    fn entries(held: Vec<Logged>) -> Vec<LogEntry> {
+        held.into_iter().map(|logged| logged.entry).collect()
     }
 
     #[test]
     fn a_failing_writer_in_a_merged_batch_fails_alone() {
         let (store, _dir) = open(EngineKind::default());
-        let (first, _) = pending(vec![
-            vec![put(1, "a1", 10), put(1, "a2", 11)],
-            // Namespace 2 does not exist.
-            vec![put(2, "b", 12)],
-        ]);
-        let (second, _) = pending(vec![
-            vec![put(1, "c", 13)],
-            vec![Change::Namespace(ns(3))],
-            vec![put(3, "d", 14)],
-        ]);
+        let (first, _) = pending(
+            None,
+            vec![
+                vec![put(1, "a1", 10), put(1, "a2", 11)],
+                // Namespace 2 does not exist.
+                vec![put(2, "b", 12)],
+            ],
+        );
+        let (second, _) = pending(
+            Some(7),
+            vec![
+                vec![put(1, "c", 13)],
+                vec![Change::Namespace(ns(3))],
+                vec![put(3, "d", 14)],
+            ],
+        );
         let recent = RecentLog::new(1 << 20);
         let (done, last) = append(&store, vec![first, second], &recent);
         let outcomes: Vec<_> = done.into_iter().flat_map(|(_, o)| o).collect();
@@ -258,9 +288,14 @@ mod tests {
             6,
             "no gaps, nothing twice"
         );
-        // The first entry was appended before the batch.
+        // The first entry was appended before the batch; each is held with its writer.
         let held = recent.read(2, 100).expect("the committed entries are held");
-        assert_eq!(held, store.log_entries(2, 100, usize::MAX).unwrap());
+        let writers: Vec<_> = held.iter().map(|logged| logged.writer).collect();
+        assert_eq!(writers, [None, None, Some(7), Some(7), Some(7)]);
+        assert_eq!(
+            entries(held),
+            store.log_entries(2, 100, usize::MAX).unwrap()
+        );
     }
 
     /// A value that arrived as a slice of a large buffer (a whole request's) is held for the
@@ -273,10 +308,10 @@ mod tests {
         if let Change::Key { record, .. } = &mut change {
             record.live.as_mut().unwrap().value = request.slice(1000..2000);
         }
-        let (pending, _) = pending(vec![vec![change.clone()]]);
+        let (pending, _) = pending(None, vec![vec![change.clone()]]);
         let recent = RecentLog::new(1 << 20);
         append(&store, vec![pending], &recent);
-        let held = recent.read(2, 1).expect("held");
+        let held = entries(recent.read(2, 1).expect("held"));
         assert_eq!(held[0].change, change);
         let Change::Key { record, .. } = &held[0].change else {
             panic!("a key change");
@@ -299,7 +334,7 @@ mod tests {
                 tokio::spawn(async move {
                     let keys = [format!("w{i}-x"), format!("w{i}-y")];
                     let changes = keys.iter().map(|k| put(1, k, 100 + i)).collect();
-                    let last = committer.commit(vec![changes]).await.remove(0);
+                    let last = committer.commit(None, vec![changes]).await.remove(0);
                     (keys, last.expect("committed"))
                 })
             })
@@ -315,7 +350,10 @@ mod tests {
         }
         assert_eq!(*durable.borrow(), 401);
         let held = recent.read(2, 1000).expect("every committed entry is held");
-        assert_eq!(held, store.log_entries(2, 1000, usize::MAX).unwrap());
+        assert_eq!(
+            entries(held),
+            store.log_entries(2, 1000, usize::MAX).unwrap()
+        );
     }
 
     /// What happened, in order, to a store under the commit thread and to its writers.
@@ -428,7 +466,7 @@ mod tests {
                     let (committer, events) = (committer.clone(), events.clone());
                     tokio::spawn(async move {
                         let change = put(1, &format!("k{i}"), 100 + i);
-                        let last = committer.commit(vec![vec![change]]).await.remove(0);
+                        let last = committer.commit(None, vec![vec![change]]).await.remove(0);
                         let last = last.expect("committed");
                         events.lock().unwrap().push(Event::Acknowledged(last));
                     })

@@ -42,6 +42,20 @@ use key_quota::{Admission, KeyQuota};
 pub use rate_limit::RateLimiter;
 use recent::{RecentLog, RECENT_LOG_BYTES};
 
+/// A log entry as the replication streams get it: with the writer id its write came with
+/// ([`Engine::write_batch`]), while the entry is among the newest the engine holds in memory;
+/// `None` for one read back from the store, or written without one. A stream leaves the
+/// entries of a subscriber's own writer out (see
+/// [`driftkv_core::upstream::Subscription::writer`]); not knowing the writer only means
+/// sending an entry whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// The entry.
+    pub entry: LogEntry,
+    /// The writer id of the write that made it, if known.
+    pub writer: Option<u64>,
+}
+
 /// The single-writer engine over one store.
 pub struct Engine {
     store: Arc<Store>,
@@ -136,12 +150,17 @@ impl Engine {
         from: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<LogEntry>, KvError> {
+    ) -> Result<Vec<Logged>, KvError> {
         if let Some(entries) = self.recent.read(from, max) {
             return Ok(entries);
         }
         reads::blocking(&self.store, move |store| {
-            Ok(store.log_entries(from, max, max_bytes)?)
+            let entries = store.log_entries(from, max, max_bytes)?;
+            let unknown = |entry| Logged {
+                entry,
+                writer: None,
+            };
+            Ok(entries.into_iter().map(unknown).collect())
         })
         .await
     }
@@ -169,7 +188,7 @@ impl Engine {
     /// Appends changes to the log and waits until they are durable. Returns the last sequence
     /// used.
     async fn commit(&self, changes: Vec<Change>) -> Result<u64, KvError> {
-        self.committer.commit(vec![changes]).await.remove(0)
+        self.committer.commit(None, vec![changes]).await.remove(0)
     }
 
     /// Checks one writer's writes, applies the rate limit and stamps what it admits.
@@ -222,20 +241,21 @@ impl Engine {
         id: NamespaceId,
         writes: Vec<Write>,
     ) -> Result<Vec<WriteResult>, KvError> {
-        self.write_batch(vec![WriteRequest {
+        let request = WriteRequest {
             account_id: account_id.into(),
             namespace: id,
             writes,
-        }])
-        .await
-        .remove(0)
+        };
+        self.write_batch(None, vec![request]).await.remove(0)
     }
 
     /// [`Engine::write_results`] for several writers at once, each succeeding or failing on
     /// its own, as an edge forwards the writes that reach it together: they share one
-    /// hand-off to the commit thread and, with whatever else is queued there, one sync.
+    /// hand-off to the commit thread and, with whatever else is queued there, one sync. The
+    /// entries are held for the replication streams under `writer` (see [`Logged`]).
     pub async fn write_batch(
         &self,
+        writer: Option<u64>,
         requests: Vec<WriteRequest>,
     ) -> Vec<Result<Vec<WriteResult>, KvError>> {
         let prepared: Vec<Result<Prepared<'_>, KvError>> =
@@ -262,7 +282,7 @@ impl Engine {
         if writers.is_empty() {
             return results;
         }
-        let outcomes = self.committer.commit(writers).await;
+        let outcomes = self.committer.commit(writer, writers).await;
         for ((slot, versions, count, admission), outcome) in waiting.into_iter().zip(outcomes) {
             // The keys count as landed once in the store; if the commit failed, not at all.
             if outcome.is_ok() {

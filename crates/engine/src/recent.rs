@@ -4,12 +4,14 @@
 //! committed. Reading those back from the store once per edge (a range scan and a decode
 //! each time) took about 5% of central's CPU under write load with three edges. The commit
 //! pipeline therefore also hands every entry it appends to a [`RecentLog`], and a stream reads
-//! the store only for entries older than what this holds.
+//! the store only for entries older than what this holds. Each entry is held with the writer
+//! id its write came with, so that a stream can leave an edge's own writes out (see
+//! [`driftkv_core::upstream::Subscription::writer`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use driftkv_core::LogEntry;
+use crate::Logged;
 
 /// Bytes of changes central holds: at 100-byte values, some 180,000 entries, tens of seconds
 /// of the heaviest write load it takes.
@@ -23,7 +25,7 @@ pub(crate) struct RecentLog {
 
 #[derive(Default)]
 struct Held {
-    entries: VecDeque<LogEntry>,
+    entries: VecDeque<Logged>,
     bytes: usize,
 }
 
@@ -49,14 +51,14 @@ impl RecentLog {
     /// bound in bytes would bound the values, not the memory they keep. An entry that
     /// does not follow on from the newest held (there is a gap) starts the run over, and one
     /// larger than the whole bound is not held, so what is held is always consecutive.
-    pub(crate) fn push(&self, entries: Vec<LogEntry>) {
+    pub(crate) fn push(&self, entries: Vec<Logged>) {
         let mut held = self.held.lock().expect("recent log lock");
-        for entry in entries {
+        for logged in entries {
             let follows = held
                 .entries
                 .back()
-                .is_none_or(|newest| entry.sequence == newest.sequence + 1);
-            let size = entry.change.size();
+                .is_none_or(|newest| logged.entry.sequence == newest.entry.sequence + 1);
+            let size = logged.entry.change.size();
             if !follows || size > self.max_bytes {
                 held.clear();
             }
@@ -64,20 +66,20 @@ impl RecentLog {
                 continue;
             }
             held.bytes += size;
-            held.entries.push_back(entry);
+            held.entries.push_back(logged);
             while held.bytes > self.max_bytes {
                 let Some(oldest) = held.entries.pop_front() else {
                     break;
                 };
-                held.bytes -= oldest.change.size();
+                held.bytes -= oldest.entry.change.size();
             }
         }
     }
 
     /// Up to `max` consecutive entries from sequence `from` on, if the entry `from` is held.
-    pub(crate) fn read(&self, from: u64, max: usize) -> Option<Vec<LogEntry>> {
+    pub(crate) fn read(&self, from: u64, max: usize) -> Option<Vec<Logged>> {
         let held = self.held.lock().expect("recent log lock");
-        let oldest = held.entries.front()?.sequence;
+        let oldest = held.entries.front()?.entry.sequence;
         let skip = usize::try_from(from.checked_sub(oldest)?).ok()?;
         if skip >= held.entries.len() {
             return None;
@@ -88,22 +90,25 @@ impl RecentLog {
 
 #[cfg(test)]
 mod tests {
-    use driftkv_core::{Change, NamespaceId};
+    use driftkv_core::{Change, LogEntry, NamespaceId};
 
     use super::*;
 
-    fn entry(sequence: u64) -> LogEntry {
-        LogEntry {
-            sequence,
-            change: Change::NamespaceDeleted {
-                id: NamespaceId([1; 16]),
-                version: driftkv_core::Version::default(),
+    fn entry(sequence: u64) -> Logged {
+        Logged {
+            entry: LogEntry {
+                sequence,
+                change: Change::NamespaceDeleted {
+                    id: NamespaceId([1; 16]),
+                    version: driftkv_core::Version::default(),
+                },
             },
+            writer: None,
         }
     }
 
-    fn sequences(entries: Option<Vec<LogEntry>>) -> Option<Vec<u64>> {
-        entries.map(|entries| entries.iter().map(|e| e.sequence).collect())
+    fn sequences(entries: Option<Vec<Logged>>) -> Option<Vec<u64>> {
+        entries.map(|entries| entries.iter().map(|e| e.entry.sequence).collect())
     }
 
     #[test]
@@ -128,7 +133,7 @@ mod tests {
 
     #[test]
     fn the_oldest_go_beyond_the_bound() {
-        let size = entry(1).change.size();
+        let size = entry(1).entry.change.size();
         let recent = RecentLog::new(3 * size);
         recent.push((1..=5).map(entry).collect());
         assert_eq!(sequences(recent.read(1, 10)), None);
@@ -137,11 +142,12 @@ mod tests {
 
     #[test]
     fn an_entry_larger_than_the_bound_is_not_held() {
-        let size = entry(1).change.size();
+        let size = entry(1).entry.change.size();
         let recent = RecentLog::new(size);
         recent.push((1..=2).map(entry).collect());
         assert_eq!(sequences(recent.read(2, 10)), Some(vec![2]));
-        let big = LogEntry {
+        let mut big = entry(3);
+        big.entry = LogEntry {
             sequence: 3,
             change: Change::Key {
                 namespace: NamespaceId([1; 16]),

@@ -43,7 +43,9 @@ use async_trait::async_trait;
 use driftkv_central::{spawn_gc, spawn_log_trimmer, Central, CentralOptions, LogRetention};
 use driftkv_core::service::put;
 use driftkv_core::time::{SkewedClock, WallClock};
-use driftkv_core::upstream::{BatchOutcome, EventStream, SnapshotStream, Upstream, WriteRequest};
+use driftkv_core::upstream::{
+    BatchOutcome, EventStream, SnapshotStream, Subscription, Upstream, WriteRequest,
+};
 use driftkv_core::{KvError, KvService, LiveValue, Namespace, NamespaceId, Record, Write, WriteOp};
 use driftkv_edge::{spawn_follower, spawn_gc as spawn_edge_gc, Edge, EdgeOptions};
 use driftkv_engine::{Engine, RateLimiter};
@@ -225,8 +227,12 @@ impl Link {
 
 #[async_trait]
 impl Upstream for Link {
-    async fn write_batch(&self, requests: Vec<WriteRequest>) -> Result<BatchOutcome, KvError> {
-        self.call(|c| async move { c.write_batch(requests).await })
+    async fn write_batch(
+        &self,
+        writer: u64,
+        requests: Vec<WriteRequest>,
+    ) -> Result<BatchOutcome, KvError> {
+        self.call(|c| async move { c.write_batch(writer, requests).await })
             .await
     }
 
@@ -260,10 +266,10 @@ impl Upstream for Link {
             .await
     }
 
-    async fn subscribe(&self, node_id: u64, from: u64) -> Result<EventStream, KvError> {
+    async fn subscribe(&self, subscription: Subscription) -> Result<EventStream, KvError> {
         let epoch = self.state.epoch.load(Ordering::SeqCst);
         let inner = self
-            .call(|c| async move { c.subscribe(node_id, from).await })
+            .call(|c| async move { c.subscribe(subscription).await })
             .await?;
         Ok(self.carry(inner, epoch))
     }

@@ -8,7 +8,7 @@
 use driftkv_core::limits::{
     MAX_BULK_BODY_BYTES, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_VALUE_BYTES,
 };
-use driftkv_core::upstream::{ReplicationEvent, SnapshotChunk, WriteRequest};
+use driftkv_core::upstream::{LogBatch, ReplicationEvent, SnapshotChunk, WriteRequest};
 use driftkv_core::{
     Change, KvError, LiveValue, LogEntry, Namespace, NamespaceId, Record, Version, Write, WriteOp,
     WriteResult,
@@ -350,8 +350,9 @@ impl From<ReplicationEvent> for pb::SubscribeReply {
     fn from(event: ReplicationEvent) -> Self {
         use pb::subscribe_reply::Event;
         let event = match event {
-            ReplicationEvent::Entries(entries) => Event::Entries(pb::LogBatch {
-                entries: entries.into_iter().map(Into::into).collect(),
+            ReplicationEvent::Entries(batch) => Event::Entries(pb::LogBatch {
+                entries: batch.entries.into_iter().map(Into::into).collect(),
+                yours: batch.yours,
             }),
             ReplicationEvent::Heartbeat { durable_sequence } => {
                 Event::Heartbeat(pb::Heartbeat { durable_sequence })
@@ -371,13 +372,14 @@ impl TryFrom<pb::SubscribeReply> for ReplicationEvent {
     fn try_from(reply: pb::SubscribeReply) -> Result<Self, KvError> {
         use pb::subscribe_reply::Event;
         Ok(match reply.event.ok_or_else(|| missing("event"))? {
-            Event::Entries(batch) => ReplicationEvent::Entries(
-                batch
+            Event::Entries(batch) => ReplicationEvent::Entries(LogBatch {
+                entries: batch
                     .entries
                     .into_iter()
                     .map(LogEntry::try_from)
                     .collect::<Result<_, _>>()?,
-            ),
+                yours: batch.yours,
+            }),
             Event::Heartbeat(beat) => ReplicationEvent::Heartbeat {
                 durable_sequence: beat.durable_sequence,
             },
