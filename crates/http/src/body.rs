@@ -222,17 +222,29 @@ fn value_too_large(len: Option<u64>) -> KvError {
     }
 }
 
+/// The `Content-Type` of a request, empty when absent or not text.
+pub fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Whether a value write with this `Content-Type` sends a `multipart/form-data` body (else its
+/// body is the value itself).
+pub fn is_multipart(content_type: &str) -> bool {
+    content_type
+        .get(..MULTIPART.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(MULTIPART))
+}
+
+const MULTIPART: &str = "multipart/form-data";
+
 /// Reads the body of a value write: `multipart/form-data` with a `value` part and an optional
 /// JSON `metadata` part, or else the raw body as the value.
 pub async fn read_value(headers: &HeaderMap, body: Body) -> Result<ValuePayload, KvError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("multipart/form-data")
-    {
+    let content_type = content_type(headers);
+    if !is_multipart(content_type) {
         let value = read_limited(headers, body, MAX_VALUE_BYTES, value_too_large).await?;
         return Ok(ValuePayload {
             value,

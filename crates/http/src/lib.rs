@@ -11,7 +11,7 @@ mod bulk;
 mod bulk_answer;
 mod envelope;
 mod extract;
-mod hot_reads;
+mod hot_routes;
 mod metered;
 mod namespaces;
 mod server;
@@ -33,7 +33,7 @@ use tracing::{Level, Span};
 
 pub use auth::{parse_token_file, token_digest, Access, Accounts, Auth, Grant, TokenFileError};
 pub use envelope::ApiError;
-pub use hot_reads::Api;
+pub use hot_routes::Api;
 pub use server::{serve, Refusals, ServerOptions};
 pub use workerd::workerd_binding;
 
@@ -43,7 +43,7 @@ type Service = Arc<dyn KvService>;
 /// The prefix of every KV route.
 pub const NAMESPACES_ROUTE: &str = "/client/v4/accounts/{account_id}/storage/kv/namespaces";
 
-/// The route of a value: reads of it are the hot path (see [`Api`]).
+/// The route of a value: reads and writes of it are the hot paths (see [`Api`]).
 const VALUE_ROUTE: &str =
     "/client/v4/accounts/{account_id}/storage/kv/namespaces/{namespace_id}/values/{*key}";
 
@@ -120,7 +120,7 @@ pub fn router(
         // the router and its trace layer.
         Api::routed(router)
     } else {
-        Api::with_value_reads(router, service, auth, node)
+        Api::with_value_routes(router, service, auth, node)
     }
 }
 

@@ -1,10 +1,10 @@
 //! Request metrics: every request that matched a route is counted and timed under its route
 //! template, method and status.
 //!
-//! This runs on every request, hot reads included, so it avoids the registry's label lookup
-//! (hashing four label values under a lock, twice a request): each route's service resolves
-//! its metric handles on its first request of a method and status and keeps them, and later
-//! requests only read them.
+//! This runs on every request, the value reads and writes answered ahead of the router
+//! included, so it avoids the registry's label lookup (hashing four label values under a lock,
+//! twice a request): each route's service resolves its metric handles on its first request of
+//! a method and status and keeps them, and later requests only read them.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -153,9 +153,9 @@ where
     S::Future: Send + 'static,
 {
     let mut builder = Builder::new(TokioExecutor::new());
+    // The HTTP/1 timer (of the header read timeout) is set per connection: see `SpareTimer`.
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
     // HTTP/2: a peer that stops answering pings is dropped, and one connection may not open
     // more streams at once than a client needs (each also takes an in-flight slot).
@@ -196,9 +196,12 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = limited(service.clone(), requests.clone());
+        let spare = SpareTimer::default();
+        let service = limited(service.clone(), requests.clone(), spare.clone());
+        let mut builder = builder.clone();
+        builder.http1().timer(spare);
         let connection = Connection {
-            builder: builder.clone(),
+            builder,
             idle_timeout: options.idle_timeout,
             handshake_timeout: options.header_read_timeout,
             stop: stop.clone(),
@@ -483,10 +486,11 @@ impl Limits {
 }
 
 /// `service` with the request limits: shed when too many are in flight, cut off when one takes
-/// too long.
+/// too long. Its deadlines are timed with the connection's `spare` timer when it is free.
 fn limited<S>(
     service: S,
     limits: Limits,
+    spare: SpareTimer,
 ) -> impl tower::Service<
     Request,
     Response = Response,
@@ -502,6 +506,7 @@ where
     tower::service_fn(move |request: Request| {
         let service = service.clone();
         let limits = limits.clone();
+        let spare = spare.clone();
         let answer: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> =
             Box::pin(async move {
                 // Health probes are never shed: an orchestrator that reads a busy node's 503
@@ -543,17 +548,23 @@ where
                     return answered.map(|r| in_flight_until_sent(r, permit.take()));
                 }
                 let deadline = started + limits.timeout;
+                // With a body on its way, its pace is looked at every second once it can be
+                // too slow (before the grace has passed, it cannot be). Waiting for the grace
+                // first also keeps the timer's deadlines moving forward from the header read
+                // timeout's, which is what makes the connection's spare timer cheap to reset.
+                let check_at = |now: Instant| match progress {
+                    Some(_) if limits.min_body_rate > 0 => {
+                        deadline.min((started + limits.body_grace).max(now + BODY_CHECK))
+                    }
+                    _ => deadline,
+                };
+                let mut timer = spare.lend(check_at(started));
                 loop {
-                    // With a body on its way, its pace is looked at every second.
-                    let check = match progress {
-                        Some(_) => deadline.min(Instant::now() + BODY_CHECK),
-                        None => deadline,
-                    };
                     tokio::select! {
                         answered = answer.as_mut() => {
                             return answered.map(|r| in_flight_until_sent(r, permit.take()));
                         }
-                        () = tokio::time::sleep_until(check) => {}
+                        () = &mut timer => {}
                     }
                     let now = Instant::now();
                     if now >= deadline {
@@ -570,10 +581,105 @@ where
                             }));
                         }
                     }
+                    timer.reset(check_at(now));
                 }
             });
         answer
     })
+}
+
+/// A connection's spare timer, which its timers (hyper's header read timeout, then the request
+/// timeout of the request those headers began) take turns with.
+///
+/// A timer of its own for each would be registered with the runtime's timer wheel and removed
+/// from it again on every request, each under the wheel's lock. A timer already registered
+/// whose deadline only moves later is reset without either: the wheel finds the new deadline
+/// when it reaches the old one. The deadlines of one connection do move later: each header read
+/// is due a header read timeout after it began, each request's first check a header read
+/// timeout (the body's grace) after its headers. A timer wanted while the spare is lent (HTTP/2
+/// streams at once) is a timer of its own.
+#[derive(Clone, Default)]
+struct SpareTimer(Arc<std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>);
+
+impl SpareTimer {
+    /// A timer due at `deadline`: the spare if it is free, else a new one. It comes back when
+    /// dropped.
+    fn lend(&self, deadline: Instant) -> Lent {
+        let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sleep = match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Lent {
+            sleep: Some(sleep),
+            spare: self.clone(),
+        }
+    }
+}
+
+impl hyper::rt::Timer for SpareTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.lend(Instant::now() + duration))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.lend(deadline.into()))
+    }
+
+    /// The runtime's clock, as `TokioTimer`'s, so that deadlines hyper computes agree with
+    /// those of tests that pause time.
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into()
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, deadline: std::time::Instant) {
+        match sleep.as_mut().downcast_mut_pin::<Lent>() {
+            Some(lent) => lent.get_mut().reset(deadline.into()),
+            None => *sleep = self.sleep_until(deadline),
+        }
+    }
+}
+
+/// A timer lent by a [`SpareTimer`], given back when dropped.
+struct Lent {
+    /// Always present until dropped.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    spare: SpareTimer,
+}
+
+impl Lent {
+    /// Makes it due at `deadline`.
+    fn reset(&mut self, deadline: Instant) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Future for Lent {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Lent {}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(sleep) = self.sleep.take() {
+            let mut spare = self.spare.0.lock().unwrap_or_else(|e| e.into_inner());
+            // The spare may be back already (another stream's timer): this one goes.
+            spare.get_or_insert(sleep);
+        }
+    }
 }
 
 /// `response`, holding `permit` (its request's slot among those in flight) until its body has
@@ -690,6 +796,28 @@ mod tests {
         })
     }
 
+    /// `limited`, on a spare timer of its own.
+    fn limited_here<S>(
+        service: S,
+        limits: Limits,
+    ) -> impl tower::Service<
+        Request,
+        Response = Response,
+        Error = Infallible,
+        Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+    > + Clone
+           + Send
+           + 'static
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        limited(service, limits, SpareTimer::default())
+    }
+
     fn request() -> Request {
         Request::get("/").body(Body::empty()).unwrap()
     }
@@ -704,7 +832,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
-        let service = limited(slow(Duration::from_secs(1)), limits);
+        let service = limited_here(slow(Duration::from_secs(1)), limits);
         let first = tokio::spawn(service.clone().oneshot(request()));
         let second = tokio::spawn(service.clone().oneshot(request()));
         tokio::task::yield_now().await;
@@ -741,7 +869,7 @@ mod tests {
                 pieces,
             ))))
         });
-        let service = limited(streamed, limits.clone());
+        let service = limited_here(streamed, limits.clone());
         let unread = service.clone().oneshot(request()).await.unwrap();
         assert_eq!(
             limits.in_flight.available_permits(),
@@ -765,7 +893,7 @@ mod tests {
         drop(dropped);
         assert_eq!(limits.in_flight.available_permits(), 1);
         // An answer without a body frees it at once.
-        let empty = limited(
+        let empty = limited_here(
             tower::service_fn(|_: Request| async {
                 Ok::<_, Infallible>(StatusCode::NO_CONTENT.into_response())
             }),
@@ -774,6 +902,55 @@ mod tests {
         let answered = empty.oneshot(request()).await.unwrap();
         assert_eq!(answered.status(), 204);
         assert_eq!(limits.in_flight.available_permits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_takes_turns_with_its_spare_timer_and_every_deadline_holds() {
+        let spare = SpareTimer::default();
+        let at = |lent: &Lent| {
+            lent.sleep
+                .as_deref()
+                .map(|s| s as *const tokio::time::Sleep)
+        };
+        let start = Instant::now();
+        let first = spare.lend(start + Duration::from_secs(10));
+        let spare_at = at(&first);
+        // Wanted while lent: a timer of its own, dropped when given back after the spare.
+        let second = spare.lend(start + Duration::from_secs(5));
+        assert_ne!(at(&second), spare_at);
+        drop(first);
+        drop(second);
+        let waits = |deadline: Instant| {
+            let lent = spare.lend(deadline);
+            assert_eq!(at(&lent), spare_at, "the spare is lent again");
+            async move {
+                lent.await;
+                let waited = Instant::now() - start;
+                assert!(
+                    waited >= deadline - start
+                        && waited < deadline - start + Duration::from_millis(5),
+                    "{waited:?}"
+                );
+            }
+        };
+        // One deadline after another on the same timer: each holds.
+        waits(start + Duration::from_secs(20)).await;
+        waits(start + Duration::from_secs(21)).await;
+        // Reset while lent, as hyper and the request deadline do.
+        let mut lent = spare.lend(start + Duration::from_secs(60));
+        lent.reset(start + Duration::from_secs(22));
+        lent.await;
+        assert!(Instant::now() - start < Duration::from_secs(23));
+        // Through hyper's interface.
+        let timer: &dyn hyper::rt::Timer = &spare;
+        let before = Instant::now();
+        timer.sleep(Duration::from_secs(3)).await;
+        assert!(Instant::now() - before >= Duration::from_secs(3));
+        let mut sleep = timer.sleep_until((Instant::now() + Duration::from_secs(100)).into());
+        timer.reset(&mut sleep, (Instant::now() + Duration::from_secs(1)).into());
+        let before = Instant::now();
+        sleep.await;
+        assert!(Instant::now() - before < Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -786,7 +963,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
-        let answer = limited(slow(Duration::from_secs(10)), limits.clone())
+        let answer = limited_here(slow(Duration::from_secs(10)), limits.clone())
             .oneshot(request())
             .await
             .unwrap();
@@ -834,7 +1011,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
-        let service = limited(reading(), limits.clone());
+        let service = limited_here(reading(), limits.clone());
         // A byte every 2 s: cut soon after the grace, long before the request timeout.
         let started = Instant::now();
         let answer = service
@@ -871,7 +1048,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Binding,
         };
-        let service = limited(slow(Duration::from_secs(10)), limits);
+        let service = limited_here(slow(Duration::from_secs(10)), limits);
         let first = tokio::spawn(service.clone().oneshot(request()));
         tokio::task::yield_now().await;
         let shed = service.oneshot(request()).await.unwrap();
