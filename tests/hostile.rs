@@ -488,8 +488,19 @@ async fn hostile_bodies_and_answers_stay_within_three_times_their_size() {
 /// operating system's own (see `OWN_MAPPING_KIB` in the binary): before, a freed one stayed
 /// resident in mimalloc a second, and the zero-filled buffer fjall's journal compresses a
 /// value into was written whole when it reused one, which made central 3.2 in about one
-/// 25 MiB write of four.
+/// 25 MiB write of four. That is for values that compress, as these tests' do; see
+/// [`INCOMPRESSIBLE_WRITE_PEAK_BOUND`] for those that do not.
 const WRITE_PEAK_BOUND: f64 = 3.0;
+
+/// The same for one 25 MiB value that does not compress (random bytes): **4.0-4.2 measured at
+/// both nodes, above issue 16's 3**. fjall (3.1) journals every item, compressing each value
+/// of 4 KiB or more with LZ4 into a zero-filled buffer of the value's size and serialising the
+/// outcome into its journal writer's buffer: for a value LZ4 cannot shrink, two more copies of
+/// it while the batch is journaled. Central journals the value twice besides (the log entry
+/// and the record, which share one copy in memory). What would bring this under 3: journaling
+/// a large value once (the record referring to its log entry while the log holds it), and
+/// writing it to the journal without an intermediate buffer (fjall's side).
+const INCOMPRESSIBLE_WRITE_PEAK_BOUND: f64 = 4.5;
 
 /// A fresh central and an edge following it, each a process of its own, with a namespace
 /// created through the edge, whose creation is the log's first entry.
@@ -539,11 +550,12 @@ impl Pair {
 
     /// How much `write`, and the edge's receipt of its `entries` log entries from the
     /// replication log, made the peak RSS of central and of the edge grow; fails the test
-    /// if either grew by more than [`WRITE_PEAK_BOUND`] times `body`.
+    /// if either grew by more than `bound` times `body`.
     async fn peak_growth<F: std::future::Future<Output = serde_json::Value>>(
         &self,
         body: u64,
         entries: u64,
+        bound: f64,
         write: F,
     ) -> serde_json::Value {
         let pids = [self.central.pid(), self.edge.pid()];
@@ -560,9 +572,9 @@ impl Pair {
             ratio(at_central),
             ratio(at_edge)
         );
-        let bound = (WRITE_PEAK_BOUND * body as f64) as u64;
+        let limit = (bound * body as f64) as u64;
         assert!(
-            at_central <= bound && at_edge <= bound,
+            at_central <= limit && at_edge <= limit,
             "a {body}-byte write grew central's peak by {at_central} ({:.2}x), the edge's by \
              {at_edge} ({:.2}x)",
             ratio(at_central),
@@ -605,7 +617,9 @@ async fn a_near_limit_bulk_write_stays_within_three_times_its_body_at_central_an
             .header("content-type", "application/json")
             .body(body),
     );
-    let answer = pair.peak_growth(size, 10_000, write).await;
+    let answer = pair
+        .peak_growth(size, 10_000, WRITE_PEAK_BOUND, write)
+        .await;
     assert_eq!(answer["result"]["successful_key_count"], 10_000, "{answer}");
 
     for (key, fill) in [("large-a", b'a'), ("large-b", b'b')] {
@@ -622,11 +636,34 @@ async fn a_near_limit_bulk_write_stays_within_three_times_its_body_at_central_an
 /// Nor does a single value of the largest size, 25 MiB, which reads back whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_largest_value_stays_within_three_times_its_size_at_central_and_edge() {
+    largest_value(vec![b'v'; 25 * MIB as usize], WRITE_PEAK_BOUND).await;
+}
+
+/// The same value made of random bytes, which the storage engine's journal cannot compress:
+/// within what is measured, not yet within issue 16's goal (see
+/// [`INCOMPRESSIBLE_WRITE_PEAK_BOUND`]).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incompressible_largest_value_stays_within_its_measured_bound() {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let value = (0..25 * MIB as usize)
+        .map(|_| {
+            // xorshift64: random enough that LZ4 finds nothing to shrink.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    largest_value(value, INCOMPRESSIBLE_WRITE_PEAK_BOUND).await;
+}
+
+/// Writes `value` through a fresh pair, checking the peak growth of both nodes against
+/// `bound`, and reads it back whole.
+async fn largest_value(value: Vec<u8>, bound: f64) {
     let pair = Pair::start().await;
     let (http, ns) = (&pair.http, &pair.ns);
-    let value = vec![b'v'; 25 * MIB as usize];
     let write = send_ok(http.put(format!("{ns}/values/large")).body(value.clone()));
-    pair.peak_growth(value.len() as u64, 1, write).await;
+    pair.peak_growth(value.len() as u64, 1, bound, write).await;
     let read = common::fetch_bytes(http.get(format!("{ns}/values/large"))).await;
     assert!(read == value, "the value read back {} bytes", read.len());
 }
