@@ -638,8 +638,9 @@ fn cut(entries: Vec<Logged>, subscription: &Subscription) -> Vec<LogBatch> {
         } else {
             entry.change.size()
         };
-        let current = batches.last_mut().expect("never empty");
-        if current.last().is_some() && bytes + size > BATCH_BYTES {
+        let current = batches.last().expect("never empty");
+        let started = !current.entries.is_empty() || !current.yours.is_empty();
+        if started && bytes + size > BATCH_BYTES {
             batches.push(LogBatch::default());
             bytes = 0;
         }

@@ -796,28 +796,6 @@ mod tests {
         })
     }
 
-    /// `limited`, on a spare timer of its own.
-    fn limited_here<S>(
-        service: S,
-        limits: Limits,
-    ) -> impl tower::Service<
-        Request,
-        Response = Response,
-        Error = Infallible,
-        Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
-    > + Clone
-           + Send
-           + 'static
-    where
-        S: tower::Service<Request, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        limited(service, limits, SpareTimer::default())
-    }
-
     fn request() -> Request {
         Request::get("/").body(Body::empty()).unwrap()
     }
@@ -832,7 +810,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
-        let service = limited_here(slow(Duration::from_secs(1)), limits);
+        let service = limited(slow(Duration::from_secs(1)), limits, SpareTimer::default());
         let first = tokio::spawn(service.clone().oneshot(request()));
         let second = tokio::spawn(service.clone().oneshot(request()));
         tokio::task::yield_now().await;
@@ -869,7 +847,7 @@ mod tests {
                 pieces,
             ))))
         });
-        let service = limited_here(streamed, limits.clone());
+        let service = limited(streamed, limits.clone(), SpareTimer::default());
         let unread = service.clone().oneshot(request()).await.unwrap();
         assert_eq!(
             limits.in_flight.available_permits(),
@@ -893,11 +871,12 @@ mod tests {
         drop(dropped);
         assert_eq!(limits.in_flight.available_permits(), 1);
         // An answer without a body frees it at once.
-        let empty = limited_here(
+        let empty = limited(
             tower::service_fn(|_: Request| async {
                 Ok::<_, Infallible>(StatusCode::NO_CONTENT.into_response())
             }),
             limits.clone(),
+            SpareTimer::default(),
         );
         let answered = empty.oneshot(request()).await.unwrap();
         assert_eq!(answered.status(), 204);
@@ -963,10 +942,14 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
-        let answer = limited_here(slow(Duration::from_secs(10)), limits.clone())
-            .oneshot(request())
-            .await
-            .unwrap();
+        let answer = limited(
+            slow(Duration::from_secs(10)),
+            limits.clone(),
+            SpareTimer::default(),
+        )
+        .oneshot(request())
+        .await
+        .unwrap();
         assert_eq!(answer.status(), 408);
         assert_eq!(limits.in_flight.available_permits(), 8, "its slot is free");
     }
@@ -1011,7 +994,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Rest,
         };
-        let service = limited_here(reading(), limits.clone());
+        let service = limited(reading(), limits.clone(), SpareTimer::default());
         // A byte every 2 s: cut soon after the grace, long before the request timeout.
         let started = Instant::now();
         let answer = service
@@ -1048,7 +1031,7 @@ mod tests {
             min_body_rate: 1024,
             refusals: Refusals::Binding,
         };
-        let service = limited_here(slow(Duration::from_secs(10)), limits);
+        let service = limited(slow(Duration::from_secs(10)), limits, SpareTimer::default());
         let first = tokio::spawn(service.clone().oneshot(request()));
         tokio::task::yield_now().await;
         let shed = service.oneshot(request()).await.unwrap();
