@@ -86,7 +86,25 @@ pub struct RecordView<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// How many bytes of an encoded record [`RecordView::version_of`] needs at most: the format
+/// byte and the version (two integers of at most 10 bytes each as postcard writes them).
+pub const VERSION_HEAD: usize = 21;
+
 impl<'a> RecordView<'a> {
+    /// The version of an encoded record, from its first [`VERSION_HEAD`] bytes (or fewer, or
+    /// the whole record): for last-write-wins checks, which need nothing else of it.
+    pub fn version_of(head: &[u8]) -> Result<Version, KvError> {
+        let corrupt = |why: String| KvError::Internal(format!("corrupt record: {why}"));
+        let (&format, rest) = head.split_first().ok_or_else(|| corrupt("empty".into()))?;
+        if format != FORMAT {
+            return Err(corrupt(format!("unknown format {format}")));
+        }
+        // The version is the encoding's first field.
+        let (version, _) =
+            postcard::take_from_bytes::<Version>(rest).map_err(|e| corrupt(e.to_string()))?;
+        Ok(version)
+    }
+
     /// Decodes stored bytes.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, KvError> {
         let corrupt = |why: String| KvError::Internal(format!("corrupt record: {why}"));
@@ -237,6 +255,29 @@ mod tests {
         let view = RecordView::decode(&view_bytes).unwrap();
         assert_eq!(view.metadata, Some(r#"{"a":1}"#));
         assert_eq!(view.value, Some(&b"\x00\xffbinary"[..]));
+    }
+
+    /// The version reads from a record's first [`VERSION_HEAD`] bytes, whatever follows.
+    #[test]
+    fn the_version_reads_from_the_head_alone() {
+        let largest = version(u64::MAX, u64::MAX);
+        for record in [
+            Record::tombstone(largest),
+            Record {
+                version: version(3, 4),
+                live: Some(LiveValue {
+                    value: Bytes::from(vec![7; 100_000]),
+                    metadata: None,
+                    expiration: None,
+                }),
+            },
+        ] {
+            let bytes = record.encode();
+            let head = &bytes[..VERSION_HEAD.min(bytes.len())];
+            assert_eq!(RecordView::version_of(head).unwrap(), record.version);
+        }
+        assert!(RecordView::version_of(&[FORMAT, 0xff]).is_err());
+        assert!(RecordView::version_of(&[2, 0, 0]).is_err());
     }
 
     #[test]

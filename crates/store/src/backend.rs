@@ -26,7 +26,9 @@ use bytes::Bytes;
 pub enum Tree {
     /// Namespace id (16 bytes) → encoded namespace.
     Namespaces,
-    /// Namespace id (16 bytes) followed by the key's bytes → encoded record.
+    /// Namespace id (16 bytes) followed by the key's bytes → encoded record. An encoding
+    /// never begins with a zero byte (it begins with its format, 1 or more), which
+    /// [`crate::chunked`] relies on for its markers; so does a [`Tree::Log`] value.
     Records,
     /// Expiration (big-endian unix seconds), namespace id, key → nothing.
     Expiry,
@@ -38,17 +40,21 @@ pub enum Tree {
     /// was deleted or expired (big-endian unix milliseconds) and the tombstone's version, so
     /// that garbage collection finds the tombstones it may purge without a full scan.
     Tombstones,
+    /// Pieces of large values of [`Tree::Records`] and [`Tree::Log`], where a node stores them
+    /// in pieces ([`crate::chunked`]): id and index (big-endian) → bytes.
+    Chunks,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 7] = [
         Tree::Namespaces,
         Tree::Records,
         Tree::Expiry,
         Tree::Log,
         Tree::Meta,
         Tree::Tombstones,
+        Tree::Chunks,
     ];
 
     /// The tree's name, for engines that name their trees.
@@ -60,6 +66,7 @@ impl Tree {
             Tree::Log => "log",
             Tree::Meta => "meta",
             Tree::Tombstones => "tombstones",
+            Tree::Chunks => "chunks",
         }
     }
 
@@ -108,6 +115,16 @@ impl Batch {
     /// Adds a removal.
     pub fn remove(&mut self, tree: Tree, key: Vec<u8>) {
         self.ops.push(Op::Remove { tree, key });
+    }
+
+    /// Adds a change.
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// A batch of these changes, in order.
+    pub fn from_ops(ops: Vec<Op>) -> Self {
+        Batch { ops }
     }
 
     /// Whether the batch changes nothing.
@@ -189,6 +206,13 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The value stored under `key`.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError>;
+    /// The value stored under `key`, or at least its first `len` bytes: for a read that needs
+    /// only the head of a value (a record's version). A wrapper that stores values apart
+    /// ([`crate::Chunked`]) reads less; a wrapper around such a one must pass it on.
+    fn get_head(&self, tree: Tree, key: &[u8], len: usize) -> Result<Option<Bytes>, BackendError> {
+        let _ = len;
+        self.get(tree, key)
+    }
     /// The entries whose keys lie between `from` and `to`, in key order.
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_>;
     /// Applies `batch` atomically; it is visible to reads when this returns, and durable once

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use driftkv_core::record::VERSION_HEAD;
 use driftkv_core::time::hlc_to_unix_ms;
 use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView, Version};
 
@@ -69,8 +70,11 @@ impl Store {
         let stored_key = record_key(namespace, key.as_bytes());
         let current = match staging.versions.get(&stored_key) {
             Some(version) => Some(*version),
-            None => match self.backend.get(Tree::Records, &stored_key)? {
-                Some(bytes) => Some(stored_version(&bytes)?),
+            None => match self
+                .backend
+                .get_head(Tree::Records, &stored_key, VERSION_HEAD)?
+            {
+                Some(head) => Some(stored_version(&head)?),
                 None => None,
             },
         };

@@ -5,8 +5,9 @@
 //! system at once (a crash of the process loses nothing); [`Backend::sync`] is fjall's
 //! `persist(PersistMode::SyncAll)`, an `fsync` of the journal, which fjall documents as reaching
 //! stable storage (it also fsyncs the journal's directory when it starts a new journal file).
-//! Values of 1 KiB and more in [`Tree::Records`] are kept apart from the keys (fjall's key-value
-//! separation), so compactions do not rewrite large values over and over.
+//! Values of 1 KiB and more in [`Tree::Records`] and [`Tree::Chunks`] are kept apart from the
+//! keys (fjall's key-value separation), so compactions do not rewrite large values over and
+//! over. A node opens it under [`crate::Chunked`], which stores large values in pieces.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -54,7 +55,7 @@ impl FjallBackend {
             .map(|tree| {
                 db.keyspace(tree.name(), || {
                     let options = KeyspaceCreateOptions::default();
-                    if *tree == Tree::Records {
+                    if matches!(tree, Tree::Records | Tree::Chunks) {
                         options.with_kv_separation(Some(KvSeparationOptions::default()))
                     } else {
                         options
@@ -129,13 +130,11 @@ impl Backend for FjallBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::Store;
 
+    // The suite runs on what a node opens: fjall under large values in pieces.
     crate::store_suite!(|dir: &Path| {
-        Store::open(Arc::new(FjallBackend::open(dir).expect("open fjall"))).expect("open the store")
+        crate::open(crate::EngineKind::Fjall, dir).expect("open the store")
     });
 
     /// Compacting a tree after removing most of it gives the space back.

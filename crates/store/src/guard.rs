@@ -348,6 +348,10 @@ impl Backend for Guarded {
         self.engine(false)?.get(tree, key)
     }
 
+    fn get_head(&self, tree: Tree, key: &[u8], len: usize) -> Result<Option<Bytes>, BackendError> {
+        self.engine(false)?.get_head(tree, key, len)
+    }
+
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
         match self.engine(false) {
             Ok(engine) => Box::new(OwnedEntries::new(engine, |engine| {

@@ -12,6 +12,7 @@
 //! against every engine; an engine that passes it can carry a node.
 
 pub mod backend;
+pub mod chunked;
 mod commit;
 mod fjall_backend;
 mod gc;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use driftkv_core::{KeyInfo, KvError, NamespaceId};
 
 pub use backend::{Backend, BackendError};
+pub use chunked::Chunked;
 pub use fjall_backend::FjallBackend;
 pub use gc::{spawn_every, spawn_gc_rounds, Purged, RecordCounts};
 pub use sled_backend::SledBackend;
@@ -135,7 +137,9 @@ pub fn open_backend(engine: EngineKind, dir: &Path) -> Result<Arc<dyn Backend>, 
         }
         EngineKind::Fjall => {
             refuse_other_engine(dir, engine, EngineKind::Sled, SledBackend::holds_database)?;
-            Arc::new(FjallBackend::open(dir)?)
+            // fjall copies each journaled item into buffers of its size: large values go in
+            // pieces (sled writes a large value to a file of its own, from the value).
+            Arc::new(Chunked::new(FjallBackend::open(dir)?)?)
         }
     })
 }

@@ -6,7 +6,6 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
 use driftkv_core::{Change, KeyInfo, LogEntry, Namespace, NamespaceId, Record, RecordView};
 
 use crate::backend::{Backend, Tree};
@@ -407,7 +406,7 @@ impl Store {
     }
 }
 
-/// The version of a stored record, read without decoding its value.
-pub(crate) fn stored_version(bytes: &Bytes) -> Result<driftkv_core::Version, StoreError> {
-    Ok(RecordView::decode(bytes).map_err(corrupt)?.version)
+/// The version of a stored record, from the head of its bytes (see [`Backend::get_head`]).
+pub(crate) fn stored_version(head: &[u8]) -> Result<driftkv_core::Version, StoreError> {
+    RecordView::version_of(head).map_err(corrupt)
 }
