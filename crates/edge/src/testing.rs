@@ -57,6 +57,13 @@ impl Backend for Counting {
         self.inner.get(tree, key)
     }
 
+    fn get_head(&self, tree: Tree, key: &[u8], len: usize) -> Result<Option<Bytes>, BackendError> {
+        if tree == Tree::Records {
+            *self.gets.lock().unwrap().entry(key.to_vec()).or_default() += 1;
+        }
+        self.inner.get_head(tree, key, len)
+    }
+
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
         self.inner.range(tree, from, to)
     }

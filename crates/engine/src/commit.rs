@@ -397,6 +397,15 @@ mod tests {
             self.inner.get(tree, key)
         }
 
+        fn get_head(
+            &self,
+            tree: Tree,
+            key: &[u8],
+            len: usize,
+        ) -> Result<Option<Bytes>, BackendError> {
+            self.inner.get_head(tree, key, len)
+        }
+
         fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
             self.inner.range(tree, from, to)
         }

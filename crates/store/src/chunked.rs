@@ -12,19 +12,30 @@
 //! **How.** A value longer than [`CHUNK`] becomes, in its own tree, a marker: a zero byte (no
 //! value of these trees begins with one: every encoding of a record or a change starts with its
 //! format byte, 1 or more), the pieces' id and the value's length. The pieces are
-//! [`Tree::Chunks`] entries keyed by id and index, and an owner entry in [`Tree::Meta`]
-//! (`chunked/<id>` → tree, length, key) lets an open find, without reading any piece, which keys
-//! have pieces: the wrapper keeps that in memory, so that a batch replacing or removing such a
-//! key removes its pieces in the same atomic batch (nothing is left behind by a crash, and no
-//! small write pays a read for this). Ids are never reused while their pieces exist, so a
-//! reader that finds a marker either reads exactly that value's pieces or finds them gone (the
-//! key was written again meanwhile) and reads the key again. Within a batch, a value's pieces
-//! come before its marker and old pieces go after everything else, which keeps this true for
-//! an engine whose readers can see a batch half applied (fjall, as `commit` explains).
+//! [`Tree::Chunks`] entries keyed by id and index, written in the value's batch with an owner
+//! entry in [`Tree::Meta`] (`chunked/<id>` → tree, length, key). A batch that writes or
+//! removes a key whose value is in pieces replaces the key's owner entry with a garbage entry
+//! (`chunked-garbage/<id>`), in the same atomic batch; the pieces themselves go afterwards, a
+//! bounded batch at a time (a sweep that an open resumes), so that removing many large values
+//! at once never makes one huge batch. To know which keys have pieces without a read per write,
+//! the wrapper keeps in memory a count per hash of tree and key, built from the owner entries
+//! at open (a few bytes per large value); only a write to such a hash reads the key's marker.
+//!
+//! **Readers.** Ids are never reused while their pieces exist, so a reader that finds a marker
+//! either reads exactly that value's pieces or finds them gone (the key was written again
+//! meanwhile) and reads the key again. Within a batch, a value's pieces come before its
+//! marker, which keeps this true for an engine whose readers can see a batch half applied
+//! (fjall: its reads do not wait for a batch to be published).
+//!
+//! **Compatibility.** A database written by this version can hold markers, which an older
+//! driftkv cannot read: going back to an older binary needs a fresh data directory (an edge
+//! refills from central; central's data has to be exported through the API).
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::ops::Bound;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
@@ -35,20 +46,32 @@ use crate::backend::{Backend, BackendError, Batch, Entries, Op, Tree};
 /// small next to the largest value (25 MiB).
 pub const CHUNK: usize = 64 * 1024;
 
+/// Most removals of pieces one sweep batch holds (fewer in unit tests, so that they can see a
+/// sweep take several batches).
+const SWEEP_OPS: usize = if cfg!(test) { 100 } else { 10_000 };
+
+/// Most bytes a read reserves up front for a value put together from its pieces, so that a
+/// corrupt length cannot make it reserve more: larger values (none are, at Workers KV's
+/// limits) grow as their pieces come.
+const RESERVE_AT_MOST: usize = 64 << 20;
+
+/// Reads of a marker whose pieces went meanwhile before a reader stops racing the writers and
+/// reads with commits held off.
+const RACES: usize = 3;
+
 /// First byte of a marker; never the first byte of a record or a change.
 const MARKER: u8 = 0;
 /// A marker: [`MARKER`], id, length.
 const MARKER_LEN: usize = 1 + 8 + 8;
 /// Prefix of the [`Tree::Meta`] keys of owner entries (followed by the id, big-endian).
 const OWNER: &[u8] = b"chunked/";
+/// Prefix of the [`Tree::Meta`] keys of garbage entries (followed by the id): pieces no value
+/// refers to any more, with the value's length and how many pieces are already removed.
+const GARBAGE: &[u8] = b"chunked-garbage/";
 
-/// The trees whose values may be large, as indexes into [`Owners::keys`].
-fn slot(tree: Tree) -> Option<usize> {
-    match tree {
-        Tree::Records => Some(0),
-        Tree::Log => Some(1),
-        _ => None,
-    }
+/// Whether values of `tree` may be stored in pieces.
+fn chunked(tree: Tree) -> bool {
+    matches!(tree, Tree::Records | Tree::Log)
 }
 
 /// A value stored in pieces.
@@ -91,12 +114,11 @@ impl Pieces {
         chunk_key(self.id, self.count())
     }
 
-    /// Stages the removal of the pieces and of their owner entry.
-    fn remove(self, batch: &mut Batch) {
-        for index in 0..self.count() {
-            batch.remove(Tree::Chunks, chunk_key(self.id, index));
-        }
+    /// Stages the end of the value: its owner entry becomes a garbage entry with no piece
+    /// removed yet.
+    fn discard(self, batch: &mut Batch) {
         batch.remove(Tree::Meta, owner_key(self.id));
+        batch.put(Tree::Meta, garbage_key(self.id), garbage_value(self.len, 0));
     }
 }
 
@@ -112,8 +134,7 @@ fn broken(what: &'static str) -> BackendError {
 }
 
 /// The [`Tree::Chunks`] key of piece `index` of `id`: both big-endian, so a value's pieces
-/// are one range in order. (An index fits in 4 bytes; it is kept as 8 for simplicity of the
-/// range end, which is one past the last.)
+/// are one range in order.
 fn chunk_key(id: u64, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
     k.extend_from_slice(&id.to_be_bytes());
@@ -134,63 +155,161 @@ fn owner_value(tree: Tree, len: u64, key: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Which keys have pieces, as the committed batches left it.
-#[derive(Default)]
+fn garbage_key(id: u64) -> Vec<u8> {
+    [GARBAGE, &id.to_be_bytes()].concat()
+}
+
+/// A garbage entry's value: the value's length and how many of its pieces are removed.
+fn garbage_value(len: u64, removed: u64) -> Vec<u8> {
+    [len.to_be_bytes(), removed.to_be_bytes()].concat()
+}
+
+/// What the wrapper keeps in memory, as the committed batches left it.
 struct Owners {
-    /// Per tree that may hold large values (see [`slot`]): key → its pieces.
-    keys: [HashMap<Vec<u8>, Pieces>; 2],
+    /// How many values in pieces there are per hash of tree and key (see
+    /// [`Chunked::hash`]): a key whose hash is absent has no pieces.
+    hashes: HashMap<u64, u32>,
     /// The next id to hand out: above every id with pieces on disk.
     next_id: u64,
+    /// Whether garbage entries may be waiting for a sweep.
+    garbage: bool,
 }
 
 /// A [`Backend`] that stores large values of [`Tree::Records`] and [`Tree::Log`] in pieces;
 /// see the module documentation.
 pub struct Chunked<B> {
     inner: B,
-    /// Held from the start of a commit to the end of its bookkeeping, so that the map follows
-    /// the order in which batches reached the engine.
+    /// Held from the start of a commit to the end of its bookkeeping (and its sweep), so that
+    /// the counts follow the order in which batches reached the engine.
     owners: Mutex<Owners>,
+    hasher: RandomState,
 }
 
 impl<B: Backend> Chunked<B> {
-    /// Wraps `inner`, reading which keys have pieces from its owner entries.
+    /// Wraps `inner`, counting which keys have pieces from its owner entries, and removes the
+    /// pieces of garbage entries an earlier run left.
     pub fn new(inner: B) -> Result<Self, BackendError> {
+        let hasher = RandomState::new();
         let mut owners = Owners {
+            hashes: HashMap::new(),
             next_id: 1,
-            ..Owners::default()
+            garbage: true,
         };
-        for entry in inner.range(Tree::Meta, Bound::Included(OWNER), Bound::Unbounded) {
-            let (k, v) = entry?;
-            let Some(id) = k.strip_prefix(OWNER) else {
-                break;
-            };
-            if id.len() != 8 || v.len() < 9 {
-                return Err(broken("a malformed owner entry of a large value"));
+        for prefix in [OWNER, GARBAGE] {
+            for entry in inner.range(Tree::Meta, Bound::Included(prefix), Bound::Unbounded) {
+                let (k, v) = entry?;
+                let Some(id) = k.strip_prefix(prefix) else {
+                    break;
+                };
+                if id.len() != 8 || v.len() < 9 {
+                    return Err(broken("a malformed entry of a large value"));
+                }
+                owners.next_id = owners.next_id.max(number(id) + 1);
+                if prefix == OWNER {
+                    let tree = Tree::ALL
+                        .into_iter()
+                        .find(|tree| tree.index() == v[0] && chunked(*tree))
+                        .ok_or_else(|| broken("an owner entry names no such tree"))?;
+                    *owners
+                        .hashes
+                        .entry(Self::hash_with(&hasher, tree, &v[9..]))
+                        .or_default() += 1;
+                }
             }
-            let id = number(id);
-            let slot = Tree::ALL
-                .iter()
-                .find(|tree| tree.index() == v[0])
-                .and_then(|tree| slot(*tree))
-                .ok_or_else(|| broken("an owner entry of a large value names no such tree"))?;
-            let pieces = Pieces {
-                id,
-                len: number(&v[1..9]),
-            };
-            owners.keys[slot].insert(v[9..].to_vec(), pieces);
-            owners.next_id = owners.next_id.max(id + 1);
         }
-        Ok(Chunked {
+        let chunked = Chunked {
             inner,
             owners: Mutex::new(owners),
+            hasher,
+        };
+        let mut owners = chunked.owners()?;
+        chunked.sweep(&mut owners);
+        drop(owners);
+        Ok(chunked)
+    }
+
+    fn hash_with(hasher: &RandomState, tree: Tree, key: &[u8]) -> u64 {
+        hasher.hash_one((tree.index(), key))
+    }
+
+    /// A hash of `tree` and `key`, keyed per process so that no client can aim writes at one.
+    fn hash(&self, tree: Tree, key: &[u8]) -> u64 {
+        Self::hash_with(&self.hasher, tree, key)
+    }
+
+    fn owners(&self) -> Result<MutexGuard<'_, Owners>, BackendError> {
+        self.owners.lock().map_err(|_| BackendError::Unusable {
+            reason: "a write of large values failed half-way (it panicked); the store must be \
+                     opened again"
+                .into(),
+            out_of_space: false,
         })
+    }
+
+    /// Removes the pieces of garbage entries, a batch of at most [`SWEEP_OPS`] removals at a
+    /// time. A failure leaves the rest for the next sweep: the write that made the garbage is
+    /// committed, and stray pieces take space, not correctness.
+    fn sweep(&self, owners: &mut Owners) {
+        while owners.garbage {
+            match self.sweep_batch() {
+                Ok(more) => owners.garbage = more,
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing the pieces of replaced large values failed; retrying after the next write");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Commits one batch of a sweep; returns whether garbage is left.
+    fn sweep_batch(&self) -> Result<bool, BackendError> {
+        let mut waiting = Vec::new();
+        for entry in self
+            .inner
+            .range(Tree::Meta, Bound::Included(GARBAGE), Bound::Unbounded)
+        {
+            let (k, v) = entry?;
+            let Some(id) = k.strip_prefix(GARBAGE) else {
+                break;
+            };
+            if id.len() != 8 || v.len() != 16 {
+                return Err(broken("a malformed garbage entry of a large value"));
+            }
+            waiting.push((number(id), number(&v[..8]), number(&v[8..])));
+            if waiting.len() >= SWEEP_OPS {
+                break;
+            }
+        }
+        let mut batch = Batch::new();
+        let mut room = SWEEP_OPS as u64;
+        for (id, len, removed) in waiting {
+            let pieces = Pieces { id, len };
+            let upto = pieces.count().min(removed + room);
+            for index in removed..upto {
+                batch.remove(Tree::Chunks, chunk_key(id, index));
+            }
+            room -= upto - removed;
+            if upto == pieces.count() {
+                batch.remove(Tree::Meta, garbage_key(id));
+            } else {
+                batch.put(Tree::Meta, garbage_key(id), garbage_value(len, upto));
+            }
+            if room == 0 {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        self.inner.commit(batch)?;
+        Ok(true)
     }
 
     /// The value of `pieces`, or `None` if they are gone (their key was written again since
     /// its marker was read).
     fn assemble(&self, pieces: Pieces) -> Result<Option<Bytes>, BackendError> {
         let len = usize::try_from(pieces.len).map_err(|_| broken("a large value's length"))?;
-        let mut value = BytesMut::with_capacity(len);
+        let mut value = BytesMut::with_capacity(len.min(RESERVE_AT_MOST));
         let (first, end) = (pieces.first_key(), pieces.end_key());
         for entry in self
             .inner
@@ -208,7 +327,7 @@ impl<B: Backend> Chunked<B> {
     /// `value` as read from `tree` under `key`, its pieces put together if it is a marker;
     /// `None` if the key was written again meanwhile and is now gone.
     fn resolve(&self, tree: Tree, key: &[u8], value: Bytes) -> Result<Option<Bytes>, BackendError> {
-        if slot(tree).is_none() {
+        if !chunked(tree) {
             return Ok(Some(value));
         }
         let Some(pieces) = Pieces::of_value(&value)? else {
@@ -217,9 +336,14 @@ impl<B: Backend> Chunked<B> {
         if let Some(whole) = self.assemble(pieces)? {
             return Ok(Some(whole));
         }
-        // The pieces went with a later write of the key: read what is there now.
-        let mut seen = pieces;
-        loop {
+        // The pieces went with a later write of the key: read what is there now, a few times
+        // racing the writers, then with commits held off, which must succeed.
+        for race in 1..=RACES {
+            let _held = if race == RACES {
+                Some(self.owners()?)
+            } else {
+                None
+            };
             let Some(value) = self.inner.get(tree, key)? else {
                 return Ok(None);
             };
@@ -229,25 +353,15 @@ impl<B: Backend> Chunked<B> {
             if let Some(whole) = self.assemble(pieces)? {
                 return Ok(Some(whole));
             }
-            if pieces == seen {
-                // The same marker twice, its pieces missing both times: not a race.
-                return Err(broken("a large value's pieces are missing"));
-            }
-            seen = pieces;
         }
+        Err(broken("a large value's pieces are missing"))
     }
 
-    /// Stages `op` of a tree that may hold large values into `out`, given the pieces its key
-    /// has now, whose removal goes to `removals`; returns the pieces it will have.
-    fn stage(
-        owners: &mut Owners,
-        out: &mut Batch,
-        removals: &mut Batch,
-        op: Op,
-        old: Option<Pieces>,
-    ) -> (Vec<u8>, Option<Pieces>) {
+    /// Stages the last `op` of a key of a tree that may hold large values into `out`, given
+    /// the pieces its key has now; returns the pieces it will have.
+    fn stage(owners: &mut Owners, out: &mut Batch, op: Op, old: Option<Pieces>) -> Option<Pieces> {
         if let Some(old) = old {
-            old.remove(removals);
+            old.discard(out);
         }
         match op {
             Op::Put { tree, key, value } if value.len() > CHUNK => {
@@ -270,30 +384,29 @@ impl<B: Backend> Chunked<B> {
                     owner_key(pieces.id),
                     owner_value(tree, pieces.len, &key),
                 );
-                out.put(tree, key.clone(), pieces.marker());
-                (key, Some(pieces))
+                // After its pieces: a reader that sees the marker finds them all.
+                out.put(tree, key, pieces.marker());
+                Some(pieces)
             }
-            Op::Put { tree, key, value } => {
-                out.put(tree, key.clone(), value);
-                (key, None)
-            }
-            Op::Remove { tree, key } => {
-                out.remove(tree, key.clone());
-                (key, None)
+            other => {
+                out.push(other);
+                None
             }
         }
     }
 }
 
-/// The tree and key an op writes, with the slot of a tree that may hold large values.
-fn target(op: &Op) -> (Option<usize>, &[u8]) {
+/// The tree and key an op writes, if values of the tree may be stored in pieces.
+fn target(op: &Op) -> Option<(Tree, &[u8])> {
     match op {
-        Op::Put { tree, key, .. } | Op::Remove { tree, key } => (slot(*tree), key),
+        Op::Put { tree, key, .. } | Op::Remove { tree, key } => {
+            chunked(*tree).then_some((*tree, key.as_slice()))
+        }
     }
 }
 
 fn is_large(op: &Op) -> bool {
-    matches!(op, Op::Put { tree, value, .. } if slot(*tree).is_some() && value.len() > CHUNK)
+    matches!(op, Op::Put { tree, value, .. } if chunked(*tree) && value.len() > CHUNK)
 }
 
 impl<B: Backend> Backend for Chunked<B> {
@@ -313,7 +426,7 @@ impl<B: Backend> Backend for Chunked<B> {
         let Some(value) = self.inner.get(tree, key)? else {
             return Ok(None);
         };
-        if slot(tree).is_some() && len <= CHUNK {
+        if chunked(tree) && len <= CHUNK {
             if let Some(pieces) = Pieces::of_value(&value)? {
                 if let Some(first) = self.inner.get(Tree::Chunks, &pieces.first_key())? {
                     return Ok(Some(first));
@@ -326,7 +439,7 @@ impl<B: Backend> Backend for Chunked<B> {
 
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
         let entries = self.inner.range(tree, from, to);
-        if slot(tree).is_none() {
+        if !chunked(tree) {
             return entries;
         }
         Box::new(entries.filter_map(move |entry| {
@@ -344,70 +457,83 @@ impl<B: Backend> Backend for Chunked<B> {
     }
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
-        let mut owners = self.owners.lock().expect("owners lock");
+        let mut owners = self.owners()?;
         let ops = batch.into_ops();
-        // The keys whose pieces this batch touches (a large value comes, or one is there),
+        // The keys whose pieces this batch touches (a large value comes, or one may be there),
         // each with the index of its last op: only that one counts (a batch is atomic), since
-        // staging earlier ones too could put and remove one piece in a single batch, whose
-        // order an engine need not keep.
-        let mut last: [HashMap<Vec<u8>, usize>; 2] = Default::default();
+        // staging earlier ones too could write one piece or entry twice in a single batch,
+        // whose order an engine need not keep.
+        let mut last: HashMap<(Tree, &[u8]), usize> = HashMap::new();
         for (at, op) in ops.iter().enumerate() {
-            if let (Some(slot), key) = target(op) {
-                if is_large(op) || owners.keys[slot].contains_key(key) {
-                    last[slot].insert(key.to_vec(), at);
+            if let Some((tree, key)) = target(op) {
+                if is_large(op) || owners.hashes.contains_key(&self.hash(tree, key)) {
+                    last.insert((tree, key), at);
                 }
             }
         }
-        if last.iter().all(HashMap::is_empty) {
+        if last.is_empty() {
             // The common case: no large value here, none coming.
             return self.inner.commit(Batch::from_ops(ops));
         }
         // A later small write of an involved key counts as its last op too.
         for (at, op) in ops.iter().enumerate() {
-            if let (Some(slot), key) = target(op) {
-                if let Some(last) = last[slot].get_mut(key) {
+            if let Some(target) = target(op) {
+                if let Some(last) = last.get_mut(&target) {
                     *last = at;
                 }
             }
         }
-        let mut out = Batch::new();
-        let mut removals = Batch::new();
-        let mut after = Vec::new();
-        for (at, op) in ops.into_iter().enumerate() {
-            let (slot, last_at, old) = match target(&op) {
-                (Some(slot), key) => match last[slot].get(key) {
-                    Some(last_at) => (slot, *last_at, owners.keys[slot].get(key).copied()),
-                    None => {
-                        out.push(op);
-                        continue;
-                    }
-                },
-                (None, _) => {
-                    out.push(op);
-                    continue;
+        // What becomes of each op: passed on, dropped (not its key's last), or staged with
+        // its key's hash and current pieces.
+        let mut staged = Vec::with_capacity(ops.len());
+        for (at, op) in ops.iter().enumerate() {
+            let action = match target(op).and_then(|target| Some((target, *last.get(&target)?))) {
+                None => None,
+                Some((_, last_at)) if last_at != at => Some(None),
+                Some(((tree, key), _)) => {
+                    let hash = self.hash(tree, key);
+                    let old = if owners.hashes.contains_key(&hash) {
+                        match self.inner.get(tree, key)? {
+                            Some(value) => Pieces::of_value(&value)?,
+                            None => None,
+                        }
+                    } else {
+                        None
+                    };
+                    Some(Some((hash, old)))
                 }
             };
-            if last_at != at {
-                continue;
+            staged.push(action);
+        }
+        drop(last);
+        let mut out = Batch::new();
+        let mut changes = Vec::new();
+        for (op, action) in ops.into_iter().zip(staged) {
+            match action {
+                None => out.push(op),
+                Some(None) => {}
+                Some(Some((hash, old))) => {
+                    let new = Self::stage(&mut owners, &mut out, op, old);
+                    changes.push((hash, old.is_some(), new.is_some()));
+                }
             }
-            let (key, new) = Self::stage(&mut owners, &mut out, &mut removals, op, old);
-            after.push((slot, key, new));
         }
-        // Old pieces go last. fjall makes a batch's items visible one by one as it applies
-        // them (its reads do not wait for a batch to be published), so a reader may see part
-        // of a batch; in this order, one that finds pieces missing and reads the key again
-        // finds the new marker or value, and a marker it finds has all its pieces.
-        for op in removals.into_ops() {
-            out.push(op);
-        }
-        // Ids handed out to a batch that fails are not handed out again: nothing needs them.
         self.inner.commit(out)?;
-        for (slot, key, new) in after {
-            match new {
-                Some(pieces) => owners.keys[slot].insert(key, pieces),
-                None => owners.keys[slot].remove(&key),
-            };
+        for (hash, had, has) in changes {
+            if had {
+                if let Some(count) = owners.hashes.get_mut(&hash) {
+                    *count -= 1;
+                    if *count == 0 {
+                        owners.hashes.remove(&hash);
+                    }
+                }
+                owners.garbage = true;
+            }
+            if has {
+                *owners.hashes.entry(hash).or_default() += 1;
+            }
         }
+        self.sweep(&mut owners);
         Ok(())
     }
 
@@ -423,7 +549,7 @@ impl<B: Backend> Backend for Chunked<B> {
     /// values removed pieces.
     fn compact(&self, tree: Tree) -> Result<(), BackendError> {
         self.inner.compact(tree)?;
-        if slot(tree).is_some() {
+        if chunked(tree) {
             self.inner.compact(Tree::Chunks)?;
         }
         Ok(())
@@ -563,6 +689,102 @@ mod tests {
             let owners = count(backend.as_ref(), Tree::Meta);
             assert_eq!(owners, 1, "{engine}: one owner entry, c's");
         }
+    }
+
+    /// Records the size of every batch that reaches the engine.
+    struct Sizes {
+        inner: FjallBackend,
+        batches: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Backend for Sizes {
+        fn name(&self) -> &'static str {
+            "sizes"
+        }
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
+            self.inner.get(tree, key)
+        }
+        fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
+            self.inner.range(tree, from, to)
+        }
+        fn commit(&self, batch: Batch) -> Result<(), BackendError> {
+            self.batches.lock().unwrap().push(batch.len());
+            self.inner.commit(batch)
+        }
+        fn sync(&self) -> Result<(), BackendError> {
+            self.inner.sync()
+        }
+        fn size_on_disk(&self) -> Result<u64, BackendError> {
+            self.inner.size_on_disk()
+        }
+        fn compact(&self, tree: Tree) -> Result<(), BackendError> {
+            self.inner.compact(tree)
+        }
+    }
+
+    /// Removing many large values at once makes a batch of a few ops per value, and their
+    /// pieces go in batches of at most [`SWEEP_OPS`]; pieces an interrupted sweep left go at
+    /// the next open.
+    #[test]
+    fn pieces_go_in_bounded_batches_and_an_open_finishes_what_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = || {
+            let inner = Sizes {
+                inner: FjallBackend::open(dir.path()).unwrap(),
+                batches: batches.clone(),
+            };
+            Chunked::new(inner).unwrap()
+        };
+        let backend = open();
+        let values = 40u64;
+        let mut batch = Batch::new();
+        for i in 0..values {
+            batch.put(
+                Tree::Log,
+                i.to_be_bytes().to_vec(),
+                value(5 * CHUNK, i as u8),
+            );
+        }
+        backend.commit(batch).unwrap();
+        assert_eq!(count(&backend, Tree::Chunks), 200);
+        batches.lock().unwrap().clear();
+        let mut batch = Batch::new();
+        for i in 0..values {
+            batch.remove(Tree::Log, i.to_be_bytes().to_vec());
+        }
+        backend.commit(batch).unwrap();
+        let sizes = batches.lock().unwrap().clone();
+        // The removal: per value, the marker, the owner entry and a garbage entry.
+        assert_eq!(sizes[0], 3 * values as usize, "{sizes:?}");
+        // Then 200 pieces and 40 garbage entries, in batches of at most SWEEP_OPS removals.
+        assert!(sizes[1..].len() >= 2, "{sizes:?}");
+        assert!(
+            sizes[1..].iter().all(|&n| n <= SWEEP_OPS + values as usize),
+            "{sizes:?}"
+        );
+        assert_eq!(count(&backend, Tree::Chunks), 0);
+        assert_eq!(count(&backend, Tree::Meta), 0);
+
+        // A crash after the removal, before any sweep: what the first batch left.
+        put(&backend, Tree::Records, b"k", value(3 * CHUNK, 1));
+        drop(backend);
+        let inner = FjallBackend::open(dir.path()).unwrap();
+        let marker = inner.get(Tree::Records, b"k").unwrap().unwrap();
+        let pieces = Pieces::of_value(&marker).unwrap().unwrap();
+        let mut batch = Batch::new();
+        batch.remove(Tree::Records, b"k".to_vec());
+        pieces.discard(&mut batch);
+        inner.commit(batch).unwrap();
+        assert_eq!(count(&inner, Tree::Chunks), 3);
+        drop(inner);
+        let backend = open();
+        assert_eq!(count(&backend, Tree::Chunks), 0);
+        assert_eq!(count(&backend, Tree::Meta), 0);
+        // Ids are not handed out again while their pieces may exist.
+        put(&backend, Tree::Records, b"k", value(3 * CHUNK, 2));
+        let marker = backend.inner.get(Tree::Records, b"k").unwrap().unwrap();
+        assert!(Pieces::of_value(&marker).unwrap().unwrap().id > pieces.id);
     }
 
     /// A head read of a large value reads its first piece, not the whole value.

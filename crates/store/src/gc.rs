@@ -291,8 +291,9 @@ impl Store {
         Ok(())
     }
 
-    /// Counts the records stored, with a value or as tombstones: a scan of every record
-    /// (reading only the head of each), for gauges refreshed now and then.
+    /// Counts the records stored, with a value or as tombstones: a scan of every record, for
+    /// gauges refreshed now and then. It reads every value, a large one put together from its
+    /// pieces, one at a time.
     pub fn count_records(&self) -> Result<RecordCounts, StoreError> {
         let mut counts = RecordCounts::default();
         for entry in self
