@@ -30,10 +30,18 @@ fn experiment(args: &[&str]) -> String {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains(" 0 violations of the consistency model"),
-        "{stdout}"
-    );
+    if !stdout.contains(" 0 violations of the consistency model") {
+        // Each violation with the operations involved, for whoever reads the failure.
+        let out = args
+            .iter()
+            .position(|a| *a == "--out")
+            .map(|at| args[at + 1]);
+        let detail = out.map_or(String::new(), |out| {
+            let check = driftkv(&["testbed", "check", &format!("{out}/history.jsonl")]);
+            String::from_utf8_lossy(&check.stdout).into_owned()
+        });
+        panic!("{stdout}\n{detail}");
+    }
     stdout
 }
 
