@@ -235,7 +235,9 @@ async fn listed(c: &reqwest::Client, edge: &Server, ns: &str) -> Option<BTreeSet
 }
 
 /// Writers putting distinct keys through both edges until `stop`; each write counts once
-/// acknowledged. Failed writes (a node is down) are retried under other keys.
+/// acknowledged. Failed writes (a node is down) are retried under other keys. One writer per
+/// edge writes values of about 150 KiB, which fjall's store keeps in pieces (see
+/// `driftkv_store::chunked`): a crash must never leave a key with part of its value.
 fn spawn_writers(
     c: &reqwest::Client,
     urls: &[String],
@@ -253,7 +255,11 @@ fn spawn_writers(
                         return;
                     }
                     let key = format!("c{cycle}-e{e}-w{w}-{i:06}");
-                    let value = format!("v-{key}");
+                    let value = if w == 0 {
+                        format!("v-{key}-").repeat(150 * 1024 / (key.len() + 3))
+                    } else {
+                        format!("v-{key}")
+                    };
                     let put = c.put(format!("{url}/values/{key}")).body(value.clone());
                     match put.send().await {
                         Ok(r) if r.status() == 200 => {
@@ -318,6 +324,11 @@ async fn no_acknowledged_write_is_lost_across_crashes(engine: &'static str) {
     cluster.crash_central();
     cluster.edges = (0..2).map(|i| cluster.start_edge(i)).collect();
     let acked = acked.lock().unwrap().clone();
+    let large = acked.values().filter(|v| v.len() > 64 * 1024).count();
+    assert!(
+        large >= CRASH_CYCLES,
+        "{engine}: only {large} large values acknowledged"
+    );
     let expected: BTreeSet<String> = acked.keys().cloned().collect();
     for edge in &cluster.edges {
         let seen = wait_for(
