@@ -86,25 +86,45 @@ pub struct RecordView<'a> {
     pub value: Option<&'a [u8]>,
 }
 
-/// How many bytes of an encoded record [`RecordView::version_of`] needs at most: the format
-/// byte and the version (two integers of at most 10 bytes each as postcard writes them).
-pub const VERSION_HEAD: usize = 21;
+/// How many bytes of an encoded record [`RecordHead::decode`] needs at most: the format byte,
+/// the version (two integers of at most 10 bytes each as postcard writes them), whether the
+/// record is live (1 byte) and its expiration (1 + 10 bytes).
+pub const RECORD_HEAD: usize = 33;
 
-impl<'a> RecordView<'a> {
-    /// The version of an encoded record, from its first [`VERSION_HEAD`] bytes (or fewer, or
-    /// the whole record): for last-write-wins checks, which need nothing else of it.
-    pub fn version_of(head: &[u8]) -> Result<Version, KvError> {
+/// What a record's first [`RECORD_HEAD`] bytes tell: enough for last-write-wins, expiry and
+/// garbage-collection checks, which need nothing of the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHead {
+    pub version: Version,
+    /// False for a tombstone.
+    pub live: bool,
+    /// `None` for a tombstone or a value that does not expire.
+    pub expiration: Option<u64>,
+}
+
+impl RecordHead {
+    /// Decodes the head of an encoded record from its first [`RECORD_HEAD`] bytes (or fewer,
+    /// or the whole record).
+    pub fn decode(head: &[u8]) -> Result<Self, KvError> {
         let corrupt = |why: String| KvError::Internal(format!("corrupt record: {why}"));
         let (&format, rest) = head.split_first().ok_or_else(|| corrupt("empty".into()))?;
         if format != FORMAT {
             return Err(corrupt(format!("unknown format {format}")));
         }
-        // The version is the encoding's first field.
-        let (version, _) =
-            postcard::take_from_bytes::<Version>(rest).map_err(|e| corrupt(e.to_string()))?;
-        Ok(version)
+        // The encoding's first fields, in order: the version, then whether it is live and, if
+        // so, the expiration (postcard writes no field names, so the rest can stay unread).
+        let ((version, live), _) =
+            postcard::take_from_bytes::<(Version, Option<Option<u64>>)>(rest)
+                .map_err(|e| corrupt(e.to_string()))?;
+        Ok(RecordHead {
+            version,
+            live: live.is_some(),
+            expiration: live.flatten(),
+        })
     }
+}
 
+impl<'a> RecordView<'a> {
     /// Decodes stored bytes.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, KvError> {
         let corrupt = |why: String| KvError::Internal(format!("corrupt record: {why}"));
@@ -257,27 +277,53 @@ mod tests {
         assert_eq!(view.value, Some(&b"\x00\xffbinary"[..]));
     }
 
-    /// The version reads from a record's first [`VERSION_HEAD`] bytes, whatever follows.
+    /// A record's head reads from its first [`RECORD_HEAD`] bytes, whatever follows.
     #[test]
-    fn the_version_reads_from_the_head_alone() {
+    fn the_head_reads_from_the_first_bytes_alone() {
         let largest = version(u64::MAX, u64::MAX);
-        for record in [
-            Record::tombstone(largest),
-            Record {
-                version: version(3, 4),
-                live: Some(LiveValue {
-                    value: Bytes::from(vec![7; 100_000]),
-                    metadata: None,
+        let live = |expiration| Record {
+            version: largest,
+            live: Some(LiveValue {
+                value: Bytes::from(vec![7; 100_000]),
+                metadata: Some("{\"m\":1}".into()),
+                expiration,
+            }),
+        };
+        for (record, head) in [
+            (
+                Record::tombstone(version(3, 4)),
+                RecordHead {
+                    version: version(3, 4),
+                    live: false,
                     expiration: None,
-                }),
-            },
+                },
+            ),
+            (
+                live(Some(u64::MAX)),
+                RecordHead {
+                    version: largest,
+                    live: true,
+                    expiration: Some(u64::MAX),
+                },
+            ),
+            (
+                live(None),
+                RecordHead {
+                    version: largest,
+                    live: true,
+                    expiration: None,
+                },
+            ),
         ] {
             let bytes = record.encode();
-            let head = &bytes[..VERSION_HEAD.min(bytes.len())];
-            assert_eq!(RecordView::version_of(head).unwrap(), record.version);
+            assert_eq!(
+                RecordHead::decode(&bytes[..RECORD_HEAD.min(bytes.len())]).unwrap(),
+                head
+            );
+            assert_eq!(RecordHead::decode(&bytes).unwrap(), head);
         }
-        assert!(RecordView::version_of(&[FORMAT, 0xff]).is_err());
-        assert!(RecordView::version_of(&[2, 0, 0]).is_err());
+        assert!(RecordHead::decode(&[FORMAT, 0xff]).is_err());
+        assert!(RecordHead::decode(&[2, 0, 0]).is_err());
     }
 
     #[test]

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use driftkv_core::record::VERSION_HEAD;
+use driftkv_core::record::RECORD_HEAD;
 use driftkv_core::time::hlc_to_unix_ms;
-use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, RecordView, Version};
+use driftkv_core::{Change, LogEntry, Namespace, NamespaceId, Record, Version};
 
 use crate::backend::{Batch, Tree};
 use crate::layout::{
@@ -23,7 +23,7 @@ use crate::layout::{
     sequence_bytes, tombstone_key, tombstone_value, APPLIED_SEQUENCE, LAST_SEQUENCE,
     PENDING_SEQUENCE, TRIMMED_VERSION,
 };
-use crate::store::{stored_version, NamespaceTombstone, Store};
+use crate::store::{stored_head, NamespaceTombstone, Store};
 use crate::{DueExpiration, StoreError};
 
 /// Most keys one batch of a long removal (a namespace's records, old log entries) holds, so
@@ -72,9 +72,9 @@ impl Store {
             Some(version) => Some(*version),
             None => match self
                 .backend
-                .get_head(Tree::Records, &stored_key, VERSION_HEAD)?
+                .get_head(Tree::Records, &stored_key, RECORD_HEAD)?
             {
-                Some(head) => Some(stored_version(&head)?),
+                Some(head) => Some(stored_head(&head)?.version),
                 None => None,
             },
         };
@@ -623,18 +623,21 @@ impl Store {
         let mut changed = false;
         if self.has_namespace(due.namespace) {
             let stored_key = record_key(due.namespace, due.key.as_bytes());
-            if let Some(bytes) = self.backend.get(Tree::Records, &stored_key)? {
-                let view = RecordView::decode(&bytes).map_err(corrupt)?;
-                if view.value.is_some() && view.expiration == Some(due.expiration) {
+            if let Some(head) = self
+                .backend
+                .get_head(Tree::Records, &stored_key, RECORD_HEAD)?
+            {
+                let head = stored_head(&head)?;
+                if head.live && head.expiration == Some(due.expiration) {
                     batch.put(
                         Tree::Records,
                         stored_key,
-                        Record::tombstone(view.version).encode(),
+                        Record::tombstone(head.version).encode(),
                     );
                     batch.put(
                         Tree::Tombstones,
                         tombstone_key(self.position(), due.namespace, &due.key),
-                        tombstone_value(due.expiration.saturating_mul(1000), view.version),
+                        tombstone_value(due.expiration.saturating_mul(1000), head.version),
                     );
                     changed = true;
                 }

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use driftkv_core::record::RECORD_HEAD;
 use driftkv_core::{KvError, NamespaceId, Record, RecordView};
 
 use crate::backend::{Batch, Tree};
@@ -25,7 +26,7 @@ use crate::layout::{
     parse_tombstone_value, record_key, sequence_bytes, tombstone_key, APPLIED_SEQUENCE, GC_FLOOR,
     PENDING_SEQUENCE,
 };
-use crate::store::{NamespaceTombstone, Store};
+use crate::store::{stored_head, NamespaceTombstone, Store};
 use crate::StoreError;
 
 /// Most index entries one purge batch examines, so that the writer lock is held briefly.
@@ -66,9 +67,12 @@ impl Store {
                 examined += 1;
                 let (_, namespace, key) = parse_tombstone_key(&k)?;
                 let stored_key = record_key(namespace, key.as_bytes());
-                if let Some(bytes) = self.backend.get(Tree::Records, &stored_key)? {
-                    let view = RecordView::decode(&bytes).map_err(corrupt)?;
-                    if view.value.is_none() && view.version == version {
+                if let Some(head) =
+                    self.backend
+                        .get_head(Tree::Records, &stored_key, RECORD_HEAD)?
+                {
+                    let head = stored_head(&head)?;
+                    if !head.live && head.version == version {
                         batch.remove(Tree::Records, stored_key);
                         purged_here += 1;
                     }

@@ -6,6 +6,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use driftkv_core::record::RecordHead;
 use driftkv_core::{Change, KeyInfo, LogEntry, Namespace, NamespaceId, Record, RecordView};
 
 use crate::backend::{Backend, Tree};
@@ -406,7 +407,7 @@ impl Store {
     }
 }
 
-/// The version of a stored record, from the head of its bytes (see [`Backend::get_head`]).
-pub(crate) fn stored_version(head: &[u8]) -> Result<driftkv_core::Version, StoreError> {
-    RecordView::version_of(head).map_err(corrupt)
+/// The head of a stored record (see [`Backend::get_head`]).
+pub(crate) fn stored_head(head: &[u8]) -> Result<RecordHead, StoreError> {
+    RecordHead::decode(head).map_err(corrupt)
 }
