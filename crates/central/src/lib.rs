@@ -188,11 +188,10 @@ where
 impl Upstream for Central {
     async fn write_batch(
         &self,
-        writer: u64,
+        writer: Option<u64>,
         requests: Vec<WriteRequest>,
     ) -> Result<BatchOutcome, KvError> {
         let _timer = self.write_seconds.start_timer();
-        let writer = (writer != 0).then_some(writer);
         Ok(self.engine.write_batch(writer, requests).await)
     }
 
@@ -390,7 +389,7 @@ impl CentralRpc for CentralService {
         // Tools write with no writer id: their subscriptions, if any, get every entry whole.
         let outcome = self
             .central
-            .write_batch(0, vec![request])
+            .write_batch(None, vec![request])
             .instrument(span)
             .await
             .map_err(to_status)?;
@@ -426,7 +425,7 @@ impl CentralRpc for CentralService {
         }
         let mut results = self
             .central
-            .write_batch(batch.writer, requests)
+            .write_batch(writer_id(batch.writer), requests)
             .instrument(span)
             .await
             .map_err(to_status)?
@@ -516,7 +515,7 @@ impl CentralRpc for CentralService {
         let subscription = Subscription {
             node_id: request.node_id.parse().unwrap_or_default(),
             from: request.from_sequence,
-            writer: (request.writer != 0).then_some(request.writer),
+            writer: writer_id(request.writer),
             full_through: request.full_through,
         };
         let events = self
@@ -543,6 +542,11 @@ impl CentralRpc for CentralService {
 type Sender<T> = mpsc::Sender<Result<T, KvError>>;
 
 /// Sends `item`; false once the subscriber has gone.
+/// A writer id as the wire carries it, where 0 stands for none.
+fn writer_id(wire: u64) -> Option<u64> {
+    (wire != 0).then_some(wire)
+}
+
 async fn send<T>(tx: &Sender<T>, item: T) -> bool {
     tx.send(Ok(item)).await.is_ok()
 }

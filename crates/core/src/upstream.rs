@@ -134,10 +134,11 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, KvErro
 pub trait Upstream: Send + Sync + 'static {
     /// Stores writers' writes durably and stamps them; one outcome per request, in order.
     /// `writer` is the id the caller subscribes with ([`Subscription::writer`]): its
-    /// subscription gets these writes' sequences, not their changes.
+    /// subscription gets these writes' sequences, not their changes. `None` (tools) leaves
+    /// every subscription the writes whole.
     async fn write_batch(
         &self,
-        writer: u64,
+        writer: Option<u64>,
         requests: Vec<WriteRequest>,
     ) -> Result<BatchOutcome, KvError>;
 

@@ -68,7 +68,7 @@ impl FaultyUpstream {
 impl Upstream for FaultyUpstream {
     async fn write_batch(
         &self,
-        writer: u64,
+        writer: Option<u64>,
         requests: Vec<WriteRequest>,
     ) -> Result<BatchOutcome, KvError> {
         self.inner.write_batch(writer, requests).await

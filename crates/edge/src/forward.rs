@@ -139,7 +139,7 @@ async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> Called {
             writes: queued.writes.clone(),
         })
         .collect();
-    let reply = edge.upstream.write_batch(edge.writer, requests).await;
+    let reply = edge.upstream.write_batch(Some(edge.writer), requests).await;
     Called {
         batch,
         reply,

@@ -226,14 +226,14 @@ fn namespace_reply(reply: pb::NamespaceReply) -> Result<Namespace, KvError> {
 impl Upstream for CentralLink {
     async fn write_batch(
         &self,
-        writer: u64,
+        writer: Option<u64>,
         requests: Vec<WriteRequest>,
     ) -> Result<BatchOutcome, KvError> {
         let payload = requests.iter().map(WriteRequest::payload_bytes).sum();
         let counts: Vec<usize> = requests.iter().map(|r| r.writes.len()).collect();
         let request = pb::WriteBatchRequest {
             writes: requests.into_iter().map(Into::into).collect(),
-            writer,
+            writer: writer.unwrap_or(0),
         };
         let reply = self
             .call(payload, |mut central| async move {

@@ -43,6 +43,13 @@ impl Counting {
     pub(crate) fn gets(&self) -> HashMap<Vec<u8>, usize> {
         self.gets.lock().unwrap().clone()
     }
+
+    /// Counts a read (whole or head) of a record key.
+    fn count_get(&self, tree: Tree, key: &[u8]) {
+        if tree == Tree::Records {
+            *self.gets.lock().unwrap().entry(key.to_vec()).or_default() += 1;
+        }
+    }
 }
 
 impl Backend for Counting {
@@ -51,16 +58,12 @@ impl Backend for Counting {
     }
 
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Bytes>, BackendError> {
-        if tree == Tree::Records {
-            *self.gets.lock().unwrap().entry(key.to_vec()).or_default() += 1;
-        }
+        self.count_get(tree, key);
         self.inner.get(tree, key)
     }
 
     fn get_head(&self, tree: Tree, key: &[u8], len: usize) -> Result<Option<Bytes>, BackendError> {
-        if tree == Tree::Records {
-            *self.gets.lock().unwrap().entry(key.to_vec()).or_default() += 1;
-        }
+        self.count_get(tree, key);
         self.inner.get_head(tree, key, len)
     }
 

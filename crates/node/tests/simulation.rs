@@ -229,7 +229,7 @@ impl Link {
 impl Upstream for Link {
     async fn write_batch(
         &self,
-        writer: u64,
+        writer: Option<u64>,
         requests: Vec<WriteRequest>,
     ) -> Result<BatchOutcome, KvError> {
         self.call(|c| async move { c.write_batch(writer, requests).await })

@@ -13,7 +13,7 @@
 //! value of these trees begins with one: every encoding of a record or a change starts with its
 //! format byte, 1 or more), the pieces' id and the value's length. The pieces are
 //! [`Tree::Chunks`] entries keyed by id and index, written in the value's batch with an owner
-//! entry in [`Tree::Meta`] (`chunked/<id>` → tree, length, key). A batch that writes or
+//! entry in [`Tree::Meta`] (`chunked/<id>` → tree, key). A batch that writes or
 //! removes a key whose value is in pieces replaces the key's owner entry with a garbage entry
 //! (`chunked-garbage/<id>`), in the same atomic batch; the pieces themselves go afterwards, a
 //! bounded batch at a time (a sweep that an open resumes), so that removing many large values
@@ -146,13 +146,9 @@ fn owner_key(id: u64) -> Vec<u8> {
     [OWNER, &id.to_be_bytes()].concat()
 }
 
-/// An owner entry's value: the tree, the value's length, the key.
-fn owner_value(tree: Tree, len: u64, key: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + key.len());
-    v.push(tree.index());
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(key);
-    v
+/// An owner entry's value: the tree, then the key.
+fn owner_value(tree: Tree, key: &[u8]) -> Vec<u8> {
+    [&[tree.index()], key].concat()
 }
 
 fn garbage_key(id: u64) -> Vec<u8> {
@@ -201,7 +197,7 @@ impl<B: Backend> Chunked<B> {
                 let Some(id) = k.strip_prefix(prefix) else {
                     break;
                 };
-                if id.len() != 8 || v.len() < 9 {
+                if id.len() != 8 || v.is_empty() {
                     return Err(broken("a malformed entry of a large value"));
                 }
                 owners.next_id = owners.next_id.max(number(id) + 1);
@@ -212,7 +208,7 @@ impl<B: Backend> Chunked<B> {
                         .ok_or_else(|| broken("an owner entry names no such tree"))?;
                     *owners
                         .hashes
-                        .entry(Self::hash_with(&hasher, tree, &v[9..]))
+                        .entry(Self::hash_with(&hasher, tree, &v[1..]))
                         .or_default() += 1;
                 }
             }
@@ -379,11 +375,7 @@ impl<B: Backend> Chunked<B> {
                         value.slice(start..end),
                     );
                 }
-                out.put(
-                    Tree::Meta,
-                    owner_key(pieces.id),
-                    owner_value(tree, pieces.len, &key),
-                );
+                out.put(Tree::Meta, owner_key(pieces.id), owner_value(tree, &key));
                 // After its pieces: a reader that sees the marker finds them all.
                 out.put(tree, key, pieces.marker());
                 Some(pieces)
