@@ -139,7 +139,18 @@ async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> Called {
             writes: queued.writes.clone(),
         })
         .collect();
-    let reply = edge.upstream.write_batch(Some(edge.writer), requests).await;
+    // The stream leaves out the writes of a call made with the edge's writer id, since the
+    // edge applies them when central acknowledges them. A namespace the replica does not have
+    // yet (created at another edge, not replicated here) cannot take them, so such a call goes
+    // without the id: its writes then come whole, after the namespace's creation, in log order,
+    // instead of through the fallback of fetching missing writes again (a round trip later,
+    // during which this edge would not see its own write).
+    let known = |id| matches!(edge.store.namespace(id), Ok(Some(_)));
+    let writer = batch
+        .iter()
+        .all(|queued| known(queued.namespace))
+        .then_some(edge.writer);
+    let reply = edge.upstream.write_batch(writer, requests).await;
     Called {
         batch,
         reply,
@@ -348,6 +359,42 @@ mod tests {
     }
 
     /// Sequences a subscription received, whole and left out.
+    /// A write to a namespace the replica does not have yet (created elsewhere, not
+    /// replicated here) is sent without the edge's writer id: the stream brings it whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_a_namespace_not_here_yet_comes_whole() {
+        use driftkv_core::upstream::{ReplicationEvent, Subscription, Upstream};
+
+        let dir = tempfile::tempdir().unwrap();
+        let central = central_in(&dir.path().join("central"));
+        // No follower: the namespace created at central never reaches this replica.
+        let (edge, _) = edge_over(&dir.path().join("edge"), central.clone());
+        let namespace = central.create_namespace("acct", "elsewhere").await.unwrap();
+        let writes = vec![put("k", Bytes::from_static(b"v"), None, None)];
+        let outcome = edge.write("acct", namespace.id, writes).await.unwrap();
+        assert_eq!(outcome.successful, 1);
+        let subscription = Subscription {
+            node_id: 9,
+            from: 1,
+            writer: Some(edge.writer),
+            full_through: 0,
+        };
+        let mut stream = central.subscribe(subscription).await.unwrap();
+        let mut seen = LogBatchTotals::default();
+        while seen.whole.len() + seen.yours.len() < 2 {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream goes on")
+                .unwrap();
+            if let ReplicationEvent::Entries(batch) = event {
+                seen.whole.extend(batch.entries.iter().map(|e| e.sequence));
+                seen.yours.extend(batch.yours);
+            }
+        }
+        assert_eq!((seen.whole, seen.yours), (vec![1, 2], vec![]));
+    }
+
     #[derive(Debug, Default, PartialEq)]
     struct LogBatchTotals {
         whole: Vec<u64>,
