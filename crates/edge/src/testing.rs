@@ -71,6 +71,16 @@ impl Backend for Counting {
         self.inner.range(tree, from, to)
     }
 
+    fn range_heads(
+        &self,
+        tree: Tree,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        len: usize,
+    ) -> Entries<'_> {
+        self.inner.range_heads(tree, from, to, len)
+    }
+
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
         if self.full.load(Ordering::SeqCst) {
             return Err(BackendError::Io(std::io::Error::from(

@@ -410,6 +410,16 @@ mod tests {
             self.inner.range(tree, from, to)
         }
 
+        fn range_heads(
+            &self,
+            tree: Tree,
+            from: Bound<&[u8]>,
+            to: Bound<&[u8]>,
+            len: usize,
+        ) -> Entries<'_> {
+            self.inner.range_heads(tree, from, to, len)
+        }
+
         fn commit(&self, batch: Batch) -> Result<(), BackendError> {
             let logged = batch
                 .clone()

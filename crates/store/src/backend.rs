@@ -215,6 +215,20 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// The entries whose keys lie between `from` and `to`, in key order.
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_>;
+    /// [`Backend::range`] for a scan that needs only each value's first `len` bytes (a
+    /// record's head) or none of it (`len` 0: keys only): each value comes whole or cut to at
+    /// least `len` bytes. A wrapper that stores values apart ([`crate::Chunked`]) reads less; a
+    /// wrapper around such a one must pass it on.
+    fn range_heads(
+        &self,
+        tree: Tree,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        len: usize,
+    ) -> Entries<'_> {
+        let _ = len;
+        self.range(tree, from, to)
+    }
     /// Applies `batch` atomically; it is visible to reads when this returns, and durable once
     /// a later [`Backend::sync`] has returned (or the engine wrote it out by itself).
     fn commit(&self, batch: Batch) -> Result<(), BackendError>;

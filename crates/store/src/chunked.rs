@@ -320,6 +320,61 @@ impl<B: Backend> Chunked<B> {
         Ok((value.len() == len).then(|| value.freeze()))
     }
 
+    /// The entries of `tree` between `from` and `to`: each value whole, or with `head`, at
+    /// least its first that many bytes (see [`Chunked::head`]).
+    fn scan<'a>(
+        &'a self,
+        tree: Tree,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        head: Option<usize>,
+    ) -> Entries<'a> {
+        let entries = self.inner.range(tree, from, to);
+        if !chunked(tree) {
+            return entries;
+        }
+        Box::new(entries.filter_map(move |entry| {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(e)),
+            };
+            let read = match head {
+                Some(len) => self.head(tree, &key, value, len),
+                None => self.resolve(tree, &key, value),
+            };
+            match read {
+                Ok(Some(value)) => Some(Ok((key, value))),
+                // Removed since the scan began.
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }))
+    }
+
+    /// At least the first `len` bytes of `value`, stored under `key` in `tree`: a large
+    /// value's first piece (nothing of it for `len` 0), else what [`Chunked::resolve`] makes of
+    /// it.
+    fn head(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        value: Bytes,
+        len: usize,
+    ) -> Result<Option<Bytes>, BackendError> {
+        if chunked(tree) && len <= CHUNK {
+            if let Some(pieces) = Pieces::of_value(&value)? {
+                if len == 0 {
+                    return Ok(Some(Bytes::new()));
+                }
+                if let Some(first) = self.inner.get(Tree::Chunks, &pieces.first_key())? {
+                    return Ok(Some(first));
+                }
+                // Gone with a later write of the key: read that.
+            }
+        }
+        self.resolve(tree, key, value)
+    }
+
     /// `value` as read from `tree` under `key`, its pieces put together if it is a marker;
     /// `None` if the key was written again meanwhile and is now gone.
     fn resolve(&self, tree: Tree, key: &[u8], value: Bytes) -> Result<Option<Bytes>, BackendError> {
@@ -415,37 +470,25 @@ impl<B: Backend> Backend for Chunked<B> {
 
     /// A large value's head is its first piece, not the whole value put together.
     fn get_head(&self, tree: Tree, key: &[u8], len: usize) -> Result<Option<Bytes>, BackendError> {
-        let Some(value) = self.inner.get(tree, key)? else {
-            return Ok(None);
-        };
-        if chunked(tree) && len <= CHUNK {
-            if let Some(pieces) = Pieces::of_value(&value)? {
-                if let Some(first) = self.inner.get(Tree::Chunks, &pieces.first_key())? {
-                    return Ok(Some(first));
-                }
-                // Gone with a later write of the key: read that.
-            }
+        match self.inner.get(tree, key)? {
+            Some(value) => self.head(tree, key, value, len),
+            None => Ok(None),
         }
-        self.resolve(tree, key, value)
     }
 
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
-        let entries = self.inner.range(tree, from, to);
-        if !chunked(tree) {
-            return entries;
-        }
-        Box::new(entries.filter_map(move |entry| {
-            let (key, value) = match entry {
-                Ok(entry) => entry,
-                Err(e) => return Some(Err(e)),
-            };
-            match self.resolve(tree, &key, value) {
-                Ok(Some(value)) => Some(Ok((key, value))),
-                // Removed since the scan began.
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            }
-        }))
+        self.scan(tree, from, to, None)
+    }
+
+    /// Large values' heads, their first pieces; none of them for a scan of keys only.
+    fn range_heads(
+        &self,
+        tree: Tree,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        len: usize,
+    ) -> Entries<'_> {
+        self.scan(tree, from, to, Some(len))
     }
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {
@@ -779,7 +822,8 @@ mod tests {
         assert!(Pieces::of_value(&marker).unwrap().unwrap().id > pieces.id);
     }
 
-    /// A head read of a large value reads its first piece, not the whole value.
+    /// A head read of a large value, alone or in a scan, reads its first piece, not the whole
+    /// value; a scan of keys only reads none of its pieces.
     #[test]
     fn the_head_of_a_large_value_is_its_first_piece() {
         for (engine, open) in engines() {
@@ -796,6 +840,31 @@ mod tests {
             let small = backend.get_head(Tree::Records, b"small", 21).unwrap();
             assert_eq!(small, Some(value(100, 2)), "{engine}");
             assert_eq!(backend.get_head(Tree::Records, b"none", 21).unwrap(), None);
+            let scan = |len| {
+                backend
+                    .range_heads(Tree::Records, Bound::Unbounded, Bound::Unbounded, len)
+                    .map(Result::unwrap)
+                    .collect::<Vec<_>>()
+            };
+            let key = |k: &'static [u8]| Bytes::from_static(k);
+            assert_eq!(
+                scan(21),
+                [
+                    (key(b"large"), large.slice(..CHUNK)),
+                    (key(b"small"), value(100, 2))
+                ],
+                "{engine}"
+            );
+            assert_eq!(
+                scan(0),
+                [
+                    (key(b"large"), Bytes::new()),
+                    (key(b"small"), value(100, 2))
+                ],
+                "{engine}"
+            );
+            // A head longer than a piece is the whole value.
+            assert_eq!(scan(CHUNK + 1)[0].1, large, "{engine}");
         }
     }
 

@@ -236,7 +236,12 @@ impl Store {
         let mut removed = 0;
         loop {
             let mut batch = Batch::new();
-            for entry in self.backend.range(tree, from, to).take(REMOVAL_CHUNK) {
+            // Keys only: a large value's pieces are not read.
+            for entry in self
+                .backend
+                .range_heads(tree, from, to, 0)
+                .take(REMOVAL_CHUNK)
+            {
                 batch.remove(tree, entry?.0.to_vec());
             }
             if batch.is_empty() {

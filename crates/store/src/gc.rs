@@ -17,14 +17,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use driftkv_core::record::RECORD_HEAD;
-use driftkv_core::{KvError, NamespaceId, Record, RecordView};
+use driftkv_core::{KvError, NamespaceId, Record};
 
 use crate::backend::{Batch, Tree};
 use crate::commit::REMOVAL_CHUNK;
 use crate::layout::{
-    corrupt, key_of, namespace_tombstone_key, next_namespace, parse_tombstone_key,
-    parse_tombstone_value, record_key, sequence_bytes, tombstone_key, APPLIED_SEQUENCE, GC_FLOOR,
-    PENDING_SEQUENCE,
+    key_of, namespace_tombstone_key, next_namespace, parse_tombstone_key, parse_tombstone_value,
+    record_key, sequence_bytes, tombstone_key, APPLIED_SEQUENCE, GC_FLOOR, PENDING_SEQUENCE,
 };
 use crate::store::{stored_head, NamespaceTombstone, Store};
 use crate::StoreError;
@@ -204,7 +203,8 @@ impl Store {
             };
             let mut removed = 0;
             let mut batch = Batch::new();
-            for entry in self.backend.range(Tree::Records, from, to) {
+            // Keys only: a large value's pieces are not read.
+            for entry in self.backend.range_heads(Tree::Records, from, to, 0) {
                 let (k, _) = entry?;
                 let key = key_of(&k)?;
                 if !in_run.contains(key.as_str()) && !keep.contains(&key) {
@@ -295,17 +295,19 @@ impl Store {
         Ok(())
     }
 
-    /// Counts the records stored, with a value or as tombstones: a scan of every record, for
-    /// gauges refreshed now and then. It reads every value, a large one put together from its
-    /// pieces, one at a time.
+    /// Counts the records stored, with a value or as tombstones: a scan of every record's
+    /// head, for gauges refreshed now and then.
     pub fn count_records(&self) -> Result<RecordCounts, StoreError> {
         let mut counts = RecordCounts::default();
-        for entry in self
-            .backend
-            .range(Tree::Records, Bound::Unbounded, Bound::Unbounded)
-        {
+        let heads = self.backend.range_heads(
+            Tree::Records,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            RECORD_HEAD,
+        );
+        for entry in heads {
             let (_, v) = entry?;
-            if RecordView::decode(&v).map_err(corrupt)?.value.is_some() {
+            if stored_head(&v)?.live {
                 counts.values += 1;
             } else {
                 counts.tombstones += 1;

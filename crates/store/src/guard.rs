@@ -259,6 +259,14 @@ impl Guarded {
             })
     }
 
+    /// A scan `read` makes of the engine, holding the engine for as long as the scan lives.
+    fn scan(&self, read: impl for<'e> FnOnce(&'e Arc<dyn Backend>) -> Entries<'e>) -> Entries<'_> {
+        match self.engine(false) {
+            Ok(engine) => Box::new(OwnedEntries::new(engine, read)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
     /// The health probe: writes and syncs a canary record (unless free space is under the
     /// threshold, when a write would be refused anyway). A success clears a remembered I/O
     /// error; a failure with room on the disk reopens the engine (when it may) and tries once
@@ -353,12 +361,17 @@ impl Backend for Guarded {
     }
 
     fn range(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Entries<'_> {
-        match self.engine(false) {
-            Ok(engine) => Box::new(OwnedEntries::new(engine, |engine| {
-                engine.range(tree, from, to)
-            })),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }
+        self.scan(|engine| engine.range(tree, from, to))
+    }
+
+    fn range_heads(
+        &self,
+        tree: Tree,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        len: usize,
+    ) -> Entries<'_> {
+        self.scan(|engine| engine.range_heads(tree, from, to, len))
     }
 
     fn commit(&self, batch: Batch) -> Result<(), BackendError> {

@@ -139,7 +139,7 @@ impl Store {
             let start = from.as_deref().map_or(Bound::Unbounded, Bound::Included);
             let Some(first) = self
                 .backend
-                .range(Tree::Records, start, Bound::Unbounded)
+                .range_heads(Tree::Records, start, Bound::Unbounded, 0)
                 .next()
             else {
                 return Ok(());
