@@ -218,7 +218,8 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::range`] for a scan that needs only each value's first `len` bytes (a
     /// record's head) or none of it (`len` 0: keys only): each value comes whole or cut to at
     /// least `len` bytes. A wrapper that stores values apart ([`crate::Chunked`]) reads less; a
-    /// wrapper around such a one must pass it on.
+    /// wrapper around such a one must pass it on. With `len` 0 the scan may also yield a key
+    /// removed since it began (a scan of keys only does not read the value that would show it).
     fn range_heads(
         &self,
         tree: Tree,

@@ -25,7 +25,8 @@
 //! either reads exactly that value's pieces or finds them gone (the key was written again
 //! meanwhile) and reads the key again. Within a batch, a value's pieces come before its
 //! marker, which keeps this true for an engine whose readers can see a batch half applied
-//! (fjall: its reads do not wait for a batch to be published).
+//! (fjall: its reads do not wait for a batch to be published). A read of a value's head
+//! (`get_head`, `range_heads`) reads only its first piece, and a scan of keys only none.
 //!
 //! **Compatibility.** A database written by this version can hold markers, which an older
 //! driftkv cannot read: going back to an older binary needs a fresh data directory (an edge
@@ -480,7 +481,8 @@ impl<B: Backend> Backend for Chunked<B> {
         self.scan(tree, from, to, None)
     }
 
-    /// Large values' heads, their first pieces; none of them for a scan of keys only.
+    /// Large values' heads, their first pieces (the whole value for a head longer than a
+    /// piece); none of them for a scan of keys only.
     fn range_heads(
         &self,
         tree: Tree,
