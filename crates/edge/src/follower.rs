@@ -372,7 +372,13 @@ mod tests {
                 .collect()
         };
         let ns = NamespaceId([1; 16]);
-        edge.applied_here(ns, &noted(&["mine-5", "mine-6", "later"]), &[5, 6, 9]);
+        let generation = edge.notes_generation();
+        edge.applied_here(
+            ns,
+            &noted(&["mine-5", "mine-6", "later"]),
+            &[5, 6, 9],
+            generation,
+        );
         let batch = LogBatch {
             entries: vec![mine[0].clone(), entry(7, "theirs"), mine[1].clone()],
             yours: Vec::new(),
@@ -411,8 +417,15 @@ mod tests {
         );
         assert!(edge.written_here_after(9).is_empty());
         // Sequences the follower has passed are not noted any more.
-        edge.applied_here(ns, &noted(&["old"]), &[3]);
+        edge.applied_here(ns, &noted(&["old"]), &[3], generation);
         assert_eq!(pending(&edge), [9]);
+        // A snapshot install forgets every note; a note of records applied before it (which
+        // the install may have removed) is dropped, one applied after it kept.
+        edge.forget_applied_here(9);
+        edge.applied_here(ns, &noted(&["raced"]), &[10], generation);
+        assert!(pending(&edge).is_empty());
+        edge.applied_here(ns, &noted(&["after"]), &[11], edge.notes_generation());
+        assert_eq!(pending(&edge), [11]);
     }
 
     /// One of this edge's writes left out of the stream before the edge noted it as applied
@@ -435,7 +448,7 @@ mod tests {
                 let Change::Key { key, record, .. } = entry(3, "mine").change else {
                     unreachable!()
                 };
-                edge.applied_here(ns, &[(key, record)], &[3]);
+                edge.applied_here(ns, &[(key, record)], &[3], edge.notes_generation());
                 drop(call);
             })
         };

@@ -230,11 +230,12 @@ async fn apply_locally(edge: &Arc<Edge>, acknowledged: Acknowledged, bytes: usiz
     let work = {
         let edge = edge.clone();
         move || {
+            let generation = edge.notes_generation();
             for (namespace, (records, sequences)) in &acknowledged {
                 match edge.store.apply_logged(*namespace, records, sequences) {
                     // Only once the records are in the replica may the follower skip their
                     // entries.
-                    Ok(_) => edge.applied_here(*namespace, records, sequences),
+                    Ok(_) => edge.applied_here(*namespace, records, sequences, generation),
                     // Created at another edge and not replicated here yet: replication brings
                     // both.
                     Err(driftkv_store::StoreError::NoSuchNamespace(_)) => {}

@@ -92,6 +92,9 @@ struct AppliedHere {
     passed: u64,
     /// The highest sequence central acknowledged to this edge.
     acknowledged: u64,
+    /// How many times the notes were forgotten (by snapshot installs); see
+    /// [`Edge::notes_generation`].
+    generation: u64,
 }
 
 /// The edge's calls to central under way, numbered in the order they started.
@@ -191,15 +194,31 @@ impl Edge {
         &self.store
     }
 
+    /// The notes' generation, taken before applying records that [`Edge::applied_here`] will
+    /// note: a snapshot install in between may have removed them (it keeps only the keys
+    /// noted when it ran) and then forgotten every note, so a note made after it would make
+    /// the follower skip a write the replica no longer holds.
+    fn notes_generation(&self) -> u64 {
+        self.applied_here
+            .lock()
+            .expect("applied-here lock")
+            .generation
+    }
+
     /// Notes that these records of `namespace`, logged at `sequences`, are in the replica
-    /// already, unless the follower has passed them (it applied them first).
+    /// already, unless the follower has passed them (it applied them first) or the notes were
+    /// forgotten since `generation` (from [`Edge::notes_generation`] before the apply).
     fn applied_here(
         &self,
         namespace: NamespaceId,
         records: &[(String, Record)],
         sequences: &[u64],
+        generation: u64,
     ) {
         let mut here = self.applied_here.lock().expect("applied-here lock");
+        if here.generation != generation {
+            return;
+        }
         let passed = here.passed;
         for ((key, _), sequence) in records.iter().zip(sequences) {
             if *sequence > passed {
@@ -302,6 +321,7 @@ impl Edge {
         let mut here = self.applied_here.lock().expect("applied-here lock");
         here.passed = here.passed.max(through);
         here.sequences.clear();
+        here.generation += 1;
     }
 
     /// Bytes the read cache holds, as weighed against its bound.
