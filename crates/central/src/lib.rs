@@ -541,12 +541,12 @@ impl CentralRpc for CentralService {
 
 type Sender<T> = mpsc::Sender<Result<T, KvError>>;
 
-/// Sends `item`; false once the subscriber has gone.
 /// A writer id as the wire carries it, where 0 stands for none.
 fn writer_id(wire: u64) -> Option<u64> {
     (wire != 0).then_some(wire)
 }
 
+/// Sends `item`; false once the subscriber has gone.
 async fn send<T>(tx: &Sender<T>, item: T) -> bool {
     tx.send(Ok(item)).await.is_ok()
 }

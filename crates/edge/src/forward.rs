@@ -151,10 +151,9 @@ async fn call(edge: Arc<Edge>, batch: Vec<Queued>) -> Called {
     // without the id: its writes then come whole, after the namespace's creation, in log order,
     // instead of through the fallback of fetching missing writes again (a round trip later,
     // during which this edge would not see its own write).
-    let known = |id| matches!(edge.store.namespace(id), Ok(Some(_)));
     let writer = batch
         .iter()
-        .all(|queued| known(queued.namespace))
+        .all(|queued| edge.store.has_namespace(queued.namespace))
         .then_some(edge.writer);
     let reply = edge.upstream.write_batch(writer, requests).await;
     Called {
@@ -318,8 +317,6 @@ mod tests {
     /// applied them already), and whole to a subscriber with another writer id or none.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn own_writes_come_back_as_sequences_alone() {
-        use driftkv_core::upstream::{ReplicationEvent, Subscription, Upstream};
-
         let dir = tempfile::tempdir().unwrap();
         let (edge, _, central) = cluster_with_central(dir.path()).await;
         let namespace = edge.create_namespace("acct", "n").await.unwrap();
@@ -330,47 +327,22 @@ mod tests {
         }
         // The namespace's creation and the three writes, as each writer id gets them: the
         // sequences sent whole and those left out.
-        let received = |writer: Option<u64>| {
-            let central = central.clone();
-            async move {
-                let subscription = Subscription {
-                    node_id: 9,
-                    from: 1,
-                    writer,
-                    full_through: 0,
-                };
-                let mut stream = central.subscribe(subscription).await.unwrap();
-                let mut batches = LogBatchTotals::default();
-                while batches.whole.len() + batches.yours.len() < 4 {
-                    let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
-                        .await
-                        .expect("an event within 10 s")
-                        .expect("the stream goes on")
-                        .unwrap();
-                    if let ReplicationEvent::Entries(batch) = event {
-                        batches
-                            .whole
-                            .extend(batch.entries.iter().map(|e| e.sequence));
-                        batches.yours.extend(batch.yours);
-                    }
-                }
-                batches
-            }
-        };
-        let anonymous = received(None).await;
+        let anonymous = received(&central, None, 4).await;
         assert_eq!(anonymous.whole, [1, 2, 3, 4]);
         assert!(anonymous.yours.is_empty());
-        assert_eq!(received(Some(edge.writer + 1)).await, anonymous);
-        let own = received(Some(edge.writer)).await;
+        assert_eq!(
+            received(&central, Some(edge.writer + 1), 4).await,
+            anonymous
+        );
+        let own = received(&central, Some(edge.writer), 4).await;
         assert_eq!((own.whole, own.yours), (vec![1], vec![2, 3, 4]));
     }
 
-    /// Sequences a subscription received, whole and left out.
     /// A write to a namespace the replica does not have yet (created elsewhere, not
     /// replicated here) is sent without the edge's writer id: the stream brings it whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_to_a_namespace_not_here_yet_comes_whole() {
-        use driftkv_core::upstream::{ReplicationEvent, Subscription, Upstream};
+        use driftkv_core::upstream::Upstream;
 
         let dir = tempfile::tempdir().unwrap();
         let central = central_in(&dir.path().join("central"));
@@ -380,15 +352,35 @@ mod tests {
         let writes = vec![put("k", Bytes::from_static(b"v"), None, None)];
         let outcome = edge.write("acct", namespace.id, writes).await.unwrap();
         assert_eq!(outcome.successful, 1);
+        let seen = received(&central, Some(edge.writer), 2).await;
+        assert_eq!((seen.whole, seen.yours), (vec![1, 2], vec![]));
+    }
+
+    /// Sequences a subscription received, whole and left out.
+    #[derive(Debug, Default, PartialEq)]
+    struct LogBatchTotals {
+        whole: Vec<u64>,
+        yours: Vec<u64>,
+    }
+
+    /// The sequences a subscription to `central` from the log's start with `writer` receives,
+    /// until it has `count` of them (10 s at most for each event).
+    async fn received(
+        central: &driftkv_central::Central,
+        writer: Option<u64>,
+        count: usize,
+    ) -> LogBatchTotals {
+        use driftkv_core::upstream::{ReplicationEvent, Subscription, Upstream};
+
         let subscription = Subscription {
             node_id: 9,
             from: 1,
-            writer: Some(edge.writer),
+            writer,
             full_through: 0,
         };
         let mut stream = central.subscribe(subscription).await.unwrap();
         let mut seen = LogBatchTotals::default();
-        while seen.whole.len() + seen.yours.len() < 2 {
+        while seen.whole.len() + seen.yours.len() < count {
             let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
                 .await
                 .expect("an event within 10 s")
@@ -399,13 +391,7 @@ mod tests {
                 seen.yours.extend(batch.yours);
             }
         }
-        assert_eq!((seen.whole, seen.yours), (vec![1, 2], vec![]));
-    }
-
-    #[derive(Debug, Default, PartialEq)]
-    struct LogBatchTotals {
-        whole: Vec<u64>,
-        yours: Vec<u64>,
+        seen
     }
 
     /// A write central acknowledged that the edge could not apply itself (its disk was full)

@@ -164,7 +164,8 @@ impl Store {
             .contains_key(&id)
     }
 
-    pub(crate) fn has_namespace(&self, id: NamespaceId) -> bool {
+    /// Whether the namespace `id` exists here.
+    pub fn has_namespace(&self, id: NamespaceId) -> bool {
         self.namespaces
             .read()
             .expect("namespace map lock")
